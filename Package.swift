@@ -1,0 +1,83 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "compass",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "compass", targets: ["compass"]),
+        .executable(name: "compass-broker", targets: ["compass-broker"]),
+        .executable(name: "compass-worker", targets: ["compass-worker"]),
+        .library(name: "CompassClient", targets: ["CompassClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        // libzmq from the system (Debian: libzmq3-dev). Only the ZMQ target imports it.
+        .systemLibrary(
+            name: "CLibZMQ",
+            pkgConfig: "libzmq",
+            providers: [.apt(["libzmq3-dev"])]
+        ),
+        // A small safe wrapper over libzmq: context, socket, frame, poller, options, CURVE keys.
+        .target(name: "ZMQ", dependencies: ["CLibZMQ"]),
+        // POSIX helpers: spawn, signals, pipes, eventfd, clocks, file locks.
+        .target(name: "CCompassShims"),
+        .target(name: "CompassSystem", dependencies: ["CCompassShims"]),
+        // The protocol's constants, codes and JSON payload types (pure, no I/O).
+        .target(name: "CompassProtocol"),
+        // The protocol's messages as ZeroMQ frames.
+        .target(name: "CompassWire", dependencies: ["CompassProtocol", "ZMQ"]),
+        // The broker's scheduling core: a pure state machine with an injected clock.
+        .target(name: "CompassScheduler", dependencies: [
+            "CompassProtocol",
+            .product(name: "DequeModule", package: "swift-collections"),
+            .product(name: "HeapModule", package: "swift-collections"),
+        ]),
+        // The broker's socket loop around the scheduler.
+        .target(name: "CompassBroker", dependencies: [
+            "CompassScheduler", "CompassWire", "CompassSystem", "ZMQ",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Inference engines a worker hosts: synthetic (in-process) and external processes.
+        .target(name: "CompassEngines", dependencies: [
+            "CompassProtocol", "CompassSystem",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The worker: registration, credits, heartbeats, reconnects, GPU claims, engine supervision.
+        .target(name: "CompassWorker", dependencies: [
+            "CompassEngines", "CompassWire", "CompassSystem", "ZMQ",
+            .product(name: "DequeModule", package: "swift-collections"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The producer library: submit batches, get every result exactly once (async API).
+        .target(name: "CompassClient", dependencies: [
+            "CompassWire", "CompassSystem", "ZMQ",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // topology.yaml: parsing and validation with line numbers.
+        .target(name: "CompassTopology", dependencies: ["CompassProtocol", "Yams"]),
+        // The command-line commands of all three executables, and the launcher.
+        .target(name: "CompassCommands", dependencies: [
+            "CompassBroker", "CompassWorker", "CompassClient", "CompassTopology", "CompassSystem",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "compass", dependencies: ["CompassCommands"]),
+        .executableTarget(name: "compass-broker", dependencies: ["CompassCommands"]),
+        .executableTarget(name: "compass-worker", dependencies: ["CompassCommands"]),
+
+        .testTarget(name: "ZMQTests", dependencies: ["ZMQ"]),
+        .testTarget(name: "CompassProtocolTests", dependencies: ["CompassProtocol", "CompassWire", "ZMQ"]),
+        .testTarget(name: "CompassSchedulerTests", dependencies: ["CompassScheduler", "CompassProtocol"]),
+        .testTarget(name: "CompassEnginesTests", dependencies: ["CompassEngines", "CompassProtocol"]),
+        .testTarget(name: "CompassTopologyTests", dependencies: ["CompassTopology"]),
+        .testTarget(name: "IntegrationTests", dependencies: [
+            "CompassClient", "CompassWire", "CompassProtocol", "CompassSystem", "ZMQ",
+        ]),
+    ]
+)

@@ -1,0 +1,175 @@
+/// A single-pass, allocation-free JSON syntax check (RFC 8259 grammar; string contents are not
+/// checked for valid UTF-8). The broker runs it on every SUBMIT payload so a malformed batch is
+/// REJECTED at once instead of failing later on a worker, and it learns the request count for free.
+public enum JSONSyntax {
+    public enum Outcome: Sendable, Equatable {
+        /// A top-level array with `count` elements.
+        case array(count: Int)
+        /// Any other top-level value.
+        case other
+        /// Not JSON: where and why.
+        case invalid(offset: Int, reason: String)
+    }
+
+    /// Checks `bytes`; nesting deeper than `maxDepth` is refused (bounds the scanner's stack).
+    public static func check(_ bytes: UnsafeRawBufferPointer, maxDepth: Int = 64) -> Outcome {
+        var scanner = Scanner(bytes: bytes, maxDepth: maxDepth)
+        return scanner.run()
+    }
+
+    public static func check(_ bytes: [UInt8], maxDepth: Int = 64) -> Outcome {
+        bytes.withUnsafeBytes { check($0, maxDepth: maxDepth) }
+    }
+
+    private struct Failure: Error { let offset: Int; let reason: String }
+
+    private struct Scanner {
+        let bytes: UnsafeRawBufferPointer
+        let maxDepth: Int
+        var i = 0
+
+        init(bytes: UnsafeRawBufferPointer, maxDepth: Int) {
+            self.bytes = bytes
+            self.maxDepth = maxDepth
+        }
+
+        mutating func run() -> Outcome {
+            do {
+                skipSpace()
+                guard i < bytes.count else { throw Failure(offset: i, reason: "empty payload") }
+                var count = -1
+                if bytes[i] == UInt8(ascii: "[") {
+                    count = try array(depth: 1)
+                } else {
+                    try value(depth: 1)
+                }
+                skipSpace()
+                guard i == bytes.count else { throw Failure(offset: i, reason: "unexpected data after the JSON value") }
+                return count >= 0 ? .array(count: count) : .other
+            } catch let f as Failure {
+                return .invalid(offset: f.offset, reason: f.reason)
+            } catch {
+                return .invalid(offset: i, reason: "\(error)")
+            }
+        }
+
+        @inline(__always) mutating func skipSpace() {
+            while i < bytes.count {
+                let b = bytes[i]
+                if b == 0x20 || b == 0x0a || b == 0x0d || b == 0x09 { i += 1 } else { return }
+            }
+        }
+
+        mutating func value(depth: Int) throws {
+            skipSpace()
+            guard i < bytes.count else { throw Failure(offset: i, reason: "unexpected end of input") }
+            switch bytes[i] {
+            case UInt8(ascii: "{"): try object(depth: depth + 1)
+            case UInt8(ascii: "["): _ = try array(depth: depth + 1)
+            case UInt8(ascii: "\""): try string()
+            case UInt8(ascii: "t"): try literal("true")
+            case UInt8(ascii: "f"): try literal("false")
+            case UInt8(ascii: "n"): try literal("null")
+            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): try number()
+            default: throw Failure(offset: i, reason: "unexpected character '\(Character(Unicode.Scalar(bytes[i])))'")
+            }
+        }
+
+        mutating func array(depth: Int) throws -> Int {
+            guard depth <= maxDepth else { throw Failure(offset: i, reason: "nesting deeper than \(maxDepth)") }
+            i += 1 // [
+            skipSpace()
+            if i < bytes.count && bytes[i] == UInt8(ascii: "]") { i += 1; return 0 }
+            var count = 0
+            while true {
+                try value(depth: depth)
+                count += 1
+                skipSpace()
+                guard i < bytes.count else { throw Failure(offset: i, reason: "unterminated array") }
+                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+                if bytes[i] == UInt8(ascii: "]") { i += 1; return count }
+                throw Failure(offset: i, reason: "expected ',' or ']' in array")
+            }
+        }
+
+        mutating func object(depth: Int) throws {
+            guard depth <= maxDepth else { throw Failure(offset: i, reason: "nesting deeper than \(maxDepth)") }
+            i += 1 // {
+            skipSpace()
+            if i < bytes.count && bytes[i] == UInt8(ascii: "}") { i += 1; return }
+            while true {
+                skipSpace()
+                guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw Failure(offset: i, reason: "expected a string key in object") }
+                try string()
+                skipSpace()
+                guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw Failure(offset: i, reason: "expected ':' after object key") }
+                i += 1
+                try value(depth: depth)
+                skipSpace()
+                guard i < bytes.count else { throw Failure(offset: i, reason: "unterminated object") }
+                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+                if bytes[i] == UInt8(ascii: "}") { i += 1; return }
+                throw Failure(offset: i, reason: "expected ',' or '}' in object")
+            }
+        }
+
+        mutating func string() throws {
+            let start = i
+            i += 1 // opening quote
+            while i < bytes.count {
+                let b = bytes[i]
+                if b == UInt8(ascii: "\"") { i += 1; return }
+                if b < 0x20 { throw Failure(offset: i, reason: "control character in string") }
+                if b == UInt8(ascii: "\\") {
+                    i += 1
+                    guard i < bytes.count else { break }
+                    switch bytes[i] {
+                    case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"),
+                         UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                        i += 1
+                    case UInt8(ascii: "u"):
+                        guard i + 4 < bytes.count else { throw Failure(offset: i, reason: "truncated \\u escape") }
+                        for k in 1...4 where !isHex(bytes[i + k]) { throw Failure(offset: i + k, reason: "bad \\u escape") }
+                        i += 5
+                    default:
+                        throw Failure(offset: i, reason: "bad escape in string")
+                    }
+                    continue
+                }
+                i += 1
+            }
+            throw Failure(offset: start, reason: "unterminated string")
+        }
+
+        mutating func number() throws {
+            let start = i
+            if bytes[i] == UInt8(ascii: "-") { i += 1 }
+            guard i < bytes.count, isDigit(bytes[i]) else { throw Failure(offset: start, reason: "bad number") }
+            if bytes[i] == UInt8(ascii: "0") { i += 1 } else { while i < bytes.count && isDigit(bytes[i]) { i += 1 } }
+            if i < bytes.count && bytes[i] == UInt8(ascii: ".") {
+                i += 1
+                guard i < bytes.count, isDigit(bytes[i]) else { throw Failure(offset: i, reason: "bad fraction") }
+                while i < bytes.count && isDigit(bytes[i]) { i += 1 }
+            }
+            if i < bytes.count && (bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E")) {
+                i += 1
+                if i < bytes.count && (bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-")) { i += 1 }
+                guard i < bytes.count, isDigit(bytes[i]) else { throw Failure(offset: i, reason: "bad exponent") }
+                while i < bytes.count && isDigit(bytes[i]) { i += 1 }
+            }
+        }
+
+        mutating func literal(_ word: StaticString) throws {
+            let n = word.utf8CodeUnitCount
+            guard i + n <= bytes.count else { throw Failure(offset: i, reason: "unexpected end of input") }
+            let w = word.utf8Start
+            for k in 0..<n where bytes[i + k] != w[k] { throw Failure(offset: i, reason: "bad literal") }
+            i += n
+        }
+
+        @inline(__always) func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
+        @inline(__always) func isHex(_ b: UInt8) -> Bool {
+            isDigit(b) || (b >= 0x41 && b <= 0x46) || (b >= 0x61 && b <= 0x66)
+        }
+    }
+}

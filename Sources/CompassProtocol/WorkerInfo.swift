@@ -1,0 +1,94 @@
+/// One GPU as a worker reports it (NVML when present; index only in CPU mode).
+public struct GPUInfo: Codable, Sendable, Equatable {
+    public var index: Int
+    public var uuid: String?
+    public var name: String?
+    public var memoryUsedMiB: Int?
+    public var memoryTotalMiB: Int?
+    public var utilizationPercent: Int?
+
+    public init(index: Int, uuid: String? = nil, name: String? = nil, memoryUsedMiB: Int? = nil, memoryTotalMiB: Int? = nil, utilizationPercent: Int? = nil) {
+        self.index = index
+        self.uuid = uuid
+        self.name = name
+        self.memoryUsedMiB = memoryUsedMiB
+        self.memoryTotalMiB = memoryTotalMiB
+        self.utilizationPercent = utilizationPercent
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case index, uuid, name, memoryUsedMiB = "memory_used_mib", memoryTotalMiB = "memory_total_mib"
+        case utilizationPercent = "utilization_percent"
+    }
+}
+
+/// The READY frame: what a worker offers.
+public struct WorkerCapabilities: Codable, Sendable, Equatable {
+    public var pool: String
+    public var tp: Int
+    public var gpus: [GPUInfo]
+    public var model: String
+    public var engine: String
+    public var maxBatch: Int
+    public var credit: Int
+    public var pid: Int32
+    public var host: String
+    public var version: String
+
+    public init(pool: String, tp: Int, gpus: [GPUInfo], model: String, engine: String, maxBatch: Int, credit: Int, pid: Int32, host: String, version: String) {
+        self.pool = pool
+        self.tp = tp
+        self.gpus = gpus
+        self.model = model
+        self.engine = engine
+        self.maxBatch = maxBatch
+        self.credit = credit
+        self.pid = pid
+        self.host = host
+        self.version = version
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case pool, tp, gpus, model, engine, maxBatch = "max_batch", credit, pid, host, version
+    }
+}
+
+/// The WELCOME frame to a worker: the broker's settings it must follow.
+public struct WorkerWelcome: Codable, Sendable, Equatable {
+    public var workerID: String
+    public var heartbeatMilliseconds: UInt32
+    public var liveness: UInt32
+
+    public init(workerID: String, heartbeatMilliseconds: UInt32, liveness: UInt32) {
+        self.workerID = workerID
+        self.heartbeatMilliseconds = heartbeatMilliseconds
+        self.liveness = liveness
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case workerID = "worker_id", heartbeatMilliseconds = "heartbeat_ms", liveness
+    }
+}
+
+/// The WELCOME frame to a producer (answer to HELLO).
+public struct ProducerWelcome: Codable, Sendable, Equatable {
+    public var brokerVersion: String
+    public var heartbeatMilliseconds: UInt32
+    public var liveness: UInt32
+    /// Results held for this session that are re-sent right after this message.
+    public var pendingResults: Int
+
+    public init(brokerVersion: String, heartbeatMilliseconds: UInt32, liveness: UInt32, pendingResults: Int) {
+        self.brokerVersion = brokerVersion
+        self.heartbeatMilliseconds = heartbeatMilliseconds
+        self.liveness = liveness
+        self.pendingResults = pendingResults
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case brokerVersion = "broker_version", heartbeatMilliseconds = "heartbeat_ms", liveness, pendingResults = "pending_results"
+    }
+}
+
+/// The compass release these binaries belong to.
+public let compassVersion = "0.1.0"

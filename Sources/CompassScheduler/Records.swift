@@ -1,0 +1,97 @@
+import CompassProtocol
+import DequeModule
+
+/// Where a batch is in its life.
+enum BatchState<Payload> {
+    case queued
+    case running(worker: PeerID, since: Timestamp, leaseUntil: Timestamp?)
+    /// Terminal; kept until the producer ACKs (or retention runs out) so it can be re-sent.
+    case finished(Outcome<Payload>, at: Timestamp)
+}
+
+enum Outcome<Payload> {
+    case result(stats: Payload, payload: Payload)
+    case failed(code: String, message: String, partial: Payload?)
+}
+
+struct BatchRecord<Payload: BatchPayload> {
+    let id: String
+    let pool: String
+    let session: String
+    let meta: BatchMeta
+    let maxAttempts: UInt16
+    let payload: Payload
+    let acceptedAt: Timestamp
+    let deadline: Timestamp?
+    var state: BatchState<Payload> = .queued
+    /// Dispatches so far; the attempt number of the latest dispatch.
+    var attempt: UInt32 = 0
+    /// Dispatches counted against `maxAttempts` (hand-backs from draining workers are not).
+    var charged: UInt32 = 0
+
+    var isQueued: Bool { if case .queued = state { true } else { false } }
+    var isFinished: Bool { if case .finished = state { true } else { false } }
+
+    /// Bytes this batch holds in the broker: its payload, plus its result once finished.
+    var heldBytes: Int {
+        var n = payload.byteCount
+        if case .finished(let outcome, _) = state {
+            switch outcome {
+            case .result(let stats, let result): n += stats.byteCount + result.byteCount
+            case .failed(_, _, let partial): n += partial?.byteCount ?? 0
+            }
+        }
+        return n
+    }
+}
+
+struct WorkerRecord {
+    let id: PeerID
+    let pool: String
+    let registeredAt: Timestamp
+    var credit: Int
+    var running: Set<String> = []
+    var lastSeen: Timestamp
+    var lastSent: Timestamp
+    /// Said BYE: no new batches; removed once `running` is empty or the drain time passes.
+    var drainingSince: Timestamp?
+    /// In the pool's ring of workers with credit.
+    var inRing = false
+    /// Distinguishes this registration from an earlier one with the same id in the ready ring.
+    let generation: UInt64
+    var completed = 0
+    var progress: [String: (done: UInt32, total: UInt32)] = [:]
+}
+
+struct SessionRecord {
+    /// The connection results go to; nil while the producer is away.
+    var route: PeerID?
+    /// Batches of this session the broker still holds (queued, running, or finished and unacked).
+    var batches: Set<String> = []
+}
+
+/// Counters per pool, for STATUS and metrics.
+public struct PoolCounters: Sendable, Equatable, Codable {
+    public var submitted = 0
+    public var dispatched = 0
+    public var completed = 0
+    public var failed = 0
+    public var retried = 0
+    public var staleDropped = 0
+    public var rejectedBusy = 0
+    public var completedRequests = 0
+
+    public init() {}
+}
+
+struct PoolState {
+    var queue = PoolQueue()
+    /// Workers with credit, in dispatch order (lazy: entries are re-checked when popped).
+    var ready: Deque<(worker: PeerID, generation: UInt64)> = []
+    var workers: Set<PeerID> = []
+    var queuedBatches = 0
+    var queuedRequests = 0
+    var runningBatches = 0
+    var heldBytes = 0
+    var counters = PoolCounters()
+}

@@ -1,0 +1,127 @@
+import CompassProtocol
+
+extension Scheduler {
+    /// The session a connection speaks for: the one it said HELLO with, else an anonymous one of its own.
+    mutating func session(of route: PeerID) -> String {
+        if let s = routeSessions[route] { return s }
+        let anonymous = "anon:\(route)"
+        routeSessions[route] = anonymous
+        sessions[anonymous, default: SessionRecord()].route = route
+        return anonymous
+    }
+
+    /// HELLO(session): binds the connection to the session and re-sends every result it has not ACKed.
+    public mutating func hello(from route: PeerID, session: String, now: Timestamp) -> [Action] {
+        collect { s in
+            if let old = s.routeSessions[route], old != session { s.sessions[old]?.route = nil }
+            if let previous = s.sessions[session]?.route, previous != route { s.routeSessions[previous] = nil }
+            s.routeSessions[route] = session
+            s.sessions[session, default: SessionRecord()].route = route
+            let finished = s.sessions[session]!.batches.filter { s.batches[$0]?.isFinished ?? false }.sorted()
+            s.emit(.toProducer(route, .welcome(session: session, pendingResults: finished.count)))
+            for id in finished { s.deliver(id) }
+        }
+    }
+
+    /// SUBMIT: queues a batch, or refuses it with a reason. Idempotent per batch id and session.
+    ///
+    /// - Parameter requestCount: the number of requests, as the broker counted them in the payload.
+    public mutating func submit(from route: PeerID, batchID: String, pool: String, meta: BatchMeta,
+                                payload: Payload, now: Timestamp) -> [Action] {
+        collect { s in
+            let session = s.session(of: route)
+            func reject(_ code: RejectCode, _ message: String, retryAfter: UInt32 = 0) {
+                s.emit(.toProducer(route, .rejected(batchID: batchID, code: code, message: message, retryAfterMilliseconds: retryAfter)))
+                s.emit(.event(.rejected(code: code, message: "\(batchID): \(message)")))
+            }
+            if let existing = s.batches[batchID] {
+                guard existing.session == session else {
+                    return reject(.duplicate, "batch id \(batchID) belongs to another session; batch ids must be unique")
+                }
+                // A re-SUBMIT after a reconnect: confirm, and re-send the outcome if there is one.
+                s.emit(.toProducer(route, .accepted(batchID: batchID)))
+                s.deliver(batchID)
+                return
+            }
+            if s.recentAckSet.contains(batchID) {
+                return reject(.duplicate, "batch \(batchID) was already completed and acknowledged")
+            }
+            guard s.accepting else { return reject(.shuttingDown, "the broker is shutting down", retryAfter: 1000) }
+            guard WireProtocol.isValidPoolName(pool) else {
+                return reject(.unknownPool, "pool name '\(pool)' is invalid (1-64 characters of A-Z a-z 0-9 . _ -)")
+            }
+            guard s.pools[pool] != nil else {
+                return reject(.unknownPool, "no pool named '\(pool)': declare it on the broker (--pool) or start a worker for it")
+            }
+            let bytes = payload.byteCount
+            if bytes > s.config.maxPoolBytes {
+                return reject(.tooLarge, "payload of \(bytes) bytes exceeds the pool limit of \(s.config.maxPoolBytes) bytes")
+            }
+            let state = s.pools[pool]!
+            if state.heldBytes + bytes > s.config.maxPoolBytes || state.queuedBatches >= s.config.maxQueuedBatches {
+                s.pools[pool]!.counters.rejectedBusy += 1
+                let retry = UInt32(clamping: max(50, s.config.heartbeatMilliseconds / 4))
+                return reject(.busy, "pool '\(pool)' is full (\(state.queuedBatches) batches queued, \(state.heldBytes) bytes held); retry later", retryAfter: retry)
+            }
+            let maxAttempts = meta.maxAttempts > 0 ? meta.maxAttempts : s.config.defaultMaxAttempts
+            let deadline = meta.deadlineMilliseconds > 0 ? now.adding(milliseconds: UInt64(meta.deadlineMilliseconds)) : nil
+            let record = BatchRecord(id: batchID, pool: pool, session: session, meta: meta, maxAttempts: maxAttempts,
+                                     payload: payload, acceptedAt: now, deadline: deadline)
+            s.batches[batchID] = record
+            s.sessions[session]!.batches.insert(batchID)
+            if let deadline { s.deadlines.insert(DeadlineEntry(at: deadline, batchID: batchID)) }
+            s.pools[pool]!.queue.push(batchID, session: session, priority: meta.priority)
+            s.pools[pool]!.queuedBatches += 1
+            s.pools[pool]!.queuedRequests += Int(meta.requestCount)
+            s.pools[pool]!.heldBytes += bytes
+            s.pools[pool]!.counters.submitted += 1
+            s.emit(.toProducer(route, .accepted(batchID: batchID)))
+            s.dispatch(pool, now)
+        }
+    }
+
+    /// CANCEL: a queued batch fails as `cancelled` at once; a running one too, and its worker is told.
+    public mutating func cancel(from route: PeerID, batchID: String, now: Timestamp) -> [Action] {
+        collect { s in
+            let session = s.session(of: route)
+            guard let b = s.batches[batchID], b.session == session else {
+                s.emit(.toProducer(route, .rejected(batchID: batchID, code: .unknownBatch,
+                                                    message: "no batch \(batchID) in this session", retryAfterMilliseconds: 0)))
+                return
+            }
+            if case .running(let worker, _, _) = b.state {
+                s.sendWorker(worker, .cancel(batchID: batchID, attempt: b.attempt), now)
+            }
+            s.finish(batchID, .failed(code: FailureCode.cancelled.rawValue, message: "cancelled by the producer", partial: nil), now)
+        }
+    }
+
+    /// ACK: the producer has the outcome; forget the batch.
+    public mutating func ack(from route: PeerID, batchID: String, now: Timestamp) -> [Action] {
+        collect { s in
+            let session = s.session(of: route)
+            guard let b = s.batches[batchID], b.session == session, b.isFinished else { return }
+            s.forget(batchID)
+            s.recentAcks.append(batchID)
+            s.recentAckSet.insert(batchID)
+            if s.recentAcks.count > s.config.rememberedAcks, let old = s.recentAcks.popFirst() {
+                s.recentAckSet.remove(old)
+            }
+        }
+    }
+
+    /// A producer HEARTBEAT: answered at once.
+    public mutating func producerHeartbeat(from route: PeerID, now: Timestamp) -> [Action] {
+        collect { s in s.emit(.toProducer(route, .heartbeat)) }
+    }
+
+    /// The I/O layer could not route to this connection (it is gone): results wait for a HELLO.
+    public mutating func producerUnreachable(_ route: PeerID) {
+        guard let session = routeSessions.removeValue(forKey: route) else { return }
+        if sessions[session]?.route == route { sessions[session]?.route = nil }
+        if let s = sessions[session], s.batches.isEmpty { sessions[session] = nil }
+    }
+
+    /// Refuse new batches from now on (shutdown); batches already accepted continue.
+    public mutating func stopAccepting() { accepting = false }
+}

@@ -1,0 +1,150 @@
+import CompassProtocol
+
+extension Scheduler {
+    /// READY: registers a worker for `pool` with `credit`. A READY from a known id is a restart:
+    /// what the old incarnation held is requeued first.
+    public mutating func workerReady(_ id: PeerID, pool: String, credit: Int, now: Timestamp) -> [Action] {
+        collect { s in
+            if s.workers[id] != nil { s.loseWorker(id, reason: "re-registered (restarted)", now) }
+            if s.pools[pool] == nil { s.pools[pool] = PoolState() }
+            let record = WorkerRecord(id: id, pool: pool, registeredAt: now, credit: min(max(credit, 0), s.config.maxCredit),
+                                      lastSeen: now, lastSent: now, generation: s.nextGeneration)
+            s.nextGeneration += 1
+            s.workers[id] = record
+            s.pools[pool]!.workers.insert(id)
+            s.sendWorker(id, .welcome(workerID: id.description), now)
+            s.emit(.event(.workerRegistered(worker: id, pool: pool, credit: record.credit)))
+            s.offer(id)
+            s.dispatch(pool, now)
+        }
+    }
+
+    /// Marks the worker alive; if unknown, tells it to register again. Returns whether it is known.
+    mutating func touch(_ id: PeerID, _ now: Timestamp) -> Bool {
+        guard workers[id] != nil else {
+            emit(.toWorker(id, .disconnect(reason: "unknown worker: register again with READY")))
+            emit(.event(.unknownWorker(worker: id)))
+            return false
+        }
+        workers[id]!.lastSeen = now
+        return true
+    }
+
+    /// CREDIT(n): the worker can take n more batches.
+    public mutating func workerCredit(_ id: PeerID, _ n: UInt32, now: Timestamp) -> [Action] {
+        collect { s in
+            guard s.touch(id, now) else { return }
+            s.workers[id]!.credit = min(s.workers[id]!.credit + Int(n), s.config.maxCredit)
+            s.offer(id)
+            s.dispatch(s.workers[id]!.pool, now)
+        }
+    }
+
+    /// HEARTBEAT from a worker.
+    public mutating func workerHeartbeat(_ id: PeerID, now: Timestamp) -> [Action] {
+        collect { s in _ = s.touch(id, now) }
+    }
+
+    /// Whether `attempt` of `batchID` is the one currently running on `worker`.
+    func isCurrent(_ batchID: String, _ attempt: UInt32, on worker: PeerID) -> Bool {
+        guard let b = batches[batchID], b.attempt == attempt, case .running(let w, _, _) = b.state else { return false }
+        return w == worker
+    }
+
+    /// A RESULT or FAILED returns the worker's credit, whatever becomes of the batch.
+    mutating func returnCredit(_ id: PeerID) {
+        workers[id]!.credit = min(workers[id]!.credit + 1, config.maxCredit)
+        workers[id]!.completed += 1
+        offer(id)
+    }
+
+    /// PROGRESS: forwarded to the producer when it is about the current attempt.
+    public mutating func workerProgress(_ id: PeerID, batchID: String, attempt: UInt32, done: UInt32, total: UInt32, now: Timestamp) -> [Action] {
+        collect { s in
+            guard s.touch(id, now), s.isCurrent(batchID, attempt, on: id) else { return }
+            s.workers[id]!.progress[batchID] = (done, total)
+            if let route = s.sessions[s.batches[batchID]!.session]?.route {
+                s.emit(.toProducer(route, .progress(batchID: batchID, done: done, total: total)))
+            }
+        }
+    }
+
+    /// RESULT: completes the batch if this is its current attempt; a stale one is dropped.
+    public mutating func workerResult(_ id: PeerID, batchID: String, attempt: UInt32, stats: Payload, payload: Payload, now: Timestamp) -> [Action] {
+        collect { s in
+            guard s.touch(id, now) else { return }
+            s.returnCredit(id)
+            let pool = s.workers[id]!.pool
+            if s.isCurrent(batchID, attempt, on: id) {
+                s.finish(batchID, .result(stats: stats, payload: payload), now)
+            } else {
+                s.pools[pool]!.counters.staleDropped += 1
+                s.emit(.event(.staleDropped(batchID: batchID, worker: id, attempt: attempt)))
+            }
+            s.finishDrainIfDone(id)
+            s.dispatch(pool, now)
+        }
+    }
+
+    /// FAILED from a worker: retried when retryable and attempts remain, else delivered as FAILED.
+    public mutating func workerFailed(_ id: PeerID, batchID: String, attempt: UInt32, code: String, retryable: Bool,
+                                      message: String, partial: Payload?, now: Timestamp) -> [Action] {
+        collect { s in
+            guard s.touch(id, now) else { return }
+            s.returnCredit(id)
+            let pool = s.workers[id]!.pool
+            if s.isCurrent(batchID, attempt, on: id) {
+                let handedBack = code == FailureCode.handedBack.rawValue
+                s.attemptFailed(batchID, code: code, message: message, retryable: retryable || handedBack,
+                                partial: partial, chargeAttempt: !handedBack, now)
+            } else {
+                s.pools[pool]!.counters.staleDropped += 1
+                s.emit(.event(.staleDropped(batchID: batchID, worker: id, attempt: attempt)))
+            }
+            s.finishDrainIfDone(id)
+            s.dispatch(pool, now)
+        }
+    }
+
+    /// BYE: the worker takes nothing new; it is removed once it holds nothing.
+    public mutating func workerBye(_ id: PeerID, reason: String, now: Timestamp) -> [Action] {
+        collect { s in
+            guard s.touch(id, now) else { return }
+            if s.workers[id]!.drainingSince == nil { s.workers[id]!.drainingSince = now }
+            s.finishDrainIfDone(id)
+        }
+    }
+
+    mutating func finishDrainIfDone(_ id: PeerID) {
+        guard let w = workers[id], w.drainingSince != nil, w.running.isEmpty else { return }
+        removeWorker(id)
+        emit(.event(.workerLeft(worker: id, pool: w.pool)))
+    }
+
+    /// The I/O layer could not route to the worker: it is gone.
+    public mutating func workerUnreachable(_ id: PeerID, now: Timestamp) -> [Action] {
+        collect { s in
+            if s.workers[id] != nil { s.loseWorker(id, reason: "connection lost", now) }
+        }
+    }
+
+    mutating func removeWorker(_ id: PeerID) {
+        guard let w = workers.removeValue(forKey: id) else { return }
+        pools[w.pool]?.workers.remove(id)
+    }
+
+    /// Declares a worker dead: every batch it held goes back to the front of its queue (or fails
+    /// for good when out of attempts).
+    mutating func loseWorker(_ id: PeerID, reason: String, _ now: Timestamp) {
+        guard let w = workers[id] else { return }
+        // Remove it first: requeueing dispatches at once, and nothing may go back to this worker.
+        removeWorker(id)
+        let held = w.running.sorted()
+        for batchID in held {
+            attemptFailed(batchID, code: FailureCode.workerLost.rawValue, message: "worker \(id) lost: \(reason)",
+                          retryable: true, partial: nil, chargeAttempt: true, now)
+        }
+        emit(.event(.workerLost(worker: id, pool: w.pool, reason: reason, requeued: held.count)))
+        dispatch(w.pool, now)
+    }
+}

@@ -1,0 +1,220 @@
+import CompassProtocol
+import DequeModule
+import HeapModule
+
+/// The broker's scheduling core: pools, queues, workers, credits, attempts and timers, as a pure
+/// state machine. Every input is a method taking `now`; every output is an action for the I/O layer
+/// to carry out. Nothing here touches a socket, a clock or a file, so all of it is unit-tested.
+///
+/// Invariants (checked by `checkInvariants` in tests):
+/// - a batch is in exactly one state; a running batch is in its worker's `running` set;
+/// - a batch accepted is answered to its session exactly once with RESULT or FAILED, re-sent only
+///   on the session's HELLO or re-SUBMIT until ACKed;
+/// - a RESULT or FAILED whose attempt is not the batch's current running attempt changes nothing.
+public struct Scheduler<Payload: BatchPayload> {
+    public let config: SchedulerConfig
+    var pools: [String: PoolState] = [:]
+    var batches: [String: BatchRecord<Payload>] = [:]
+    var workers: [PeerID: WorkerRecord] = [:]
+    var sessions: [String: SessionRecord] = [:]
+    var routeSessions: [PeerID: String] = [:]
+    var recentAcks: Deque<String> = []
+    var recentAckSet: Set<String> = []
+    /// Finished batches in finishing order, for result retention.
+    var finishedOrder: Deque<(id: String, at: Timestamp)> = []
+    /// Deadlines of batches, soonest first (entries of finished batches are skipped when popped).
+    var deadlines = Heap<DeadlineEntry>()
+    var nextGeneration: UInt64 = 1
+    var out: [SchedulerAction<Payload>] = []
+    public internal(set) var accepting = true
+
+    public typealias Action = SchedulerAction<Payload>
+
+    public init(config: SchedulerConfig) {
+        self.config = config
+        for pool in config.declaredPools { pools[pool] = PoolState() }
+    }
+
+    /// Collects the actions emitted by `body`.
+    mutating func collect(_ body: (inout Scheduler) -> Void) -> [Action] {
+        body(&self)
+        let actions = out
+        out.removeAll(keepingCapacity: true)
+        return actions
+    }
+
+    mutating func emit(_ action: Action) { out.append(action) }
+
+    mutating func sendWorker(_ id: PeerID, _ message: WorkerOutput<Payload>, _ now: Timestamp) {
+        workers[id]?.lastSent = now
+        emit(.toWorker(id, message))
+    }
+
+    // MARK: Queries
+
+    /// Whether `pool` is declared or has had a worker.
+    public func knowsPool(_ pool: String) -> Bool { pools[pool] != nil }
+
+    /// Batches the broker holds in any state.
+    public var batchCount: Int { batches.count }
+
+    /// Workers registered.
+    public var workerCount: Int { workers.count }
+
+    /// Batches queued or running, in all pools.
+    public var unfinishedCount: Int { pools.values.reduce(0) { $0 + $1.queuedBatches + $1.runningBatches } }
+
+    // MARK: Shared transitions
+
+    /// Adds a worker with credit to its pool's ready ring (once).
+    mutating func offer(_ id: PeerID) {
+        guard let w = workers[id], !w.inRing, w.credit > 0, w.drainingSince == nil else { return }
+        workers[id]!.inRing = true
+        pools[w.pool]!.ready.append((id, w.generation))
+    }
+
+    /// Pops the next worker of `pool` with credit, or nil.
+    mutating func nextWorker(_ pool: String) -> PeerID? {
+        while let entry = pools[pool]!.ready.popFirst() {
+            guard let w = workers[entry.worker], w.generation == entry.generation, w.inRing else { continue }
+            if w.credit > 0 && w.drainingSince == nil { return entry.worker }
+            workers[entry.worker]!.inRing = false
+        }
+        return nil
+    }
+
+    /// Hands queued batches of `pool` to workers with credit, as long as both exist.
+    mutating func dispatch(_ pool: String, _ now: Timestamp) {
+        guard pools[pool] != nil else { return }
+        while pools[pool]!.queuedBatches > 0 {
+            guard let wid = nextWorker(pool) else { return }
+            let snapshot = batches // O(1) copy, released before `batches` is next mutated
+            guard let id = pools[pool]!.queue.pop(isQueued: { snapshot[$0]?.isQueued ?? false }) else {
+                // The counters said there is work but the queue holds none: put the worker back.
+                workers[wid]!.inRing = false
+                offer(wid)
+                return
+            }
+            start(id, on: wid, now)
+            workers[wid]!.credit -= 1
+            if workers[wid]!.credit > 0 {
+                pools[pool]!.ready.append((wid, workers[wid]!.generation))
+            } else {
+                workers[wid]!.inRing = false
+            }
+        }
+    }
+
+    /// Moves a queued batch to running on `worker` and emits the BATCH.
+    mutating func start(_ id: String, on worker: PeerID, _ now: Timestamp) {
+        var b = batches[id]!
+        b.attempt += 1
+        b.charged += 1
+        let lease = config.leaseMilliseconds > 0 ? now.adding(milliseconds: config.leaseMilliseconds) : nil
+        b.state = .running(worker: worker, since: now, leaseUntil: lease)
+        batches[id] = b
+        pools[b.pool]!.queuedBatches -= 1
+        pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
+        pools[b.pool]!.runningBatches += 1
+        pools[b.pool]!.counters.dispatched += 1
+        workers[worker]!.running.insert(id)
+        var meta = b.meta
+        meta.maxAttempts = b.maxAttempts
+        if let deadline = b.deadline {
+            meta.deadlineMilliseconds = UInt32(clamping: max(1, deadline.milliseconds(since: now)))
+        }
+        sendWorker(worker, .batch(batchID: id, attempt: b.attempt, meta: meta, payload: b.payload), now)
+    }
+
+    /// Puts a batch back at the front of its queue.
+    mutating func requeue(_ id: String) {
+        let b = batches[id]!
+        batches[id]!.state = .queued
+        pools[b.pool]!.queue.push(id, session: b.session, priority: b.meta.priority, atFront: true)
+        pools[b.pool]!.queuedBatches += 1
+        pools[b.pool]!.queuedRequests += Int(b.meta.requestCount)
+    }
+
+    /// Takes a running batch off its worker (no state change of the batch itself).
+    mutating func detach(_ id: String, from worker: PeerID) {
+        workers[worker]?.running.remove(id)
+        workers[worker]?.progress[id] = nil
+        pools[batches[id]!.pool]!.runningBatches -= 1
+    }
+
+    /// A running batch's attempt failed: retry it if allowed, else finish it as failed.
+    mutating func attemptFailed(_ id: String, code: String, message: String, retryable: Bool, partial: Payload?,
+                                chargeAttempt: Bool, _ now: Timestamp) {
+        guard let b = batches[id], case .running(let worker, _, _) = b.state else { return }
+        if !chargeAttempt { batches[id]!.charged -= 1 }
+        let charged = batches[id]!.charged
+        if retryable && charged < UInt32(b.maxAttempts) {
+            detach(id, from: worker)
+            requeue(id)
+            pools[b.pool]!.counters.retried += 1
+            emit(.event(.requeued(batchID: id, attempt: b.attempt, code: code, reason: message)))
+            dispatch(b.pool, now)
+        } else {
+            let why = retryable ? "\(message) (gave up after \(charged) attempts)" : message
+            finish(id, .failed(code: code, message: why, partial: partial), now)
+        }
+    }
+
+    /// Makes a batch terminal and delivers its outcome to its session.
+    mutating func finish(_ id: String, _ outcome: Outcome<Payload>, _ now: Timestamp) {
+        guard var b = batches[id] else { return }
+        switch b.state {
+        case .finished:
+            return
+        case .queued:
+            pools[b.pool]!.queuedBatches -= 1
+            pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
+        case .running(let worker, _, _):
+            detach(id, from: worker)
+        }
+        let before = b.heldBytes
+        b.state = .finished(outcome, at: now)
+        batches[id] = b
+        pools[b.pool]!.heldBytes += b.heldBytes - before
+        finishedOrder.append((id, now))
+        switch outcome {
+        case .result:
+            pools[b.pool]!.counters.completed += 1
+            pools[b.pool]!.counters.completedRequests += Int(b.meta.requestCount)
+            emit(.event(.completed(batchID: id, pool: b.pool, attempts: b.attempt, latencyMilliseconds: now.milliseconds(since: b.acceptedAt))))
+        case .failed(let code, let message, _):
+            pools[b.pool]!.counters.failed += 1
+            emit(.event(.failed(batchID: id, pool: b.pool, code: code, message: message)))
+        }
+        deliver(id)
+    }
+
+    /// Sends a finished batch's outcome to its session's current connection, if it has one.
+    mutating func deliver(_ id: String) {
+        guard let b = batches[id], case .finished(let outcome, _) = b.state,
+              let route = sessions[b.session]?.route else { return }
+        switch outcome {
+        case .result(let stats, let payload):
+            emit(.toProducer(route, .result(batchID: id, attempts: b.attempt, stats: stats, payload: payload)))
+        case .failed(let code, let message, let partial):
+            emit(.toProducer(route, .failed(batchID: id, attempts: b.attempt, code: code, message: message, partial: partial)))
+        }
+    }
+
+    /// Forgets a batch entirely (after ACK or retention).
+    mutating func forget(_ id: String) {
+        guard let b = batches.removeValue(forKey: id) else { return }
+        pools[b.pool]?.heldBytes -= b.heldBytes
+        sessions[b.session]?.batches.remove(id)
+        if let s = sessions[b.session], s.batches.isEmpty, s.route == nil { sessions[b.session] = nil }
+    }
+}
+
+/// A batch's deadline in the deadline heap.
+struct DeadlineEntry: Comparable {
+    let at: Timestamp
+    let batchID: String
+
+    static func < (a: DeadlineEntry, b: DeadlineEntry) -> Bool { a.at < b.at }
+    static func == (a: DeadlineEntry, b: DeadlineEntry) -> Bool { a.at == b.at && a.batchID == b.batchID }
+}

@@ -1,0 +1,32 @@
+import CompassProtocol
+
+/// The scheduler's settings; the broker fills them from its command line or topology.
+public struct SchedulerConfig: Sendable {
+    /// Heartbeat interval in both directions.
+    public var heartbeatMilliseconds: UInt64 = UInt64(WireProtocol.defaultHeartbeatMilliseconds)
+    /// Missed intervals after which a worker is declared dead.
+    public var liveness: UInt64 = UInt64(WireProtocol.defaultLiveness)
+    /// Attempts per batch when its SUBMIT does not say.
+    public var defaultMaxAttempts: UInt16 = WireProtocol.defaultMaxAttempts
+    /// Pools accepted before any worker registers for them. A pool a worker registers for is added.
+    public var declaredPools: Set<String> = []
+    /// Bytes a pool may hold: payloads queued or running plus results not yet acknowledged.
+    public var maxPoolBytes: Int = 1 << 30
+    /// Batches a pool may hold in its queue.
+    public var maxQueuedBatches: Int = 100_000
+    /// How long a worker may hold one dispatch before it is taken back (0 = no lease).
+    public var leaseMilliseconds: UInt64 = 0
+    /// How long a worker that said BYE may take to finish before its batches are taken back.
+    public var drainMilliseconds: UInt64 = 60_000
+    /// How long a result waits for its producer's ACK before it is dropped.
+    public var resultRetentionMilliseconds: UInt64 = 3_600_000
+    /// Largest credit a worker may hold.
+    public var maxCredit: Int = 1024
+    /// Acknowledged batch ids remembered, so a late duplicate SUBMIT is refused instead of re-run.
+    public var rememberedAcks: Int = 65_536
+
+    public init() {}
+
+    /// A worker is dead after this long without a message.
+    public var expiryMilliseconds: UInt64 { heartbeatMilliseconds * liveness }
+}

@@ -1,0 +1,88 @@
+/// What the scheduler holds, for STATUS replies and metrics.
+public struct SchedulerSnapshot: Sendable, Codable, Equatable {
+    public struct Pool: Sendable, Codable, Equatable {
+        public var name: String
+        public var queuedBatches: Int
+        public var queuedRequests: Int
+        public var runningBatches: Int
+        public var heldBytes: Int
+        public var workers: Int
+        public var counters: PoolCounters
+    }
+
+    public struct Worker: Sendable, Codable, Equatable {
+        public var id: String
+        public var pool: String
+        public var credit: Int
+        public var running: [String]
+        /// done/total of each running batch that reported progress.
+        public var progress: [String: [UInt32]]
+        public var draining: Bool
+        public var uptimeMilliseconds: UInt64
+        public var completed: Int
+        public var lastSeenMillisecondsAgo: UInt64
+    }
+
+    public struct Session: Sendable, Codable, Equatable {
+        public var session: String
+        public var connected: Bool
+        public var outstanding: Int
+    }
+
+    public var pools: [Pool]
+    public var workers: [Worker]
+    public var sessions: [Session]
+}
+
+extension Scheduler {
+    public func snapshot(now: Timestamp) -> SchedulerSnapshot {
+        SchedulerSnapshot(
+            pools: pools.keys.sorted().map { name in
+                let p = pools[name]!
+                return .init(name: name, queuedBatches: p.queuedBatches, queuedRequests: p.queuedRequests,
+                             runningBatches: p.runningBatches, heldBytes: p.heldBytes, workers: p.workers.count, counters: p.counters)
+            },
+            workers: workers.values.sorted { $0.registeredAt < $1.registeredAt }.map { w in
+                .init(id: w.id.description, pool: w.pool, credit: w.credit, running: w.running.sorted(),
+                      progress: w.progress.mapValues { [$0.done, $0.total] }, draining: w.drainingSince != nil,
+                      uptimeMilliseconds: now.milliseconds(since: w.registeredAt), completed: w.completed,
+                      lastSeenMillisecondsAgo: now.milliseconds(since: w.lastSeen))
+            },
+            sessions: sessions.keys.sorted().map { name in
+                let s = sessions[name]!
+                return .init(session: name, connected: s.route != nil, outstanding: s.batches.count)
+            })
+    }
+
+    /// Checks the internal invariants; returns a description of each violation (empty when sound).
+    /// For tests: cheap enough to call after every step of a randomized run.
+    public func checkInvariants() -> [String] {
+        var problems: [String] = []
+        var queued: [String: Int] = [:], running: [String: Int] = [:], held: [String: Int] = [:]
+        for (id, b) in batches {
+            held[b.pool, default: 0] += b.heldBytes
+            switch b.state {
+            case .queued: queued[b.pool, default: 0] += 1
+            case .running(let w, _, _):
+                running[b.pool, default: 0] += 1
+                if workers[w]?.running.contains(id) != true { problems.append("\(id) runs on \(w) which does not hold it") }
+            case .finished: break
+            }
+            if sessions[b.session]?.batches.contains(id) != true { problems.append("\(id) missing from session \(b.session)") }
+        }
+        for (id, w) in workers {
+            for batchID in w.running {
+                guard let b = batches[batchID], case .running(let owner, _, _) = b.state, owner == id else {
+                    problems.append("worker \(id) holds \(batchID) which is not running on it"); continue
+                }
+            }
+            if w.credit < 0 { problems.append("worker \(id) has negative credit \(w.credit)") }
+        }
+        for (name, p) in pools {
+            if p.queuedBatches != queued[name, default: 0] { problems.append("pool \(name) counts \(p.queuedBatches) queued, holds \(queued[name, default: 0])") }
+            if p.runningBatches != running[name, default: 0] { problems.append("pool \(name) counts \(p.runningBatches) running, holds \(running[name, default: 0])") }
+            if p.heldBytes != held[name, default: 0] { problems.append("pool \(name) counts \(p.heldBytes) bytes, holds \(held[name, default: 0])") }
+        }
+        return problems
+    }
+}

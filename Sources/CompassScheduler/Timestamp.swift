@@ -1,0 +1,46 @@
+/// A point on a monotonic clock, in nanoseconds. The scheduler never reads a clock itself: every
+/// event carries `now`, which is how tests drive time.
+public struct Timestamp: Comparable, Hashable, Sendable, CustomStringConvertible {
+    public var nanoseconds: UInt64
+
+    public init(nanoseconds: UInt64) { self.nanoseconds = nanoseconds }
+
+    public static func milliseconds(_ ms: UInt64) -> Timestamp { Timestamp(nanoseconds: ms * 1_000_000) }
+
+    public static func < (a: Timestamp, b: Timestamp) -> Bool { a.nanoseconds < b.nanoseconds }
+
+    /// `self` moved forward by `ms` milliseconds.
+    public func adding(milliseconds ms: UInt64) -> Timestamp { Timestamp(nanoseconds: nanoseconds &+ ms * 1_000_000) }
+
+    /// Milliseconds from `earlier` to `self` (0 if `earlier` is later).
+    public func milliseconds(since earlier: Timestamp) -> UInt64 {
+        nanoseconds > earlier.nanoseconds ? (nanoseconds - earlier.nanoseconds) / 1_000_000 : 0
+    }
+
+    public var description: String { "\(nanoseconds / 1_000_000)ms" }
+}
+
+/// A ZeroMQ routing id: who sent a message to a ROUTER, and where to route a reply.
+public struct PeerID: Hashable, Sendable, CustomStringConvertible {
+    public let bytes: [UInt8]
+
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public init(_ string: String) { self.bytes = Array(string.utf8) }
+
+    /// Printable ids (compass peers name themselves) as text; libzmq's random ids as hex.
+    public var description: String {
+        if !bytes.isEmpty, bytes.allSatisfy({ $0 >= 0x21 && $0 < 0x7f }) {
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        return "0x" + bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+}
+
+/// What the scheduler needs to know of a payload it holds but never reads.
+public protocol BatchPayload {
+    var byteCount: Int { get }
+}
+
+extension Array: BatchPayload where Element == UInt8 {
+    public var byteCount: Int { count }
+}

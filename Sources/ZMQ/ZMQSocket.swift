@@ -1,0 +1,142 @@
+import CLibZMQ
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A libzmq socket. It belongs to the thread that created it and is closed when released.
+///
+/// Every send and receive is multipart: a message is an array of `Frame`s.
+public final class ZMQSocket {
+    let handle: UnsafeMutableRawPointer
+    /// Keeps the context alive until this socket is closed.
+    private let context: ZMQContext
+    public let type: SocketType
+
+    init(context: ZMQContext, type: SocketType) throws {
+        guard let handle = zmq_socket(context.handle, type.raw) else {
+            throw ZMQError.last("zmq_socket")
+        }
+        self.handle = handle
+        self.context = context
+        self.type = type
+        // A finite linger by default, so closing a socket with unsendable messages never blocks
+        // context termination forever. Owners that must flush (a draining worker) raise it.
+        do {
+            try set(.linger(milliseconds: 0))
+        } catch {
+            zmq_close(handle)
+            throw error
+        }
+    }
+
+    deinit {
+        zmq_close(handle)
+    }
+
+    // MARK: Endpoints
+
+    /// Binds to `endpoint`, e.g. `tcp://127.0.0.1:*` or `ipc:///tmp/compass.sock`.
+    public func bind(_ endpoint: String) throws {
+        _ = try retryingEINTR("zmq_bind", endpoint) { zmq_bind(handle, endpoint) }
+    }
+
+    /// Connects to `endpoint`. libzmq connects in the background and reconnects by itself.
+    public func connect(_ endpoint: String) throws {
+        _ = try retryingEINTR("zmq_connect", endpoint) { zmq_connect(handle, endpoint) }
+    }
+
+    /// Disconnects from an endpoint given to `connect`.
+    public func disconnect(_ endpoint: String) throws {
+        _ = try retryingEINTR("zmq_disconnect", endpoint) { zmq_disconnect(handle, endpoint) }
+    }
+
+    /// The endpoint the socket last bound to, with a wildcard port resolved (`tcp://127.0.0.1:40123`).
+    public var lastEndpoint: String {
+        get throws { try stringOption(ZMQ_LAST_ENDPOINT, "ZMQ_LAST_ENDPOINT") }
+    }
+
+    // MARK: Sending and receiving
+
+    /// Sends `frames` as one multipart message. Each frame is sent as a shared copy and stays valid.
+    ///
+    /// - Parameter dontWait: return `false` instead of blocking when the message cannot be queued
+    ///   (high-water mark reached, or no peer for a DEALER).
+    /// - Returns: `true` when libzmq queued the whole message.
+    @discardableResult
+    public func send(_ frames: [Frame], dontWait: Bool = false) throws -> Bool {
+        precondition(!frames.isEmpty, "a message has at least one frame")
+        let last = frames.count - 1
+        var tmp = zmq_msg_t()
+        for (index, frame) in frames.enumerated() {
+            var flags: Int32 = index < last ? ZMQ_SNDMORE : 0
+            if dontWait { flags |= ZMQ_DONTWAIT }
+            zmq_msg_init(&tmp)
+            _ = zmq_msg_copy(&tmp, frame.msg)
+            while true {
+                if zmq_msg_send(&tmp, handle, flags) != -1 { break }
+                let code = zmq_errno()
+                if code == EINTR { continue }
+                zmq_msg_close(&tmp)
+                // libzmq queues multipart messages atomically: only the first frame can be refused.
+                if code == EAGAIN && index == 0 { return false }
+                throw ZMQError(code: code, call: "zmq_msg_send")
+            }
+        }
+        return true
+    }
+
+    /// Receives one multipart message.
+    ///
+    /// - Parameter dontWait: return `nil` instead of blocking when nothing is waiting.
+    /// - Throws: `ZMQError` with `isWouldBlock` when a receive timeout expires.
+    public func receive(dontWait: Bool = false) throws -> [Frame]? {
+        var frames: [Frame] = []
+        let flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
+        while true {
+            let frame = Frame()
+            while zmq_msg_recv(frame.msg, handle, frames.isEmpty ? flags : 0) == -1 {
+                let code = zmq_errno()
+                if code == EINTR { continue }
+                if code == EAGAIN && frames.isEmpty && dontWait { return nil }
+                throw ZMQError(code: code, call: "zmq_msg_recv")
+            }
+            frames.append(frame)
+            if zmq_msg_more(frame.msg) == 0 { return frames }
+        }
+    }
+
+    // MARK: Raw options
+
+    func setRaw(_ option: Int32, _ name: String, _ value: UnsafeRawPointer?, _ size: Int) throws {
+        _ = try retryingEINTR("zmq_setsockopt", name) { zmq_setsockopt(handle, option, value, size) }
+    }
+
+    func setInt32(_ option: Int32, _ name: String, _ value: Int32) throws {
+        var v = value
+        try setRaw(option, name, &v, MemoryLayout<Int32>.size)
+    }
+
+    func setInt64(_ option: Int32, _ name: String, _ value: Int64) throws {
+        var v = value
+        try setRaw(option, name, &v, MemoryLayout<Int64>.size)
+    }
+
+    func setBytes(_ option: Int32, _ name: String, _ value: [UInt8]) throws {
+        try value.withUnsafeBytes { try setRaw(option, name, $0.baseAddress, $0.count) }
+    }
+
+    func int32Option(_ option: Int32, _ name: String) throws -> Int32 {
+        var value: Int32 = 0
+        var size = MemoryLayout<Int32>.size
+        _ = try retryingEINTR("zmq_getsockopt", name) { zmq_getsockopt(handle, option, &value, &size) }
+        return value
+    }
+
+    func stringOption(_ option: Int32, _ name: String) throws -> String {
+        var buffer = [CChar](repeating: 0, count: 512)
+        var size = buffer.count
+        _ = try retryingEINTR("zmq_getsockopt", name) { zmq_getsockopt(handle, option, &buffer, &size) }
+        return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

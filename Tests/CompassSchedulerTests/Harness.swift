@@ -1,0 +1,95 @@
+import CompassProtocol
+@testable import CompassScheduler
+
+/// Drives a scheduler with a manual clock and records what it emits.
+struct Harness {
+    var scheduler: Scheduler<[UInt8]>
+    var now = Timestamp.milliseconds(1_000)
+    var log: [SchedulerAction<[UInt8]>] = []
+
+    init(_ configure: (inout SchedulerConfig) -> Void = { _ in }) {
+        var config = SchedulerConfig()
+        config.declaredPools = ["p"]
+        config.heartbeatMilliseconds = 100
+        config.liveness = 3
+        configure(&config)
+        scheduler = Scheduler(config: config)
+    }
+
+    mutating func advance(_ ms: UInt64) -> [SchedulerAction<[UInt8]>] {
+        now = now.adding(milliseconds: ms)
+        return record(scheduler.tick(now: now))
+    }
+
+    @discardableResult
+    mutating func record(_ actions: [SchedulerAction<[UInt8]>]) -> [SchedulerAction<[UInt8]>] {
+        log += actions
+        let problems = scheduler.checkInvariants()
+        precondition(problems.isEmpty, "invariants broken: \(problems)")
+        return actions
+    }
+
+    @discardableResult
+    mutating func submit(_ id: String, from producer: String = "prod", pool: String = "p", requests: UInt32 = 1,
+                         priority: Int16 = 0, maxAttempts: UInt16 = 0, deadline: UInt32 = 0, bytes: Int = 10) -> [SchedulerAction<[UInt8]>] {
+        let meta = BatchMeta(requestCount: requests, maxAttempts: maxAttempts, priority: priority, deadlineMilliseconds: deadline)
+        return record(scheduler.submit(from: PeerID(producer), batchID: id, pool: pool, meta: meta,
+                                       payload: [UInt8](repeating: 1, count: bytes), now: now))
+    }
+
+    @discardableResult
+    mutating func ready(_ worker: String, pool: String = "p", credit: Int = 1) -> [SchedulerAction<[UInt8]>] {
+        record(scheduler.workerReady(PeerID(worker), pool: pool, credit: credit, now: now))
+    }
+
+    @discardableResult
+    mutating func result(_ worker: String, _ id: String, attempt: UInt32 = 1) -> [SchedulerAction<[UInt8]>] {
+        record(scheduler.workerResult(PeerID(worker), batchID: id, attempt: attempt, stats: [0], payload: Array(id.utf8), now: now))
+    }
+
+    @discardableResult
+    mutating func failed(_ worker: String, _ id: String, attempt: UInt32 = 1, code: FailureCode, retryable: Bool) -> [SchedulerAction<[UInt8]>] {
+        record(scheduler.workerFailed(PeerID(worker), batchID: id, attempt: attempt, code: code.rawValue, retryable: retryable,
+                                      message: "boom", partial: nil, now: now))
+    }
+}
+
+/// Pattern helpers over actions.
+extension Array where Element == SchedulerAction<[UInt8]> {
+    /// (worker, batch id, attempt) of every BATCH sent.
+    var dispatches: [(worker: String, id: String, attempt: UInt32)] {
+        compactMap {
+            if case .toWorker(let w, .batch(let id, let attempt, _, _)) = $0 { return (w.description, id, attempt) }
+            return nil
+        }
+    }
+
+    var accepted: [String] {
+        compactMap { if case .toProducer(_, .accepted(let id)) = $0 { return id }; return nil }
+    }
+
+    var rejections: [(id: String, code: RejectCode, retryAfter: UInt32)] {
+        compactMap {
+            if case .toProducer(_, .rejected(let id, let code, _, let retry)) = $0 { return (id, code, retry) }
+            return nil
+        }
+    }
+
+    /// (producer route, batch id) of every RESULT.
+    var results: [(route: String, id: String)] {
+        compactMap { if case .toProducer(let r, .result(let id, _, _, _)) = $0 { return (r.description, id) }; return nil }
+    }
+
+    /// (batch id, code) of every FAILED.
+    var failures: [(id: String, code: String)] {
+        compactMap { if case .toProducer(_, .failed(let id, _, let code, _, _)) = $0 { return (id, code) }; return nil }
+    }
+
+    func sent(to worker: String) -> [WorkerOutput<[UInt8]>] {
+        compactMap { if case .toWorker(let w, let m) = $0, w.description == worker { return m }; return nil }
+    }
+
+    var events: [SchedulerEvent] {
+        compactMap { if case .event(let e) = $0 { return e }; return nil }
+    }
+}

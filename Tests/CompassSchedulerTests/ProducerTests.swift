@@ -1,0 +1,178 @@
+import CompassProtocol
+import Testing
+@testable import CompassScheduler
+
+@Suite("Producers: idempotency, sessions, backpressure, fairness, cancel, deadlines")
+struct ProducerTests {
+    @Test func resubmitOfAQueuedBatchIsConfirmedNotDuplicated() {
+        var h = Harness()
+        h.submit("b")
+        #expect(h.submit("b").accepted == ["b"])
+        h.ready("w", credit: 5)
+        #expect(h.log.dispatches.count == 1)
+    }
+
+    @Test func resubmitOfAFinishedBatchResendsItsResult() {
+        var h = Harness()
+        h.ready("w")
+        h.submit("b")
+        h.result("w", "b")
+        let again = h.submit("b")
+        #expect(again.accepted == ["b"])
+        #expect(again.results.map(\.id) == ["b"])
+        #expect(h.log.dispatches.count == 1)
+    }
+
+    @Test func batchIDOfAnotherSessionIsRefused() {
+        var h = Harness()
+        h.submit("b", from: "alice")
+        #expect(h.submit("b", from: "bob").rejections.map(\.code) == [.duplicate])
+    }
+
+    @Test func ackForgetsAndALaterDuplicateIsRefused() {
+        var h = Harness()
+        h.ready("w")
+        h.submit("b")
+        h.result("w", "b")
+        h.record(h.scheduler.ack(from: PeerID("prod"), batchID: "b", now: h.now))
+        #expect(h.scheduler.batchCount == 0)
+        #expect(h.submit("b").rejections.map(\.code) == [.duplicate])
+    }
+
+    @Test func helloReplaysUnackedResultsToTheNewConnection() {
+        var h = Harness()
+        h.record(h.scheduler.hello(from: PeerID("conn1"), session: "s", now: h.now))
+        h.ready("w", credit: 2)
+        h.submit("a", from: "conn1"); h.submit("b", from: "conn1")
+        h.result("w", "a")
+        h.record(h.scheduler.ack(from: PeerID("conn1"), batchID: "a", now: h.now))
+        // conn1 vanishes before b completes.
+        h.scheduler.producerUnreachable(PeerID("conn1"))
+        let lost = h.result("w", "b")
+        #expect(lost.results.isEmpty)
+        let replay = h.record(h.scheduler.hello(from: PeerID("conn2"), session: "s", now: h.now))
+        #expect(replay.results.map { "\($0.route):\($0.id)" } == ["conn2:b"])
+        if case .toProducer(_, .welcome(_, let pending)) = replay.first! { #expect(pending == 1) } else { Issue.record("no welcome first") }
+    }
+
+    @Test func fullPoolSaysBusyWithARetryHint() {
+        var h = Harness { $0.maxPoolBytes = 100 }
+        #expect(h.submit("a", bytes: 60).accepted == ["a"])
+        let out = h.submit("b", bytes: 60)
+        #expect(out.rejections.map(\.code) == [.busy])
+        #expect(out.rejections.first!.retryAfter > 0)
+        h.ready("w")
+        h.result("w", "a")
+        // The unacked result still holds bytes: the pool stays full until the producer ACKs.
+        #expect(h.submit("b", bytes: 60).rejections.map(\.code) == [.busy])
+        h.record(h.scheduler.ack(from: PeerID("prod"), batchID: "a", now: h.now))
+        #expect(h.submit("b", bytes: 60).accepted == ["b"])
+    }
+
+    @Test func queueLengthIsBounded() {
+        var h = Harness { $0.maxQueuedBatches = 2 }
+        h.submit("a"); h.submit("b")
+        #expect(h.submit("c").rejections.map(\.code) == [.busy])
+    }
+
+    @Test func oversizedPayloadIsTooLarge() {
+        var h = Harness { $0.maxPoolBytes = 100 }
+        #expect(h.submit("a", bytes: 101).rejections.map(\.code) == [.tooLarge])
+    }
+
+    @Test func twoProducersShareAPoolRoundRobin() {
+        var h = Harness()
+        for i in 0..<6 { h.submit("big\(i)", from: "big") }
+        for i in 0..<2 { h.submit("small\(i)", from: "small") }
+        h.ready("w", credit: 8)
+        #expect(h.log.dispatches.map(\.id) == ["big0", "small0", "big1", "small1", "big2", "big3", "big4", "big5"])
+    }
+
+    @Test func higherPriorityGoesFirst() {
+        var h = Harness()
+        h.submit("low", priority: 0)
+        h.submit("high", priority: 5)
+        h.submit("mid", priority: 2)
+        h.ready("w", credit: 3)
+        #expect(h.log.dispatches.map(\.id) == ["high", "mid", "low"])
+    }
+
+    @Test func cancelOfAQueuedBatchFailsItOnce() {
+        var h = Harness()
+        h.submit("b")
+        let out = h.record(h.scheduler.cancel(from: PeerID("prod"), batchID: "b", now: h.now))
+        #expect(out.failures.map(\.code) == ["cancelled"])
+        h.ready("w")
+        #expect(h.log.dispatches.isEmpty)
+    }
+
+    @Test func cancelOfARunningBatchTellsTheWorkerAndDropsItsLateResult() {
+        var h = Harness()
+        h.ready("w")
+        h.submit("b")
+        let out = h.record(h.scheduler.cancel(from: PeerID("prod"), batchID: "b", now: h.now))
+        #expect(out.sent(to: "w").contains { if case .cancel("b", 1) = $0 { return true }; return false })
+        #expect(out.failures.map(\.code) == ["cancelled"])
+        #expect(h.result("w", "b").results.isEmpty)
+        // The worker's credit came back with its late result.
+        h.submit("c")
+        #expect(h.log.dispatches.map(\.id) == ["b", "c"])
+    }
+
+    @Test func cancelOfAnUnknownBatchIsRejected() {
+        var h = Harness()
+        let out = h.record(h.scheduler.cancel(from: PeerID("prod"), batchID: "zzz", now: h.now))
+        #expect(out.rejections.map(\.code) == [.unknownBatch])
+    }
+
+    @Test func deadlineFailsAQueuedBatchAsTimeout() {
+        var h = Harness()
+        h.submit("b", deadline: 250)
+        _ = h.advance(200)
+        #expect(h.log.failures.isEmpty)
+        _ = h.advance(100)
+        #expect(h.log.failures.map(\.code) == ["timeout"])
+    }
+
+    @Test func deadlineCancelsARunningBatch() {
+        var h = Harness()
+        h.ready("w")
+        h.submit("b", deadline: 150)
+        let out = h.advance(80) + h.record(h.scheduler.workerHeartbeat(PeerID("w"), now: h.now)) + h.advance(80)
+        #expect(out.sent(to: "w").contains { if case .cancel("b", 1) = $0 { return true }; return false })
+        #expect(h.log.failures.map(\.code) == ["timeout"])
+    }
+
+    @Test func leaseTakesBackABatchFromAWorkerThatHeartbeatsButNeverFinishes() {
+        var h = Harness { $0.leaseMilliseconds = 250 }
+        h.ready("w1")
+        h.submit("b")
+        for _ in 0..<3 {
+            _ = h.advance(90)
+            h.record(h.scheduler.workerHeartbeat(PeerID("w1"), now: h.now))
+        }
+        #expect(h.log.sent(to: "w1").contains { if case .cancel("b", 1) = $0 { return true }; return false })
+        h.ready("w2")
+        #expect(h.log.dispatches.map { "\($0.worker):\($0.attempt)" } == ["w1:1", "w2:2"])
+    }
+
+    @Test func unackedResultsExpireAfterRetention() {
+        var h = Harness { $0.resultRetentionMilliseconds = 1000 }
+        h.ready("w")
+        h.submit("b")
+        h.result("w", "b")
+        var out: [SchedulerAction<[UInt8]>] = []
+        for _ in 0..<11 {
+            out += h.advance(100)
+            h.record(h.scheduler.workerHeartbeat(PeerID("w"), now: h.now))
+        }
+        #expect(out.events.contains(.resultExpired(batchID: "b", session: "anon:prod")))
+        #expect(h.scheduler.batchCount == 0)
+    }
+
+    @Test func shutdownRefusesNewBatches() {
+        var h = Harness()
+        h.scheduler.stopAccepting()
+        #expect(h.submit("b").rejections.map(\.code) == [.shuttingDown])
+    }
+}

@@ -1,0 +1,90 @@
+import CompassProtocol
+import Testing
+@testable import CompassScheduler
+
+/// A small deterministic generator (SplitMix64), so a failing seed can be replayed.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+@Suite("Randomized: exactly-once under worker churn")
+struct RandomizedTests {
+    @Test(arguments: [1, 2, 3, 42, 1234, 99999] as [UInt64])
+    func everyBatchIsAnsweredExactlyOnce(seed: UInt64) {
+        var rng = SplitMix64(state: seed)
+        var h = Harness { $0.defaultMaxAttempts = 50; $0.leaseMilliseconds = 2_000 }
+        let batchCount = 200
+        var submitted = 0
+        var nextWorker = 0
+        var alive: [String] = []
+        var paused: Set<String> = []
+        // What each worker currently holds: (batch, attempt).
+        var holding: [String: [(String, UInt32)]] = [:]
+
+        func absorb(_ actions: [SchedulerAction<[UInt8]>]) {
+            for case .toWorker(let w, .batch(let id, let attempt, _, _)) in actions {
+                holding[w.description, default: []].append((id, attempt))
+            }
+        }
+        var steps = 0
+        while steps < 20_000 {
+            steps += 1
+            let roll = Int.random(in: 0..<100, using: &rng)
+            switch roll {
+            case 0..<15 where submitted < batchCount:
+                absorb(h.submit("b\(submitted)", from: "prod\(submitted % 3)"))
+                submitted += 1
+            case 15..<22 where alive.count < 6:
+                let w = "w\(nextWorker)"; nextWorker += 1
+                alive.append(w)
+                absorb(h.ready(w, credit: Int.random(in: 1...3, using: &rng)))
+            case 22..<25 where !alive.isEmpty:
+                // SIGKILL: the worker vanishes with what it holds.
+                let w = alive.remove(at: Int.random(in: 0..<alive.count, using: &rng))
+                holding[w] = nil
+                paused.remove(w)
+                if Bool.random(using: &rng) { absorb(h.record(h.scheduler.workerUnreachable(PeerID(w), now: h.now))) }
+            case 25..<28 where !alive.isEmpty:
+                // SIGSTOP / SIGCONT
+                let w = alive[Int.random(in: 0..<alive.count, using: &rng)]
+                if paused.contains(w) { paused.remove(w) } else { paused.insert(w) }
+            case 28..<70:
+                let busy = alive.filter { !paused.contains($0) && !(holding[$0] ?? []).isEmpty }
+                guard let w = busy.randomElement(using: &rng) else { break }
+                let (id, attempt) = holding[w]!.removeFirst()
+                if Int.random(in: 0..<10, using: &rng) == 0 {
+                    absorb(h.failed(w, id, attempt: attempt, code: .engineDead, retryable: true))
+                } else {
+                    absorb(h.result(w, id, attempt: attempt))
+                }
+            default:
+                absorb(h.advance(UInt64.random(in: 1...60, using: &rng)))
+                for w in alive where !paused.contains(w) {
+                    absorb(h.record(h.scheduler.workerHeartbeat(PeerID(w), now: h.now)))
+                }
+            }
+            if submitted == batchCount && h.scheduler.unfinishedCount == 0 { break }
+            // Keep at least one live worker around so the run can finish.
+            if alive.filter({ !paused.contains($0) }).isEmpty {
+                let w = "w\(nextWorker)"; nextWorker += 1
+                alive.append(w)
+                absorb(h.ready(w, credit: 2))
+            }
+        }
+        #expect(submitted == batchCount, "seed \(seed)")
+        #expect(h.scheduler.unfinishedCount == 0, "seed \(seed): \(h.scheduler.unfinishedCount) batches unfinished after \(steps) steps")
+        var answers: [String: Int] = [:]
+        for r in h.log.results { answers[r.id, default: 0] += 1 }
+        for f in h.log.failures { answers[f.id, default: 0] += 1 }
+        #expect(answers.count == batchCount, "seed \(seed)")
+        #expect(answers.values.allSatisfy { $0 == 1 }, "seed \(seed): duplicates \(answers.filter { $0.value > 1 })")
+        #expect(h.log.failures.isEmpty, "seed \(seed): \(h.log.failures)")
+    }
+}
