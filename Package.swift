@@ -46,6 +46,7 @@ let package = Package(
         // Inference engines a worker hosts: synthetic (in-process) and external processes.
         .target(name: "CompassEngines", dependencies: [
             "CompassProtocol", "CompassSystem",
+            .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The worker: registration, credits, heartbeats, reconnects, GPU claims, engine supervision.
@@ -61,9 +62,14 @@ let package = Package(
         ]),
         // topology.yaml: parsing and validation with line numbers.
         .target(name: "CompassTopology", dependencies: ["CompassProtocol", "Yams"]),
-        // The command-line commands of all three executables, and the launcher.
+        // `compass up`: runs a topology's processes and keeps them running.
+        .target(name: "CompassLauncher", dependencies: [
+            "CompassTopology", "CompassSystem",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The command-line commands of all three executables.
         .target(name: "CompassCommands", dependencies: [
-            "CompassBroker", "CompassWorker", "CompassClient", "CompassTopology", "CompassSystem",
+            "CompassBroker", "CompassWorker", "CompassClient", "CompassTopology", "CompassLauncher", "CompassSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -120,6 +120,17 @@ public struct InferenceResult: Codable, Sendable, Equatable {
         case customID = "custom_id", text, promptTokens = "prompt_tokens", completionTokens = "completion_tokens"
         case finishReason = "finish_reason", error
     }
+
+    /// Every key is written, with null where there is no value, so each result line has one shape.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(customID, forKey: .customID)
+        try c.encode(text, forKey: .text)
+        try c.encode(promptTokens, forKey: .promptTokens)
+        try c.encode(completionTokens, forKey: .completionTokens)
+        try c.encode(finishReason, forKey: .finishReason)
+        try c.encode(error, forKey: .error)
+    }
 }
 
 /// Figures a worker attaches to a RESULT (the stats frame); the broker forwards them unread.

@@ -90,5 +90,18 @@ public struct ProducerWelcome: Codable, Sendable, Equatable {
     }
 }
 
+/// What a worker's HEARTBEAT frame may carry.
+public struct WorkerHeartbeatStats: Codable, Sendable {
+    public var gpus: [GPUInfo]?
+    public var engineRestarts: Int?
+
+    public init(gpus: [GPUInfo]?, engineRestarts: Int?) {
+        self.gpus = gpus
+        self.engineRestarts = engineRestarts
+    }
+
+    enum CodingKeys: String, CodingKey { case gpus, engineRestarts = "engine_restarts" }
+}
+
 /// The compass release these binaries belong to.
 public let compassVersion = "0.1.0"

@@ -11,7 +11,7 @@ private let signalPipeWriteEnd = Atomic<Int32>(-1)
 /// Turns signals into bytes on a pipe, so a poll loop sees SIGTERM or SIGCHLD as a readable fd.
 ///
 /// Only one watcher exists per process (signal dispositions are process-wide).
-public final class SignalWatcher {
+public final class SignalWatcher: Sendable {
     /// Poll this for readability; then call `drain()`.
     public let fd: Int32
     private let writeEnd: Int32

@@ -1,0 +1,124 @@
+import CompassProtocol
+import CompassScheduler
+import CompassWire
+import Logging
+import ZMQ
+
+extension Broker {
+    /// Carries out the scheduler's actions, and the follow-ups that sending them causes.
+    func execute(_ actions: [SchedulerAction<Frame>]) {
+        pending.append(contentsOf: actions)
+        var index = 0
+        while index < pending.count {
+            let action = pending[index]
+            index += 1
+            switch action {
+            case .toWorker(let id, let output):
+                if !sendWorker(id, encode(output)) {
+                    pending += scheduler.workerUnreachable(id, now: now)
+                }
+            case .toProducer(let route, let output):
+                sendProducer(route, encode(output))
+            case .event(let event):
+                note(event)
+            }
+        }
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    func encode(_ output: WorkerOutput<Frame>) -> BrokerWorkerMessage {
+        switch output {
+        case .welcome(let workerID):
+            return .welcome(settings: jsonFrame(WorkerWelcome(
+                workerID: workerID, heartbeatMilliseconds: UInt32(options.scheduler.heartbeatMilliseconds),
+                liveness: UInt32(options.scheduler.liveness))))
+        case .batch(let id, let attempt, let meta, let payload):
+            return .batch(batchID: id, attempt: attempt, meta: meta, payload: payload)
+        case .cancel(let id, let attempt):
+            return .cancel(batchID: id, attempt: attempt)
+        case .heartbeat:
+            return .heartbeat
+        case .disconnect(let reason):
+            return .disconnect(reason: reason)
+        }
+    }
+
+    func encode(_ output: ProducerOutput<Frame>) -> ProducerReply {
+        switch output {
+        case .welcome(let session, let pending):
+            return .welcome(session: session, info: jsonFrame(ProducerWelcome(
+                brokerVersion: compassVersion, heartbeatMilliseconds: UInt32(options.scheduler.heartbeatMilliseconds),
+                liveness: UInt32(options.scheduler.liveness), pendingResults: pending)))
+        case .accepted(let id):
+            return .accepted(batchID: id)
+        case .rejected(let id, let code, let message, let retry):
+            return .rejected(batchID: id, code: code.rawValue, message: message, retryAfterMilliseconds: retry)
+        case .progress(let id, let done, let total):
+            return .progress(batchID: id, done: done, total: total)
+        case .result(let id, let attempts, let stats, let payload):
+            return .result(batchID: id, attempts: attempts, stats: stats, payload: payload)
+        case .failed(let id, let attempts, let code, let message, let partial):
+            return .failed(batchID: id, attempts: attempts, code: code, message: message, partial: partial ?? Frame(bytes: [UInt8]()))
+        case .heartbeat:
+            return .heartbeat
+        }
+    }
+
+    /// Sends to a worker; false when it cannot be reached or is not reading (its queue is full).
+    @discardableResult
+    func sendWorker(_ id: PeerID, _ message: BrokerWorkerMessage) -> Bool {
+        do {
+            if try backend.send([Frame(bytes: id.bytes)] + message.encode(), dontWait: true) { return true }
+            logger.warning("worker is not reading (send queue full); dropping it", metadata: ["worker": "\(id)"])
+        } catch let error as ZMQError where error.isHostUnreachable {
+            logger.debug("worker unreachable", metadata: ["worker": "\(id)"])
+        } catch {
+            logger.error("send to worker failed", metadata: ["worker": "\(id)", "error": "\(error)"])
+        }
+        return false
+    }
+
+    /// Sends to a producer. When it is gone or not reading, its results stay held for its next HELLO.
+    func sendProducer(_ route: PeerID, _ message: ProducerReply) {
+        do {
+            if try frontend.send([Frame(bytes: route.bytes)] + message.encode(), dontWait: true) { return }
+            badInput.warning(logger, "producer is not reading (send queue full); its results wait for its next HELLO",
+                             metadata: ["producer": "\(route)"])
+        } catch let error as ZMQError where error.isHostUnreachable {
+            logger.debug("producer unreachable", metadata: ["producer": "\(route)"])
+        } catch {
+            logger.error("send to producer failed", metadata: ["producer": "\(route)", "error": "\(error)"])
+        }
+        scheduler.producerUnreachable(route)
+    }
+
+    /// Logs a scheduler event.
+    func note(_ event: SchedulerEvent) {
+        switch event {
+        case .workerRegistered:
+            break // logged with its capabilities when READY arrived
+        case .workerLost(let worker, let pool, let reason, let requeued):
+            capabilities[worker] = nil
+            heartbeatStats[worker] = nil
+            logger.warning("worker lost", metadata: ["worker": "\(worker)", "pool": "\(pool)", "reason": "\(reason)", "requeued": "\(requeued)"])
+        case .workerLeft(let worker, let pool):
+            capabilities[worker] = nil
+            heartbeatStats[worker] = nil
+            logger.info("worker left", metadata: ["worker": "\(worker)", "pool": "\(pool)"])
+        case .requeued(let id, let attempt, let code, let reason):
+            logger.info("batch requeued", metadata: ["batch": "\(id)", "attempt": "\(attempt)", "code": "\(code)", "reason": "\(reason)"])
+        case .completed(let id, let pool, let attempts, let latency):
+            logger.trace("batch completed", metadata: ["batch": "\(id)", "pool": "\(pool)", "attempts": "\(attempts)", "latency_ms": "\(latency)"])
+        case .failed(let id, let pool, let code, let message):
+            logger.warning("batch failed", metadata: ["batch": "\(id)", "pool": "\(pool)", "code": "\(code)", "reason": "\(message)"])
+        case .staleDropped(let id, let worker, let attempt):
+            logger.debug("stale result dropped", metadata: ["batch": "\(id)", "worker": "\(worker)", "attempt": "\(attempt)"])
+        case .unknownWorker(let worker):
+            logger.info("message from unknown worker; asked it to register", metadata: ["worker": "\(worker)"])
+        case .rejected(let code, let message):
+            if code != .busy { badInput.warning(logger, "submit rejected", metadata: ["code": "\(code.rawValue)", "reason": "\(message)"]) }
+        case .resultExpired(let id, let session):
+            logger.warning("result dropped: not collected within the retention time", metadata: ["batch": "\(id)", "session": "\(session)"])
+        }
+    }
+}

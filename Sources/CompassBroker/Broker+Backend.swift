@@ -1,0 +1,62 @@
+import CompassProtocol
+import CompassScheduler
+import CompassWire
+import Foundation
+import ZMQ
+
+extension Broker {
+    /// One message from a worker: [routing id, header, command, fields...].
+    func handleBackend(_ frames: [Frame]) {
+        let worker = PeerID(frames[0].bytes)
+        let message: WorkerMessage
+        do {
+            message = try WorkerMessage.decode(frames[1...])
+        } catch {
+            return refuseWorker(worker, error)
+        }
+        let t = now
+        switch message {
+        case .ready(let json):
+            let caps: WorkerCapabilities
+            do {
+                caps = try json.withUnsafeBytes { try jsonDecoder.decode(WorkerCapabilities.self, from: Data($0)) }
+            } catch {
+                return refuseWorker(worker, ProtocolError(.badFrame, "READY capabilities are not valid JSON: \(error)"))
+            }
+            guard WireProtocol.isValidPoolName(caps.pool) else {
+                return refuseWorker(worker, ProtocolError(.unknownPool, "pool name '\(caps.pool)' is invalid"))
+            }
+            capabilities[worker] = caps
+            heartbeatStats[worker] = nil
+            logger.info("worker ready", metadata: [
+                "worker": "\(worker)", "pool": "\(caps.pool)", "engine": "\(caps.engine)", "tp": "\(caps.tp)",
+                "gpus": "\(caps.gpus.map(\.index))", "host": "\(caps.host)", "pid": "\(caps.pid)", "credit": "\(caps.credit)"])
+            execute(scheduler.workerReady(worker, pool: caps.pool, credit: caps.credit, now: t))
+        case .credit(let n):
+            execute(scheduler.workerCredit(worker, n, now: t))
+        case .progress(let id, let attempt, let done, let total):
+            execute(scheduler.workerProgress(worker, batchID: id, attempt: attempt, done: done, total: total, now: t))
+        case .result(let id, let attempt, let stats, let payload):
+            execute(scheduler.workerResult(worker, batchID: id, attempt: attempt, stats: stats, payload: payload, now: t))
+        case .failed(let id, let attempt, let code, let retryable, let message, let partial):
+            execute(scheduler.workerFailed(worker, batchID: id, attempt: attempt, code: code, retryable: retryable,
+                                           message: message, partial: partial.isEmpty ? nil : partial, now: t))
+        case .heartbeat(let stats):
+            if !stats.isEmpty, capabilities[worker] != nil {
+                heartbeatStats[worker] = try? stats.withUnsafeBytes { try jsonDecoder.decode(WorkerHeartbeatStats.self, from: Data($0)) }
+            }
+            execute(scheduler.workerHeartbeat(worker, now: t))
+        case .bye(let reason):
+            logger.info("worker draining", metadata: ["worker": "\(worker)", "reason": "\(reason)"])
+            execute(scheduler.workerBye(worker, reason: reason, now: t))
+        }
+    }
+
+    /// A worker broke the protocol: log it and tell it why with DISCONNECT.
+    func refuseWorker(_ worker: PeerID, _ error: any Error) {
+        let problem = (error as? ProtocolError) ?? ProtocolError(.badFrame, "\(error)")
+        badInput.warning(logger, "rejected worker message", metadata: [
+            "peer": "\(worker)", "code": "\(problem.code.rawValue)", "reason": "\(problem.message)"])
+        sendWorker(worker, .disconnect(reason: "\(problem.code.rawValue): \(problem.message)"))
+    }
+}

@@ -1,0 +1,74 @@
+import CompassProtocol
+import CompassScheduler
+import CompassSystem
+import CompassWire
+import Foundation
+import ZMQ
+
+extension Broker {
+    /// One message from a producer: [routing id, header, command, fields...].
+    func handleFrontend(_ frames: [Frame]) {
+        let route = PeerID(frames[0].bytes)
+        let request: ProducerRequest
+        do {
+            request = try ProducerRequest.decode(frames[1...])
+        } catch {
+            refuse(route, batchID: "", error)
+            return
+        }
+        let t = now
+        switch request {
+        case .submit(let batchID, let pool, var meta, let payload):
+            if payload.count > options.maxPayloadBytes {
+                return refuse(route, batchID: batchID, ProtocolError(.tooLarge,
+                    "payload of \(payload.count) bytes exceeds the broker's limit of \(options.maxPayloadBytes) bytes; split the batch"))
+            }
+            if options.validatePayloads {
+                switch payload.withUnsafeBytes({ JSONSyntax.check($0) }) {
+                case .array(let count):
+                    guard count > 0 else {
+                        return refuse(route, batchID: batchID, ProtocolError(.badPayload, "the payload is an empty JSON array"))
+                    }
+                    meta.requestCount = UInt32(clamping: count)
+                case .other:
+                    return refuse(route, batchID: batchID, ProtocolError(.badPayload, "the payload must be a JSON array of requests"))
+                case .invalid(let offset, let reason):
+                    return refuse(route, batchID: batchID, ProtocolError(.badPayload, "the payload is not valid JSON: \(reason) at byte \(offset)"))
+                }
+            }
+            execute(scheduler.submit(from: route, batchID: batchID, pool: pool, meta: meta, payload: payload, now: t))
+        case .hello(let session):
+            execute(scheduler.hello(from: route, session: session, now: t))
+        case .cancel(let batchID):
+            execute(scheduler.cancel(from: route, batchID: batchID, now: t))
+        case .ack(let batchID):
+            execute(scheduler.ack(from: route, batchID: batchID, now: t))
+        case .status:
+            sendProducer(route, .status(json: jsonFrame(status())))
+        case .heartbeat:
+            execute(scheduler.producerHeartbeat(from: route, now: t))
+        }
+    }
+
+    /// Sends REJECTED for a message that broke the protocol, and logs it (rate-limited).
+    func refuse(_ route: PeerID, batchID: String, _ error: any Error) {
+        let problem = (error as? ProtocolError) ?? ProtocolError(.badFrame, "\(error)")
+        badInput.warning(logger, "rejected producer message", metadata: [
+            "peer": "\(route)", "batch": "\(batchID)", "code": "\(problem.code.rawValue)", "reason": "\(problem.message)"])
+        sendProducer(route, .rejected(batchID: batchID, code: problem.code.rawValue, message: problem.message, retryAfterMilliseconds: 0))
+    }
+
+    /// The STATUS document.
+    func status() -> BrokerStatus {
+        let snapshot = scheduler.snapshot(now: now)
+        return BrokerStatus(
+            version: compassVersion, protocolVersion: Int(WireProtocol.version),
+            uptimeSeconds: Double(MonotonicClock.nanoseconds() - startedAt) / 1e9,
+            frontend: frontendEndpoint, backend: backendEndpoint, accepting: scheduler.accepting,
+            scheduler: snapshot,
+            workers: snapshot.workers.map { w in
+                let id = capabilities.keys.first { $0.description == w.id }
+                return .init(id: w.id, capabilities: id.flatMap { capabilities[$0] }, gpus: id.flatMap { heartbeatStats[$0]?.gpus })
+            })
+    }
+}

@@ -1,0 +1,110 @@
+import CompassProtocol
+import CompassScheduler
+import CompassSystem
+import CompassWire
+import Foundation
+import Logging
+import ZMQ
+
+/// The broker: one thread, one poll loop, two ROUTER sockets (producers on the frontend, workers
+/// on the backend), and the pure `Scheduler` deciding everything. This class only moves bytes:
+/// it decodes and validates frames, calls the scheduler with the time, and sends what it returns.
+///
+/// Create it on the thread that will call `run`; its sockets never leave that thread.
+public final class Broker {
+    public let options: BrokerOptions
+    let logger: Logger
+    let frontend: ZMQSocket
+    let backend: ZMQSocket
+    /// The endpoints actually bound (wildcard ports resolved).
+    public let frontendEndpoint: String
+    public let backendEndpoint: String
+    var scheduler: Scheduler<Frame>
+    /// What each worker said in READY, and its latest heartbeat figures.
+    var capabilities: [PeerID: WorkerCapabilities] = [:]
+    var heartbeatStats: [PeerID: WorkerHeartbeatStats] = [:]
+    let startedAt = MonotonicClock.nanoseconds()
+    var badInput = LogLimiter()
+    /// Follow-up actions produced while carrying out others (e.g. a send found a peer gone).
+    var pending: [SchedulerAction<Frame>] = []
+    let jsonEncoder = JSONEncoder()
+    let jsonDecoder = JSONDecoder()
+
+    public init(options: BrokerOptions, context: ZMQContext, logger: Logger) throws {
+        self.options = options
+        self.logger = logger
+        scheduler = Scheduler(config: options.scheduler)
+        frontend = try context.socket(.router)
+        backend = try context.socket(.router)
+        for (socket, hwm) in [(frontend, options.frontendSendHighWaterMark), (backend, options.backendSendHighWaterMark)] {
+            try socket.set([
+                .routerMandatory(true),
+                .routerHandover(true),
+                .sendHighWaterMark(hwm),
+                .receiveHighWaterMark(options.receiveHighWaterMark),
+                .maxMessageSize(options.maxMessageBytes),
+                .linger(milliseconds: 1000),
+            ])
+        }
+        try frontend.bind(options.frontend)
+        try backend.bind(options.backend)
+        frontendEndpoint = try frontend.lastEndpoint
+        backendEndpoint = try backend.lastEndpoint
+        jsonEncoder.outputFormatting = [.sortedKeys]
+    }
+
+    var now: Timestamp { Timestamp(nanoseconds: MonotonicClock.nanoseconds()) }
+
+    /// Runs until SIGTERM or SIGINT arrives on `signals`: then stops accepting, delivers what it
+    /// can within `shutdownGraceMilliseconds`, and returns.
+    public func run(signals: SignalWatcher?, shutdownGraceMilliseconds: UInt64 = 0) throws {
+        let poller = ZMQPoller()
+        let frontendIndex = poller.add(frontend)
+        let backendIndex = poller.add(backend)
+        let signalIndex = signals.map { poller.add(fd: $0.fd) }
+        let tickMilliseconds = max(5, min(50, options.scheduler.heartbeatMilliseconds / 4))
+        var nextTick = MonotonicClock.milliseconds() + tickMilliseconds
+        var stopAt: UInt64?
+        logger.info("broker ready", metadata: ["frontend": "\(frontendEndpoint)", "backend": "\(backendEndpoint)",
+                                                "heartbeat_ms": "\(options.scheduler.heartbeatMilliseconds)",
+                                                "liveness": "\(options.scheduler.liveness)"])
+        while true {
+            let nowMs = MonotonicClock.milliseconds()
+            if let stopAt, nowMs >= stopAt || scheduler.unfinishedCount == 0 { break }
+            let wait = nextTick > nowMs ? Int(nextTick - nowMs) : 0
+            try poller.poll(timeoutMilliseconds: wait)
+            if let signalIndex, poller.isReadable(signalIndex), let signals {
+                for sig in signals.drain() where sig == SIGTERM || sig == SIGINT {
+                    if stopAt != nil {
+                        logger.warning("second \(signalName(sig)): stopping now")
+                        return
+                    }
+                    logger.info("\(signalName(sig)): refusing new batches and shutting down",
+                                metadata: ["unfinished": "\(scheduler.unfinishedCount)"])
+                    scheduler.stopAccepting()
+                    stopAt = MonotonicClock.milliseconds() + shutdownGraceMilliseconds
+                }
+            }
+            if poller.isReadable(frontendIndex) { try drain(frontend, 512, handleFrontend) }
+            if poller.isReadable(backendIndex) { try drain(backend, 512, handleBackend) }
+            if MonotonicClock.milliseconds() >= nextTick {
+                execute(scheduler.tick(now: now))
+                nextTick = MonotonicClock.milliseconds() + tickMilliseconds
+            }
+        }
+        logger.info("broker stopped", metadata: ["unfinished": "\(scheduler.unfinishedCount)"])
+    }
+
+    /// Handles up to `limit` waiting messages of one socket, so neither socket starves the other.
+    func drain(_ socket: ZMQSocket, _ limit: Int, _ handle: ([Frame]) -> Void) throws {
+        for _ in 0..<limit {
+            guard let frames = try socket.receive(dontWait: true) else { return }
+            handle(frames)
+        }
+    }
+
+    /// Encodes a value as a JSON frame.
+    func jsonFrame<T: Encodable>(_ value: T) -> Frame {
+        Frame(bytes: (try? jsonEncoder.encode(value)) ?? Data("{}".utf8))
+    }
+}

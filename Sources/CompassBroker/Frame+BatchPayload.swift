@@ -1,0 +1,6 @@
+import CompassScheduler
+import ZMQ
+
+extension Frame: BatchPayload {
+    public var byteCount: Int { count }
+}

@@ -1,0 +1,179 @@
+import CompassProtocol
+import CompassSystem
+import CompassWire
+import Foundation
+import ZMQ
+
+/// The client's thread: owns the DEALER socket and every outstanding batch.
+final class ClientLoop {
+    let options: ClientOptions
+    let context: ZMQContext
+    let inbox: Inbox
+    var socket: ZMQSocket
+    var incarnation = 0
+    var lastHeard: UInt64 = 0
+    var lastSent: UInt64 = 0
+
+    struct Outstanding {
+        let submission: Submission
+        var accepted = false
+        /// When to send SUBMIT again after `busy` (nil: not waiting).
+        var retryAt: UInt64?
+        var busyCount = 0
+    }
+    var outstanding: [String: Outstanding] = [:]
+    var statusWaiters: [CheckedContinuation<[UInt8], any Error>] = []
+    var running = true
+
+    init(options: ClientOptions, context: ZMQContext, inbox: Inbox) throws {
+        self.options = options
+        self.context = context
+        self.inbox = inbox
+        socket = try ClientLoop.makeSocket(context, options, incarnation: 0)
+        hello()
+    }
+
+    static func makeSocket(_ context: ZMQContext, _ options: ClientOptions, incarnation: Int) throws -> ZMQSocket {
+        let s = try context.socket(.dealer)
+        try s.set([
+            .routingID(Array("p-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-\(incarnation)".utf8)),
+            .linger(milliseconds: 0),
+            .reconnectInterval(milliseconds: 100),
+            .reconnectIntervalMax(milliseconds: 2000),
+            .sendHighWaterMark(100_000),
+            .receiveHighWaterMark(100_000),
+        ])
+        try s.connect(options.broker)
+        return s
+    }
+
+    var now: UInt64 { MonotonicClock.milliseconds() }
+
+    func send(_ request: ProducerRequest) {
+        // DEALER queues while the broker is away; a full queue means a reconnect is near anyway.
+        if (try? socket.send(request.encode(), dontWait: true)) == true { lastSent = now }
+    }
+
+    func hello() {
+        lastHeard = now
+        send(.hello(session: options.session))
+    }
+
+    func sendSubmit(_ s: Submission) {
+        send(.submit(batchID: s.batchID, pool: s.pool, meta: s.meta, payload: Frame(bytes: s.payload)))
+    }
+
+    func run() {
+        while running {
+            let poller = ZMQPoller()
+            let socketIndex = poller.add(socket)
+            let inboxIndex = poller.add(fd: inbox.wakeup.fd)
+            let current = socket
+            while running && socket === current {
+                _ = try? poller.poll(timeoutMilliseconds: 50)
+                if poller.isReadable(inboxIndex) { for command in inbox.take() { handle(command) } }
+                if poller.isReadable(socketIndex) { receive() }
+                timers()
+            }
+        }
+        inbox.failAll(with: ClientError.closed)
+        for (_, o) in outstanding { o.submission.continuation.resume(throwing: ClientError.closed) }
+        for waiter in statusWaiters { waiter.resume(throwing: ClientError.closed) }
+        outstanding.removeAll()
+        statusWaiters.removeAll()
+    }
+
+    func handle(_ command: Command) {
+        switch command {
+        case .submit(let s):
+            guard outstanding[s.batchID] == nil else {
+                s.continuation.resume(throwing: ClientError.rejected(code: RejectCode.duplicate.rawValue,
+                                                                     message: "batch \(s.batchID) is already outstanding in this client"))
+                return
+            }
+            outstanding[s.batchID] = Outstanding(submission: s)
+            sendSubmit(s)
+        case .cancel(let id):
+            if outstanding[id] != nil { send(.cancel(batchID: id)) }
+        case .status(let c):
+            statusWaiters.append(c)
+            send(.status)
+        case .close:
+            running = false
+        }
+    }
+
+    func receive() {
+        while let frames = try? socket.receive(dontWait: true) {
+            lastHeard = now
+            guard let reply = try? ProducerReply.decode(frames[...]) else { continue }
+            handle(reply)
+        }
+    }
+
+    func handle(_ reply: ProducerReply) {
+        switch reply {
+        case .accepted(let id):
+            outstanding[id]?.accepted = true
+        case .rejected(let id, let code, let message, let retryAfter):
+            guard var o = outstanding[id] else { return }
+            if code == RejectCode.busy.rawValue || code == RejectCode.shuttingDown.rawValue {
+                // Back off: the broker's hint, doubled per refusal, with jitter, capped.
+                o.busyCount += 1
+                let base = UInt64(max(retryAfter, 20)) << UInt64(min(o.busyCount - 1, 6))
+                let wait = min(base, options.maxBusyBackoffMilliseconds) + UInt64.random(in: 0...20)
+                o.retryAt = now + wait
+                outstanding[id] = o
+                options.onBusy?(id, UInt32(clamping: wait))
+            } else {
+                outstanding[id] = nil
+                o.submission.continuation.resume(throwing: ClientError.rejected(code: code, message: message))
+            }
+        case .progress(let id, let done, let total):
+            if outstanding[id] != nil { options.onProgress?(id, done, total) }
+        case .result(let id, let attempts, let stats, let payload):
+            send(.ack(batchID: id))
+            guard let o = outstanding.removeValue(forKey: id) else { return } // a replay we already have
+            o.submission.continuation.resume(returning: BatchOutcome(batchID: id, attempts: attempts,
+                                                                     status: .completed(payload: payload.bytes, stats: stats.bytes)))
+        case .failed(let id, let attempts, let code, let message, let partial):
+            send(.ack(batchID: id))
+            guard let o = outstanding.removeValue(forKey: id) else { return }
+            o.submission.continuation.resume(returning: BatchOutcome(batchID: id, attempts: attempts,
+                                                                     status: .failed(code: code, message: message, partial: partial.bytes)))
+        case .status(let json):
+            if !statusWaiters.isEmpty { statusWaiters.removeFirst().resume(returning: json.bytes) }
+        case .welcome, .heartbeat:
+            break
+        }
+    }
+
+    func timers() {
+        let t = now
+        for (id, o) in outstanding {
+            if let at = o.retryAt, t >= at {
+                outstanding[id]?.retryAt = nil
+                sendSubmit(o.submission)
+            }
+        }
+        if t - lastSent >= options.heartbeatMilliseconds { send(.heartbeat) }
+        if t - lastHeard > options.heartbeatMilliseconds * options.liveness {
+            reconnect()
+        }
+    }
+
+    /// The broker went silent: new connection, HELLO, and every outstanding batch again.
+    func reconnect() {
+        incarnation += 1
+        guard let fresh = try? ClientLoop.makeSocket(context, options, incarnation: incarnation) else {
+            lastHeard = now
+            return
+        }
+        socket = fresh
+        hello()
+        for (id, o) in outstanding where o.retryAt == nil {
+            outstanding[id]?.accepted = false
+            sendSubmit(o.submission)
+        }
+    }
+}

@@ -1,0 +1,78 @@
+import ArgumentParser
+import CompassBroker
+import CompassProtocol
+import CompassScheduler
+import CompassSystem
+import Foundation
+import ZMQ
+
+/// `compass-broker`: takes batches from producers and hands them to workers.
+public struct BrokerCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "compass-broker",
+        abstract: "Queue prompt batches from producers and dispatch them to GPU workers over ZeroMQ.",
+        discussion: """
+        Binds two ROUTER sockets: the frontend for producers (compass submit, the client library) and \
+        the backend for workers (compass-worker). Workers pull batches by credit; a worker that stops \
+        heartbeating is declared dead and its batches go back to the queue. Once bound, one line \
+        'compass-broker listening frontend=EP backend=EP' is printed on stdout (wildcard ports resolved).
+        """)
+
+    @Option(help: "Endpoint producers connect to.") var frontend = "tcp://127.0.0.1:5555"
+    @Option(help: "Endpoint workers connect to.") var backend = "tcp://127.0.0.1:5556"
+    @Option(name: .customLong("pool"), help: "A pool to accept batches for before any worker joins it (repeatable).")
+    var pools: [String] = []
+    @Option(help: "Heartbeat interval in milliseconds, both directions.") var heartbeatMs: UInt64 = 1000
+    @Option(help: "Missed heartbeats after which a worker is declared dead.") var liveness: UInt64 = 3
+    @Option(help: "Default attempts per batch (a SUBMIT may set its own).") var maxAttempts: UInt16 = 3
+    @Option(help: "Bytes a pool may hold (queued payloads plus unacknowledged results) before SUBMIT gets 'busy'.")
+    var maxPoolBytes: Int = 1 << 30
+    @Option(help: "Batches a pool may queue before SUBMIT gets 'busy'.") var maxQueuedBatches: Int = 100_000
+    @Option(help: "Largest batch payload in bytes.") var maxPayloadBytes: Int = WireProtocol.defaultMaxPayloadBytes
+    @Option(help: "Milliseconds a worker may hold one batch before it is taken back (0: no lease).") var leaseMs: UInt64 = 0
+    @Option(help: "Milliseconds an unacknowledged result is kept for its producer.") var resultRetentionMs: UInt64 = 3_600_000
+    @Option(help: "On SIGTERM, milliseconds to keep delivering results of running batches before exiting.")
+    var shutdownGraceMs: UInt64 = 0
+    @Flag(help: "Skip the JSON syntax check of SUBMIT payloads (workers then reject bad ones).") var noValidatePayloads = false
+    @Option(help: "libzmq I/O threads.") var ioThreads: Int32 = 1
+    @OptionGroup var logging: LoggingOptions
+
+    public init() {}
+
+    public func validate() throws {
+        guard heartbeatMs >= 10 else { throw ValidationError("--heartbeat-ms must be at least 10") }
+        guard liveness >= 1 else { throw ValidationError("--liveness must be at least 1") }
+        guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
+        for pool in pools where !WireProtocol.isValidPoolName(pool) {
+            throw ValidationError("--pool '\(pool)' is not a valid pool name (1-64 characters of A-Z a-z 0-9 . _ -)")
+        }
+    }
+
+    public func run() throws {
+        let logger = logging.bootstrap("compass-broker")
+        var options = BrokerOptions(frontend: frontend, backend: backend)
+        options.scheduler.heartbeatMilliseconds = heartbeatMs
+        options.scheduler.liveness = liveness
+        options.scheduler.defaultMaxAttempts = maxAttempts
+        options.scheduler.declaredPools = Set(pools)
+        options.scheduler.maxPoolBytes = maxPoolBytes
+        options.scheduler.maxQueuedBatches = maxQueuedBatches
+        options.scheduler.leaseMilliseconds = leaseMs
+        options.scheduler.resultRetentionMilliseconds = resultRetentionMs
+        options.maxPayloadBytes = maxPayloadBytes
+        options.validatePayloads = !noValidatePayloads
+        options.ioThreads = ioThreads
+        let signals = try SignalWatcher([SIGTERM, SIGINT])
+        let broker: Broker
+        do {
+            let context = try ZMQContext(ioThreads: ioThreads)
+            broker = try Broker(options: options, context: context, logger: logger)
+        } catch let error as ZMQError {
+            let hint = error.code == EADDRINUSE ? " (is another broker running on it?)" : ""
+            throw fail("compass-broker", "cannot start: \(error)\(hint)")
+        }
+        print("compass-broker listening frontend=\(broker.frontendEndpoint) backend=\(broker.backendEndpoint)")
+        fflush(nil) // flush stdout: launchers and tests wait for this line
+        try broker.run(signals: signals, shutdownGraceMilliseconds: shutdownGraceMs)
+    }
+}

@@ -1,0 +1,185 @@
+import CompassClient
+import CompassProtocol
+import Foundation
+
+/// How `compass submit` (and `compass demo`) cut and send a prompt file.
+struct SubmitSettings: Sendable {
+    var broker: String
+    var pool: String
+    var batchSize = 16
+    /// Batches in flight at once.
+    var window = 32
+    var session = "s-" + UUID().uuidString.lowercased().prefix(8)
+    var maxAttempts: UInt16 = 0
+    var priority: Int16 = 0
+    var deadlineMilliseconds: UInt32 = 0
+    /// `max_tokens` for requests that do not set one.
+    var defaultMaxTokens: Int?
+    var showProgress = true
+}
+
+/// What a submit run did.
+struct SubmitSummary: Sendable {
+    var requests = 0
+    var succeeded = 0
+    var failed = 0
+    var invalidLines = 0
+    var batches = 0
+    /// Batches that needed more than one dispatch.
+    var retriedBatches = 0
+    var promptTokens = 0
+    var completionTokens = 0
+    var failuresByCode: [String: Int] = [:]
+    var seconds = 0.0
+    var output = ""
+
+    var text: String {
+        let rate = seconds > 0 ? Double(succeeded + failed) / seconds : 0
+        let tokenRate = seconds > 0 ? Double(completionTokens) / seconds : 0
+        var lines = [
+            "compass submit: \(requests) requests in \(batches) batches, \(formatDuration(seconds))",
+            "  succeeded    \(succeeded)",
+            "  failed       \(failed)" + (failuresByCode.isEmpty ? "" : "  (" + failuresByCode.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")"),
+            "  tokens       prompt \(promptTokens), completion \(completionTokens)",
+            "  throughput   \(formatRate(rate)) requests/s, \(formatRate(tokenRate)) completion tokens/s",
+            "  retried      \(retriedBatches) batches needed more than one attempt",
+            "  results      \(output)",
+        ]
+        if invalidLines > 0 { lines.insert("  invalid      \(invalidLines) input lines (written to the results with their error)", at: 3) }
+        return lines.joined(separator: "\n")
+    }
+}
+
+enum SubmitJob {
+    struct Report: Sendable {
+        let ids: [String]
+        let outcome: Result<BatchOutcome, ClientError>
+    }
+
+    /// Rejections that no batch of this run can get past: stop instead of failing every batch alike.
+    static let fatalRejections: Set<String> = [RejectCode.unknownPool.rawValue, RejectCode.badVersion.rawValue]
+
+    static func run(input: String, output: String, truncate: Bool, settings: SubmitSettings) async throws -> SubmitSummary {
+        let started = Date()
+        let progress = SubmitProgress()
+        let total = try LineReader.countNonBlankLines(path: input)
+        progress.counts.withLock { $0.total = total }
+        var clientOptions = ClientOptions(broker: settings.broker, session: settings.session)
+        clientOptions.onProgress = { id, done, _ in progress.counts.withLock { $0.partial[id] = Int(done) } }
+        clientOptions.onBusy = { _, _ in progress.counts.withLock { $0.busy += 1 } }
+        let client = try CompassClient(options: clientOptions)
+        defer { client.close() }
+        let reader = try LineReader(path: input)
+        let writer = try LineWriter(path: output, truncate: truncate)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var summary = SubmitSummary()
+        summary.output = output
+        var seen = Set<String>()
+
+        func write(_ result: InferenceResult) throws {
+            try writer.write(line: [UInt8](try encoder.encode(result)))
+            summary.requests += 1
+            if let error = result.error {
+                summary.failed += 1
+                summary.failuresByCode[error.code, default: 0] += 1
+            } else {
+                summary.succeeded += 1
+                summary.promptTokens += result.promptTokens
+                summary.completionTokens += result.completionTokens
+            }
+        }
+
+        func handle(_ report: Report) throws {
+            switch report.outcome {
+            case .success(let outcome):
+                progress.counts.withLock { $0.partial[outcome.batchID] = nil }
+                if outcome.attempts > 1 { summary.retriedBatches += 1 }
+                var byID: [String: InferenceResult] = [:]
+                var failure: (code: String, message: String)?
+                switch outcome.status {
+                case .completed(let payload, _):
+                    for r in (try? JSONDecoder().decode([InferenceResult].self, from: Data(payload))) ?? [] { byID[r.customID] = r }
+                    failure = (FailureCode.engineError.rawValue, "the engine returned no result for this request")
+                case .failed(let code, let message, let partial):
+                    for r in (try? JSONDecoder().decode([InferenceResult].self, from: Data(partial))) ?? [] { byID[r.customID] = r }
+                    failure = (code, message)
+                }
+                for id in report.ids {
+                    try write(byID[id] ?? .failure(id, code: failure!.code, message: failure!.message))
+                }
+            case .failure(let error):
+                if case .rejected(let code, let message) = error, fatalRejections.contains(code) {
+                    throw CommandFailure(message: "the broker refused the batches: \(message)")
+                }
+                let (code, message): (String, String) = {
+                    if case .rejected(let code, let message) = error { return (code, message) }
+                    return ("client_error", "\(error)")
+                }()
+                for id in report.ids { try write(.failure(id, code: code, message: message)) }
+            }
+            let failedNow = summary.failed
+            progress.counts.withLock { $0.done = summary.requests; $0.failed = failedNow }
+        }
+
+        let printer = settings.showProgress ? ProgressPrinter(progress: progress) : nil
+        let ticker = printer.map { p in Task { await p.run() } }
+        defer { ticker?.cancel() }
+
+        try await withThrowingTaskGroup(of: Report.self) { group in
+            var inflight = 0
+            var batch: [InferenceRequest] = []
+            func launch() async throws {
+                guard !batch.isEmpty else { return }
+                let requests = batch
+                let batchID = "\(settings.session)-\(summary.batches)"
+                summary.batches += 1
+                batch.removeAll(keepingCapacity: true)
+                group.addTask {
+                    do {
+                        let outcome = try await client.submit(requests, pool: settings.pool, batchID: batchID,
+                                                              maxAttempts: settings.maxAttempts, priority: settings.priority,
+                                                              deadlineMilliseconds: settings.deadlineMilliseconds)
+                        return Report(ids: requests.map(\.customID), outcome: .success(outcome))
+                    } catch let error as ClientError {
+                        return Report(ids: requests.map(\.customID), outcome: .failure(error))
+                    }
+                }
+                inflight += 1
+                while inflight >= settings.window, let report = try await group.next() {
+                    inflight -= 1
+                    try handle(report)
+                }
+            }
+            while let line = try reader.next() {
+                guard line.contains(where: { $0 != 0x20 && $0 != 0x09 }) else { continue }
+                switch InputLine.parse(line) {
+                case .failure(let problem):
+                    summary.invalidLines += 1
+                    let id = problem.customID ?? "line-\(reader.lineNumber)"
+                    FileHandle.standardError.write(Data("\(input):\(reader.lineNumber): \(problem.message)\n".utf8))
+                    try write(.failure(id, code: FailureCode.badRequest.rawValue, message: "line \(reader.lineNumber): \(problem.message)"))
+                case .success(var request):
+                    if seen.contains(request.customID) {
+                        summary.invalidLines += 1
+                        FileHandle.standardError.write(Data("\(input):\(reader.lineNumber): duplicate custom_id \(request.customID)\n".utf8))
+                        try write(.failure(request.customID, code: FailureCode.badRequest.rawValue,
+                                           message: "line \(reader.lineNumber): duplicate custom_id; only the first line with it ran"))
+                        continue
+                    }
+                    seen.insert(request.customID)
+                    if request.maxTokens == nil { request.maxTokens = settings.defaultMaxTokens }
+                    batch.append(request)
+                    if batch.count >= settings.batchSize { try await launch() }
+                }
+            }
+            try await launch()
+            while let report = try await group.next() { try handle(report) }
+        }
+        try writer.flush()
+        summary.seconds = Date().timeIntervalSince(started)
+        ticker?.cancel()
+        printer?.finish()
+        return summary
+    }
+}

@@ -1,0 +1,68 @@
+import ArgumentParser
+import Foundation
+
+struct SubmitCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "submit",
+        abstract: "Push a JSONL file of prompts through a pool and write one result line per request.",
+        discussion: """
+        Each input line is {"custom_id": ..., "prompt": ...} (or "messages" for chat), optionally with \
+        max_tokens, temperature, top_p, stop, seed; OpenAI Batch API lines ({"custom_id", "method", "url", \
+        "body"}) work too. Lines are cut into batches; a bounded window of batches is kept in flight; \
+        results are written as they arrive, one JSON line per request: custom_id, text, prompt_tokens, \
+        completion_tokens, finish_reason, and error (null when it succeeded). A line that cannot be read \
+        gets a result line with its error; nothing is dropped. Exits 0 when every request succeeded, 1 \
+        otherwise.
+        """)
+
+    @Argument(help: "The JSONL file of requests.") var file: String
+    @Option(help: "The pool to run the requests on.") var pool = "default"
+    @Option(help: "The broker's frontend endpoint.") var broker = "tcp://127.0.0.1:5555"
+    @Option(help: "Requests per batch.") var batchSize = 16
+    @Option(help: "Batches in flight at once.") var window = 32
+    @Option(help: "Where to write results (default: FILE with .results.jsonl).") var out: String?
+    @Flag(help: "Replace the results file if it exists.") var overwrite = false
+    @Option(help: "Producer session id (default: random).") var session: String?
+    @Option(help: "Attempts per batch (0: the broker's default).") var maxAttempts: UInt16 = 0
+    @Option(help: "Priority of these batches in their pool (higher first).") var priority: Int16 = 0
+    @Option(help: "Milliseconds after which an unfinished batch fails as timeout (0: none).") var deadlineMs: UInt32 = 0
+    @Option(help: "max_tokens for requests that do not set one.") var maxTokens: Int?
+    @Flag(help: "No progress display.") var quiet = false
+
+    func validate() throws {
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
+        guard window >= 1 else { throw ValidationError("--window must be at least 1") }
+        guard FileManager.default.isReadableFile(atPath: file) else { throw ValidationError("cannot read \(file)") }
+        if let maxTokens, maxTokens < 0 { throw ValidationError("--max-tokens must not be negative") }
+    }
+
+    var outputPath: String {
+        if let out { return out }
+        let base = file.hasSuffix(".jsonl") ? String(file.dropLast(6)) : file
+        return base + ".results.jsonl"
+    }
+
+    func run() async throws {
+        let output = outputPath
+        if FileManager.default.fileExists(atPath: output) && !overwrite {
+            throw fail("compass submit", "\(output) exists; pass --overwrite to replace it or --out to choose another file", code: 2)
+        }
+        var settings = SubmitSettings(broker: broker, pool: pool)
+        settings.batchSize = batchSize
+        settings.window = window
+        if let session { settings.session = session }
+        settings.maxAttempts = maxAttempts
+        settings.priority = priority
+        settings.deadlineMilliseconds = deadlineMs
+        settings.defaultMaxTokens = maxTokens
+        settings.showProgress = !quiet
+        let summary: SubmitSummary
+        do {
+            summary = try await SubmitJob.run(input: file, output: output, truncate: true, settings: settings)
+        } catch let failure as CommandFailure {
+            throw fail("compass submit", failure.message)
+        }
+        print(summary.text)
+        if summary.failed > 0 { throw ExitCode(1) }
+    }
+}

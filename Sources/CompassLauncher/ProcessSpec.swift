@@ -1,0 +1,59 @@
+import CompassTopology
+
+/// One process the launcher runs and keeps running.
+public struct ProcessSpec: Sendable, Equatable {
+    public enum Role: Sendable, Equatable { case broker, worker(pool: String, gpus: [Int]) }
+
+    /// A short name for logs: `broker`, `default.0`, `llama70b.1` ...
+    public var name: String
+    public var role: Role
+    public var executable: String
+    public var arguments: [String]
+    /// Added to the launcher's own environment.
+    public var environment: [String: String]
+
+    /// The command line, shell-quoted, as `--dry-run` prints it.
+    public var commandLine: String {
+        let env = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\(shellQuote($0.value))" }
+        return (env + [executable] + arguments.map(shellQuote)).joined(separator: " ")
+    }
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+public func shellQuote(_ word: String) -> String {
+    let safe = word.allSatisfy { $0.isLetter || $0.isNumber || "-_./:=,@%+".contains($0) }
+    if safe && !word.isEmpty { return word }
+    return "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}
+
+/// Turns a topology into the processes that run it.
+public enum Plan {
+    /// The broker and one worker per GPU group of each pool. `binDirectory` holds the executables.
+    public static func processes(for topology: Topology, binDirectory: String, logLevel: String = "info") -> [ProcessSpec] {
+        let b = topology.broker
+        var brokerArgs = ["--frontend", b.frontend, "--backend", b.backend,
+                          "--heartbeat-ms", "\(b.heartbeatMilliseconds)", "--liveness", "\(b.liveness)", "--log-level", logLevel]
+        for pool in topology.pools { brokerArgs += ["--pool", pool.name] }
+        if let v = b.maxPoolBytes { brokerArgs += ["--max-pool-bytes", "\(v)"] }
+        if let v = b.maxPayloadBytes { brokerArgs += ["--max-payload-bytes", "\(v)"] }
+        if let v = b.leaseMilliseconds { brokerArgs += ["--lease-ms", "\(v)"] }
+        if let v = b.maxAttempts { brokerArgs += ["--max-attempts", "\(v)"] }
+        var specs = [ProcessSpec(name: "broker", role: .broker, executable: "\(binDirectory)/compass-broker",
+                                 arguments: brokerArgs, environment: [:])]
+        for pool in topology.pools {
+            for (index, group) in pool.groups.enumerated() {
+                var args = ["--broker", b.backend, "--pool", pool.name, "--tp", "\(pool.tp)", "--engine", pool.engine,
+                            "--credit", "\(pool.credit)", "--log-level", logLevel]
+                if !group.isEmpty { args += ["--gpus", group.map(String.init).joined(separator: ",")] }
+                if !pool.model.isEmpty { args += ["--model", pool.model] }
+                for (key, value) in pool.engineArguments.sorted(by: { $0.key < $1.key }) { args += ["--engine-arg", "\(key)=\(value)"] }
+                if let v = pool.startupTimeoutMilliseconds { args += ["--startup-timeout-ms", "\(v)"] }
+                if let v = pool.progressTimeoutMilliseconds { args += ["--progress-timeout-ms", "\(v)"] }
+                specs.append(ProcessSpec(name: "\(pool.name).\(index)", role: .worker(pool: pool.name, gpus: group),
+                                         executable: "\(binDirectory)/compass-worker", arguments: args,
+                                         environment: pool.environment))
+            }
+        }
+        return specs
+    }
+}

@@ -1,0 +1,75 @@
+import CompassProtocol
+
+/// A compass deployment: one broker and the pools of workers behind it (`topology.yaml`).
+public struct Topology: Sendable, Equatable {
+    public struct Broker: Sendable, Equatable {
+        public var frontend = "tcp://127.0.0.1:5555"
+        public var backend = "tcp://127.0.0.1:5556"
+        public var heartbeatMilliseconds: UInt64 = 1000
+        public var liveness: UInt64 = 3
+        public var maxPoolBytes: Int?
+        public var maxPayloadBytes: Int?
+        public var leaseMilliseconds: UInt64?
+        public var maxAttempts: Int?
+
+        public init() {}
+    }
+
+    public struct Pool: Sendable, Equatable {
+        public var name: String
+        public var engine = "synthetic"
+        public var model = ""
+        public var tp = 1
+        /// Worker processes to start. With `gpus`, one per disjoint group of `tp` GPUs.
+        public var workers = 1
+        /// GPU indices given to this pool; empty for CPU engines.
+        public var gpus: [Int] = []
+        public var credit = 2
+        public var engineArguments: [String: String] = [:]
+        /// Extra environment for this pool's workers and engines (e.g. NCCL settings).
+        public var environment: [String: String] = [:]
+        public var startupTimeoutMilliseconds: UInt64?
+        public var progressTimeoutMilliseconds: UInt64?
+
+        public init(name: String) { self.name = name }
+
+        /// The GPU groups, one per worker: `gpus` cut into consecutive groups of `tp`.
+        /// Without GPUs, `workers` empty groups (CPU workers).
+        public var groups: [[Int]] {
+            if gpus.isEmpty { return Array(repeating: [], count: workers) }
+            return stride(from: 0, to: gpus.count - gpus.count % tp, by: tp).map { Array(gpus[$0..<$0 + tp]) }
+        }
+    }
+
+    public var broker = Broker()
+    public var pools: [Pool] = []
+
+    public init() {}
+}
+
+/// One thing wrong in a topology file, with where it is.
+public struct TopologyProblem: Sendable, Equatable, CustomStringConvertible {
+    public var file: String
+    public var line: Int?
+    public var column: Int?
+    public var message: String
+
+    public init(file: String, line: Int? = nil, column: Int? = nil, message: String) {
+        self.file = file
+        self.line = line
+        self.column = column
+        self.message = message
+    }
+
+    public var description: String {
+        if let line, let column { return "\(file):\(line):\(column): \(message)" }
+        return "\(file): \(message)"
+    }
+}
+
+/// Every problem found in a topology file (it is reported whole, not one at a time).
+public struct TopologyError: Error, Sendable, CustomStringConvertible {
+    public var problems: [TopologyProblem]
+
+    public var description: String { problems.map(\.description).joined(separator: "\n") }
+}

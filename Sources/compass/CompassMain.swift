@@ -1,0 +1,8 @@
+import CompassCommands
+
+@main
+struct CompassMain {
+    static func main() async {
+        await CompassCommand.main()
+    }
+}

@@ -1,0 +1,113 @@
+import CompassEngines
+import CompassProtocol
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Synthetic engine", .timeLimit(.minutes(1)))
+struct SyntheticEngineTests {
+    @Test func completionIsThePromptReversedAndCut() {
+        let r = SyntheticModel.complete(InferenceRequest(customID: "a", prompt: "one two three four", maxTokens: 3))
+        #expect(r.text == "four three two")
+        #expect(r.promptTokens == 4)
+        #expect(r.completionTokens == 3)
+        #expect(r.finishReason == "length")
+        let full = SyntheticModel.complete(InferenceRequest(customID: "b", prompt: "x y"))
+        #expect(full.text == "y x")
+        #expect(full.finishReason == "stop")
+    }
+
+    @Test func stopStringsCutTheText() {
+        let r = SyntheticModel.complete(InferenceRequest(customID: "a", prompt: "a b STOP c d", stop: ["STOP"]))
+        #expect(r.text == "d c ")
+        #expect(r.finishReason == "stop")
+    }
+
+    @Test func latencyModelAddsItsParts() {
+        let results = [InferenceResult(customID: "a", text: "", promptTokens: 10, completionTokens: 4, finishReason: nil),
+                       InferenceResult(customID: "b", text: "", promptTokens: 6, completionTokens: 9, finishReason: nil)]
+        let profile = LatencyProfile(batchMicroseconds: 100, prefillMicrosecondsPerToken: 2, decodeMicrosecondsPerStep: 10)
+        #expect(SyntheticModel.latencyMicroseconds([], results: results, profile: profile) == 100 + 16 * 2 + 9 * 10)
+    }
+
+    /// Waits for the engine's next events, up to a deadline.
+    func events(_ engine: SyntheticEngine, until done: ([EngineEvent]) -> Bool) -> [EngineEvent] {
+        var all: [EngineEvent] = []
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline && !done(all) {
+            var p = pollfd(fd: engine.eventFD, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, 100)
+            all += engine.takeEvents()
+        }
+        return all
+    }
+
+    func payload(_ requests: [InferenceRequest]) -> [UInt8] { [UInt8](try! JSONEncoder().encode(requests)) }
+
+    func finished(_ events: [EngineEvent]) -> [InferenceResult]? {
+        for case .finished(_, _, let payload, _) in events {
+            return try? JSONDecoder().decode([InferenceResult].self, from: Data(payload))
+        }
+        return nil
+    }
+
+    @Test func runsAJobAndReportsReadyFirst() throws {
+        let engine = try SyntheticEngine(profile: LatencyProfile(batchMicroseconds: 2000))
+        try engine.start()
+        defer { engine.stop() }
+        engine.submit(EngineJob(batchID: "b", attempt: 1, meta: BatchMeta(), payload: payload([
+            InferenceRequest(customID: "1", prompt: "a b"), InferenceRequest(customID: "2", prompt: "c d @@fail")])))
+        let seen = events(engine) { finished($0) != nil }
+        guard case .ready = seen.first else { Issue.record("ready was not first: \(seen)"); return }
+        #expect(seen.contains { if case .progress(_, _, _, 2) = $0 { return true }; return false })
+        let results = try #require(finished(seen))
+        #expect(results.map(\.customID) == ["1", "2"])
+        #expect(results[0].text == "b a")
+        #expect(results[1].error?.code == "bad_request")
+    }
+
+    @Test func badRequestFailsAloneAndGarbageFailsTheBatch() throws {
+        let engine = try SyntheticEngine()
+        try engine.start()
+        defer { engine.stop() }
+        engine.submit(EngineJob(batchID: "mixed", attempt: 1, meta: BatchMeta(), payload: Array(#"[{"custom_id":"ok","prompt":"x y"},{"custom_id":"bad"}]"#.utf8)))
+        let results = try #require(finished(events(engine) { finished($0) != nil }))
+        #expect(results.map(\.customID) == ["ok", "bad"])
+        #expect(results[0].error == nil)
+        #expect(results[1].error?.code == "bad_request")
+        engine.submit(EngineJob(batchID: "junk", attempt: 1, meta: BatchMeta(), payload: Array("{}".utf8)))
+        let failed = events(engine) { $0.contains { if case .failed = $0 { return true }; return false } }
+        #expect(failed.contains { if case .failed("junk", 1, .badRequest, false, _) = $0 { return true }; return false })
+    }
+
+    @Test func crashMarkerKillsTheEngineUntilRestarted() throws {
+        let engine = try SyntheticEngine()
+        try engine.start()
+        defer { engine.stop() }
+        engine.submit(EngineJob(batchID: "b", attempt: 1, meta: BatchMeta(), payload: payload([InferenceRequest(customID: "x", prompt: "@@crash")])))
+        let seen = events(engine) { $0.contains { if case .died = $0 { return true }; return false } }
+        #expect(seen.contains { if case .died(.engineDead, _) = $0 { return true }; return false })
+        try engine.start()
+        engine.submit(EngineJob(batchID: "c", attempt: 1, meta: BatchMeta(), payload: payload([InferenceRequest(customID: "y", prompt: "fine")])))
+        #expect(finished(events(engine) { finished($0) != nil })?.first?.text == "fine")
+    }
+
+    @Test func hangEndsWhenCancelled() throws {
+        let engine = try SyntheticEngine()
+        try engine.start()
+        defer { engine.stop() }
+        engine.submit(EngineJob(batchID: "h", attempt: 1, meta: BatchMeta(), payload: payload([InferenceRequest(customID: "x", prompt: "@@hang")])))
+        _ = events(engine) { $0.contains { if case .ready = $0 { return true }; return false } }
+        engine.cancel(batchID: "h", attempt: 1)
+        let seen = events(engine) { $0.contains { if case .failed = $0 { return true }; return false } }
+        #expect(seen.contains { if case .failed("h", 1, .cancelled, false, _) = $0 { return true }; return false })
+    }
+
+    @Test func unknownEngineArgumentIsRefused() {
+        #expect(throws: EngineConfigurationError.self) { try SyntheticEngine(arguments: ["batch_sec": "1"], workerLabel: "") }
+        #expect(throws: EngineConfigurationError.self) { try SyntheticEngine(arguments: ["batch_ms": "-1"], workerLabel: "") }
+    }
+}

@@ -1,0 +1,48 @@
+import CompassProtocol
+import Foundation
+import Testing
+
+@Suite("JSON syntax check")
+struct JSONSyntaxTests {
+    func check(_ s: String) -> JSONSyntax.Outcome { JSONSyntax.check(Array(s.utf8)) }
+
+    @Test(arguments: [
+        (#"[]"#, 0), (#" [ {"a": 1} , {"b": [true, false, null]} ] "#, 2), (#"[1, -2.5e10, 0, "x\"y\\u00e9"]"#, 4),
+        (#"[[[[]]]]"#, 1), ("[\"\u{00e9}\u{4e2d}\"]", 1),
+    ])
+    func countsTopLevelArrays(text: String, count: Int) {
+        #expect(check(text) == .array(count: count))
+    }
+
+    @Test func objectsAndScalarsAreOther() {
+        #expect(check(#"{"requests": []}"#) == .other)
+        #expect(check("42") == .other)
+    }
+
+    @Test(arguments: ["", "[", "[1,]", "[01]", "[1 2]", #"{"a" 1}"#, #"["unterminated]"#, "[tru]", "[1] x",
+                      "[\"bad \\q escape\"]", "[\"\u{01}\"]", "[-]", "[1.]", "[1e]", #"{"a":}"#, "[nul]"])
+    func rejectsInvalid(text: String) {
+        guard case .invalid = check(text) else { Issue.record("accepted invalid JSON: \(text)"); return }
+    }
+
+    @Test func depthIsBounded() {
+        let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+        guard case .invalid(_, let reason) = JSONSyntax.check(Array(deep.utf8), maxDepth: 64) else { Issue.record("too deep accepted"); return }
+        #expect(reason.contains("nesting"))
+    }
+
+    @Test func agreesWithFoundationOnRandomMutations() throws {
+        var rng = SystemRandomNumberGenerator()
+        let base = Array(#"[{"custom_id":"a","prompt":"hi \"there\"","max_tokens":16,"stop":["\n"],"x":[1.5e3,null,true]}]"#.utf8)
+        for _ in 0..<2000 {
+            var bytes = base
+            for _ in 0..<Int.random(in: 1...3, using: &rng) {
+                let i = Int.random(in: 0..<bytes.count, using: &rng)
+                bytes[i] = Array(#"[]{}",:0a\ "#.utf8).randomElement(using: &rng)!
+            }
+            let foundation = (try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])) != nil
+            let ours: Bool = { if case .invalid = JSONSyntax.check(bytes) { return false }; return true }()
+            #expect(ours == foundation, "disagree on \(String(decoding: bytes, as: UTF8.self))")
+        }
+    }
+}
