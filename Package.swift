@@ -82,8 +82,9 @@ let package = Package(
         .testTarget(name: "CompassSchedulerTests", dependencies: ["CompassScheduler", "CompassProtocol"]),
         .testTarget(name: "CompassEnginesTests", dependencies: ["CompassEngines", "CompassProtocol"]),
         .testTarget(name: "CompassTopologyTests", dependencies: ["CompassTopology"]),
+        // Black-box tests: they start the built compass-broker, compass-worker and compass processes.
         .testTarget(name: "IntegrationTests", dependencies: [
-            "CompassClient", "CompassWire", "CompassProtocol", "CompassSystem", "ZMQ",
+            "CompassClient", "CompassBroker", "CompassWire", "CompassProtocol", "CompassSystem", "ZMQ",
         ]),
     ]
 )

@@ -47,7 +47,7 @@ extension Broker {
         switch output {
         case .welcome(let session, let pending):
             return .welcome(session: session, info: jsonFrame(ProducerWelcome(
-                brokerVersion: compassVersion, heartbeatMilliseconds: UInt32(options.scheduler.heartbeatMilliseconds),
+                brokerID: instanceID, brokerVersion: compassVersion, heartbeatMilliseconds: UInt32(options.scheduler.heartbeatMilliseconds),
                 liveness: UInt32(options.scheduler.liveness), pendingResults: pending)))
         case .accepted(let id):
             return .accepted(batchID: id)
@@ -60,7 +60,7 @@ extension Broker {
         case .failed(let id, let attempts, let code, let message, let partial):
             return .failed(batchID: id, attempts: attempts, code: code, message: message, partial: partial ?? Frame(bytes: [UInt8]()))
         case .heartbeat:
-            return .heartbeat
+            return .heartbeat(brokerID: instanceID)
         }
     }
 

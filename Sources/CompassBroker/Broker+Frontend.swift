@@ -62,7 +62,7 @@ extension Broker {
     func status() -> BrokerStatus {
         let snapshot = scheduler.snapshot(now: now)
         return BrokerStatus(
-            version: compassVersion, protocolVersion: Int(WireProtocol.version),
+            brokerID: instanceID, version: compassVersion, protocolVersion: Int(WireProtocol.version),
             uptimeSeconds: Double(MonotonicClock.nanoseconds() - startedAt) / 1e9,
             frontend: frontendEndpoint, backend: backendEndpoint, accepting: scheduler.accepting,
             scheduler: snapshot,

@@ -24,6 +24,8 @@ public final class Broker {
     var capabilities: [PeerID: WorkerCapabilities] = [:]
     var heartbeatStats: [PeerID: WorkerHeartbeatStats] = [:]
     let startedAt = MonotonicClock.nanoseconds()
+    /// Random per process: producers compare it to notice a broker restart.
+    public let instanceID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
     var badInput = LogLimiter()
     /// Follow-up actions produced while carrying out others (e.g. a send found a peer gone).
     var pending: [SchedulerAction<Frame>] = []

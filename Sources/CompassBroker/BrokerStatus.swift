@@ -10,6 +10,7 @@ public struct BrokerStatus: Codable, Sendable {
         public var gpus: [GPUInfo]?
     }
 
+    public var brokerID: String
     public var version: String
     public var protocolVersion: Int
     public var uptimeSeconds: Double
@@ -20,7 +21,7 @@ public struct BrokerStatus: Codable, Sendable {
     public var workers: [WorkerInfo]
 
     enum CodingKeys: String, CodingKey {
-        case version, protocolVersion = "protocol_version", uptimeSeconds = "uptime_seconds", frontend, backend
+        case brokerID = "broker_id", version, protocolVersion = "protocol_version", uptimeSeconds = "uptime_seconds", frontend, backend
         case accepting, scheduler, workers
     }
 }

@@ -23,6 +23,8 @@ final class ClientLoop {
     }
     var outstanding: [String: Outstanding] = [:]
     var statusWaiters: [CheckedContinuation<[UInt8], any Error>] = []
+    /// The broker process we last heard from; a different one means it restarted.
+    var brokerID: String?
     var running = true
 
     init(options: ClientOptions, context: ZMQContext, inbox: Inbox) throws {
@@ -143,8 +145,12 @@ final class ClientLoop {
                                                                      status: .failed(code: code, message: message, partial: partial.bytes)))
         case .status(let json):
             if !statusWaiters.isEmpty { statusWaiters.removeFirst().resume(returning: json.bytes) }
-        case .welcome, .heartbeat:
-            break
+        case .welcome(_, let info):
+            if let welcome = try? info.withUnsafeBytes({ try JSONDecoder().decode(ProducerWelcome.self, from: Data($0)) }) {
+                noteBroker(welcome.brokerID)
+            }
+        case .heartbeat(let id):
+            noteBroker(id)
         }
     }
 
@@ -162,6 +168,22 @@ final class ClientLoop {
         }
     }
 
+    /// A broker that is not the one we knew has answered: it restarted and may have lost what it
+    /// had accepted (without a journal). Say HELLO and re-submit everything still awaited.
+    func noteBroker(_ id: String) {
+        defer { brokerID = id }
+        guard let known = brokerID, known != id else { return }
+        hello()
+        resubmitOutstanding()
+    }
+
+    func resubmitOutstanding() {
+        for (id, o) in outstanding where o.retryAt == nil {
+            outstanding[id]?.accepted = false
+            sendSubmit(o.submission)
+        }
+    }
+
     /// The broker went silent: new connection, HELLO, and every outstanding batch again.
     func reconnect() {
         incarnation += 1
@@ -171,9 +193,6 @@ final class ClientLoop {
         }
         socket = fresh
         hello()
-        for (id, o) in outstanding where o.retryAt == nil {
-            outstanding[id]?.accepted = false
-            sendSubmit(o.submission)
-        }
+        resubmitOutstanding()
     }
 }

@@ -72,7 +72,8 @@ public enum BrokerReply: UInt8, Sendable, CaseIterable {
     case failed = 0x86
     /// [status JSON]: answer to STATUS.
     case status = 0x87
-    /// []: answer to a producer HEARTBEAT.
+    /// [broker id]: answer to a producer HEARTBEAT. The id is random per broker process: a producer
+    /// that sees it change knows the broker restarted, says HELLO again and re-submits what it awaits.
     case heartbeat = 0x88
 }
 

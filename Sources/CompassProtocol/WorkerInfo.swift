@@ -72,13 +72,16 @@ public struct WorkerWelcome: Codable, Sendable, Equatable {
 
 /// The WELCOME frame to a producer (answer to HELLO).
 public struct ProducerWelcome: Codable, Sendable, Equatable {
+    /// Random per broker process (also in HEARTBEAT replies): a change means the broker restarted.
+    public var brokerID: String
     public var brokerVersion: String
     public var heartbeatMilliseconds: UInt32
     public var liveness: UInt32
     /// Results held for this session that are re-sent right after this message.
     public var pendingResults: Int
 
-    public init(brokerVersion: String, heartbeatMilliseconds: UInt32, liveness: UInt32, pendingResults: Int) {
+    public init(brokerID: String, brokerVersion: String, heartbeatMilliseconds: UInt32, liveness: UInt32, pendingResults: Int) {
+        self.brokerID = brokerID
         self.brokerVersion = brokerVersion
         self.heartbeatMilliseconds = heartbeatMilliseconds
         self.liveness = liveness
@@ -86,7 +89,7 @@ public struct ProducerWelcome: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case brokerVersion = "broker_version", heartbeatMilliseconds = "heartbeat_ms", liveness, pendingResults = "pending_results"
+        case brokerID = "broker_id", brokerVersion = "broker_version", heartbeatMilliseconds = "heartbeat_ms", liveness, pendingResults = "pending_results"
     }
 }
 

@@ -78,7 +78,7 @@ public enum ProducerReply {
     case result(batchID: String, attempts: UInt32, stats: Frame, payload: Frame)
     case failed(batchID: String, attempts: UInt32, code: String, message: String, partial: Frame)
     case status(json: Frame)
-    case heartbeat
+    case heartbeat(brokerID: String)
 
     public func encode() -> [Frame] {
         var out = [WireProtocol.headerFrame()]
@@ -97,8 +97,8 @@ public enum ProducerReply {
             out += [Field.u8(BrokerReply.failed.rawValue), Field.string(id), Field.u32(attempts), Field.string(code), Field.string(message), partial]
         case .status(let json):
             out += [Field.u8(BrokerReply.status.rawValue), json]
-        case .heartbeat:
-            out += [Field.u8(BrokerReply.heartbeat.rawValue)]
+        case .heartbeat(let brokerID):
+            out += [Field.u8(BrokerReply.heartbeat.rawValue), Field.string(brokerID)]
         }
         return out
     }
@@ -143,8 +143,8 @@ public enum ProducerReply {
             try expect(1)
             return .status(json: f[0])
         case .heartbeat:
-            try expect(0)
-            return .heartbeat
+            try expect(1)
+            return .heartbeat(brokerID: Field.readText(f[0]))
         }
     }
 }

@@ -49,7 +49,7 @@ struct WireTests {
             .progress(batchID: "b", done: 1, total: 2),
             .result(batchID: "b", attempts: 1, stats: Frame(string: "{}"), payload: Frame(string: "[]")),
             .failed(batchID: "b", attempts: 3, code: "worker_lost", message: "gone", partial: Frame(bytes: [UInt8]())),
-            .status(json: Frame(string: "{}")), .heartbeat,
+            .status(json: Frame(string: "{}")), .heartbeat(brokerID: "b1"),
         ]
         for reply in replies {
             #expect(try ProducerReply.decode(reply.encode()[...]).encode().map(\.bytes) == reply.encode().map(\.bytes))

@@ -1,0 +1,67 @@
+import Foundation
+import Testing
+
+@Suite("compass CLI", .serialized, .timeLimit(.minutes(1)))
+struct CLITests {
+    @Test("compass up --check explains errors with line numbers")
+    func checkReportsLines() throws {
+        let dir = TempDir()
+        try "pools:\n  a:\n    tp: 3\n    gpus: [0, 1]\n    engine: nope\n".write(toFile: dir.file("bad.yaml"), atomically: true, encoding: .utf8)
+        let run = try Spawned("compass", ["up", "--check", dir.file("bad.yaml")], in: dir, name: "check")
+        #expect(try run.waitForExit(timeout: 20) == .exited(2))
+        let log = run.log()
+        #expect(log.contains("bad.yaml:4:"), "\(log)")
+        #expect(log.contains("bad.yaml:5:"), "\(log)")
+    }
+
+    @Test("compass up --dry-run: gpus 0-7 with tp 2 makes four workers with disjoint groups")
+    func dryRunPartitionsGPUs() throws {
+        let dir = TempDir()
+        try "pools:\n  big:\n    engine: vllm\n    model: /m\n    tp: 2\n    gpus: [0, 1, 2, 3, 4, 5, 6, 7]\n"
+            .write(toFile: dir.file("t.yaml"), atomically: true, encoding: .utf8)
+        let run = try Spawned("compass", ["up", "--dry-run", dir.file("t.yaml")], in: dir, name: "dry")
+        #expect(try run.waitForExit(timeout: 20).isSuccess)
+        let workers = run.log().split(separator: "\n").filter { $0.contains("compass-worker") }
+        #expect(workers.count == 4)
+        let groups = workers.map { line -> String in
+            let parts = line.split(separator: " ")
+            return String(parts[parts.firstIndex(of: "--gpus")! + 1])
+        }
+        #expect(groups == ["0,1", "2,3", "4,5", "6,7"])
+    }
+
+    @Test("compass submit: an unreadable line gets an error result; the rest run; exit status 1")
+    func submitKeepsGoingPastBadLines() throws {
+        let dir = TempDir()
+        let broker = try BrokerProcess(in: dir)
+        let worker = try startWorker(broker.backend, in: dir, name: "worker")
+        try worker.waitForLog("registered with broker")
+        try """
+        {"custom_id": "a", "prompt": "one two"}
+        this is not json
+        {"custom_id": "a", "prompt": "duplicate id"}
+        {"custom_id": "b", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "messages": [{"role": "user", "content": "three four"}]}}
+        """.write(toFile: dir.file("in.jsonl"), atomically: true, encoding: .utf8)
+        let run = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--out", dir.file("out.jsonl"), "--quiet"],
+                              in: dir, name: "submit")
+        #expect(try run.waitForExit() == .exited(1))
+        let lines = try String(contentsOfFile: dir.file("out.jsonl"), encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 4)
+        let text = lines.joined(separator: "\n")
+        #expect(text.contains(#""text":"two one""#))
+        #expect(text.contains(#""text":"four three""#))
+        #expect(text.contains("line-2"))
+        #expect(text.contains("duplicate custom_id"))
+        #expect(run.log().contains("in.jsonl:2:"))
+    }
+
+    @Test("compass submit refuses to overwrite results unless asked")
+    func submitProtectsExistingResults() throws {
+        let dir = TempDir()
+        try "{}".write(toFile: dir.file("in.jsonl"), atomically: true, encoding: .utf8)
+        try "keep me".write(toFile: dir.file("out.jsonl"), atomically: true, encoding: .utf8)
+        let run = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--out", dir.file("out.jsonl")], in: dir, name: "submit")
+        #expect(try run.waitForExit(timeout: 20) == .exited(2))
+        #expect(try String(contentsOfFile: dir.file("out.jsonl"), encoding: .utf8) == "keep me")
+    }
+}
