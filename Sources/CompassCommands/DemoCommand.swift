@@ -21,6 +21,8 @@ struct DemoCommand: AsyncParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
+        let topology = locate(self.topology)
+        let prompts = locate(self.prompts)
         var loaded: Topology
         do {
             loaded = try Topology.load(path: topology)
@@ -63,5 +65,14 @@ struct DemoCommand: AsyncParsableCommand {
         case .failure(let error):
             throw fail("compass demo", "\(error)")
         }
+    }
+
+    /// A relative path as given when it exists, else under the repository (COMPASS_HOME, set by bin/compass).
+    func locate(_ path: String) -> String {
+        if path.hasPrefix("/") || FileManager.default.fileExists(atPath: path) { return path }
+        if let home = ProcessInfo.processInfo.environment["COMPASS_HOME"], FileManager.default.fileExists(atPath: "\(home)/\(path)") {
+            return "\(home)/\(path)"
+        }
+        return path
     }
 }
