@@ -26,7 +26,7 @@ let package = Package(
         // A small safe wrapper over libzmq: context, socket, frame, poller, options, CURVE keys.
         .target(name: "ZMQ", dependencies: ["CLibZMQ"]),
         // POSIX helpers: spawn, signals, pipes, eventfd, clocks, file locks.
-        .target(name: "CCompassShims"),
+        .target(name: "CCompassShims", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
         .target(name: "CompassSystem", dependencies: ["CCompassShims"]),
         // The protocol's constants, codes and JSON payload types (pure, no I/O).
         .target(name: "CompassProtocol"),

@@ -21,7 +21,10 @@ public struct WorkerCommand: ParsableCommand {
     @Option(help: "The broker's backend endpoint.") var broker = "tcp://127.0.0.1:5556"
     @Option(help: "The pool to serve.") var pool: String
     @Option(help: "Tensor-parallel size: GPUs per engine.") var tp = 1
-    @Option(help: "GPU indices this worker owns, e.g. 0,1 (as many as --tp).") var gpus: String?
+    @Option(help: "GPU indices this worker owns, e.g. 0,1 (as many as --tp), or 'auto' for --tp free ones.") var gpus: String?
+    @Option(help: "Directory of the per-GPU lock files.") var lockDir = ProcessInfo.processInfo.environment["COMPASS_LOCK_DIR"] ?? "/tmp/compass-gpu-locks"
+    @Option(help: "Seconds to wait, after an engine dies, for its GPU memory to be released before restarting it.")
+    var gpuReleaseTimeout: Double = 60
     @Option(help: "Engine: \(EngineFactory.names.joined(separator: ", ")).") var engine = "synthetic"
     @Option(help: "Model path or name for the engine.") var model = ""
     @Option(name: .customLong("engine-arg"), help: "An engine setting as key=value (repeatable).")
@@ -36,10 +39,6 @@ public struct WorkerCommand: ParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     public init() {}
-
-    var gpuList: [Int] {
-        (gpus ?? "").split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
-    }
 
     var engineArguments: [String: String] {
         var out: [String: String] = [:]
@@ -57,10 +56,10 @@ public struct WorkerCommand: ParsableCommand {
         for arg in engineArgs where !arg.contains("=") || arg.hasPrefix("=") {
             throw ValidationError("--engine-arg '\(arg)' must be key=value")
         }
-        if let gpus {
+        if let gpus, gpus != "auto" {
             let parts = gpus.split(separator: ",")
             guard parts.allSatisfy({ Int($0.trimmingCharacters(in: .whitespaces)).map { $0 >= 0 } ?? false }) else {
-                throw ValidationError("--gpus must be GPU indices separated by commas, e.g. 0,1,2,3")
+                throw ValidationError("--gpus must be GPU indices separated by commas (e.g. 0,1,2,3) or 'auto'")
             }
             guard Set(parts).count == parts.count else { throw ValidationError("--gpus lists a GPU twice") }
             guard parts.count == tp else {
@@ -71,9 +70,15 @@ public struct WorkerCommand: ParsableCommand {
 
     public func run() throws {
         let logger = logging.bootstrap("compass-worker")
+        let devices: WorkerGPUs
+        do {
+            devices = try WorkerGPUs(requested: gpus, tp: tp, lockDirectory: lockDir, releaseTimeoutSeconds: gpuReleaseTimeout, logger: logger)
+        } catch {
+            throw fail("compass-worker", "\(error)", code: 2)
+        }
         var options = WorkerOptions(broker: broker, pool: pool)
         options.tp = tp
-        options.gpus = gpuList
+        options.gpus = devices.indices
         options.engine = engine
         options.model = model
         options.engineArguments = engineArguments
@@ -84,15 +89,21 @@ public struct WorkerCommand: ParsableCommand {
         options.progressTimeoutMilliseconds = progressTimeoutMs
         options.maxStartFailures = maxStartFailures
         let signals = try SignalWatcher([SIGTERM, SIGINT])
+        var settings = EngineSettings()
+        settings.arguments = engineArguments
+        settings.model = model
+        settings.tp = tp
+        settings.gpus = devices.indices
+        settings.workerLabel = "\(pool)@\(getpid())"
+        settings.hooks = devices.hooks
         let engineInstance: any Engine
         do {
-            engineInstance = try EngineFactory.make(name: engine, arguments: engineArguments, model: model, tp: tp,
-                                                    gpus: gpuList, workerLabel: "\(pool)@\(getpid())")
+            engineInstance = try EngineFactory.make(name: engine, settings: settings, logger: logger)
         } catch {
             throw fail("compass-worker", "\(error)", code: 2)
         }
         let context = try ZMQContext()
-        let worker = Worker(options: options, context: context, engine: engineInstance, logger: logger)
+        let worker = Worker(options: options, context: context, engine: engineInstance, logger: logger, gpuInfo: { devices.info() })
         let code = try worker.run(signals: signals)
         if code != 0 { throw ExitCode(code) }
     }

@@ -94,16 +94,14 @@ public final class ChildProcess: @unchecked Sendable {
         for action in files {
             switch action {
             case .inherit(let source, let target):
-                var from = source
-                if source == target {
-                    // dup2 onto itself would keep close-on-exec set; go through a fresh copy.
-                    guard let copy = try systemCall("fcntl", "F_DUPFD_CLOEXEC", body: { fcntl(source, F_DUPFD_CLOEXEC, 64) }) else {
-                        throw SystemError(code: EAGAIN, call: "fcntl")
-                    }
-                    temporaries.append(copy)
-                    from = copy
+                // dup2 runs in order, so a source that is also another action's target could be
+                // overwritten first, and dup2 onto itself would keep close-on-exec set. A fresh
+                // copy above every target avoids both.
+                guard let copy = try systemCall("fcntl", "F_DUPFD_CLOEXEC", body: { fcntl(source, F_DUPFD_CLOEXEC, 64) }) else {
+                    throw SystemError(code: EAGAIN, call: "fcntl")
                 }
-                posix_spawn_file_actions_adddup2(&actions, from, target)
+                temporaries.append(copy)
+                posix_spawn_file_actions_adddup2(&actions, copy, target)
             case .open(let path, let oflags, let target):
                 posix_spawn_file_actions_addopen(&actions, target, path, oflags, 0o644)
             }

@@ -11,4 +11,14 @@ int compass_spawn_addchdir(void *actions, const char *path);
 /// The POSIX_SPAWN_SETSID flag, or 0 where glibc lacks it.
 int compass_spawn_setsid_flag(void);
 
+/// NVML, loaded at run time from libnvidia-ml.so.1 (absent on machines without an NVIDIA driver).
+/// compass_nvml_load returns 0 when NVML is usable, else -1 with a reason in `error`.
+int compass_nvml_load(char *error, int error_length);
+/// The number of GPUs NVML sees, or -1.
+int compass_nvml_device_count(void);
+/// One GPU's identity and state; returns 0, or an NVML error code. Strings are NUL-terminated.
+int compass_nvml_device_info(unsigned int index, char *uuid, int uuid_length, char *name, int name_length,
+                             unsigned long long *memory_used, unsigned long long *memory_total,
+                             unsigned int *utilization);
+
 #endif
