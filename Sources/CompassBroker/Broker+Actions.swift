@@ -117,6 +117,12 @@ extension Broker {
             logger.info("message from unknown worker; asked it to register", metadata: ["worker": "\(worker)"])
         case .rejected(let code, let message):
             if code != .busy { badInput.warning(logger, "submit rejected", metadata: ["code": "\(code.rawValue)", "reason": "\(message)"]) }
+        case .split(let id, let requests, let depth, let kills, let code):
+            logger.warning("batch keeps killing engines; split in halves to isolate the request", metadata: [
+                "batch": "\(id)", "requests": "\(requests)", "depth": "\(depth)", "kills": "\(kills)", "code": "\(code)"])
+        case .isolated(let id, let requests, let code, let message):
+            logger.warning("request(s) isolated and failed; the rest of the batch goes on", metadata: [
+                "batch": "\(id)", "requests": "\(requests)", "code": "\(code)", "reason": "\(message)"])
         case .resultExpired(let id, let session):
             logger.warning("result dropped: not collected within the retention time", metadata: ["batch": "\(id)", "session": "\(session)"])
         }

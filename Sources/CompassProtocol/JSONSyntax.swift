@@ -21,12 +21,25 @@ public enum JSONSyntax {
         bytes.withUnsafeBytes { check($0, maxDepth: maxDepth) }
     }
 
+    /// The byte ranges of a top-level array's elements, or nil when `bytes` is not a valid JSON array.
+    public static func arrayElements(_ bytes: [UInt8], maxDepth: Int = 64) -> [Range<Int>]? {
+        bytes.withUnsafeBytes { raw in
+            var scanner = Scanner(bytes: raw, maxDepth: maxDepth)
+            scanner.recordElements = true
+            guard case .array = scanner.run() else { return nil }
+            return scanner.elements
+        }
+    }
+
     private struct Failure: Error { let offset: Int; let reason: String }
 
     private struct Scanner {
         let bytes: UnsafeRawBufferPointer
         let maxDepth: Int
         var i = 0
+        /// When set, the ranges of the top-level array's elements are collected in `elements`.
+        var recordElements = false
+        var elements: [Range<Int>] = []
 
         init(bytes: UnsafeRawBufferPointer, maxDepth: Int) {
             self.bytes = bytes
@@ -82,7 +95,10 @@ public enum JSONSyntax {
             if i < bytes.count && bytes[i] == UInt8(ascii: "]") { i += 1; return 0 }
             var count = 0
             while true {
+                skipSpace()
+                let start = i
                 try value(depth: depth)
+                if recordElements && depth == 1 { elements.append(start..<i) }
                 count += 1
                 skipSpace()
                 guard i < bytes.count else { throw Failure(offset: i, reason: "unterminated array") }

@@ -20,6 +20,8 @@ public enum WireProtocol {
 
     /// Limits on header fields, enforced by the broker before anything is stored.
     public static let maxBatchIDBytes = 256
+    /// Batch ids between broker and workers may carry a suffix per split (`~0`, `~1`) of poison isolation.
+    public static let maxDispatchIDBytes = maxBatchIDBytes + 2 * 16
     public static let maxPoolNameBytes = 64
     public static let maxSessionBytes = 128
     public static let maxCodeBytes = 64

@@ -5,6 +5,8 @@ import DequeModule
 enum BatchState<Payload> {
     case queued
     case running(worker: PeerID, since: Timestamp, leaseUntil: Timestamp?)
+    /// Split in halves after killing engines; waits for its children's results to merge them.
+    case split(children: [String])
     /// Terminal; kept until the producer ACKs (or retention runs out) so it can be re-sent.
     case finished(Outcome<Payload>, at: Timestamp)
 }
@@ -28,8 +30,19 @@ struct BatchRecord<Payload: BatchPayload> {
     var attempt: UInt32 = 0
     /// Dispatches counted against `maxAttempts` (hand-backs from draining workers are not).
     var charged: UInt32 = 0
+    /// Failures with a kill code (engine died, worker lost, hang, OOM) so far.
+    var kills: UInt32 = 0
+    /// For a half made by poison isolation: the batch it was cut from. Halves are internal: the
+    /// producer only ever hears of the batch it submitted.
+    var parent: String?
+    var depth = 0
+    /// Results of finished halves, by half index, until all are in.
+    var childResults: [Int: (stats: [UInt8], payload: [UInt8])] = [:]
+    /// Dispatches of this batch and every half cut from it (on the original batch only).
+    var totalDispatches: UInt32 = 0
 
     var isQueued: Bool { if case .queued = state { true } else { false } }
+    var isSplit: Bool { if case .split = state { true } else { false } }
     var isFinished: Bool { if case .finished = state { true } else { false } }
 
     /// Bytes this batch holds in the broker: its payload, plus its result once finished.

@@ -118,6 +118,7 @@ public struct Scheduler<Payload: BatchPayload> {
         pools[b.pool]!.runningBatches += 1
         pools[b.pool]!.counters.dispatched += 1
         workers[worker]!.running.insert(id)
+        batches[root(of: id)]!.totalDispatches += 1
         var meta = b.meta
         meta.maxAttempts = b.maxAttempts
         if let deadline = b.deadline {
@@ -142,22 +143,66 @@ public struct Scheduler<Payload: BatchPayload> {
         pools[batches[id]!.pool]!.runningBatches -= 1
     }
 
-    /// A running batch's attempt failed: retry it if allowed, else finish it as failed.
+    /// A running batch's attempt failed: retry it, split it (it keeps killing engines), or finish it.
     mutating func attemptFailed(_ id: String, code: String, message: String, retryable: Bool, partial: Payload?,
                                 chargeAttempt: Bool, _ now: Timestamp) {
         guard let b = batches[id], case .running(let worker, _, _) = b.state else { return }
         if !chargeAttempt { batches[id]!.charged -= 1 }
+        let killed = retryable && config.killCodes.contains(code)
+        if killed { batches[id]!.kills += 1 }
+        let kills = batches[id]!.kills
         let charged = batches[id]!.charged
-        if retryable && charged < UInt32(b.maxAttempts) {
+        // Poison isolation: a batch that keeps killing engines is cut in halves rather than retried
+        // whole; a half (already suspect) is cut again after one kill; a single request that still
+        // kills is reported failed alone.
+        if killed && b.meta.requestCount >= 2 && kills >= (b.parent == nil ? config.splitAfterKills : 1)
+            && b.depth < config.maxSplitDepth, let halves = PayloadSplitting.halves(b.payload.payloadBytes) {
+            detach(id, from: worker)
+            split(id, halves, code: code, kills: kills, now)
+            return
+        }
+        let isolated = killed && b.meta.requestCount < 2 && kills >= config.splitAfterKills && b.parent != nil
+        if retryable && !isolated && charged < UInt32(b.maxAttempts) {
             detach(id, from: worker)
             requeue(id)
             pools[b.pool]!.counters.retried += 1
             emit(.event(.requeued(batchID: id, attempt: b.attempt, code: code, reason: message)))
             dispatch(b.pool, now)
         } else {
-            let why = retryable ? "\(message) (gave up after \(charged) attempts)" : message
+            let why = isolated ? "this request killed the engine \(kills) times (\(code)): \(message)"
+                : retryable ? "\(message) (gave up after \(charged) attempts)" : message
             finish(id, .failed(code: code, message: why, partial: partial), now)
         }
+    }
+
+    /// Replaces a batch by its two halves, queued at the front; it finishes when both have.
+    mutating func split(_ id: String, _ halves: (first: [UInt8], second: [UInt8]), code: String, kills: UInt32, _ now: Timestamp) {
+        let b = batches[id]!
+        let counts = [b.meta.requestCount / 2, b.meta.requestCount - b.meta.requestCount / 2]
+        let children = ["\(id)~0", "\(id)~1"]
+        batches[id]!.state = .split(children: children)
+        // Pushed to the front in reverse, so the first half runs first.
+        for (index, bytes) in [halves.first, halves.second].enumerated().reversed() {
+            var meta = b.meta
+            meta.requestCount = counts[index]
+            meta.deadlineMilliseconds = 0 // the original batch's deadline covers its halves
+            var child = BatchRecord(id: children[index], pool: b.pool, session: b.session, meta: meta, maxAttempts: b.maxAttempts,
+                                    payload: Payload(payloadBytes: bytes), acceptedAt: now, deadline: nil)
+            child.parent = id
+            child.depth = b.depth + 1
+            batches[child.id] = child
+            pools[b.pool]!.heldBytes += bytes.count
+            requeue(child.id)
+        }
+        emit(.event(.split(batchID: id, requests: Int(b.meta.requestCount), depth: b.depth + 1, kills: kills, code: code)))
+        dispatch(b.pool, now)
+    }
+
+    /// The batch a producer submitted that `id` is, or was cut from.
+    func root(of id: String) -> String {
+        var current = id
+        while let parent = batches[current]?.parent { current = parent }
+        return current
     }
 
     /// Makes a batch terminal and delivers its outcome to its session.
@@ -171,6 +216,24 @@ public struct Scheduler<Payload: BatchPayload> {
             pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
         case .running(let worker, _, _):
             detach(id, from: worker)
+        case .split(let children):
+            for child in children { abandon(child, now) } // finished early (cancel, deadline)
+        }
+        if let parent = b.parent {
+            // A half reports to the batch it was cut from, as results: a failed half fails its requests.
+            let (stats, results): ([UInt8], [UInt8]) = {
+                switch outcome {
+                case .result(let stats, let payload): return (stats.payloadBytes, payload.payloadBytes)
+                case .failed(let code, let message, _):
+                    return (Array("{}".utf8), PayloadSplitting.failedResults(b.payload.payloadBytes, code: code, message: message))
+                }
+            }()
+            if case .failed(let code, let message, _) = outcome {
+                emit(.event(.isolated(batchID: root(of: id), requests: Int(b.meta.requestCount), code: code, message: message)))
+            }
+            forget(id)
+            halfFinished(parent, index: id.hasSuffix("~0") ? 0 : 1, stats: stats, results: results, now)
+            return
         }
         let before = b.heldBytes
         b.state = .finished(outcome, at: now)
@@ -181,7 +244,7 @@ public struct Scheduler<Payload: BatchPayload> {
         case .result:
             pools[b.pool]!.counters.completed += 1
             pools[b.pool]!.counters.completedRequests += Int(b.meta.requestCount)
-            emit(.event(.completed(batchID: id, pool: b.pool, attempts: b.attempt, latencyMilliseconds: now.milliseconds(since: b.acceptedAt))))
+            emit(.event(.completed(batchID: id, pool: b.pool, attempts: b.totalDispatches, latencyMilliseconds: now.milliseconds(since: b.acceptedAt))))
         case .failed(let code, let message, _):
             pools[b.pool]!.counters.failed += 1
             emit(.event(.failed(batchID: id, pool: b.pool, code: code, message: message)))
@@ -189,15 +252,45 @@ public struct Scheduler<Payload: BatchPayload> {
         deliver(id)
     }
 
+    /// A half finished: keep its results; once every half is in, finish the batch with them merged.
+    mutating func halfFinished(_ id: String, index: Int, stats: [UInt8], results: [UInt8], _ now: Timestamp) {
+        guard let b = batches[id], case .split(let children) = b.state else { return }
+        batches[id]!.childResults[index] = (stats, results)
+        guard batches[id]!.childResults.count == children.count else { return }
+        let parts = (0..<children.count).compactMap { batches[id]!.childResults[$0] }
+        batches[id]!.childResults = [:]
+        let merged = Outcome<Payload>.result(stats: Payload(payloadBytes: PayloadSplitting.mergeStats(parts.map(\.stats), parts: parts.count)),
+                                             payload: Payload(payloadBytes: PayloadSplitting.concatenate(parts.map(\.payload))))
+        finish(id, merged, now)
+    }
+
+    /// Drops a half (and its own halves) whose batch finished without it: cancels it where it runs.
+    mutating func abandon(_ id: String, _ now: Timestamp) {
+        guard let b = batches[id] else { return }
+        switch b.state {
+        case .queued:
+            pools[b.pool]!.queuedBatches -= 1
+            pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
+        case .running(let worker, _, _):
+            sendWorker(worker, .cancel(batchID: id, attempt: b.attempt), now)
+            detach(id, from: worker)
+        case .split(let children):
+            for child in children { abandon(child, now) }
+        case .finished:
+            break
+        }
+        forget(id)
+    }
+
     /// Sends a finished batch's outcome to its session's current connection, if it has one.
     mutating func deliver(_ id: String) {
-        guard let b = batches[id], case .finished(let outcome, _) = b.state,
+        guard let b = batches[id], b.parent == nil, case .finished(let outcome, _) = b.state,
               let route = sessions[b.session]?.route else { return }
         switch outcome {
         case .result(let stats, let payload):
-            emit(.toProducer(route, .result(batchID: id, attempts: b.attempt, stats: stats, payload: payload)))
+            emit(.toProducer(route, .result(batchID: id, attempts: b.totalDispatches, stats: stats, payload: payload)))
         case .failed(let code, let message, let partial):
-            emit(.toProducer(route, .failed(batchID: id, attempts: b.attempt, code: code, message: message, partial: partial)))
+            emit(.toProducer(route, .failed(batchID: id, attempts: b.totalDispatches, code: code, message: message, partial: partial)))
         }
     }
 

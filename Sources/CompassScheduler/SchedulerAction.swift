@@ -38,4 +38,8 @@ public enum SchedulerEvent: Sendable, Equatable {
     case unknownWorker(worker: PeerID)
     case rejected(code: RejectCode, message: String)
     case resultExpired(batchID: String, session: String)
+    /// A batch that kept killing engines was cut in halves (depth: how many times so far).
+    case split(batchID: String, requests: Int, depth: Int, kills: UInt32, code: String)
+    /// Requests of a split batch failed alone (the poison), the rest of the batch goes on.
+    case isolated(batchID: String, requests: Int, code: String, message: String)
 }

@@ -24,6 +24,15 @@ public struct SchedulerConfig: Sendable {
     public var maxCredit: Int = 1024
     /// Acknowledged batch ids remembered, so a late duplicate SUBMIT is refused instead of re-run.
     public var rememberedAcks: Int = 65_536
+    /// Failure codes that mean "this batch may have killed its engine or worker".
+    public var killCodes: Set<String> = ["engine_dead", "worker_lost", "timeout", "oom"]
+    /// Kills after which a batch of several requests is split in halves (a split half, already
+    /// suspect, is split again after one), and a single request is reported failed.
+    public var splitAfterKills: UInt32 = 2
+    /// How deep splitting may go (2^16 requests is beyond any batch).
+    public var maxSplitDepth = 16
+    /// Attempts per pool, overriding `defaultMaxAttempts` (a SUBMIT's own value wins over both).
+    public var poolMaxAttempts: [String: UInt16] = [:]
 
     public init() {}
 

@@ -66,9 +66,19 @@ extension Scheduler {
             case .running(let w, _, _):
                 running[b.pool, default: 0] += 1
                 if workers[w]?.running.contains(id) != true { problems.append("\(id) runs on \(w) which does not hold it") }
+            case .split(let children):
+                for child in children where batches[child]?.parent != id && batches[child] != nil {
+                    problems.append("\(id) lists half \(child) that does not point back")
+                }
             case .finished: break
             }
-            if sessions[b.session]?.batches.contains(id) != true { problems.append("\(id) missing from session \(b.session)") }
+            if let parent = b.parent {
+                guard let p = batches[parent], case .split(let children) = p.state, children.contains(id) else {
+                    problems.append("half \(id) has no split parent \(parent)"); continue
+                }
+            } else if sessions[b.session]?.batches.contains(id) != true {
+                problems.append("\(id) missing from session \(b.session)")
+            }
         }
         for (id, w) in workers {
             for batchID in w.running {

@@ -36,11 +36,17 @@ public struct PeerID: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// What the scheduler needs to know of a payload it holds but never reads.
+/// What the scheduler needs of a payload it holds. It reads the bytes on one rare path only:
+/// splitting a batch that keeps killing engines (poison isolation).
 public protocol BatchPayload {
     var byteCount: Int { get }
+    /// A copy of the bytes.
+    var payloadBytes: [UInt8] { get }
+    init(payloadBytes: [UInt8])
 }
 
 extension Array: BatchPayload where Element == UInt8 {
     public var byteCount: Int { count }
+    public var payloadBytes: [UInt8] { self }
+    public init(payloadBytes: [UInt8]) { self = payloadBytes }
 }

@@ -20,7 +20,7 @@ public enum WorkerMessage {
         func expect(_ n: Int) throws(ProtocolError) {
             guard f.count == n else { throw ProtocolError(.badFrame, "\(command) takes \(n) frames after the command, got \(f.count)") }
         }
-        let maxID = WireProtocol.maxBatchIDBytes
+        let maxID = WireProtocol.maxDispatchIDBytes
         switch command {
         case .ready:
             try expect(1)
@@ -113,11 +113,11 @@ public enum BrokerWorkerMessage {
             return .welcome(settings: f[0])
         case .batch:
             try expect(4)
-            return .batch(batchID: try Field.readString(f[0], "batch id", max: WireProtocol.maxBatchIDBytes),
+            return .batch(batchID: try Field.readString(f[0], "batch id", max: WireProtocol.maxDispatchIDBytes),
                           attempt: try Field.readU32(f[1], "attempt"), meta: try BatchMeta.decode(f[2]), payload: f[3])
         case .cancel:
             try expect(2)
-            return .cancel(batchID: try Field.readString(f[0], "batch id", max: WireProtocol.maxBatchIDBytes),
+            return .cancel(batchID: try Field.readString(f[0], "batch id", max: WireProtocol.maxDispatchIDBytes),
                            attempt: try Field.readU32(f[1], "attempt"))
         case .heartbeat:
             try expect(0)
