@@ -18,8 +18,9 @@ public struct EngineJob: Sendable {
 
 /// What an engine reports to the worker that hosts it.
 public enum EngineEvent: Sendable {
-    /// Loaded and able to take jobs (after start or restart).
-    case ready(detail: String)
+    /// Loaded and able to take jobs (after start or restart); `maxBatches` is how many batches the
+    /// engine takes at once (vLLM batches continuously across them; most engines take 1).
+    case ready(detail: String, maxBatches: Int)
     /// Requests of the job completed so far: the watchdog's proof of forward progress.
     case progress(batchID: String, attempt: UInt32, done: UInt32, total: UInt32)
     /// The job finished: `payload` is a JSON array of `InferenceResult`, in request order.
@@ -39,7 +40,7 @@ public protocol Engine: AnyObject {
     var eventFD: Int32 { get }
     /// Starts (or restarts) the engine; `.ready` follows when it can take jobs.
     func start() throws
-    /// Gives the engine a job. The worker sends one job at a time and waits for its outcome.
+    /// Gives the engine a job. The worker keeps at most `maxBatches` (from `.ready`) in the engine.
     func submit(_ job: EngineJob)
     /// Asks the engine to abandon a job; it answers with `.failed(code: .cancelled)` or its result.
     func cancel(batchID: String, attempt: UInt32)

@@ -170,7 +170,7 @@ extension ProcessEngine {
             gen.ready = true
             let detail = [object["detail"], object["model"], (object["start_method"] as? String).map { "start method \($0)" }]
                 .compactMap { $0 as? String }.joined(separator: ", ")
-            post(.ready(detail: detail), gen)
+            post(.ready(detail: detail, maxBatches: max(1, min(8, object["max_batches"] as? Int ?? 1))), gen)
         case "progress":
             post(.progress(batchID: batchID, attempt: attempt, done: UInt32(clamping: object["done"] as? Int ?? 0),
                            total: UInt32(clamping: object["total"] as? Int ?? 0)), gen)

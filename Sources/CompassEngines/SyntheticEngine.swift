@@ -118,7 +118,7 @@ public final class SyntheticEngine: Engine, @unchecked Sendable {
 
     private func loop(generation mine: Int) {
         if startupMilliseconds > 0 { Thread.sleep(forTimeInterval: Double(startupMilliseconds) / 1000) }
-        post(.ready(detail: "synthetic engine, latency \(profile)"), generation: mine)
+        post(.ready(detail: "synthetic engine, latency \(profile)", maxBatches: 1), generation: mine)
         while true {
             condition.lock()
             while generation == mine && jobs.isEmpty { condition.wait() }

@@ -43,7 +43,7 @@ extension Worker {
                 queue.remove(at: index)
                 send(.failed(batchID: id, attempt: attempt, code: FailureCode.cancelled.rawValue, retryable: false,
                              message: "cancelled before it started", partial: Frame(bytes: [UInt8]())))
-            } else if let job = running, job.batchID == id, job.attempt == attempt {
+            } else if running.contains(where: { $0.batchID == id && $0.attempt == attempt }) {
                 engine.cancel(batchID: id, attempt: attempt)
             }
         case .heartbeat:
@@ -66,7 +66,7 @@ extension Worker {
             return
         }
         drainingSince = now
-        logger.info("\(signalName(sig)): draining", metadata: ["running": "\(running?.batchID ?? "none")", "queued": "\(queue.count)"])
+        logger.info("\(signalName(sig)): draining", metadata: ["running": "\(running.map(\.batchID))", "queued": "\(queue.count)"])
         send(.bye(reason: "\(signalName(sig))"))
         for job in queue {
             send(.failed(batchID: job.batchID, attempt: job.attempt, code: FailureCode.handedBack.rawValue, retryable: true,

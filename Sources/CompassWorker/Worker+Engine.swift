@@ -26,11 +26,7 @@ extension Worker {
             return
         }
         logger.error("engine failed to start", metadata: ["reason": "\(reason)", "attempt": "\(startFailures)", "retry_in_ms": "\(restartDelay)"])
-        if let job = running {
-            send(.failed(batchID: job.batchID, attempt: job.attempt, code: FailureCode.startupFailed.rawValue, retryable: true,
-                         message: reason, partial: Frame(bytes: [UInt8]())))
-            running = nil
-        }
+        failRunning(.startupFailed, reason)
         scheduleRestart()
     }
 
@@ -42,30 +38,34 @@ extension Worker {
 
     func handleEngine(_ event: EngineEvent) {
         switch event {
-        case .ready(let detail):
+        case .ready(let detail, let maxBatches):
             engineReady = true
+            let grew = maxBatches > engineCapacity
+            engineCapacity = maxBatches
             startFailures = 0
             restartDelay = options.restartMinMilliseconds
-            logger.info("engine ready", metadata: ["detail": "\(detail)", "startup_ms": "\(now - engineStartedAt)"])
-            if socket == nil && connectAt == nil && drainingSince == nil { try? connect() }
+            logger.info("engine ready", metadata: ["detail": "\(detail)", "startup_ms": "\(now - engineStartedAt)", "max_batches": "\(maxBatches)"])
+            if socket == nil && connectAt == nil && drainingSince == nil {
+                try? connect()
+            } else if grew && registered {
+                send(.credit(UInt32(maxBatches - 1))) // the engine takes more at once than it did
+            }
             startNext()
         case .progress(let id, let attempt, let done, let total):
-            guard let job = running, job.batchID == id, job.attempt == attempt else { return }
+            guard running.contains(where: { $0.batchID == id && $0.attempt == attempt }) else { return }
             lastProgress = now
             if now - lastProgressSent >= 200 {
                 lastProgressSent = now
                 send(.progress(batchID: id, attempt: attempt, done: done, total: total))
             }
         case .finished(let id, let attempt, let payload, let stats):
-            guard let job = running, job.batchID == id, job.attempt == attempt else { return }
-            running = nil
+            guard take(id, attempt) else { return }
             completed += 1
             let statsFrame = Frame(bytes: (try? JSONEncoder().encode(stats)) ?? Data("{}".utf8))
             send(.result(batchID: id, attempt: attempt, stats: statsFrame, payload: Frame(bytes: payload)))
             startNext()
         case .failed(let id, let attempt, let code, let retryable, let message):
-            guard let job = running, job.batchID == id, job.attempt == attempt else { return }
-            running = nil
+            guard take(id, attempt) else { return }
             logger.warning("batch failed in the engine", metadata: ["batch": "\(id)", "code": "\(code.rawValue)", "reason": "\(message)"])
             send(.failed(batchID: id, attempt: attempt, code: code.rawValue, retryable: retryable, message: message, partial: Frame(bytes: [UInt8]())))
             startNext()
@@ -79,29 +79,43 @@ extension Worker {
         restarts += 1
         logger.error("engine died", metadata: ["code": "\(code.rawValue)", "reason": "\(message)", "restarts": "\(restarts)"])
         engine.stop()
-        if let job = running {
-            send(.failed(batchID: job.batchID, attempt: job.attempt, code: code.rawValue, retryable: true,
-                         message: message, partial: Frame(bytes: [UInt8]())))
-            running = nil
-        }
+        failRunning(code, message)
         scheduleRestart()
     }
 
-    /// Feeds the engine its next batch when it is idle.
-    func startNext() {
-        guard engineReady, running == nil, drainingSince == nil, let job = queue.popFirst() else { return }
-        running = job
-        runningSince = now
+    /// Removes a batch from the engine's set; false if it was not there (a stale event).
+    func take(_ id: String, _ attempt: UInt32) -> Bool {
+        guard let index = running.firstIndex(where: { $0.batchID == id && $0.attempt == attempt }) else { return false }
+        running.remove(at: index)
         lastProgress = now
-        engine.submit(job)
+        return true
     }
 
-    /// Gives the running batch back to the broker (drain timeout or second signal).
+    /// Fails every batch inside the engine back to the broker as retryable (the engine is gone).
+    func failRunning(_ code: FailureCode, _ message: String) {
+        for job in running {
+            send(.failed(batchID: job.batchID, attempt: job.attempt, code: code.rawValue, retryable: true,
+                         message: message, partial: Frame(bytes: [UInt8]())))
+        }
+        running.removeAll()
+    }
+
+    /// Feeds the engine while it has room.
+    func startNext() {
+        while engineReady, running.count < engineCapacity, drainingSince == nil, let job = queue.popFirst() {
+            if running.isEmpty { lastProgress = now }
+            running.append(job)
+            engine.submit(job)
+        }
+    }
+
+    /// Gives the running batches back to the broker (drain timeout or second signal).
     func handBackRunning() {
-        guard let job = running else { return }
-        engine.cancel(batchID: job.batchID, attempt: job.attempt)
-        send(.failed(batchID: job.batchID, attempt: job.attempt, code: FailureCode.handedBack.rawValue, retryable: true,
-                     message: "worker \(identity) stopped before finishing", partial: Frame(bytes: [UInt8]())))
-        running = nil
+        for job in running {
+            engine.cancel(batchID: job.batchID, attempt: job.attempt)
+            send(.failed(batchID: job.batchID, attempt: job.attempt, code: FailureCode.handedBack.rawValue, retryable: true,
+                         message: "worker \(identity) stopped before finishing", partial: Frame(bytes: [UInt8]())))
+        }
+        running.removeAll()
     }
 }

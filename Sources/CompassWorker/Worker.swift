@@ -34,8 +34,10 @@ public final class Worker {
 
     // Work
     var queue: Deque<EngineJob> = []
-    var running: EngineJob?
-    var runningSince: UInt64 = 0
+    /// Batches inside the engine, oldest first (at most `engineCapacity`).
+    var running: [EngineJob] = []
+    var engineCapacity = 1
+    /// Forward progress of the engine: the last progress, result or failure while it had work.
     var lastProgress: UInt64 = 0
     var lastProgressSent: UInt64 = 0
     var completed = 0
@@ -119,11 +121,14 @@ public final class Worker {
         logger.info("connecting to broker", metadata: ["broker": "\(options.broker)", "worker": "\(identity)", "pool": "\(options.pool)"])
     }
 
-    /// READY announces the credit still free: a batch still running from before counts as held.
+    /// Batches the broker may send ahead: enough to keep the engine full plus one waiting.
+    var credit: Int { max(options.credit, engineCapacity + 1) }
+
+    /// READY announces the credit still free: batches still running from before count as held.
     func sendReady() {
         let caps = WorkerCapabilities(
             pool: options.pool, tp: options.tp, gpus: gpuInfo(), model: options.model, engine: engine.name,
-            maxBatch: options.maxBatch, credit: max(0, options.credit - (running == nil ? 0 : 1)), pid: getpid(),
+            maxBatch: options.maxBatch, credit: max(0, credit - running.count), pid: getpid(),
             host: host, version: compassVersion)
         send(.ready(capabilities: Frame(bytes: (try? JSONEncoder().encode(caps)) ?? Data("{}".utf8))))
     }
@@ -152,7 +157,7 @@ public final class Worker {
 
     func timers() throws {
         let t = now
-        if let connectAt, t >= connectAt, engineReady || running != nil, drainingSince == nil { try connect() }
+        if let connectAt, t >= connectAt, engineReady || !running.isEmpty, drainingSince == nil { try connect() }
         if socket != nil {
             if t - lastSent >= heartbeatMilliseconds {
                 let stats = WorkerHeartbeatStats(gpus: options.gpus.isEmpty ? nil : gpuInfo(), engineRestarts: restarts)
@@ -169,15 +174,15 @@ public final class Worker {
             self.restartAt = nil
             try startEngine()
         }
-        if let job = running, engineReady, options.progressTimeoutMilliseconds > 0,
-           t - max(runningSince, lastProgress) > options.progressTimeoutMilliseconds {
+        if let job = running.first, engineReady, options.progressTimeoutMilliseconds > 0,
+           t - lastProgress > options.progressTimeoutMilliseconds {
             logger.error("engine made no progress; killing it", metadata: [
-                "batch": "\(job.batchID)", "stalled_ms": "\(t - max(runningSince, lastProgress))"])
+                "batch": "\(job.batchID)", "stalled_ms": "\(t - lastProgress)"])
             engine.stop()
             engineDied(code: .timeout, message: "no progress for \(options.progressTimeoutMilliseconds) ms (watchdog)")
         }
         if let since = drainingSince {
-            if running == nil {
+            if running.isEmpty {
                 exitCode = 0
             } else if t - since > options.drainMilliseconds {
                 logger.warning("drain time over; handing back the running batch")

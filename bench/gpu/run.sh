@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The GPU run of issues #5 and #12, on one H100/H200 machine. Runs from the unpacked release bundle
+# (bench/gpu/bundle.sh) and writes everything it measures under $OUT (report.md, *.json, logs).
+#
+#   bash /tmp/compass/gpu/run.sh model        # make the random ~1B Llama (bf16) with a local tokenizer
+#   bash /tmp/compass/gpu/run.sh hf N         # hf engine: direct vs compass, then SIGKILL of the engine
+#   bash /tmp/compass/gpu/run.sh vllm N       # the same with vLLM (staged into /tmp/site)
+#
+# Each phase: (1) the adapter driven directly over the engine protocol with the same batches
+# (drive_engine.py); (2) the same prompts through compass submit -> compass-broker ->
+# compass-worker --engine E --gpus 0; (3) the same again while the engine's whole process group is
+# SIGKILLed mid-run: the worker must notice, wait for NVML to show the memory released, restart the
+# engine, and every request must be answered exactly once.
+set -uo pipefail
+B=${BUNDLE:-/tmp/compass}
+OUT=${OUT:-/tmp/out}
+MODEL=${MODEL:-/tmp/model-1b}
+WORK=${WORK:-/tmp/work}
+mkdir -p "$OUT" "$WORK"
+export PATH="$B/bin:$PATH" LD_LIBRARY_PATH="$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export COMPASS_ENGINES_DIR="$B/engines" COMPASS_PYTHON=python3 COMPASS_LOCK_DIR="$WORK/locks"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 VLLM_USE_FLASHINFER_SAMPLER=0
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+[ -d /tmp/site ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+
+log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log" >&2; }
+gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null | tr -d ' '; }
+now() { date +%s.%N; }
+secs() { python3 -c "print(round($2 - $1, 2))"; }
+
+make_model() {
+  if [ -f "$MODEL/config.json" ]; then log "model exists: $MODEL"; return; fi
+  log "making a random ~1B Llama (bf16) with a locally trained tokenizer in $MODEL"
+  python3 "$B/engines/tools/make_tiny_model.py" "$MODEL" --layers 16 --hidden 2048 --heads 32 --kv-heads 8 \
+    --intermediate 8192 --vocab 32000 --max-positions 4096 --dtype bfloat16 2>&1 | tail -3 | tee -a "$OUT/run.log"
+}
+
+# wait_for FILE TEXT COUNT TIMEOUT: until FILE has COUNT lines containing TEXT.
+wait_for() {
+  local deadline=$(( $(date +%s) + $4 ))
+  while [ "$(grep -c "$2" "$1" 2>/dev/null)" -lt "$3" ]; do
+    [ "$(date +%s)" -ge "$deadline" ] && { log "timed out waiting for '$2' in $1"; return 1; }
+    sleep 0.2
+  done
+}
+
+phase() {
+  local engine=$1 n=$2 batch=$3; shift 3
+  local args=("$@") P="$WORK/prompts-$engine.jsonl" tag="$engine"
+  local engine_args=()
+  for kv in "${args[@]}"; do engine_args+=(--engine-arg "$kv"); done
+  local extra=(); [ "$engine" = vllm ] && extra=(--ignore-eos)
+  python3 "$B/gpu/prompts.py" "$P" "$n" --max-tokens 64 "${extra[@]}"
+  log "== $engine: $n prompts, batches of $batch, engine args: ${args[*]}"
+
+  if [ "$engine" = vllm ]; then
+    log "vllm direct: LLM.generate over all $n prompts in one call"
+    python3 "$B/gpu/vllm_direct.py" "$MODEL" "$P" "$OUT/vllm-generate.json" > "$OUT/vllm-generate.log" 2>&1
+    tail -1 "$OUT/vllm-generate.log" | tee -a "$OUT/run.log"
+  fi
+  log "$engine direct (the adapter over the engine protocol, no broker)"
+  python3 "$B/gpu/drive_engine.py" "$B/engines/${engine}_engine.py" "$P" --model "$MODEL" --batch-size "$batch" \
+    "${engine_args[@]}" --out "$WORK/$tag-direct.jsonl" --report "$OUT/$tag-direct.json" > "$OUT/$tag-direct.log" 2>&1
+  tail -1 "$OUT/$tag-direct.log" | tee -a "$OUT/run.log"
+
+  log "$engine through compass"
+  local fe="ipc://$WORK/$tag-fe" be="ipc://$WORK/$tag-be"
+  compass-broker --frontend "$fe" --backend "$be" --pool gpu --heartbeat-ms 1000 > "$OUT/$tag-broker.log" 2>&1 &
+  local broker=$!
+  compass-worker --broker "$be" --pool gpu --engine "$engine" --model "$MODEL" --gpus 0 --credit 2 \
+    --progress-timeout-ms 600000 "${engine_args[@]}" > "$OUT/$tag-worker.log" 2>&1 &
+  local worker=$!
+  wait_for "$OUT/$tag-worker.log" "registered with broker" 1 900 || return 1
+  local t0; t0=$(now)
+  compass submit "$P" --broker "$fe" --pool gpu --batch-size "$batch" --window 2 --out "$WORK/$tag-compass.jsonl" \
+    --overwrite --quiet > "$OUT/$tag-submit.txt" 2>&1
+  local t1; t1=$(now)
+  cat "$OUT/$tag-submit.txt" | tee -a "$OUT/run.log"
+  python3 "$B/gpu/check_results.py" "$P" "$WORK/$tag-compass.jsonl" --compare "$WORK/$tag-direct.jsonl" \
+    > "$OUT/$tag-compass-check.json"
+  python3 - "$OUT/$tag-compass-check.json" "$(secs "$t0" "$t1")" "$OUT/$tag-compass.json" <<'PY'
+import json, sys
+check = json.load(open(sys.argv[1])); seconds = float(sys.argv[2])
+check.update(seconds=seconds, completion_tokens_per_second=round(check["completion_tokens"] / seconds, 1))
+json.dump(check, open(sys.argv[3], "w"), indent=1); print(json.dumps(check))
+PY
+
+  log "$engine: SIGKILL of the engine's process group mid-run"
+  local readies; readies=$(grep -c "engine ready" "$OUT/$tag-worker.log")
+  compass submit "$P" --broker "$fe" --pool gpu --batch-size "$batch" --window 2 --out "$WORK/$tag-kill.jsonl" \
+    --overwrite --quiet --session "kill-$tag" > "$OUT/$tag-kill-submit.txt" 2>&1 &
+  local submit=$!
+  local quarter=$(( n / 4 ))
+  local deadline=$(( $(date +%s) + 600 ))
+  while [ "$(wc -l < "$WORK/$tag-kill.jsonl" 2>/dev/null || echo 0)" -lt "$quarter" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
+  local pgid; pgid=$(python3 -c "import json;print(json.load(open('$WORK/locks/gpu0.lock'))['engine_pgid'])")
+  local before; before=$(gpu_mem)
+  ( for _ in $(seq 1 600); do echo "$(date +%s.%N) $(gpu_mem)"; sleep 0.2; done ) > "$OUT/$tag-kill-nvml.txt" &
+  local sampler=$!
+  local tk; tk=$(now)
+  log "killing engine process group $pgid (GPU memory used: $before MiB)"
+  kill -9 -- "-$pgid"
+  wait_for "$OUT/$tag-worker.log" "engine ready" $(( readies + 1 )) 900
+  local tr; tr=$(now)
+  wait "$submit"; local submit_status=$?
+  kill "$sampler" 2>/dev/null
+  cat "$OUT/$tag-kill-submit.txt" | tee -a "$OUT/run.log"
+  python3 "$B/gpu/check_results.py" "$P" "$WORK/$tag-kill.jsonl" > "$OUT/$tag-kill-check.json"; local check_status=$?
+  python3 - "$OUT" "$tag" "$tk" "$tr" "$before" "$submit_status" "$check_status" <<'PY'
+import json, re, sys
+out, tag, tk, tr, before, submit_status, check_status = sys.argv[1:8]
+tk, tr = float(tk), float(tr)
+samples = [tuple(map(float, l.split())) for l in open(f"{out}/{tag}-kill-nvml.txt") if len(l.split()) == 2]
+after_kill = [m for t, m in samples if t >= tk]
+floor = min(after_kill) if after_kill else None
+released_at = next((t for t, m in samples if t >= tk and m <= floor + 1024), None)
+log = open(f"{out}/{tag}-worker.log").read()
+lines = [l for l in log.splitlines() if any(k in l for k in ("engine died", "engine ended", "GPU memory released",
+         "waiting for GPU memory", "engine ready", "start method", "spawn"))]
+report = {"gpu_memory_before_kill_mib": float(before), "gpu_memory_floor_after_kill_mib": floor,
+          "seconds_kill_to_memory_released": round(released_at - tk, 2) if released_at else None,
+          "seconds_kill_to_engine_ready": round(tr - tk, 2), "submit_exit_status": int(submit_status),
+          "exactly_once": int(check_status) == 0, "check": json.load(open(f"{out}/{tag}-kill-check.json")),
+          "worker_log": lines[-20:]}
+json.dump(report, open(f"{out}/{tag}-kill.json", "w"), indent=1)
+print(json.dumps({k: v for k, v in report.items() if k != "worker_log"}))
+PY
+  kill -TERM "$worker"; wait "$worker"
+  kill -TERM "$broker"; wait "$broker"
+  grep -h -i "start method\|spawn\|Cannot re-initialize" "$OUT/$tag-worker.log" | head -20 > "$OUT/$tag-start-method.txt"
+  log "$engine phase done"
+}
+
+case "${1:-all}" in
+  model) make_model ;;
+  hf) make_model; phase hf "${2:-2048}" 128 batch_size=128 max_tokens=64 ;;
+  vllm) make_model; phase vllm "${2:-5120}" 512 gpu_memory_utilization=0.85 max_model_len=2048 ;;
+  all) make_model; phase hf "${2:-2048}" 128 batch_size=128 max_tokens=64; phase vllm "${3:-5120}" 512 gpu_memory_utilization=0.85 max_model_len=2048 ;;
+  *) echo "usage: run.sh model|hf [N]|vllm [N]|all" >&2; exit 2 ;;
+esac
+nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+log "done; results in $OUT"

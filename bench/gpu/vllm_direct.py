@@ -1,0 +1,45 @@
+"""vLLM driven directly, with no compass at all: LLM.generate over every prompt in one call, the
+most throughput vLLM itself gets from these prompts. compass's vLLM runs are compared with it.
+
+    python3 vllm_direct.py MODEL PROMPTS.jsonl REPORT.json [--tp 1] [--gpu-memory-utilization 0.85] [--max-model-len 2048]
+"""
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("prompts")
+    ap.add_argument("report")
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    a = ap.parse_args()
+    from vllm import LLM, SamplingParams  # imported late: the start method must be set first
+
+    requests = [json.loads(line) for line in open(a.prompts) if line.strip()]
+    started = time.time()
+    llm = LLM(model=a.model, tensor_parallel_size=a.tp, gpu_memory_utilization=a.gpu_memory_utilization,
+              max_model_len=a.max_model_len, seed=0)
+    loaded = time.time()
+    params = [SamplingParams(max_tokens=r.get("max_tokens", 64), temperature=r.get("temperature", 0.0),
+                             ignore_eos=r.get("ignore_eos", False)) for r in requests]
+    t0 = time.time()
+    outputs = llm.generate([r["prompt"] for r in requests], params)
+    seconds = time.time() - t0
+    completion = sum(len(o.outputs[0].token_ids) for o in outputs)
+    report = {"engine": "vllm LLM.generate (all prompts in one call)", "requests": len(outputs),
+              "load_seconds": round(loaded - started, 1), "seconds": round(seconds, 2), "completion_tokens": completion,
+              "completion_tokens_per_second": round(completion / seconds, 1),
+              "start_method": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")}
+    json.dump(report, open(a.report, "w"), indent=1)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
