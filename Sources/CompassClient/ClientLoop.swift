@@ -162,8 +162,8 @@ final class ClientLoop {
                 sendSubmit(o.submission)
             }
         }
-        if t - lastSent >= options.heartbeatMilliseconds { send(.heartbeat) }
-        if t - lastHeard > options.heartbeatMilliseconds * options.liveness {
+        if t.since(lastSent) >= options.heartbeatMilliseconds { send(.heartbeat) }
+        if t.since(lastHeard) > options.heartbeatMilliseconds * options.liveness {
             reconnect()
         }
     }

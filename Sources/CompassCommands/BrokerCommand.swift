@@ -25,6 +25,8 @@ public struct BrokerCommand: ParsableCommand {
     @Option(help: "Heartbeat interval in milliseconds, both directions.") var heartbeatMs: UInt64 = 1000
     @Option(help: "Missed heartbeats after which a worker is declared dead.") var liveness: UInt64 = 3
     @Option(help: "Default attempts per batch (a SUBMIT may set its own).") var maxAttempts: UInt16 = 3
+    @Option(name: .customLong("pool-attempts"), help: "Attempts per batch for one pool, as POOL=N (repeatable).")
+    var poolAttempts: [String] = []
     @Option(help: "Bytes a pool may hold (queued payloads plus unacknowledged results) before SUBMIT gets 'busy'.")
     var maxPoolBytes: Int = 1 << 30
     @Option(help: "Batches a pool may queue before SUBMIT gets 'busy'.") var maxQueuedBatches: Int = 100_000
@@ -43,6 +45,12 @@ public struct BrokerCommand: ParsableCommand {
         guard heartbeatMs >= 10 else { throw ValidationError("--heartbeat-ms must be at least 10") }
         guard liveness >= 1 else { throw ValidationError("--liveness must be at least 1") }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
+        for entry in poolAttempts {
+            let parts = entry.split(separator: "=")
+            guard parts.count == 2, WireProtocol.isValidPoolName(String(parts[0])), let n = UInt16(parts[1]), n >= 1 else {
+                throw ValidationError("--pool-attempts '\(entry)' must be POOL=N with N >= 1")
+            }
+        }
         for pool in pools where !WireProtocol.isValidPoolName(pool) {
             throw ValidationError("--pool '\(pool)' is not a valid pool name (1-64 characters of A-Z a-z 0-9 . _ -)")
         }
@@ -55,6 +63,10 @@ public struct BrokerCommand: ParsableCommand {
         options.scheduler.liveness = liveness
         options.scheduler.defaultMaxAttempts = maxAttempts
         options.scheduler.declaredPools = Set(pools)
+        for entry in poolAttempts {
+            let parts = entry.split(separator: "=")
+            options.scheduler.poolMaxAttempts[String(parts[0])] = UInt16(parts[1])
+        }
         options.scheduler.maxPoolBytes = maxPoolBytes
         options.scheduler.maxQueuedBatches = maxQueuedBatches
         options.scheduler.leaseMilliseconds = leaseMs

@@ -9,7 +9,8 @@ import Foundation
 /// Markers in a prompt inject faults, for tests and chaos runs:
 /// `@@crash` the engine dies mid-batch (as a crashed engine process would), `@@hang` it stops making
 /// progress until cancelled or stopped, `@@fail` that request alone fails with `bad_request`,
-/// `@@exit` the whole worker process exits at once (as if SIGKILLed).
+/// `@@exit` the whole worker process exits at once (as if SIGKILLed). `@@crash1` and `@@hang1` do
+/// so on a batch's first attempt only (a transient fault: the retry succeeds).
 public final class SyntheticEngine: Engine, @unchecked Sendable {
     // @unchecked: every mutable field below is read and written only with `condition` held.
     public let name = "synthetic"
@@ -149,12 +150,13 @@ public final class SyntheticEngine: Engine, @unchecked Sendable {
                 results.append(.failure(customID, code: FailureCode.badRequest.rawValue, message: message))
             case .request(let request):
                 let prompt = request.flattenedPrompt
+                let first = job.attempt == 1
                 if prompt.contains("@@exit") { exit(137) }
-                if prompt.contains("@@crash") {
+                if prompt.contains("@@crash") && (first || !prompt.contains("@@crash1")) {
                     post(.died(code: .engineDead, message: "synthetic engine crashed on request \(request.customID) (@@crash)"), generation: mine)
                     return false
                 }
-                if prompt.contains("@@hang") {
+                if prompt.contains("@@hang") && (first || !prompt.contains("@@hang1")) {
                     _ = pause(.max, job: job, generation: mine)
                     return finishCancelled(job, generation: mine)
                 }

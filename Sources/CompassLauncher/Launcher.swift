@@ -88,7 +88,7 @@ public final class Launcher: Sendable {
             let now = MonotonicClock.milliseconds()
             for m in managed {
                 if let child = m.child, let status = child.poll() {
-                    let ran = now - m.startedAt
+                    let ran = now.since(m.startedAt)
                     m.child = nil
                     pids.withLock { $0[m.spec.name] = nil }
                     if stopRequested.withLock({ $0 }) { break }

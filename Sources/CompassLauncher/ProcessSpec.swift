@@ -33,7 +33,10 @@ public enum Plan {
         let b = topology.broker
         var brokerArgs = ["--frontend", b.frontend, "--backend", b.backend,
                           "--heartbeat-ms", "\(b.heartbeatMilliseconds)", "--liveness", "\(b.liveness)", "--log-level", logLevel]
-        for pool in topology.pools { brokerArgs += ["--pool", pool.name] }
+        for pool in topology.pools {
+            brokerArgs += ["--pool", pool.name]
+            if let n = pool.maxAttempts { brokerArgs += ["--pool-attempts", "\(pool.name)=\(n)"] }
+        }
         if let v = b.maxPoolBytes { brokerArgs += ["--max-pool-bytes", "\(v)"] }
         if let v = b.maxPayloadBytes { brokerArgs += ["--max-payload-bytes", "\(v)"] }
         if let v = b.leaseMilliseconds { brokerArgs += ["--lease-ms", "\(v)"] }

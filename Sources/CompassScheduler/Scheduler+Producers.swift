@@ -63,7 +63,7 @@ extension Scheduler {
                 let retry = UInt32(clamping: max(50, s.config.heartbeatMilliseconds / 4))
                 return reject(.busy, "pool '\(pool)' is full (\(state.queuedBatches) batches queued, \(state.heldBytes) bytes held); retry later", retryAfter: retry)
             }
-            let maxAttempts = meta.maxAttempts > 0 ? meta.maxAttempts : s.config.defaultMaxAttempts
+            let maxAttempts = meta.maxAttempts > 0 ? meta.maxAttempts : (s.config.poolMaxAttempts[pool] ?? s.config.defaultMaxAttempts)
             let deadline = meta.deadlineMilliseconds > 0 ? now.adding(milliseconds: UInt64(meta.deadlineMilliseconds)) : nil
             let record = BatchRecord(id: batchID, pool: pool, session: session, meta: meta, maxAttempts: maxAttempts,
                                      payload: payload, acceptedAt: now, deadline: deadline)

@@ -21,3 +21,10 @@ public func wallClockSeconds() -> Double {
     clock_gettime(CLOCK_REALTIME, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
+
+extension UInt64 {
+    /// Milliseconds (or any unit) from `earlier` to `self`, 0 when `earlier` is later. Timer code
+    /// reads the clock once per pass while the pass itself may stamp newer times.
+    @inlinable
+    public func since(_ earlier: UInt64) -> UInt64 { self > earlier ? self - earlier : 0 }
+}

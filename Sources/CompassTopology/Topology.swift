@@ -30,6 +30,8 @@ public struct Topology: Sendable, Equatable {
         public var environment: [String: String] = [:]
         public var startupTimeoutMilliseconds: UInt64?
         public var progressTimeoutMilliseconds: UInt64?
+        /// Attempts per batch in this pool (the broker's default otherwise).
+        public var maxAttempts: Int?
 
         public init(name: String) { self.name = name }
 

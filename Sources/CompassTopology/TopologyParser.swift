@@ -152,7 +152,7 @@ struct TopologyParser {
         var p = Topology.Pool(name: name)
         let path = "pools.\(name)"
         let f = fields(node, path, allowed: ["engine", "model", "tp", "workers", "gpus", "credit", "engine_args", "env",
-                                             "startup_timeout_ms", "progress_timeout_ms"])
+                                             "startup_timeout_ms", "progress_timeout_ms", "max_attempts"])
         let engines = ["synthetic", "hf", "vllm", "openai", "exec"]
         if let engine = string(f["engine"], "\(path).engine") {
             if engines.contains(engine) { p.engine = engine } else {
@@ -166,6 +166,7 @@ struct TopologyParser {
         p.environment = stringMap(f["env"], "\(path).env")
         p.startupTimeoutMilliseconds = positive(f["startup_timeout_ms"], "\(path).startup_timeout_ms").map(UInt64.init)
         p.progressTimeoutMilliseconds = positive(f["progress_timeout_ms"], "\(path).progress_timeout_ms", allowZero: true).map(UInt64.init)
+        p.maxAttempts = positive(f["max_attempts"], "\(path).max_attempts")
         let workers = positive(f["workers"], "\(path).workers")
         if let gpusNode = f["gpus"] {
             if let list = gpusNode.sequence {

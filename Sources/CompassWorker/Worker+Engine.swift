@@ -1,4 +1,5 @@
 import CompassEngines
+import CompassSystem
 import CompassProtocol
 import CompassWire
 import Foundation
@@ -44,7 +45,7 @@ extension Worker {
             engineCapacity = maxBatches
             startFailures = 0
             restartDelay = options.restartMinMilliseconds
-            logger.info("engine ready", metadata: ["detail": "\(detail)", "startup_ms": "\(now - engineStartedAt)", "max_batches": "\(maxBatches)"])
+            logger.info("engine ready", metadata: ["detail": "\(detail)", "startup_ms": "\(now.since(engineStartedAt))", "max_batches": "\(maxBatches)"])
             if socket == nil && connectAt == nil && drainingSince == nil {
                 try? connect()
             } else if grew && registered {
@@ -54,7 +55,7 @@ extension Worker {
         case .progress(let id, let attempt, let done, let total):
             guard running.contains(where: { $0.batchID == id && $0.attempt == attempt }) else { return }
             lastProgress = now
-            if now - lastProgressSent >= 200 {
+            if now.since(lastProgressSent) >= 200 {
                 lastProgressSent = now
                 send(.progress(batchID: id, attempt: attempt, done: done, total: total))
             }

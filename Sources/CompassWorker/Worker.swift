@@ -159,15 +159,15 @@ public final class Worker {
         let t = now
         if let connectAt, t >= connectAt, engineReady || !running.isEmpty, drainingSince == nil { try connect() }
         if socket != nil {
-            if t - lastSent >= heartbeatMilliseconds {
+            if t.since(lastSent) >= heartbeatMilliseconds {
                 let stats = WorkerHeartbeatStats(gpus: options.gpus.isEmpty ? nil : gpuInfo(), engineRestarts: restarts)
                 send(.heartbeat(stats: Frame(bytes: (try? JSONEncoder().encode(stats)) ?? Data())))
             }
-            if t - lastHeard > heartbeatMilliseconds * liveness {
-                reconnect("no message from the broker for \(t - lastHeard) ms")
+            if t.since(lastHeard) > heartbeatMilliseconds * liveness {
+                reconnect("no message from the broker for \(t.since(lastHeard)) ms")
             }
         }
-        if !engineReady, restartAt == nil, t - engineStartedAt > options.startupTimeoutMilliseconds {
+        if !engineReady, restartAt == nil, t.since(engineStartedAt) > options.startupTimeoutMilliseconds {
             engineFailedToStart("the engine was not ready within \(options.startupTimeoutMilliseconds) ms")
         }
         if let restartAt, t >= restartAt {
@@ -175,16 +175,16 @@ public final class Worker {
             try startEngine()
         }
         if let job = running.first, engineReady, options.progressTimeoutMilliseconds > 0,
-           t - lastProgress > options.progressTimeoutMilliseconds {
+           t.since(lastProgress) > options.progressTimeoutMilliseconds {
             logger.error("engine made no progress; killing it", metadata: [
-                "batch": "\(job.batchID)", "stalled_ms": "\(t - lastProgress)"])
+                "batch": "\(job.batchID)", "stalled_ms": "\(t.since(lastProgress))"])
             engine.stop()
             engineDied(code: .timeout, message: "no progress for \(options.progressTimeoutMilliseconds) ms (watchdog)")
         }
         if let since = drainingSince {
             if running.isEmpty {
                 exitCode = 0
-            } else if t - since > options.drainMilliseconds {
+            } else if t.since(since) > options.drainMilliseconds {
                 logger.warning("drain time over; handing back the running batch")
                 handBackRunning()
                 exitCode = 0

@@ -80,3 +80,22 @@ func checkResults(_ path: String, expected: [String: String]) throws -> [String]
     for id in expected.keys where seen[id] == nil { problems.append("\(id) missing") }
     return problems
 }
+
+/// Resident memory of a process in KiB (VmRSS), or nil if it is gone.
+func residentKiB(_ pid: Int32) -> Int? {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return nil }
+    return Int(line.split(separator: " ").dropFirst().first ?? "")
+}
+
+/// Requests whose prompts are `words` plus an index, and the synthetic engine's expected answer for each.
+func requests(_ count: Int, prefix: String = "r", marker: (Int) -> String = { _ in "" }) -> ([InferenceRequest], [String: String]) {
+    var list: [InferenceRequest] = []
+    var expected: [String: String] = [:]
+    for i in 0..<count {
+        let words = ["item", "\(i)", "of", prefix] + (marker(i).isEmpty ? [] : [marker(i)])
+        list.append(InferenceRequest(customID: "\(prefix)\(i)", prompt: words.joined(separator: " ")))
+        expected["\(prefix)\(i)"] = words.reversed().joined(separator: " ")
+    }
+    return (list, expected)
+}
