@@ -123,6 +123,7 @@ struct ReliabilityTests {
         try await eventually("the pool to fill up with unread results") {
             let s = try await status(client)
             return (s.scheduler.pools.first?.counters.rejectedBusy ?? 0) > 0 && s.scheduler.pools.first?.queuedBatches == 0
+                && s.scheduler.pools.first?.runningBatches == 0
         }
         let after = try #require(residentKiB(broker.process.pid))
         print("deaf producer: broker RSS \(before / 1024) MiB before, \(after / 1024) MiB after 20 MB of unread results offered")
