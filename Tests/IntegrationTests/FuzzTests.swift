@@ -1,0 +1,113 @@
+import CompassClient
+import CompassProtocol
+import CompassWire
+import Foundation
+import Testing
+import ZMQ
+
+/// A seeded generator: SplitMix64, so a failing run can be replayed with COMPASS_FUZZ_SEED.
+struct Seeded: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+@Suite("Hostile input fuzzing", .serialized, .timeLimit(.minutes(3)))
+struct FuzzTests {
+    static let seed: UInt64 = ProcessInfo.processInfo.environment["COMPASS_FUZZ_SEED"].flatMap(UInt64.init) ?? 20_261_124
+
+    /// Well-formed messages of every command, the raw material for mutations.
+    static func templates(frontend: Bool) -> [[[UInt8]]] {
+        let h = WireProtocol.header
+        let payload = Array(#"[{"custom_id":"f","prompt":"fuzz me"}]"#.utf8)
+        if frontend {
+            return [[h, [1], Array("sess".utf8)],
+                    [h, [2], Array("fz-1".utf8), Array("default".utf8), BatchMeta(requestCount: 1).bytes, payload],
+                    [h, [3], Array("fz-1".utf8)], [h, [4], Array("fz-1".utf8)], [h, [5]], [h, [6]]]
+        }
+        let caps = Array(#"{"pool":"default","tp":1,"gpus":[],"model":"","engine":"fuzz","max_batch":1,"credit":3,"pid":1,"host":"h","version":"0"}"#.utf8)
+        return [[h, [0x11], caps], [h, [0x12], [0, 0, 0, 9]], [h, [0x13], Array("b".utf8), [0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 2]],
+                [h, [0x14], Array("b".utf8), [0, 0, 0, 1], Array("{}".utf8), Array("[]".utf8)],
+                [h, [0x15], Array("b".utf8), [0, 0, 0, 1], Array("oom".utf8), [1], Array("x".utf8), []],
+                [h, [0x16], []], [h, [0x17], Array("bye".utf8)]]
+    }
+
+    static func randomBytes(_ n: Int, _ rng: inout Seeded) -> [UInt8] {
+        (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
+    }
+
+    /// One hostile message: random frames, a random command, or a mutated well-formed message.
+    static func message(frontend: Bool, _ rng: inout Seeded) -> [[UInt8]] {
+        switch Int.random(in: 0..<10, using: &rng) {
+        case 0...2:
+            return (0..<Int.random(in: 1...10, using: &rng)).map { _ in
+                randomBytes(Bool.random(using: &rng) ? Int.random(in: 0...40, using: &rng) : Int.random(in: 0...4000, using: &rng), &rng)
+            }
+        case 3:
+            return [WireProtocol.header, [UInt8.random(in: 0...255, using: &rng)]]
+                + (0..<Int.random(in: 0...6, using: &rng)).map { _ in randomBytes(Int.random(in: 0...24, using: &rng), &rng) }
+        case 4:
+            // Oversized for the payload limit (but under ZMQ_MAXMSGSIZE): REJECTED too_large, not stored.
+            let t = templates(frontend: frontend)
+            var m = t[frontend ? 1 : 3]
+            m[m.count - 1] = Array(repeating: UInt8(ascii: " "), count: Int.random(in: 300_000...600_000, using: &rng))
+            return m
+        default:
+            var m = templates(frontend: frontend).randomElement(using: &rng)!
+            for _ in 0..<Int.random(in: 1...3, using: &rng) {
+                let i = Int.random(in: 0..<m.count, using: &rng)
+                switch Int.random(in: 0..<6, using: &rng) {
+                case 0 where !m[i].isEmpty: m[i][Int.random(in: 0..<m[i].count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
+                case 1: m[i] = Array(m[i].prefix(Int.random(in: 0...max(0, m[i].count), using: &rng)))
+                case 2 where m.count > 1: m.remove(at: i)
+                case 3: m.insert(randomBytes(Int.random(in: 0...16, using: &rng), &rng), at: i)
+                case 4: m.append(m[i])
+                default: m.swapAt(i, Int.random(in: 0..<m.count, using: &rng))
+                }
+            }
+            return m
+        }
+    }
+
+    @Test("Thousands of random and mutated messages on both sockets; then a normal run is served correctly in bounded memory")
+    func brokerSurvivesFuzzing() async throws {
+        print("fuzz seed \(Self.seed) (replay with COMPASS_FUZZ_SEED=\(Self.seed))")
+        let dir = TempDir()
+        let broker = try BrokerProcess(in: dir, arguments: ["--max-payload-bytes", "200000"])
+        let before = try #require(residentKiB(broker.process.pid))
+        let holder = try ZMQContextHolder()
+        let peers = try (0..<16).map { try holder.dealer(broker.frontend, id: "fz-front-\($0)") }
+            + (0..<16).map { try holder.dealer(broker.backend, id: "fz-back-\($0)") }
+        var rng = Seeded(state: Self.seed)
+        var sent = 0
+        for round in 0..<4000 {
+            let index = Int.random(in: 0..<peers.count, using: &rng)
+            let frames = Self.message(frontend: index < 16, &rng)
+            let copies = Int.random(in: 0..<50, using: &rng) == 0 ? 40 : 1 // now and then a flood
+            for _ in 0..<copies {
+                try peers[index].send(frames.map { Frame(bytes: $0) })
+                sent += 1
+            }
+            if round % 500 == 0 { #expect(broker.process.child.poll() == nil, "broker died at round \(round), seed \(Self.seed)") }
+        }
+        // Still serving: a real worker and client complete a run correctly.
+        let worker = try startWorker(broker.backend, in: dir, name: "worker")
+        try worker.waitForLog("registered with broker")
+        let client = try testClient(broker.frontend)
+        defer { client.close() }
+        let (batch, expected) = requests(40, prefix: "after")
+        for chunk in stride(from: 0, to: batch.count, by: 8) {
+            let outcome = try await client.submit(Array(batch[chunk..<chunk + 8]), pool: "default")
+            for r in try outcome.results() { #expect(r.text == expected[r.customID], "seed \(Self.seed)") }
+        }
+        #expect(broker.process.child.poll() == nil, "seed \(Self.seed)")
+        let after = try #require(residentKiB(broker.process.pid))
+        print("fuzz: \(sent) hostile messages; broker RSS \(before / 1024) MiB before, \(after / 1024) MiB after")
+        #expect(after - before < 64 * 1024, "broker grew by \((after - before) / 1024) MiB (seed \(Self.seed))")
+    }
+}
