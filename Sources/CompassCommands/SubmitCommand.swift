@@ -1,6 +1,10 @@
 import ArgumentParser
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 struct SubmitCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "submit",
@@ -56,13 +60,41 @@ struct SubmitCommand: AsyncParsableCommand {
         settings.deadlineMilliseconds = deadlineMs
         settings.defaultMaxTokens = maxTokens
         settings.showProgress = !quiet
+        // Ctrl-C cancels the batches in flight on the broker (their requests get a 'cancelled'
+        // line, so the results file still has one line per request) and exits 130.
+        let job = Task { try await SubmitJob.run(input: file, output: output, truncate: true, settings: settings) }
+        let interrupted = InterruptFlag()
+        signal(SIGINT, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        source.setEventHandler {
+            if interrupted.set() {
+                FileHandle.standardError.write(Data("\ncompass submit: interrupted; cancelling the batches in flight (Ctrl-C again to quit now)\n".utf8))
+                job.cancel()
+            } else {
+                Glibc.exit(130)
+            }
+        }
+        source.resume()
+        defer { source.cancel() }
         let summary: SubmitSummary
         do {
-            summary = try await SubmitJob.run(input: file, output: output, truncate: true, settings: settings)
+            summary = try await job.value
         } catch let failure as CommandFailure {
             throw fail("compass submit", failure.message)
         }
         print(summary.text)
+        if interrupted.isSet { throw ExitCode(130) }
         if summary.failed > 0 { throw ExitCode(1) }
     }
+}
+
+/// Set once by the first Ctrl-C.
+final class InterruptFlag: @unchecked Sendable {
+    // @unchecked: guarded by `lock`.
+    private let lock = NSLock()
+    private var value = false
+
+    /// Sets the flag; true if this call set it.
+    func set() -> Bool { lock.withLock { defer { value = true }; return !value } }
+    var isSet: Bool { lock.withLock { value } }
 }

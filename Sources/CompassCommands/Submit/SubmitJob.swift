@@ -34,14 +34,14 @@ struct SubmitSummary: Sendable {
     var output = ""
 
     var text: String {
-        let rate = seconds > 0 ? Double(succeeded + failed) / seconds : 0
+        let rate = seconds > 0 ? Double(succeeded) / seconds : 0
         let tokenRate = seconds > 0 ? Double(completionTokens) / seconds : 0
         var lines = [
             "compass submit: \(requests) requests in \(batches) batches, \(formatDuration(seconds))",
             "  succeeded    \(succeeded)",
             "  failed       \(failed)" + (failuresByCode.isEmpty ? "" : "  (" + failuresByCode.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")"),
             "  tokens       prompt \(promptTokens), completion \(completionTokens)",
-            "  throughput   \(formatRate(rate)) requests/s, \(formatRate(tokenRate)) completion tokens/s",
+            "  throughput   \(formatRate(rate)) succeeded requests/s, \(formatRate(tokenRate)) completion tokens/s",
             "  retried      \(retriedBatches) batches needed more than one attempt",
             "  results      \(output)",
         ]
@@ -151,7 +151,7 @@ enum SubmitJob {
                     try handle(report)
                 }
             }
-            while let line = try reader.next() {
+            while !Task.isCancelled, let line = try reader.next() {
                 guard line.contains(where: { $0 != 0x20 && $0 != 0x09 }) else { continue }
                 switch InputLine.parse(line) {
                 case .failure(let problem):
@@ -173,8 +173,23 @@ enum SubmitJob {
                     if batch.count >= settings.batchSize { try await launch() }
                 }
             }
-            try await launch()
+            if Task.isCancelled {
+                for request in batch {
+                    try write(.failure(request.customID, code: FailureCode.cancelled.rawValue, message: "not sent: the run was interrupted"))
+                }
+                batch.removeAll()
+            } else {
+                try await launch()
+            }
             while let report = try await group.next() { try handle(report) }
+            if Task.isCancelled {
+                // Requests never sent still get their line.
+                while let line = try reader.next() {
+                    guard case .success(let request) = InputLine.parse(line), !seen.contains(request.customID) else { continue }
+                    seen.insert(request.customID)
+                    try write(.failure(request.customID, code: FailureCode.cancelled.rawValue, message: "not sent: the run was interrupted"))
+                }
+            }
         }
         try writer.flush()
         summary.seconds = Date().timeIntervalSince(started)
