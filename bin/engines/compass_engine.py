@@ -1,0 +1,576 @@
+"""The compass engine protocol for Python engine adapters (see docs/engines.md).
+
+An adapter implements `Backend` (load a model, generate a list of requests) and calls `run`:
+
+    class MyBackend:
+        name = "mine"
+        arguments = {"dtype": "weights dtype"}          # the --engine-arg keys it takes
+        def load(self, settings: EngineSettings) -> str: ...   # returns the `ready` detail
+        def generate(self, requests, progress, cancelled) -> list[Result]: ...
+        def close(self) -> None: ...
+
+    if __name__ == "__main__":
+        run(MyBackend())
+
+This module does the rest: it reads the worker's messages from fd COMPASS_ENGINE_IN (3) on a
+thread of its own, so a `cancel` reaches a running batch; writes events to fd COMPASS_ENGINE_OUT
+(4), one JSON object per line, under a lock; validates each request (an invalid one fails alone
+with `bad_request`); reports progress; classifies failures (`oom`, `engine_error`, `cancelled`);
+sends `fatal` before exiting on a load error; and exits on `shutdown` or end-of-file on fd 3.
+
+Standard library only, Python 3.10+.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, NoReturn, Protocol, Sequence
+
+# Engine-args the worker itself consumes; they are never errors here.
+HOST_ARGUMENTS = frozenset({"python", "command"})
+
+
+class EngineConfigError(Exception):
+    """A bad setting (an unknown or malformed engine-arg, a missing model): `fatal startup_failed`."""
+
+
+class Cancelled(Exception):
+    """Raised by a backend that stopped because the batch's cancel flag was set."""
+
+
+class FatalEngineError(Exception):
+    """The engine cannot go on (a rank died, ranks lost step): `fatal` with `code`, then exit."""
+
+    def __init__(self, message: str, code: str = "engine_dead") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for host or device out-of-memory errors (torch.cuda.OutOfMemoryError and friends)."""
+    if isinstance(error, MemoryError) or "OutOfMemory" in type(error).__name__:
+        return True
+    return "out of memory" in str(error).lower()
+
+
+def log(message: str) -> None:
+    """A line on stderr, which the worker logs with an [engine] prefix."""
+    # One write per line: ranks share the pipe, and print() writes the newline separately.
+    sys.stderr.write(f"compass-engine[{os.getpid()}]: {message}\n")
+    sys.stderr.flush()
+
+
+# MARK: Requests and results
+
+
+@dataclass
+class Request:
+    """One request of a batch, validated. `messages` contents are flattened to strings."""
+
+    index: int
+    custom_id: str
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    @property
+    def flattened_prompt(self) -> str:
+        """The text for a model without a chat template: the prompt, or the contents joined."""
+        if self.prompt is not None:
+            return self.prompt
+        return "\n".join(m["content"] for m in self.messages or [])
+
+    @property
+    def greedy(self) -> bool:
+        """Greedy decoding when temperature is absent or 0 (the same rule in every engine)."""
+        return not self.temperature
+
+
+@dataclass
+class Result:
+    custom_id: str
+    text: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    error: dict[str, str] | None = None
+
+    @classmethod
+    def failure(cls, custom_id: str, message: str, code: str = "bad_request") -> Result:
+        return cls(custom_id=custom_id, text=None, error={"code": code, "message": message})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "custom_id": self.custom_id,
+            "text": self.text,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "finish_reason": self.finish_reason,
+            "error": self.error,
+        }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_request(index: int, raw: Any) -> Request | Result:
+    """A validated request, or the `bad_request` result it gets instead (docs/protocol.md, Payloads)."""
+    if not isinstance(raw, dict):
+        return Result.failure(f"#{index}", f"request {index} is not a JSON object")
+    custom_id = raw.get("custom_id")
+    if not isinstance(custom_id, str):
+        return Result.failure(f"#{index}", f"request {index} has no string custom_id")
+
+    def bad(message: str) -> Result:
+        return Result.failure(custom_id, f"request {custom_id}: {message}")
+
+    prompt, messages = raw.get("prompt"), raw.get("messages")
+    if prompt is None and messages is None:
+        return bad("has neither prompt nor messages")
+    if prompt is not None and not isinstance(prompt, str):
+        return bad("prompt must be a string")
+    flat: list[dict[str, str]] | None = None
+    if messages is not None and prompt is None:
+        if not isinstance(messages, list) or not messages:
+            return bad("messages must be a non-empty list")
+        flat = []
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                return bad(f"messages[{i}] must be an object with a string role")
+            content = message.get("content")
+            if isinstance(content, list):  # OpenAI's list of parts: the text parts, joined
+                if not all(isinstance(p, dict) for p in content):
+                    return bad(f"messages[{i}].content parts must be objects")
+                content = "".join(p["text"] for p in content if isinstance(p.get("text"), str))
+            if not isinstance(content, str):
+                return bad(f"messages[{i}].content must be a string or a list of text parts")
+            flat.append({"role": message["role"], "content": content})
+    request = Request(index=index, custom_id=custom_id, prompt=prompt, messages=flat)
+
+    max_tokens = raw.get("max_tokens")
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 0):
+        return bad("max_tokens must be a non-negative integer")
+    request.max_tokens = max_tokens
+    for key in ("temperature", "top_p"):
+        value = raw.get(key)
+        if value is not None and (not _is_number(value) or value < 0):
+            return bad(f"{key} must be a non-negative number")
+        setattr(request, key, None if value is None else float(value))
+    if request.top_p is not None and not 0 < request.top_p <= 1:
+        return bad("top_p must be in (0, 1]")
+    stop = raw.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
+        return bad("stop must be a string or a list of strings")
+    request.stop = [s for s in stop or [] if s]
+    seed = raw.get("seed")
+    if seed is not None and not _is_int(seed):
+        return bad("seed must be an integer")
+    request.seed = seed
+    ignore_eos = raw.get("ignore_eos")
+    if ignore_eos is not None and not isinstance(ignore_eos, bool):
+        return bad("ignore_eos must be a boolean")
+    request.ignore_eos = bool(ignore_eos)
+    return request
+
+
+def apply_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """`text` cut before the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+# MARK: Settings
+
+
+class EngineArgs:
+    """The `--engine-arg key=value` settings (COMPASS_ENGINE_ARGS), with typed accessors."""
+
+    def __init__(self, values: dict[str, str], engine: str, accepted: dict[str, str]) -> None:
+        self.values = {k: v for k, v in values.items() if k not in HOST_ARGUMENTS}
+        self.engine = engine
+        self.accepted = accepted
+        unknown = sorted(set(self.values) - set(accepted))
+        if unknown:
+            takes = ", ".join(f"{k} ({d})" for k, d in sorted(accepted.items())) or "none"
+            raise EngineConfigError(
+                f"the {engine} engine has no argument {unknown[0]!r}; it takes: {takes}"
+            )
+
+    def _bad(self, key: str, expected: str) -> EngineConfigError:
+        return EngineConfigError(f"--engine-arg {key}={self.values[key]}: expected {expected}")
+
+    def string(self, key: str, default: str | None = None) -> str | None:
+        return self.values.get(key, default)
+
+    def choice(self, key: str, choices: Sequence[str], default: str | None = None) -> str | None:
+        if key not in self.values:
+            return default
+        value = self.values[key]
+        if value not in choices:
+            raise self._bad(key, "one of " + ", ".join(choices))
+        return value
+
+    def integer(self, key: str, default: int | None = None, minimum: int | None = None) -> int | None:
+        if key not in self.values:
+            return default
+        try:
+            value = int(self.values[key])
+        except ValueError:
+            raise self._bad(key, "an integer") from None
+        if minimum is not None and value < minimum:
+            raise self._bad(key, f"an integer >= {minimum}")
+        return value
+
+    def number(self, key: str, default: float | None = None, minimum: float | None = None) -> float | None:
+        if key not in self.values:
+            return default
+        try:
+            value = float(self.values[key])
+        except ValueError:
+            raise self._bad(key, "a number") from None
+        if minimum is not None and value < minimum:
+            raise self._bad(key, f"a number >= {minimum}")
+        return value
+
+    def boolean(self, key: str, default: bool | None = None) -> bool | None:
+        if key not in self.values:
+            return default
+        value = self.values[key].strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise self._bad(key, "true or false")
+
+
+@dataclass
+class EngineSettings:
+    """What the worker tells the engine through the environment."""
+
+    model: str
+    tp: int
+    gpus: list[int]
+    args: EngineArgs
+
+    @classmethod
+    def from_environment(cls, engine: str, accepted: dict[str, str]) -> EngineSettings:
+        try:
+            raw = json.loads(os.environ.get("COMPASS_ENGINE_ARGS") or "{}")
+        except json.JSONDecodeError as error:
+            raise EngineConfigError(f"COMPASS_ENGINE_ARGS is not JSON: {error}") from None
+        if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+            raise EngineConfigError("COMPASS_ENGINE_ARGS must be a JSON object of strings")
+        try:
+            tp = int(os.environ.get("COMPASS_TP") or "1")
+            gpus = [int(g) for g in (os.environ.get("COMPASS_GPUS") or "").split(",") if g.strip()]
+        except ValueError:
+            raise EngineConfigError("COMPASS_TP must be an integer and COMPASS_GPUS a list like 0,1") from None
+        if tp < 1:
+            raise EngineConfigError(f"COMPASS_TP={tp}: expected 1 or more")
+        return cls(os.environ.get("COMPASS_MODEL", ""), tp, gpus, EngineArgs(raw, engine, accepted))
+
+
+# MARK: Backend interface
+
+
+class Progress:
+    """Progress of the running batch, sent to the worker when it moves (at most every `interval`).
+
+    Backends call `add` from any thread; a ticker thread sends what moved since the last message,
+    so a backend may call it once per decoding step without flooding the pipe. Nothing is sent
+    while nothing moves: the worker's watchdog is meant to catch an engine that is stuck.
+    """
+
+    def __init__(self, send: Callable[[dict[str, Any]], None], batch_id: str, attempt: int,
+                 total: int, interval: float = 0.5) -> None:
+        self._send, self._batch_id, self._attempt, self.total = send, batch_id, attempt, total
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self.done = 0
+        self.tokens = 0
+        self._sent = (0, 0)
+        self._closed = False
+        self._thread = threading.Thread(target=self._tick, name="compass-progress", daemon=True)
+        self._thread.start()
+
+    def add(self, done: int = 0, tokens: int = 0) -> None:
+        with self._lock:
+            self.done += done
+            self.tokens += tokens
+        if done:
+            self._wake.set()  # a finished request is news worth sending soon
+
+    def _flush(self) -> None:
+        with self._lock:  # held while sending, so nothing is sent after close()
+            now = (self.done, self.tokens)
+            if self._closed or now == self._sent:
+                return
+            self._sent = now
+            self._send({"type": "progress", "batch_id": self._batch_id, "attempt": self._attempt,
+                        "done": min(self.done, self.total), "total": self.total, "tokens": self.tokens})
+
+    def _tick(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self._flush()
+            time.sleep(min(0.1, self._interval))  # at most ~10 messages a second
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+
+
+class Backend(Protocol):
+    name: str
+    arguments: dict[str, str]  # the --engine-arg keys it takes, with a word on each
+    # Optional: `start_method`, the multiprocessing start method its own processes use.
+
+    def load(self, settings: EngineSettings) -> str:
+        """Loads the model; returns the `ready` message's detail. Raise EngineConfigError for bad settings."""
+        ...
+
+    def generate(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> list[Result]:
+        """One result per request, in order. Check `cancelled` between steps and raise Cancelled."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+# MARK: The protocol loop
+
+
+@dataclass
+class _Batch:
+    batch_id: str
+    attempt: int
+    requests: Any
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_requested: bool = False  # by the worker's cancel, rather than by shutdown
+
+
+class EngineHost:
+    """Runs one backend under the protocol: ready, then one batch at a time, until shutdown or EOF."""
+
+    def __init__(self, backend: Backend, in_fd: int, out_fd: int) -> None:
+        self.backend = backend
+        self.in_fd, self.out_fd = in_fd, out_fd
+        self.write_lock = threading.Lock()
+        self.state_lock = threading.Lock()
+        self.inbox: queue.Queue[_Batch | None] = queue.Queue()
+        self.current: _Batch | None = None
+        self.early_cancels: set[tuple[str, int]] = set()
+        self.loaded = False
+        self.stopping = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        with self.write_lock:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.out_fd, view):]
+            except (BrokenPipeError, OSError) as error:
+                log(f"the worker's event pipe is gone ({error}); exiting")
+                _exit(0)
+
+    # The reader thread: cancels act at once; batches queue for the main thread.
+    def read_loop(self) -> None:
+        try:
+            with os.fdopen(self.in_fd, "rb", buffering=1 << 16, closefd=False) as stream:
+                for line in stream:
+                    if line.strip():
+                        self.handle_line(line)
+        except OSError as error:
+            log(f"reading fd {self.in_fd} failed: {error}")
+        self.stop("end of file on the request pipe")
+
+    def handle_line(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+            kind = message["type"]
+        except (ValueError, KeyError, TypeError):
+            log(f"ignoring a line that is not a protocol message: {line[:200]!r}")
+            return
+        if kind == "batch":
+            self.inbox.put(_Batch(str(message.get("batch_id", "")), int(message.get("attempt", 0) or 0),
+                                  message.get("requests")))
+        elif kind == "cancel":
+            key = (str(message.get("batch_id", "")), int(message.get("attempt", 0) or 0))
+            with self.state_lock:
+                running = self.current
+                if running is not None and (running.batch_id, running.attempt) == key:
+                    running.cancel_requested = True
+                    running.cancelled.set()
+                else:  # not started yet (or already answered): remember it, bounded
+                    if len(self.early_cancels) > 1000:
+                        self.early_cancels.clear()
+                    self.early_cancels.add(key)
+        elif kind == "shutdown":
+            self.stop("shutdown")
+        else:
+            log(f"ignoring unknown message type {kind!r}")
+
+    def stop(self, why: str) -> None:
+        with self.state_lock:
+            if self.stopping:
+                return
+            self.stopping = True
+            if self.current is not None:
+                self.current.cancelled.set()
+            loaded = self.loaded
+        log(f"stopping: {why}")
+        if not loaded:
+            _exit(0)  # nothing to finish: do not wait for a model that is still loading
+        self.inbox.put(None)
+
+    def run_batch(self, batch: _Batch) -> None:
+        started = time.monotonic()
+        with self.state_lock:
+            self.current = batch
+            key = (batch.batch_id, batch.attempt)
+            if key in self.early_cancels:
+                self.early_cancels.discard(key)
+                batch.cancel_requested = True
+                batch.cancelled.set()
+        base = {"batch_id": batch.batch_id, "attempt": batch.attempt}
+        try:
+            if not isinstance(batch.requests, list):
+                self.send({"type": "failed", **base, "code": "bad_request", "retryable": False,
+                           "message": "the batch's requests are not a JSON array"})
+                return
+            parsed = [parse_request(i, raw) for i, raw in enumerate(batch.requests)]
+            valid = [p for p in parsed if isinstance(p, Request)]
+            progress = Progress(self.send, batch.batch_id, batch.attempt, len(parsed))
+            progress.add(done=len(parsed) - len(valid))
+            try:
+                if batch.cancelled.is_set():
+                    raise Cancelled()
+                produced = self.backend.generate(valid, progress, batch.cancelled) if valid else []
+            finally:
+                progress.close()
+            if len(produced) != len(valid):
+                raise RuntimeError(f"the backend returned {len(produced)} results for {len(valid)} requests")
+            it = iter(produced)
+            results = [next(it) if isinstance(p, Request) else p for p in parsed]
+            self.send({"type": "result", **base, "results": [r.to_json() for r in results],
+                       "stats": {"engine_ms": round((time.monotonic() - started) * 1000, 3),
+                                 "requests": len(results),
+                                 "failed_requests": sum(1 for r in results if r.error),
+                                 "prompt_tokens": sum(r.prompt_tokens for r in results),
+                                 "completion_tokens": sum(r.completion_tokens for r in results)}})
+        except Cancelled:
+            if batch.cancel_requested:
+                self.send({"type": "failed", **base, "code": "cancelled", "retryable": False, "message": "cancelled"})
+            # else: stopped by shutdown or EOF; the worker is not waiting for this batch's answer
+        except FatalEngineError as error:
+            self.send({"type": "fatal", "code": error.code, "message": str(error)})
+            log(f"fatal: {error}")
+            _exit(1)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a protocol answer
+            traceback.print_exc(file=sys.stderr)
+            code = "oom" if is_out_of_memory(error) else "engine_error"
+            self.send({"type": "failed", **base, "code": code, "retryable": True,
+                       "message": f"{type(error).__name__}: {error}"[:2000]})
+        finally:
+            with self.state_lock:
+                self.current = None
+
+    def serve(self, settings: EngineSettings) -> NoReturn:
+        reader = threading.Thread(target=self.read_loop, name="compass-reader", daemon=True)
+        reader.start()
+        try:
+            detail = self.backend.load(settings)
+        except BaseException as error:  # noqa: BLE001 - a load failure of any kind is fatal
+            if isinstance(error, EngineConfigError):
+                log(f"cannot start: {error}")
+            else:
+                traceback.print_exc(file=sys.stderr)
+            code = "oom" if is_out_of_memory(error) else "startup_failed"
+            message = str(error) if isinstance(error, EngineConfigError) else f"{type(error).__name__}: {error}"
+            self.send({"type": "fatal", "code": code, "message": message[:2000]})
+            _exit(1)
+        # The start method of the processes the engine starts: the backend's word for it (vLLM
+        # has its own setting), else this interpreter's multiprocessing default (run() sets spawn).
+        method = getattr(self.backend, "start_method", None) or multiprocessing.get_start_method(allow_none=True) or "none"
+        with self.state_lock:
+            self.loaded = True
+            stopping = self.stopping
+        if stopping:
+            self.inbox.put(None)
+        log(f"ready: {detail}; multiprocessing start method {method}")
+        self.send({"type": "ready", "model": settings.model, "detail": detail, "start_method": method})
+        while (batch := self.inbox.get()) is not None and not self.stopping:
+            self.run_batch(batch)
+        self.close_backend()
+        _exit(0)
+
+    def close_backend(self) -> None:
+        """Gives the backend a bounded time to release its resources (child ranks, sockets)."""
+        closer = threading.Thread(target=self.backend.close, name="compass-close", daemon=True)
+        closer.start()
+        closer.join(30)
+
+
+_HOST: EngineHost | None = None
+
+
+def fatal_exit(code: str, message: str) -> NoReturn:
+    """Sends `fatal` and ends the process at once; for threads other than the main one (a monitor
+    that saw a tensor-parallel rank die, say), where raising FatalEngineError would reach nobody."""
+    log(f"fatal ({code}): {message}")
+    if _HOST is not None:
+        _HOST.send({"type": "fatal", "code": code, "message": message[:2000]})
+    _exit(1)
+
+
+def _exit(code: int) -> NoReturn:
+    # os._exit, not sys.exit: libraries (torch, vLLM) leave non-daemon threads and atexit hooks
+    # that can hang an interpreter's shutdown, and the worker waits for this process to end.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def run(backend: Backend) -> NoReturn:
+    """The engine process's main: read the environment, load, serve batches until told to stop."""
+    # Libraries that start processes (torch.multiprocessing, vLLM) must never fork a process
+    # that may hold CUDA state or our threads: spawn, whatever the platform default.
+    multiprocessing.set_start_method("spawn", force=True)
+    in_fd = int(os.environ.get("COMPASS_ENGINE_IN", "3"))
+    out_fd = int(os.environ.get("COMPASS_ENGINE_OUT", "4"))
+    global _HOST
+    host = _HOST = EngineHost(backend, in_fd, out_fd)
+    try:
+        settings = EngineSettings.from_environment(backend.name, backend.arguments)
+    except EngineConfigError as error:
+        log(f"cannot start: {error}")
+        host.send({"type": "fatal", "code": "startup_failed", "message": str(error)})
+        _exit(1)
+    host.serve(settings)

@@ -1,0 +1,99 @@
+"""The fake model behind the stand-in vLLM: a word-level tokenizer and a deterministic "model".
+
+Greedy decoding answers with the prompt's words in reverse order, then end-of-sequence (the
+synthetic engine's rule, so tests can compute every expected text); sampling draws the prompt's
+words with random.Random(seed). Every call the adapter makes is appended to $FAKE_VLLM_LOG."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Any
+
+BOS, EOS = 1, 2
+SPECIAL = {"<s>": BOS, "</s>": EOS}
+
+
+def record(event: str, **fields: Any) -> None:
+    path = os.environ.get("FAKE_VLLM_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+
+
+class FakeTokenizer:
+    """The parts of vLLM's TokenizerLike (tokenizers/protocol.py) the adapter uses: one token per word."""
+
+    chat_template = "<|role|> content </s> ... <|assistant|>"
+    bos_token_id, eos_token_id = BOS, EOS
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = dict(SPECIAL)
+        self.words: dict[int, str] = {v: k for k, v in SPECIAL.items()}
+
+    def token(self, word: str) -> int:
+        if word not in self.vocab:
+            self.vocab[word] = len(self.vocab) + 10
+            self.words[self.vocab[word]] = word
+        return self.vocab[word]
+
+    def encode(self, text: str, truncation: bool | None = None, max_length: int | None = None,
+               add_special_tokens: bool = True) -> list[int]:
+        return ([BOS] if add_special_tokens else []) + [self.token(w) for w in text.split()]
+
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
+        return " ".join(self.words[i] for i in ids if not (skip_special_tokens and i in (BOS, EOS)))
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                            **kwargs: Any) -> str | list[int]:
+        text = "<s> " + " ".join(f"<|{m['role']}|> {m['content']} </s>" for m in messages)
+        if kwargs.get("add_generation_prompt"):
+            text += " <|assistant|>"
+        if kwargs.get("tokenize", True):
+            return self.encode(text, add_special_tokens=False)
+        return text
+
+
+class Sequence:
+    """One request being generated: one token per engine step."""
+
+    def __init__(self, request_id: str, ids: list[int], params: Any, tokenizer: FakeTokenizer) -> None:
+        self.request_id, self.ids, self.params = request_id, ids, params
+        words = [w for w in tokenizer.decode(ids, skip_special_tokens=True).split() if not w.startswith("<|")]
+        self.words = words or ["empty"]
+        self.rng = random.Random(params.seed) if params.temperature > 0 else None
+        self.tokenizer = tokenizer
+        self.out: list[int] = []
+        self.text = ""
+        self.sent_text = 0
+        self.sent_tokens = 0
+        self.finish_reason: str | None = None
+
+    def next_token(self) -> int:
+        n = len(self.out)
+        if not self.params.ignore_eos and n == len(self.words):
+            return EOS
+        word = self.rng.choice(self.words) if self.rng else self.words[::-1][n % len(self.words)]
+        return self.tokenizer.token(word)
+
+    def step(self) -> None:
+        token = self.next_token()
+        self.out.append(token)
+        if token == EOS:
+            self.finish_reason = "stop"
+            return
+        self.text = self.tokenizer.decode(self.out, skip_special_tokens=True)
+        stops = [(self.text.find(s), s) for s in self.params.stop if s in self.text]
+        if stops:
+            self.text = self.text[:min(stops)[0]]
+            self.finish_reason = "stop"
+        elif len(self.out) >= self.params.max_tokens:
+            self.finish_reason = "length"
+
+    def delta_text(self) -> str:
+        # Like vLLM's detokenizer: hold back what could still become a stop string.
+        hold = 0 if self.finish_reason else max((len(s) - 1 for s in self.params.stop), default=0)
+        end = max(self.sent_text, len(self.text) - hold)
+        text, self.sent_text = self.text[self.sent_text:end], end
+        return text

@@ -1,0 +1,185 @@
+"""vllm_engine.py against the stand-in vLLM 0.24 in fake_vllm/ (no GPU here): the tests check what
+the adapter asks of vLLM (engine arguments, sampling parameters, token-id prompts, chat rendering,
+aborts) and how it maps vLLM's outputs back onto the protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import TESTS, Engine, StartEngine
+
+FAKE = TESTS / "fake_vllm"
+
+
+class Fake:
+    """A model directory and the log of what the fake vLLM was asked to do."""
+
+    def __init__(self, root: Path) -> None:
+        self.model = root / "model"
+        self.model.mkdir()
+        self.log = root / "vllm-calls.jsonl"
+
+    def calls(self, event: str) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        lines = [json.loads(line) for line in self.log.read_text().splitlines()]
+        return [c for c in lines if c["event"] == event]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"PYTHONPATH": str(FAKE), "FAKE_VLLM_LOG": str(self.log), **extra}
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Fake:
+    return Fake(tmp_path)
+
+
+def start(start_engine: StartEngine, fake: Fake, tp: int = 1, args: dict[str, str] | None = None, **env: str) -> Engine:
+    engine = start_engine("vllm_engine.py", model=str(fake.model), tp=tp, args=args, env=fake.env(**env))
+    return engine
+
+
+def test_engine_arguments_are_converted_and_passed(start_engine: StartEngine, fake: Fake) -> None:
+    args = {"gpu_memory_utilization": "0.55", "max_model_len": "48", "enforce_eager": "true", "dtype": "bfloat16",
+            "max_num_seqs": "4", "seed": "11", "max_tokens": "5"}
+    engine = start(start_engine, fake, tp=2, args=args)
+    ready = engine.ready()
+    assert ready["start_method"] == "spawn"
+    assert "vllm 0.24.0" in ready["detail"] and "tp=2" in ready["detail"] and "max_model_len 48" in ready["detail"]
+    assert "add_request/step loop" in ready["detail"]
+    (init,) = fake.calls("init")
+    assert init["model"] == str(fake.model) and init["tensor_parallel_size"] == 2
+    assert init["gpu_memory_utilization"] == 0.55 and init["enforce_eager"] is True and init["dtype"] == "bfloat16"
+    assert init["seed"] == 11 and init["kwargs"] == {"max_model_len": 48, "max_num_seqs": 4}
+    assert init["types"] == {"max_model_len": "int", "max_num_seqs": "int", "seed": "int",
+                             "gpu_memory_utilization": "float", "enforce_eager": "bool"}
+    assert init["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+
+
+def test_defaults_pass_nothing_extra(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start(start_engine, fake)
+    engine.ready()
+    (init,) = fake.calls("init")
+    # Only the model and tp: vLLM's own defaults apply to everything else.
+    assert init["tensor_parallel_size"] == 1 and init["kwargs"] == {} and init["dtype"] == "auto"
+
+
+def test_sampling_mapping_chat_and_results(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start(start_engine, fake, args={"max_tokens": "6"})
+    engine.ready()
+    requests = [
+        {"custom_id": "greedy", "prompt": "one two three"},
+        {"custom_id": "sampled", "prompt": "alpha beta gamma delta", "max_tokens": 3, "temperature": 0.7,
+         "top_p": 0.9, "seed": 5, "stop": "never", "ignore_eos": True},
+        {"custom_id": "chat", "messages": [{"role": "system", "content": "be brief"},
+                                           {"role": "user", "content": [{"type": "text", "text": "hello there"}]}]},
+        {"custom_id": "stopped", "prompt": "a b c d e f", "stop": ["d c"], "max_tokens": 10},
+        {"custom_id": "long", "prompt": "x y z", "max_tokens": 5, "ignore_eos": True},
+    ]
+    results = {r["custom_id"]: r for r in engine.result("v1", requests)}
+
+    added = {c["request_id"]: c for c in fake.calls("add_request")}
+    assert len(added) == 5
+    by_text = {c["prompt_text"]: c for c in added.values()}
+    greedy = by_text["<s> one two three"]
+    assert greedy["prompt_kind"] == "engine_input"  # token ids, as vllm.inputs.tokens_input builds them
+    assert greedy["params"]["max_tokens"] == 6 and greedy["params"]["temperature"] == 0.0  # absent: greedy
+    assert greedy["params"]["top_p"] == 1.0 and greedy["params"]["stop"] == [] and greedy["params"]["seed"] is None
+    assert greedy["params"]["output_kind"] == "DELTA" and greedy["params"]["ignore_eos"] is False
+    sampled = by_text["<s> alpha beta gamma delta"]["params"]
+    assert (sampled["max_tokens"], sampled["temperature"], sampled["top_p"], sampled["seed"], sampled["stop"],
+            sampled["ignore_eos"]) == (3, 0.7, 0.9, 5, ["never"], True)
+    # Chat goes through the tokenizer's chat template, without a second BOS.
+    chat = by_text["<s> <|system|> be brief </s> <|user|> hello there </s> <|assistant|>"]
+    assert chat["prompt_token_ids"].count(1) == 1
+
+    assert results["greedy"] == {"custom_id": "greedy", "text": "three two one", "prompt_tokens": 4,
+                                 "completion_tokens": 4, "finish_reason": "stop", "error": None}  # 3 words + EOS
+    assert results["sampled"]["completion_tokens"] == 3 and results["sampled"]["finish_reason"] == "length"
+    assert set(results["sampled"]["text"].split()) <= {"alpha", "beta", "gamma", "delta"}
+    assert results["chat"]["text"] == "there hello brief be" and results["chat"]["prompt_tokens"] == len(chat["prompt_token_ids"])
+    assert results["stopped"]["text"] == "f e " and results["stopped"]["finish_reason"] == "stop"
+    assert results["long"] == {"custom_id": "long", "text": "z y x z y", "prompt_tokens": 4, "completion_tokens": 5,
+                               "finish_reason": "length", "error": None}
+    assert engine.events[-1]["stats"]["engine_ms"] > 0
+
+
+def test_per_request_errors_leave_the_rest(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start(start_engine, fake, args={"max_model_len": "16"})
+    engine.ready()
+    requests = [
+        {"custom_id": "ok", "prompt": "fine words"},
+        {"custom_id": "too-long", "prompt": " ".join(["w"] * 15)},  # 16 tokens with BOS: no room left
+        {"custom_id": "hot", "prompt": "too hot", "temperature": 3.5},  # vLLM accepts at most 2
+        {"custom_id": "zero", "prompt": "nothing", "max_tokens": 0},
+        {"custom_id": "fits", "prompt": " ".join(["w"] * 14), "max_tokens": 1},
+    ]
+    results = engine.result("v-err", requests)
+    assert results[0]["text"] == "words fine" and results[0]["error"] is None
+    assert results[1]["error"]["code"] == "bad_request" and "too long" in results[1]["error"]["message"]
+    assert results[2]["error"]["code"] == "bad_request" and "temperature" in results[2]["error"]["message"]
+    assert results[3] == {"custom_id": "zero", "text": "", "prompt_tokens": 2, "completion_tokens": 0,
+                          "finish_reason": "length", "error": None}
+    assert results[4]["completion_tokens"] == 1 and results[4]["error"] is None
+    # The over-long prompt never reached vLLM.
+    assert all(len(c["prompt_token_ids"]) < 16 for c in fake.calls("add_request"))
+
+
+def test_progress_and_cancel_abort_what_runs(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start(start_engine, fake, args={"max_num_seqs": "4"}, FAKE_VLLM_STEP_DELAY="0.02")
+    engine.ready()
+    requests = [{"custom_id": f"r{i}", "prompt": f"word{i} more words", "max_tokens": 20, "ignore_eos": True}
+                for i in range(12)]
+    engine.batch("v-cancel", requests)
+    # Four run at a time, 20 steps each: wait until some are done, then cancel.
+    while engine.wait_for("progress")["done"] < 4:
+        pass
+    engine.cancel("v-cancel")
+    failed = engine.answer("v-cancel")
+    assert failed["type"] == "failed" and failed["code"] == "cancelled" and failed["retryable"] is False
+    progress = engine.progress("v-cancel")
+    assert progress[-1]["total"] == 12 and 4 <= progress[-1]["done"] < 12
+    assert [p["tokens"] for p in progress] == sorted(p["tokens"] for p in progress) and progress[0]["tokens"] > 0
+    (abort,) = fake.calls("abort_request")
+    added = [c["request_id"] for c in fake.calls("add_request")]
+    assert 0 < len(abort["request_ids"]) <= 8 and set(abort["request_ids"]) <= set(added)
+    # Nothing of the cancelled batch is left in the engine: the next batch runs alone.
+    results = engine.result("v-next", [{"custom_id": "n", "prompt": "next one"}])
+    assert results[0]["text"] == "one next"
+
+
+def test_fallback_to_llm_generate(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start(start_engine, fake, args={"batch_size": "2"}, FAKE_VLLM_NO_STEP="1", FAKE_VLLM_STEP_DELAY="0.1")
+    assert "LLM.generate in chunks of 2" in engine.ready()["detail"]
+    requests = [{"custom_id": f"g{i}", "prompt": f"b{i} a{i}"} for i in range(5)]
+    results = engine.result("v-fallback", requests)
+    assert [r["text"] for r in results] == [f"a{i} b{i}" for i in range(5)]
+    assert [c["count"] for c in fake.calls("generate")] == [2, 2, 1]
+    # Progress after each chunk (a chunk takes 3 steps of 0.1 s here, ample time to report it).
+    assert max(p["done"] for p in engine.progress("v-fallback")) >= 2
+
+
+def test_out_of_memory_at_load_is_fatal_oom(start_engine: StartEngine, fake: Fake) -> None:
+    (fake.model / "FAKE_OOM").touch()
+    engine = start(start_engine, fake)
+    fatal = engine.wait_for("fatal", "ready")
+    assert fatal["type"] == "fatal" and fatal["code"] == "oom" and "out of memory" in fatal["message"]
+    assert engine.wait_exit() == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    ({"gpu_mem": "0.5"}, "'gpu_mem'"),
+    ({"gpu_memory_utilization": "most"}, "gpu_memory_utilization=most"),
+    ({"enforce_eager": "perhaps"}, "enforce_eager=perhaps"),
+])
+def test_bad_engine_args(start_engine: StartEngine, fake: Fake, args: dict[str, str], needle: str) -> None:
+    engine = start(start_engine, fake, args=args)
+    fatal = engine.wait_for("fatal", "ready")
+    assert fatal["type"] == "fatal" and fatal["code"] == "startup_failed" and needle in fatal["message"]
+    if needle == "'gpu_mem'":
+        assert "gpu_memory_utilization" in fatal["message"] and "max_model_len" in fatal["message"]
+    assert fake.calls("init") == []  # refused before vLLM was touched
