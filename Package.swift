@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
     ],
     targets: [
         // libzmq from the system (Debian: libzmq3-dev). Only the ZMQ target imports it.
@@ -38,9 +39,14 @@ let package = Package(
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "HeapModule", package: "swift-collections"),
         ]),
+        // The broker's durable journal (SQLite in WAL mode through GRDB).
+        .target(name: "CompassJournal", dependencies: [
+            "CompassScheduler", "CompassProtocol",
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
         // The broker's socket loop around the scheduler.
         .target(name: "CompassBroker", dependencies: [
-            "CompassScheduler", "CompassWire", "CompassSystem", "ZMQ",
+            "CompassScheduler", "CompassJournal", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Inference engines a worker hosts: synthetic (in-process) and external processes.
@@ -58,6 +64,7 @@ let package = Package(
         // The producer library: submit batches, get every result exactly once (async API).
         .target(name: "CompassClient", dependencies: [
             "CompassWire", "CompassSystem", "ZMQ",
+            .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // topology.yaml: parsing and validation with line numbers.
@@ -69,7 +76,7 @@ let package = Package(
         ]),
         // The command-line commands of all three executables.
         .target(name: "CompassCommands", dependencies: [
-            "CompassBroker", "CompassWorker", "CompassClient", "CompassTopology", "CompassLauncher", "CompassSystem",
+            "CompassBroker", "CompassJournal", "CompassWorker", "CompassClient", "CompassTopology", "CompassLauncher", "CompassSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -82,6 +89,7 @@ let package = Package(
         .testTarget(name: "CompassSchedulerTests", dependencies: ["CompassScheduler", "CompassProtocol"]),
         .testTarget(name: "CompassEnginesTests", dependencies: ["CompassEngines", "CompassProtocol"]),
         .testTarget(name: "CompassTopologyTests", dependencies: ["CompassTopology"]),
+        .testTarget(name: "CompassJournalTests", dependencies: ["CompassJournal", "CompassScheduler", "CompassProtocol"]),
         // Black-box tests: they start the built compass-broker, compass-worker and compass processes.
         .testTarget(name: "IntegrationTests", dependencies: [
             "CompassClient", "CompassBroker", "CompassWire", "CompassProtocol", "CompassSystem", "ZMQ",

@@ -1,3 +1,4 @@
+import CompassJournal
 import CompassProtocol
 import CompassScheduler
 import CompassWire
@@ -13,6 +14,10 @@ extension Broker {
             let action = pending[index]
             index += 1
             switch action {
+            case .toWorker(let id, let output) where journal != nil:
+                outbox.append(.worker(id, encode(output)))
+            case .toProducer(let route, let output) where journal != nil:
+                outbox.append(.producer(route, encode(output)))
             case .toWorker(let id, let output):
                 if !sendWorker(id, encode(output)) {
                     pending += scheduler.workerUnreachable(id, now: now)
@@ -21,9 +26,40 @@ extension Broker {
                 sendProducer(route, encode(output))
             case .event(let event):
                 note(event)
+            case .journal(let operation):
+                journalOperations.append(operation)
             }
         }
         pending.removeAll(keepingCapacity: true)
+    }
+
+    /// The end of a poll turn with a journal: commit the turn's records in one transaction (group
+    /// commit), then send the messages that waited for them, and repeat for what those sends caused.
+    /// If the journal cannot be written the broker stops: nothing it has not made durable was
+    /// acknowledged, and producers re-submit to the next broker.
+    func endTurn() throws {
+        guard let journal else { return }
+        while !journalOperations.isEmpty || !outbox.isEmpty {
+            if !journalOperations.isEmpty {
+                do {
+                    try journal.commit(journalOperations)
+                } catch {
+                    logger.critical("cannot write the journal; stopping so that nothing unwritten is acknowledged", metadata: ["error": "\(error)"])
+                    throw error
+                }
+                journalOperations.removeAll(keepingCapacity: true)
+            }
+            let sends = outbox
+            outbox.removeAll(keepingCapacity: true)
+            for message in sends {
+                switch message {
+                case .worker(let id, let m):
+                    if !sendWorker(id, m) { execute(scheduler.workerUnreachable(id, now: now)) }
+                case .producer(let route, let m):
+                    sendProducer(route, m)
+                }
+            }
+        }
     }
 
     func encode(_ output: WorkerOutput<Frame>) -> BrokerWorkerMessage {

@@ -1,3 +1,4 @@
+import CompassJournal
 import CompassProtocol
 import CompassScheduler
 import CompassSystem
@@ -29,13 +30,36 @@ public final class Broker {
     var badInput = LogLimiter()
     /// Follow-up actions produced while carrying out others (e.g. a send found a peer gone).
     var pending: [SchedulerAction<Frame>] = []
+    /// With a journal: this turn's records, and the messages that wait for them to be committed.
+    let journal: Journal?
+    var journalOperations: [JournalOperation<Frame>] = []
+    var outbox: [Outgoing] = []
+
+    enum Outgoing {
+        case worker(PeerID, BrokerWorkerMessage)
+        case producer(PeerID, ProducerReply)
+    }
     let jsonEncoder = JSONEncoder()
     let jsonDecoder = JSONDecoder()
 
     public init(options: BrokerOptions, context: ZMQContext, logger: Logger) throws {
         self.options = options
         self.logger = logger
-        scheduler = Scheduler(config: options.scheduler)
+        var config = options.scheduler
+        if let path = options.journalPath {
+            let journal = try Journal(path: path, durability: options.journalDurability)
+            self.journal = journal
+            config.journaling = true
+            scheduler = Scheduler(config: config)
+            let snapshots: [BatchSnapshot<Frame>] = try journal.load()
+            scheduler.restore(snapshots, now: Timestamp(nanoseconds: MonotonicClock.nanoseconds()))
+            let finished = snapshots.filter { $0.outcome != nil }.count
+            logger.info("journal opened", metadata: ["path": "\(path)", "durability": "\(options.journalDurability.rawValue)",
+                                                     "recovered_queued": "\(snapshots.count - finished)", "recovered_finished": "\(finished)"])
+        } else {
+            journal = nil
+            scheduler = Scheduler(config: config)
+        }
         frontend = try context.socket(.router)
         backend = try context.socket(.router)
         for (socket, hwm) in [(frontend, options.frontendSendHighWaterMark), (backend, options.backendSendHighWaterMark)] {
@@ -93,6 +117,7 @@ public final class Broker {
                 execute(scheduler.tick(now: now))
                 nextTick = MonotonicClock.milliseconds() + tickMilliseconds
             }
+            try endTurn()
         }
         logger.info("broker stopped", metadata: ["unfinished": "\(scheduler.unfinishedCount)"])
     }

@@ -1,3 +1,4 @@
+import CompassJournal
 import CompassProtocol
 import CompassScheduler
 
@@ -20,6 +21,9 @@ public struct BrokerOptions: Sendable {
     public var receiveHighWaterMark: Int32 = 1_000
     /// libzmq I/O threads.
     public var ioThreads: Int32 = 1
+    /// Where the durable journal lives (nil: in memory only, nothing survives a restart).
+    public var journalPath: String?
+    public var journalDurability: Journal.Durability = .full
 
     public init(frontend: String, backend: String) {
         self.frontend = frontend

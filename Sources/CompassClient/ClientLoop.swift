@@ -1,6 +1,7 @@
 import CompassProtocol
 import CompassSystem
 import CompassWire
+import DequeModule
 import Foundation
 import ZMQ
 
@@ -25,6 +26,13 @@ final class ClientLoop {
     var statusWaiters: [CheckedContinuation<[UInt8], any Error>] = []
     /// The broker process we last heard from; a different one means it restarted.
     var brokerID: String?
+    /// Outcomes the broker re-sent for this session (after HELLO) before anyone asked for them:
+    /// a resumed producer claims them by submitting the same batch id, without re-running it.
+    var unclaimed: [String: BatchOutcome] = [:]
+    var unclaimedOrder: Deque<String> = []
+    /// Batches this client already delivered (bounded): a replay of one is acknowledged and dropped.
+    var delivered: Set<String> = []
+    var deliveredOrder: Deque<String> = []
     var running = true
 
     init(options: ClientOptions, context: ZMQContext, inbox: Inbox) throws {
@@ -88,6 +96,11 @@ final class ClientLoop {
     func handle(_ command: Command) {
         switch command {
         case .submit(let s):
+            if let outcome = unclaimed.removeValue(forKey: s.batchID) {
+                if !options.manualAck { send(.ack(batchID: s.batchID)) }
+                s.continuation.resume(returning: outcome)
+                return
+            }
             guard outstanding[s.batchID] == nil else {
                 s.continuation.resume(throwing: ClientError.rejected(code: RejectCode.duplicate.rawValue,
                                                                      message: "batch \(s.batchID) is already outstanding in this client"))
@@ -97,6 +110,8 @@ final class ClientLoop {
             sendSubmit(s)
         case .cancel(let id):
             if outstanding[id] != nil { send(.cancel(batchID: id)) }
+        case .ack(let id):
+            send(.ack(batchID: id))
         case .status(let c):
             statusWaiters.append(c)
             send(.status)
@@ -134,15 +149,9 @@ final class ClientLoop {
         case .progress(let id, let done, let total):
             if outstanding[id] != nil { options.onProgress?(id, done, total) }
         case .result(let id, let attempts, let stats, let payload):
-            send(.ack(batchID: id))
-            guard let o = outstanding.removeValue(forKey: id) else { return } // a replay we already have
-            o.submission.continuation.resume(returning: BatchOutcome(batchID: id, attempts: attempts,
-                                                                     status: .completed(payload: payload.bytes, stats: stats.bytes)))
+            deliver(BatchOutcome(batchID: id, attempts: attempts, status: .completed(payload: payload.bytes, stats: stats.bytes)))
         case .failed(let id, let attempts, let code, let message, let partial):
-            send(.ack(batchID: id))
-            guard let o = outstanding.removeValue(forKey: id) else { return }
-            o.submission.continuation.resume(returning: BatchOutcome(batchID: id, attempts: attempts,
-                                                                     status: .failed(code: code, message: message, partial: partial.bytes)))
+            deliver(BatchOutcome(batchID: id, attempts: attempts, status: .failed(code: code, message: message, partial: partial.bytes)))
         case .status(let json):
             if !statusWaiters.isEmpty { statusWaiters.removeFirst().resume(returning: json.bytes) }
         case .welcome(_, let info):
@@ -152,6 +161,26 @@ final class ClientLoop {
         case .heartbeat(let id):
             noteBroker(id)
         }
+    }
+
+    /// Hands an outcome to whoever awaits it, once; keeps one nobody awaits yet (unacknowledged).
+    func deliver(_ outcome: BatchOutcome) {
+        let id = outcome.batchID
+        guard let o = outstanding.removeValue(forKey: id) else {
+            if delivered.contains(id) {
+                send(.ack(batchID: id))
+            } else if unclaimed[id] == nil {
+                unclaimed[id] = outcome
+                unclaimedOrder.append(id)
+                if unclaimedOrder.count > 100_000 { unclaimed[unclaimedOrder.removeFirst()] = nil }
+            }
+            return
+        }
+        if !options.manualAck { send(.ack(batchID: id)) }
+        delivered.insert(id)
+        deliveredOrder.append(id)
+        if deliveredOrder.count > 100_000 { delivered.remove(deliveredOrder.removeFirst()) }
+        o.submission.continuation.resume(returning: outcome)
     }
 
     func timers() {

@@ -15,6 +15,9 @@ public struct ClientOptions: Sendable {
     public var onProgress: (@Sendable (String, UInt32, UInt32) -> Void)?
     /// Called on the client's thread when the broker answers `busy` (batch id, retry after ms).
     public var onBusy: (@Sendable (String, UInt32) -> Void)?
+    /// Acknowledge outcomes only when `ack(batchID:)` is called (after the caller has stored them),
+    /// instead of on receipt. The broker keeps an outcome until it is acknowledged.
+    public var manualAck = false
 
     public init(broker: String, session: String = "s-" + UUID().uuidString.lowercased()) {
         self.broker = broker

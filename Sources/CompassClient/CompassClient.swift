@@ -74,6 +74,11 @@ public final class CompassClient: Sendable {
         inbox.post(.cancel(batchID))
     }
 
+    /// Tells the broker the outcome of `batchID` is stored and may be forgotten (with `manualAck`).
+    public func ack(batchID: String) {
+        inbox.post(.ack(batchID))
+    }
+
     /// Stops the client; outstanding submits fail with `ClientError.closed`.
     public func close() {
         inbox.post(.close)
@@ -91,6 +96,7 @@ struct Submission: Sendable {
 enum Command: Sendable {
     case submit(Submission)
     case cancel(String)
+    case ack(String)
     case status(CheckedContinuation<[UInt8], any Error>)
     case close
 }
@@ -132,7 +138,7 @@ final class Inbox: Sendable {
         switch command {
         case .submit(let s): s.continuation.resume(throwing: error)
         case .status(let c): c.resume(throwing: error)
-        case .cancel, .close: break
+        case .cancel, .ack, .close: break
         }
     }
 }

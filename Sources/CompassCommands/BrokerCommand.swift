@@ -1,5 +1,6 @@
 import ArgumentParser
 import CompassBroker
+import CompassJournal
 import CompassProtocol
 import CompassScheduler
 import CompassSystem
@@ -36,6 +37,10 @@ public struct BrokerCommand: ParsableCommand {
     @Option(help: "On SIGTERM, milliseconds to keep delivering results of running batches before exiting.")
     var shutdownGraceMs: UInt64 = 0
     @Flag(help: "Skip the JSON syntax check of SUBMIT payloads (workers then reject bad ones).") var noValidatePayloads = false
+    @Option(help: "The journal (SQLite) file that makes accepted batches survive a broker restart, or 'none' for memory only.")
+    var journal = "none"
+    @Option(help: "Journal durability: full (fsync each group commit) or normal (survives a broker crash, not a power loss).")
+    var journalSync = "full"
     @Option(help: "libzmq I/O threads.") var ioThreads: Int32 = 1
     @OptionGroup var logging: LoggingOptions
 
@@ -50,6 +55,9 @@ public struct BrokerCommand: ParsableCommand {
             guard parts.count == 2, WireProtocol.isValidPoolName(String(parts[0])), let n = UInt16(parts[1]), n >= 1 else {
                 throw ValidationError("--pool-attempts '\(entry)' must be POOL=N with N >= 1")
             }
+        }
+        guard Journal.Durability(rawValue: journalSync) != nil else {
+            throw ValidationError("--journal-sync must be full or normal")
         }
         for pool in pools where !WireProtocol.isValidPoolName(pool) {
             throw ValidationError("--pool '\(pool)' is not a valid pool name (1-64 characters of A-Z a-z 0-9 . _ -)")
@@ -74,6 +82,10 @@ public struct BrokerCommand: ParsableCommand {
         options.maxPayloadBytes = maxPayloadBytes
         options.validatePayloads = !noValidatePayloads
         options.ioThreads = ioThreads
+        if journal != "none" {
+            options.journalPath = journal
+            options.journalDurability = Journal.Durability(rawValue: journalSync) ?? .full
+        }
         let signals = try SignalWatcher([SIGTERM, SIGINT])
         let broker: Broker
         do {
@@ -82,6 +94,8 @@ public struct BrokerCommand: ParsableCommand {
         } catch let error as ZMQError {
             let hint = error.code == EADDRINUSE ? " (is another broker running on it?)" : ""
             throw fail("compass-broker", "cannot start: \(error)\(hint)")
+        } catch let error as JournalError {
+            throw fail("compass-broker", "\(error)")
         }
         print("compass-broker listening frontend=\(broker.frontendEndpoint) backend=\(broker.backendEndpoint)")
         fflush(nil) // flush stdout: launchers and tests wait for this line

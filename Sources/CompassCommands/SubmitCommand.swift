@@ -26,6 +26,8 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "Batches in flight at once.") var window = 32
     @Option(help: "Where to write results (default: FILE with .results.jsonl).") var out: String?
     @Flag(help: "Replace the results file if it exists.") var overwrite = false
+    @Flag(help: "Continue an interrupted run: skip requests already in the results file and collect what the broker still holds for it.")
+    var resume = false
     @Option(help: "Producer session id (default: random).") var session: String?
     @Option(help: "Attempts per batch (0: the broker's default).") var maxAttempts: UInt16 = 0
     @Option(help: "Priority of these batches in their pool (higher first).") var priority: Int16 = 0
@@ -34,6 +36,7 @@ struct SubmitCommand: AsyncParsableCommand {
     @Flag(help: "No progress display.") var quiet = false
 
     func validate() throws {
+        if resume && overwrite { throw ValidationError("--resume and --overwrite contradict each other") }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard window >= 1 else { throw ValidationError("--window must be at least 1") }
         guard FileManager.default.isReadableFile(atPath: file) else { throw ValidationError("cannot read \(file)") }
@@ -48,8 +51,8 @@ struct SubmitCommand: AsyncParsableCommand {
 
     func run() async throws {
         let output = outputPath
-        if FileManager.default.fileExists(atPath: output) && !overwrite {
-            throw fail("compass submit", "\(output) exists; pass --overwrite to replace it or --out to choose another file", code: 2)
+        if FileManager.default.fileExists(atPath: output) && !overwrite && !resume {
+            throw fail("compass submit", "\(output) exists; pass --resume to continue that run, --overwrite to replace it, or --out to choose another file", code: 2)
         }
         var settings = SubmitSettings(broker: broker, pool: pool)
         settings.batchSize = batchSize
@@ -60,6 +63,7 @@ struct SubmitCommand: AsyncParsableCommand {
         settings.deadlineMilliseconds = deadlineMs
         settings.defaultMaxTokens = maxTokens
         settings.showProgress = !quiet
+        settings.resume = resume
         // Ctrl-C cancels the batches in flight on the broker (their requests get a 'cancelled'
         // line, so the results file still has one line per request) and exits 130.
         let job = Task { try await SubmitJob.run(input: file, output: output, truncate: true, settings: settings) }

@@ -41,6 +41,7 @@ public enum Plan {
         if let v = b.maxPayloadBytes { brokerArgs += ["--max-payload-bytes", "\(v)"] }
         if let v = b.leaseMilliseconds { brokerArgs += ["--lease-ms", "\(v)"] }
         if let v = b.maxAttempts { brokerArgs += ["--max-attempts", "\(v)"] }
+        if let v = b.journal { brokerArgs += ["--journal", v] }
         var specs = [ProcessSpec(name: "broker", role: .broker, executable: "\(binDirectory)/compass-broker",
                                  arguments: brokerArgs, environment: [:])]
         for pool in topology.pools {

@@ -75,6 +75,7 @@ extension Scheduler {
             s.pools[pool]!.queuedRequests += Int(meta.requestCount)
             s.pools[pool]!.heldBytes += bytes
             s.pools[pool]!.counters.submitted += 1
+            s.journal(.accepted(BatchSnapshot(id: batchID, session: session, pool: pool, meta: meta, maxAttempts: maxAttempts, payload: payload)))
             s.emit(.toProducer(route, .accepted(batchID: batchID)))
             s.dispatch(pool, now)
         }

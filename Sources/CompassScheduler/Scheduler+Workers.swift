@@ -72,6 +72,16 @@ extension Scheduler {
     /// RESULT: completes the batch if this is its current attempt; a stale one is dropped.
     public mutating func workerResult(_ id: PeerID, batchID: String, attempt: UInt32, stats: Payload, payload: Payload, now: Timestamp) -> [Action] {
         collect { s in
+            // A result for an attempt the broker made before it restarted: accepted once, from
+            // whichever worker (it may not have registered again yet).
+            if let recovered = s.recoveredAttempts[batchID], attempt <= recovered, let b = s.batches[batchID], !b.isFinished {
+                if case .running(let other, _, _) = b.state, other != id {
+                    s.sendWorker(other, .cancel(batchID: batchID, attempt: b.attempt), now)
+                }
+                s.finish(batchID, .result(stats: stats, payload: payload), now)
+                if s.workers[id] != nil { s.returnCredit(id); s.dispatch(s.workers[id]!.pool, now) } else { _ = s.touch(id, now) }
+                return
+            }
             guard s.touch(id, now) else { return }
             s.returnCredit(id)
             let pool = s.workers[id]!.pool

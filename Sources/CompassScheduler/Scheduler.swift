@@ -25,6 +25,9 @@ public struct Scheduler<Payload: BatchPayload> {
     /// Deadlines of batches, soonest first (entries of finished batches are skipped when popped).
     var deadlines = Heap<DeadlineEntry>()
     var nextGeneration: UInt64 = 1
+    /// After a restart: the latest attempt of each unfinished batch made by the previous broker.
+    /// A late RESULT for one of those attempts is accepted once.
+    var recoveredAttempts: [String: UInt32] = [:]
     var out: [SchedulerAction<Payload>] = []
     public internal(set) var accepting = true
 
@@ -119,6 +122,7 @@ public struct Scheduler<Payload: BatchPayload> {
         pools[b.pool]!.counters.dispatched += 1
         workers[worker]!.running.insert(id)
         batches[root(of: id)]!.totalDispatches += 1
+        journalAttempt(id)
         var meta = b.meta
         meta.maxAttempts = b.maxAttempts
         if let deadline = b.deadline {
@@ -165,6 +169,7 @@ public struct Scheduler<Payload: BatchPayload> {
         if retryable && !isolated && charged < UInt32(b.maxAttempts) {
             detach(id, from: worker)
             requeue(id)
+            journalAttempt(id)
             pools[b.pool]!.counters.retried += 1
             emit(.event(.requeued(batchID: id, attempt: b.attempt, code: code, reason: message)))
             dispatch(b.pool, now)
@@ -237,6 +242,8 @@ public struct Scheduler<Payload: BatchPayload> {
         }
         let before = b.heldBytes
         b.state = .finished(outcome, at: now)
+        recoveredAttempts[id] = nil
+        journal(.finished(batchID: id, outcome: outcome.journaled))
         batches[id] = b
         pools[b.pool]!.heldBytes += b.heldBytes - before
         finishedOrder.append((id, now))
@@ -297,6 +304,8 @@ public struct Scheduler<Payload: BatchPayload> {
     /// Forgets a batch entirely (after ACK or retention).
     mutating func forget(_ id: String) {
         guard let b = batches.removeValue(forKey: id) else { return }
+        if b.parent == nil { journal(.removed(batchID: id)) }
+        recoveredAttempts[id] = nil
         pools[b.pool]?.heldBytes -= b.heldBytes
         sessions[b.session]?.batches.remove(id)
         if let s = sessions[b.session], s.batches.isEmpty, s.route == nil { sessions[b.session] = nil }

@@ -6,6 +6,8 @@ public enum SchedulerAction<Payload> {
     case toProducer(PeerID, ProducerOutput<Payload>)
     /// Something worth a log line and a metric.
     case event(SchedulerEvent)
+    /// A record to make durable before this turn's messages are sent (journaling only).
+    case journal(JournalOperation<Payload>)
 }
 
 public enum WorkerOutput<Payload> {

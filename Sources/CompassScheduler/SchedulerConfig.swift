@@ -33,6 +33,8 @@ public struct SchedulerConfig: Sendable {
     public var maxSplitDepth = 16
     /// Attempts per pool, overriding `defaultMaxAttempts` (a SUBMIT's own value wins over both).
     public var poolMaxAttempts: [String: UInt16] = [:]
+    /// Emit `.journal` actions for the broker to make durable.
+    public var journaling = false
 
     public init() {}
 

@@ -11,6 +11,8 @@ public struct Topology: Sendable, Equatable {
         public var maxPayloadBytes: Int?
         public var leaseMilliseconds: UInt64?
         public var maxAttempts: Int?
+        /// The broker's journal file (nil: memory only).
+        public var journal: String?
 
         public init() {}
     }

@@ -135,7 +135,7 @@ struct TopologyParser {
     mutating func readBroker(_ node: Node) -> Topology.Broker {
         var b = Topology.Broker()
         let f = fields(node, "broker", allowed: ["frontend", "backend", "heartbeat_ms", "liveness", "max_pool_bytes",
-                                                 "max_payload_bytes", "lease_ms", "max_attempts"])
+                                                 "max_payload_bytes", "lease_ms", "max_attempts", "journal"])
         if let v = endpoint(f["frontend"], "broker.frontend") { b.frontend = v }
         if let v = endpoint(f["backend"], "broker.backend") { b.backend = v }
         if let v = positive(f["heartbeat_ms"], "broker.heartbeat_ms") { b.heartbeatMilliseconds = UInt64(v) }
@@ -144,6 +144,7 @@ struct TopologyParser {
         b.maxPayloadBytes = positive(f["max_payload_bytes"], "broker.max_payload_bytes")
         b.leaseMilliseconds = positive(f["lease_ms"], "broker.lease_ms", allowZero: true).map(UInt64.init)
         b.maxAttempts = positive(f["max_attempts"], "broker.max_attempts")
+        if let journal = string(f["journal"], "broker.journal"), journal != "none" { b.journal = journal }
         if b.frontend == b.backend { fail(f["backend"] ?? node, "broker.frontend and broker.backend must differ") }
         return b
     }

@@ -12,16 +12,17 @@ as_root() {
     say "need root to run: $*  (install it yourself, or install sudo)"; return 1; fi
 }
 
-# libzmq's headers and pkg-config file (Debian/Ubuntu: libzmq3-dev).
+# The C libraries compass links: libzmq (Debian/Ubuntu: libzmq3-dev) and SQLite for the broker's
+# journal (libsqlite3-dev), found through pkg-config.
 ensure_libzmq() {
-  if command -v pkg-config >/dev/null && pkg-config --exists libzmq; then return 0; fi
+  if command -v pkg-config >/dev/null && pkg-config --exists libzmq sqlite3; then return 0; fi
   if ! command -v apt-get >/dev/null; then
-    say "libzmq is missing and this is not a Debian/Ubuntu system: install libzmq (with headers) and pkg-config"
+    say "libzmq or sqlite3 is missing and this is not a Debian/Ubuntu system: install libzmq and sqlite3 (with headers) and pkg-config"
     return 1
   fi
-  say "installing libzmq3-dev and pkg-config (apt)"
+  say "installing libzmq3-dev, libsqlite3-dev and pkg-config (apt)"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzmq3-dev pkg-config >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzmq3-dev libsqlite3-dev pkg-config >/dev/null
 }
 
 ensure_swift() {

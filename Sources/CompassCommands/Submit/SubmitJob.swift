@@ -16,6 +16,8 @@ struct SubmitSettings: Sendable {
     /// `max_tokens` for requests that do not set one.
     var defaultMaxTokens: Int?
     var showProgress = true
+    /// Continue a run whose state file and results exist: same session, same batches, same ids.
+    var resume = false
 }
 
 /// What a submit run did.
@@ -32,6 +34,8 @@ struct SubmitSummary: Sendable {
     var failuresByCode: [String: Int] = [:]
     var seconds = 0.0
     var output = ""
+    /// Requests already in the results file when a resumed run started.
+    var resumed = 0
 
     var text: String {
         let rate = seconds > 0 ? Double(succeeded) / seconds : 0
@@ -46,6 +50,7 @@ struct SubmitSummary: Sendable {
             "  results      \(output)",
         ]
         if invalidLines > 0 { lines.insert("  invalid      \(invalidLines) input lines (written to the results with their error)", at: 3) }
+        if resumed > 0 { lines.insert("  resumed      \(resumed) requests were already in the results file", at: 1) }
         return lines.joined(separator: "\n")
     }
 }
@@ -59,25 +64,41 @@ enum SubmitJob {
     /// Rejections that no batch of this run can get past: stop instead of failing every batch alike.
     static let fatalRejections: Set<String> = [RejectCode.unknownPool.rawValue, RejectCode.badVersion.rawValue]
 
-    static func run(input: String, output: String, truncate: Bool, settings: SubmitSettings) async throws -> SubmitSummary {
+    static func run(input: String, output: String, truncate: Bool, settings original: SubmitSettings) async throws -> SubmitSummary {
         let started = Date()
+        var configured = original
+        // A resumed run cuts the same batches under the same ids: the broker answers those it has
+        // (running, or finished and not yet acknowledged) without running them again.
+        var done = Set<String>()
+        if configured.resume {
+            let state = try SubmitState.load(for: output)
+            configured.session = state.session
+            configured.batchSize = state.batchSize
+            done = try completedIDs(inResults: output)
+        } else {
+            try SubmitState(session: configured.session, batchSize: configured.batchSize, input: input, pool: configured.pool).save(for: output)
+        }
+        let settings = configured
         let progress = SubmitProgress()
         let total = try LineReader.countNonBlankLines(path: input)
-        progress.counts.withLock { $0.total = total }
+        progress.counts.withLock { $0.total = max(0, total - done.count) }
         var clientOptions = ClientOptions(broker: settings.broker, session: settings.session)
+        clientOptions.manualAck = true // acknowledged once the lines are in the file
         clientOptions.onProgress = { id, done, _ in progress.counts.withLock { $0.partial[id] = Int(done) } }
         clientOptions.onBusy = { _, _ in progress.counts.withLock { $0.busy += 1 } }
         let client = try CompassClient(options: clientOptions)
         defer { client.close() }
         let reader = try LineReader(path: input)
-        let writer = try LineWriter(path: output, truncate: truncate)
+        let writer = try LineWriter(path: output, truncate: truncate && !settings.resume)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         var summary = SubmitSummary()
         summary.output = output
+        summary.resumed = done.count
         var seen = Set<String>()
 
         func write(_ result: InferenceResult) throws {
+            guard !done.contains(result.customID) else { return } // already in the file from before
             try writer.write(line: [UInt8](try encoder.encode(result)))
             summary.requests += 1
             if let error = result.error {
@@ -108,6 +129,9 @@ enum SubmitJob {
                 for id in report.ids {
                     try write(byID[id] ?? .failure(id, code: failure!.code, message: failure!.message))
                 }
+                // The lines are in the file: now the broker may forget the batch.
+                try writer.flush()
+                client.ack(batchID: outcome.batchID)
             case .failure(let error):
                 if case .rejected(let code, let message) = error, fatalRejections.contains(code) {
                     throw CommandFailure(message: "the broker refused the batches: \(message)")
@@ -135,6 +159,7 @@ enum SubmitJob {
                 let batchID = "\(settings.session)-\(summary.batches)"
                 summary.batches += 1
                 batch.removeAll(keepingCapacity: true)
+                if requests.allSatisfy({ done.contains($0.customID) }) { return } // answered in an earlier run
                 group.addTask {
                     do {
                         let outcome = try await client.submit(requests, pool: settings.pool, batchID: batchID,

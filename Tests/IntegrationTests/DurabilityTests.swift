@@ -1,0 +1,82 @@
+import CompassClient
+import CompassSystem
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Durable broker with real processes", .serialized, .timeLimit(.minutes(5)))
+struct DurabilityTests {
+    @Test("SIGKILL the broker mid-run (5,000 requests, 3 workers) and restart it on its journal: every request answered once")
+    func brokerCrashLosesNothing() async throws {
+        let dir = TempDir()
+        let fe = "ipc://\(dir.path)/fe", be = "ipc://\(dir.path)/be"
+        let journalArgs = ["--journal", dir.file("journal.db")]
+        var broker = try BrokerProcess(in: dir, name: "broker1", frontend: fe, backend: be, arguments: journalArgs)
+        let workers = try (0..<3).map { try startWorker(be, in: dir, name: "w\($0)", arguments: ["--engine-arg", "batch_ms=15"]) }
+        for w in workers { try w.waitForLog("registered with broker") }
+        let expected = try writePrompts(dir.file("in.jsonl"), count: 5000)
+        let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", fe, "--batch-size", "16",
+                                             "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
+        try await eventually("a third of the results") {
+            ((try? String(contentsOfFile: dir.file("out.jsonl"), encoding: .utf8))?.split(separator: "\n").count ?? 0) > 1600
+        }
+        broker.process.child.signal(SIGKILL)
+        _ = try broker.process.waitForExit(timeout: 5)
+        broker = try BrokerProcess(in: dir, name: "broker2", frontend: fe, backend: be, arguments: journalArgs)
+        let recovered = try broker.process.waitForLog("journal opened")
+        #expect(try submit.waitForExit(timeout: 120).isSuccess, "\(submit.log())")
+        #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
+        print("durability: broker SIGKILLed after 1,600+ of 5,000 results; restarted: \(recovered.split(separator: "]").first ?? "")")
+        // Everything was acknowledged: the journal is empty again.
+        let stats = try Spawned("compass", ["journal", "stats", dir.file("journal.db"), "--json"], in: dir, name: "stats")
+        #expect(try stats.waitForExit(timeout: 20).isSuccess)
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(stats.log().utf8)) as? [String: Any])
+        let pools = try #require(document["pools"] as? [[String: Any]])
+        for pool in pools {
+            for key in ["queued", "dispatched", "results", "failed"] { #expect(pool[key] as? Int == 0, "\(key) left in the journal: \(pool)") }
+        }
+    }
+
+    @Test("SIGKILL the producer mid-run, restart with --resume: nothing lost, nothing duplicated, nothing run twice")
+    func producerCrashResumes() async throws {
+        let dir = TempDir()
+        let broker = try BrokerProcess(in: dir, arguments: ["--journal", dir.file("journal.db")])
+        let workers = try (0..<2).map { try startWorker(broker.backend, in: dir, name: "w\($0)", arguments: ["--engine-arg", "batch_ms=20"]) }
+        for w in workers { try w.waitForLog("registered with broker") }
+        let expected = try writePrompts(dir.file("in.jsonl"), count: 2000)
+        let args = ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "16", "--out", dir.file("out.jsonl"), "--quiet"]
+        let first = try Spawned("compass", args, in: dir, name: "submit1")
+        try await eventually("some results") {
+            ((try? String(contentsOfFile: dir.file("out.jsonl"), encoding: .utf8))?.split(separator: "\n").count ?? 0) > 500
+        }
+        first.child.signal(SIGKILL)
+        _ = try first.waitForExit(timeout: 5)
+        let second = try Spawned("compass", args + ["--resume"], in: dir, name: "submit2")
+        #expect(try second.waitForExit(timeout: 120).isSuccess, "\(second.log())")
+        #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
+        #expect(second.log().contains("were already in the results file"))
+        // 2,000 requests are 125 batches: the broker dispatched each exactly once.
+        let client = try testClient(broker.frontend)
+        defer { client.close() }
+        let counters = try #require(try await status(client).scheduler.pools.first?.counters)
+        #expect(counters.dispatched == 125, "dispatched \(counters.dispatched)")
+        #expect(counters.completed == 125)
+    }
+
+    @Test("A corrupt or unwritable journal stops the broker at start with a clear error")
+    func badJournalIsAClearError() throws {
+        let dir = TempDir()
+        try Data(repeating: 0x7f, count: 10_000).write(to: URL(fileURLWithPath: dir.file("bad.db")))
+        let corrupt = try Spawned("compass-broker", ["--frontend", "ipc://\(dir.path)/a", "--backend", "ipc://\(dir.path)/b",
+                                                     "--journal", dir.file("bad.db")], in: dir, name: "corrupt")
+        #expect(try corrupt.waitForExit(timeout: 20) == .exited(1))
+        #expect(corrupt.log().contains("corrupt"), "\(corrupt.log())")
+        let missing = try Spawned("compass-broker", ["--frontend", "ipc://\(dir.path)/c", "--backend", "ipc://\(dir.path)/d",
+                                                     "--journal", "/nonexistent/dir/j.db"], in: dir, name: "missing")
+        #expect(try missing.waitForExit(timeout: 20) == .exited(1))
+        #expect(missing.log().contains("/nonexistent/dir"), "\(missing.log())")
+    }
+}
