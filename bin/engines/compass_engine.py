@@ -357,6 +357,7 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None:
+        """Optional: release child processes and sockets before the engine exits."""
         ...
 
 
@@ -412,14 +413,13 @@ class EngineHost:
         try:
             message = json.loads(line)
             kind = message["type"]
-        except (ValueError, KeyError, TypeError):
+            key = (str(message.get("batch_id", "")), int(message.get("attempt") or 0))
+        except (ValueError, KeyError, TypeError, AttributeError):
             log(f"ignoring a line that is not a protocol message: {line[:200]!r}")
             return
         if kind == "batch":
-            self.inbox.put(_Batch(str(message.get("batch_id", "")), int(message.get("attempt", 0) or 0),
-                                  message.get("requests")))
+            self.inbox.put(_Batch(key[0], key[1], message.get("requests")))
         elif kind == "cancel":
-            key = (str(message.get("batch_id", "")), int(message.get("attempt", 0) or 0))
             with self.state_lock:
                 running = self.current
                 if running is not None and (running.batch_id, running.attempt) == key:
@@ -530,7 +530,10 @@ class EngineHost:
 
     def close_backend(self) -> None:
         """Gives the backend a bounded time to release its resources (child ranks, sockets)."""
-        closer = threading.Thread(target=self.backend.close, name="compass-close", daemon=True)
+        close = getattr(self.backend, "close", None)
+        if close is None:
+            return
+        closer = threading.Thread(target=close, name="compass-close", daemon=True)
         closer.start()
         closer.join(30)
 
@@ -550,6 +553,14 @@ def fatal_exit(code: str, message: str) -> NoReturn:
 def _exit(code: int) -> NoReturn:
     # os._exit, not sys.exit: libraries (torch, vLLM) leave non-daemon threads and atexit hooks
     # that can hang an interpreter's shutdown, and the worker waits for this process to end.
+    # What atexit would do for multiprocessing's objects (queues, locks), so that its resource
+    # tracker does not report them as leaked; child processes are the worker's to kill. On a
+    # thread, with a time limit: a queue's finalizer may wait for a reader that is gone.
+    from multiprocessing import util
+
+    finalizers = threading.Thread(target=util._run_finalizers, args=(0,), daemon=True)
+    finalizers.start()
+    finalizers.join(5)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -70,7 +70,11 @@ class ModelSpec:
 def load_model(spec: ModelSpec) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    # No progress bars in the worker's log (and tqdm's bar takes a multiprocessing lock that
+    # the resource tracker then reports as leaked when the engine exits).
+    hf_logging.disable_progress_bar()
     dtype: Any = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
     if spec.tp > 1:

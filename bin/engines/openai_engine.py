@@ -5,9 +5,10 @@ Standard library only (urllib and threads). Messages go to POST {base_url}/chat/
 prompt to POST {base_url}/completions, at most `concurrency` at a time; the response's `usage`
 gives the token counts. 429, 5xx and connection errors are retried with exponential backoff (a
 Retry-After header is honoured), `retries` times at most; after that the batch fails as
-`engine_error`, which the broker retries later. Any other 4xx (a prompt too long for the server's
-model, say) fails that request alone with `bad_request`. Before `ready`, GET {base_url}/models is
-tried until it answers or `startup_timeout_s` passes (then `fatal startup_failed`).
+`engine_error`, which the broker retries later. A 400, 413 or 422 (a prompt too long for the
+server's model, say) fails that request alone with `bad_request`; other statuses (401, 404...)
+fail the batch. Before `ready`, GET {base_url}/models is tried until it answers or
+`startup_timeout_s` passes, then `fatal startup_failed` (at once for a 401 or 404 there).
 
 Sampling fields are forwarded as given; absent ones are left to the server's defaults.
 """
@@ -51,6 +52,8 @@ ARGUMENTS = {
     "max_tokens": "max_tokens for requests that have none (default: the server's)",
 }
 
+# Statuses that blame the request itself; it fails alone with bad_request.
+REQUEST_ERRORS = frozenset({400, 413, 422})
 RETRYABLE_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError)
 
 
@@ -126,8 +129,8 @@ class OpenAIBackend:
                 return [m.get("id") for m in (answer or {}).get("data", []) if isinstance(m, dict) and m.get("id")]
             except Retryable as error:
                 last = str(error)
-            except urllib.error.HTTPError as error:
-                last = f"HTTP {error.code}: {_error_text(error)}"
+            except urllib.error.HTTPError as error:  # 401, 404...: waiting will not change it
+                raise EngineConfigError(f"GET {self.base}/models answered HTTP {error.code}: {_error_text(error)}") from None
             if time.monotonic() + delay > deadline:
                 raise EngineConfigError(f"the server at {self.base} did not answer GET /models within {limit:g}s: {last}")
             time.sleep(delay)
@@ -160,8 +163,12 @@ class OpenAIBackend:
             try:
                 answer = self.http("POST", path, body)
                 return self.parse(request, answer)
-            except urllib.error.HTTPError as error:  # 4xx other than 429: this request is at fault
-                return Result.failure(request.custom_id, f"the server refused it: HTTP {error.code}: {_error_text(error)}")
+            except urllib.error.HTTPError as error:
+                text = f"HTTP {error.code}: {_error_text(error)}"
+                if error.code in REQUEST_ERRORS:  # this request is at fault (too long, say)
+                    return Result.failure(request.custom_id, f"the server refused it: {text}")
+                # 401, 403, 404...: the engine's settings are wrong, not the request
+                raise RuntimeError(f"request {request.custom_id}: the server answered {text}") from None
             except Retryable as error:
                 if attempt == self.retries:
                     raise RuntimeError(f"request {request.custom_id}: {error} (gave up after {attempt + 1} tries)") from None

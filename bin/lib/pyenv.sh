@@ -42,14 +42,17 @@ ensure_python_env() {
     say "python3 3.10 or newer is needed (found: $(python3 --version 2>&1 || echo none))"
     return 1
   fi
-  if [ ! -x "$venv/bin/python" ]; then
+  # A venv whose interpreter is gone (python upgraded) or that never got pip (an interrupted
+  # first run) is made again.
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pip' >/dev/null 2>&1; then
     say "creating the Python virtualenv (.venv)"
+    rm -rf "$venv"
     _compass_make_venv "$venv" || return 1
   fi
   local want
   want="$(_compass_requirements_hash "${reqs[@]}")"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    say "installing Python packages into .venv (${reqs[*]#"$ROOT/"}; the first time takes a few minutes)"
+    say "installing Python packages into .venv (${reqs[*]#"$ROOT/"}; a first install takes a few minutes)"
     local args=() f
     for f in "${reqs[@]}"; do args+=(-r "$f"); done
     if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "${args[@]}" >&2; then

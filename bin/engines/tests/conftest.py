@@ -149,6 +149,13 @@ class Engine:
     def progress(self, batch_id: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == "progress" and e["batch_id"] == batch_id]
 
+    def alive(self) -> bool:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode is None
+
     def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
         deadline = time.monotonic() + timeout
         while self.returncode is None:

@@ -28,8 +28,11 @@ class Stub:
         self.max_in_flight = 0
         self.seen: dict[str, int] = {}
         self.release = threading.Event()  # @slow requests wait for this (or 0.3 s)
+        self.api_key: str | None = None  # when set, requests without it get 401
 
     def answer(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if self.api_key and headers.get("Authorization") != f"Bearer {self.api_key}":
+            return 401, {"error": {"message": "Incorrect API key provided"}}, {}
         if path == "/v1/models":
             with self.lock:
                 self.calls.append({"path": path, "headers": headers})
@@ -215,3 +218,14 @@ def test_missing_base_url_is_fatal(start_engine: StartEngine) -> None:
     engine = start_engine("openai_engine.py", env=NO_PROXY, args={"concurrency": "2"})
     fatal = engine.wait_for("fatal", "ready")
     assert fatal["code"] == "startup_failed" and "base_url" in fatal["message"]
+
+
+def test_wrong_api_key_is_fatal_at_once(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.api_key = "right"
+    began = time.monotonic()
+    engine = start_engine("openai_engine.py", env=NO_PROXY, args=engine_args(url, api_key="wrong", startup_timeout_s="60"))
+    fatal = engine.wait_for("fatal", "ready")
+    assert fatal["type"] == "fatal" and fatal["code"] == "startup_failed"
+    assert "HTTP 401" in fatal["message"] and "Incorrect API key" in fatal["message"]
+    assert time.monotonic() - began < 10  # no waiting out the 60 s startup deadline

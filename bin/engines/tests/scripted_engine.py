@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""A compass_engine backend for testing the protocol library itself, steered by markers.
+
+Each request takes `max_tokens` (default 3) steps of `step_ms`; its text is the request as
+compass_engine parsed it (JSON), so tests see the validation's output. Markers in a prompt:
+@raise (the backend raises), @oom (MemoryError), @fatal (FatalEngineError). Engine args:
+fail_load=oom|error|config, load_ms=N (a slow load), step_ms=N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from compass_engine import (  # noqa: E402
+    Cancelled,
+    EngineConfigError,
+    EngineSettings,
+    FatalEngineError,
+    Progress,
+    Request,
+    Result,
+    run,
+)
+
+
+class Scripted:
+    name = "scripted"
+    arguments = {"fail_load": "oom, error or config", "load_ms": "load time", "step_ms": "time per token"}
+
+    def load(self, settings: EngineSettings) -> str:
+        failure = settings.args.choice("fail_load", ["oom", "error", "config"])
+        time.sleep((settings.args.integer("load_ms", 0) or 0) / 1000)
+        if failure == "oom":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if failure == "error":
+            raise ValueError("the weights are corrupt")
+        if failure == "config":
+            raise EngineConfigError("model directory not found: /nowhere")
+        self.step = (settings.args.integer("step_ms", 10) or 0) / 1000
+        return f"scripted: model {settings.model}, tp {settings.tp}, gpus {settings.gpus}"
+
+    def generate(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> list[Result]:
+        results = []
+        for request in requests:
+            text = request.flattened_prompt
+            if "@raise" in text:
+                raise RuntimeError("the backend exploded")
+            if "@oom" in text:
+                raise MemoryError("CUDA out of memory")
+            if "@fatal" in text:
+                raise FatalEngineError("rank 1 died", "engine_dead")
+            steps = 3 if request.max_tokens is None else request.max_tokens
+            for _ in range(steps):
+                if cancelled.wait(self.step):
+                    raise Cancelled()
+                progress.add(tokens=1)
+            progress.add(done=1)
+            results.append(Result(request.custom_id, json.dumps(dataclasses.asdict(request)), len(text.split()),
+                                  steps, "length"))
+        return results
+
+
+if __name__ == "__main__":
+    run(Scripted())
