@@ -32,7 +32,8 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn, Protocol, Sequence
+from typing import Any, NoReturn, Protocol, overload
+from collections.abc import Callable, Sequence
 
 # Engine-args the worker itself consumes; they are never errors here.
 HOST_ARGUMENTS = frozenset({"python", "command"})
@@ -219,9 +220,18 @@ class EngineArgs:
     def _bad(self, key: str, expected: str) -> EngineConfigError:
         return EngineConfigError(f"--engine-arg {key}={self.values[key]}: expected {expected}")
 
+    # Each accessor returns `default` when the key is absent (typed: no None with a default).
+    @overload
+    def string(self, key: str, default: str) -> str: ...
+    @overload
+    def string(self, key: str, default: None = None) -> str | None: ...
     def string(self, key: str, default: str | None = None) -> str | None:
         return self.values.get(key, default)
 
+    @overload
+    def choice(self, key: str, choices: Sequence[str], default: str) -> str: ...
+    @overload
+    def choice(self, key: str, choices: Sequence[str], default: None = None) -> str | None: ...
     def choice(self, key: str, choices: Sequence[str], default: str | None = None) -> str | None:
         if key not in self.values:
             return default
@@ -230,6 +240,10 @@ class EngineArgs:
             raise self._bad(key, "one of " + ", ".join(choices))
         return value
 
+    @overload
+    def integer(self, key: str, default: int, minimum: int | None = None) -> int: ...
+    @overload
+    def integer(self, key: str, default: None = None, minimum: int | None = None) -> int | None: ...
     def integer(self, key: str, default: int | None = None, minimum: int | None = None) -> int | None:
         if key not in self.values:
             return default
@@ -241,6 +255,10 @@ class EngineArgs:
             raise self._bad(key, f"an integer >= {minimum}")
         return value
 
+    @overload
+    def number(self, key: str, default: float, minimum: float | None = None) -> float: ...
+    @overload
+    def number(self, key: str, default: None = None, minimum: float | None = None) -> float | None: ...
     def number(self, key: str, default: float | None = None, minimum: float | None = None) -> float | None:
         if key not in self.values:
             return default
@@ -252,6 +270,10 @@ class EngineArgs:
             raise self._bad(key, f"a number >= {minimum}")
         return value
 
+    @overload
+    def boolean(self, key: str, default: bool) -> bool: ...
+    @overload
+    def boolean(self, key: str, default: None = None) -> bool | None: ...
     def boolean(self, key: str, default: bool | None = None) -> bool | None:
         if key not in self.values:
             return default
@@ -344,9 +366,12 @@ class Progress:
 
 
 class Backend(Protocol):
+    """What an adapter implements. Optional members, looked up with getattr: `close()`, to release
+    child processes and sockets before exit, and `start_method`, the multiprocessing start method
+    of the processes it starts (for the `ready` message)."""
+
     name: str
     arguments: dict[str, str]  # the --engine-arg keys it takes, with a word on each
-    # Optional: `start_method`, the multiprocessing start method its own processes use.
 
     def load(self, settings: EngineSettings) -> str:
         """Loads the model; returns the `ready` message's detail. Raise EngineConfigError for bad settings."""
@@ -354,10 +379,6 @@ class Backend(Protocol):
 
     def generate(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> list[Result]:
         """One result per request, in order. Check `cancelled` between steps and raise Cancelled."""
-        ...
-
-    def close(self) -> None:
-        """Optional: release child processes and sockets before the engine exits."""
         ...
 
 
@@ -558,7 +579,8 @@ def _exit(code: int) -> NoReturn:
     # thread, with a time limit: a queue's finalizer may wait for a reader that is gone.
     from multiprocessing import util
 
-    finalizers = threading.Thread(target=util._run_finalizers, args=(0,), daemon=True)
+    run_finalizers = getattr(util, "_run_finalizers")  # noqa: B009 - private, but what atexit itself calls
+    finalizers = threading.Thread(target=run_finalizers, args=(0,), daemon=True)
     finalizers.start()
     finalizers.join(5)
     for stream in (sys.stdout, sys.stderr):

@@ -19,7 +19,7 @@ requests = os.fdopen(int(os.environ.get("COMPASS_ENGINE_IN", "3")), "r", encodin
 lock = threading.Lock()  # the reader thread and the main thread both write events
 batches: "queue.Queue[dict | None]" = queue.Queue()
 cancels = threading.Condition()  # guards `cancelled`: the (batch_id, attempt) pairs cancelled
-cancelled = set()
+cancelled: "set[tuple[str, int]]" = set()
 
 
 def send(**message):

@@ -278,7 +278,7 @@ class HFBackend:
 
     def load(self, settings: EngineSettings) -> str:
         args = settings.args
-        self.batch_size = args.integer("batch_size", 32, minimum=1) or 32
+        self.batch_size = args.integer("batch_size", 32, minimum=1)
         self.default_max_tokens = args.integer("max_tokens", 16, minimum=0)
         dtype = args.choice("dtype", ["bfloat16", "float16", "float32", "auto"])
         device = args.choice("device", ["cuda", "cpu"])
@@ -417,7 +417,7 @@ class HFBackend:
             raise
         if stopped:
             raise Cancelled()
-        for (pos, request, ids, limit), row in zip(live, rows):
+        for (pos, request, ids, limit), row in zip(live, rows, strict=True):
             out.append((pos, self.finish(request, len(ids), row, limit)))
             progress.add(done=1)
         return out

@@ -78,12 +78,12 @@ class OpenAIBackend:
             raise EngineConfigError(f"--engine-arg base_url={base}: expected an http:// or https:// URL")
         self.base = base.rstrip("/")
         self.api_key = args.string("api_key")
-        self.concurrency = args.integer("concurrency", 16, minimum=1) or 16
-        self.retries = args.integer("retries", 4, minimum=0) or 0
-        self.backoff = (args.number("backoff_ms", 500.0, minimum=0) or 0.0) / 1000
-        self.timeout = args.number("timeout_s", 600.0, minimum=0.001) or 600.0
-        startup = args.number("startup_timeout_s", 120.0, minimum=0) or 0.0
-        self.default_max_tokens = args.integer("max_tokens", None, minimum=0)
+        self.concurrency = args.integer("concurrency", 16, minimum=1)
+        self.retries = args.integer("retries", 4, minimum=0)
+        self.backoff = args.number("backoff_ms", 500.0, minimum=0) / 1000
+        self.timeout = args.number("timeout_s", 600.0, minimum=0.001)
+        startup = args.number("startup_timeout_s", 120.0, minimum=0)
+        self.default_max_tokens = args.integer("max_tokens", minimum=0)
 
         models = self.wait_for_server(startup)
         self.model = args.string("model") or settings.model or (models[0] if models else "")
@@ -126,7 +126,8 @@ class OpenAIBackend:
         while True:
             try:
                 answer = self.http("GET", "/models", timeout=min(self.timeout, 10.0))
-                return [m.get("id") for m in (answer or {}).get("data", []) if isinstance(m, dict) and m.get("id")]
+                data = (answer or {}).get("data", []) if isinstance(answer, dict) else []
+                return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
             except Retryable as error:
                 last = str(error)
             except urllib.error.HTTPError as error:  # 401, 404...: waiting will not change it

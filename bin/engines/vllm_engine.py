@@ -84,7 +84,7 @@ class VLLMBackend:
         if dtype is not None:
             kwargs["dtype"] = dtype
         self.default_max_tokens = args.integer("max_tokens", 16, minimum=0)
-        self.batch_size = args.integer("batch_size", 256, minimum=1) or 256
+        self.batch_size = args.integer("batch_size", 256, minimum=1)
         if not settings.model:
             raise EngineConfigError("no model: pass --model with a local model directory")
         if not os.path.isdir(settings.model):
@@ -121,7 +121,7 @@ class VLLMBackend:
             callable(getattr(self.engine, name, None))
             for name in ("add_request", "step", "has_unfinished_requests", "abort_request"))
         self.tokenizer = self.llm.get_tokenizer()
-        model_config = getattr(self.engine, "model_config", None) or getattr(self.llm, "model_config", None)
+        model_config = getattr(self.engine, "model_config", None) or self.llm.model_config
         self.max_model_len = int(model_config.max_model_len)
         loop = "add_request/step loop" if self.stepwise else f"LLM.generate in chunks of {self.batch_size}"
         return f"vllm {vllm.__version__}, tp={settings.tp}, max_model_len {self.max_model_len}, {loop}"
@@ -181,6 +181,7 @@ class VLLMBackend:
     def run_steps(self, jobs: list[tuple[int, Request, list[int], Any]], results: list[Result | None],
                   progress: Progress, cancelled: threading.Event) -> None:
         engine = self.engine
+        assert engine is not None
         running: dict[str, Running] = {}
         try:
             for pos, request, ids, params in jobs:
@@ -224,11 +225,11 @@ class VLLMBackend:
             chunk = jobs[start:start + self.batch_size]
             outputs = self.llm.generate([self.generate_input(ids) for _, _, ids, _ in chunk],
                                         [params for *_, params in chunk], use_tqdm=False)
-            for (pos, request, ids, _), output in zip(chunk, outputs):
+            for (pos, request, ids, _), output in zip(chunk, outputs, strict=True):
                 completion = output.outputs[0]
                 reason = completion.finish_reason if completion.finish_reason in ("stop", "length") else "stop"
                 results[pos] = Result(request.custom_id, completion.text, len(ids), len(completion.token_ids), reason)
-            progress.add(done=len(chunk), tokens=sum(results[pos].completion_tokens for pos, *_ in chunk))  # type: ignore[union-attr]
+            progress.add(done=len(chunk), tokens=sum(len(o.outputs[0].token_ids) for o in outputs))
 
     def close(self) -> None:
         core = getattr(self.engine, "engine_core", None)

@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, NoReturn
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -86,7 +87,7 @@ class Engine:
         """Everything the engine printed on stdout and stderr so far."""
         return "\n".join(self._log)
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str) -> NoReturn:
         pytest.fail(f"{why}\n--- events: {self.events[-5:]}\n--- engine output (last 60 lines):\n"
                     + "\n".join(self._log[-60:]), pytrace=False)
 
@@ -95,7 +96,7 @@ class Engine:
     def send(self, message: dict[str, Any]) -> None:
         self._requests.write((json.dumps(message) + "\n").encode())
 
-    def batch(self, batch_id: str, requests: list[dict[str, Any]], attempt: int = 1) -> None:
+    def batch(self, batch_id: str, requests: list[Any], attempt: int = 1) -> None:
         self.send({"type": "batch", "batch_id": batch_id, "attempt": attempt, "deadline_ms": 0, "requests": requests})
 
     def cancel(self, batch_id: str, attempt: int = 1) -> None:
@@ -110,7 +111,6 @@ class Engine:
             return self._events.get(timeout=timeout)
         except queue.Empty:
             self._fail(f"no event from the engine within {timeout}s")
-            raise AssertionError("unreachable")
 
     def wait_for(self, *types: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """The next event of one of `types`, skipping others (progress, say)."""
@@ -119,7 +119,6 @@ class Engine:
             event = self.next_event(max(0.01, deadline - time.monotonic()))
             if event is None:
                 self._fail(f"the engine closed fd 4 while we waited for {types}")
-            assert event is not None
             if event["type"] in types:
                 return event
 
@@ -137,7 +136,7 @@ class Engine:
         assert event["batch_id"] == batch_id, event
         return event
 
-    def result(self, batch_id: str, requests: list[dict[str, Any]], timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+    def result(self, batch_id: str, requests: list[Any], timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
         """Sends a batch and returns its results, failing the test if the batch failed."""
         self.batch(batch_id, requests)
         event = self.answer(batch_id, timeout)

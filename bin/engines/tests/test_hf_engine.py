@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,7 +13,7 @@ from conftest import ENGINES, Engine, StartEngine, engine_env
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-PROMPTS = [
+PROMPTS: list[dict[str, Any]] = [
     {"custom_id": "p1", "prompt": "Hello world, how are you?"},
     {"custom_id": "p2", "prompt": "The quick brown fox"},
     {"custom_id": "c1", "messages": [{"role": "system", "content": "Be brief."},
@@ -53,7 +54,7 @@ def test_ready_reports_the_model(hf: Engine, tiny_model: str) -> None:
 
 def test_prompts_and_chat_messages(hf: Engine, tokenizer: Any) -> None:
     results = hf.result("hf-basic", PROMPTS, timeout=60)
-    for request, result in zip(PROMPTS, results):
+    for request, result in zip(PROMPTS, results, strict=True):
         assert result["error"] is None, result
         assert isinstance(result["text"], str) and result["text"]
         limit = request.get("max_tokens", 8)

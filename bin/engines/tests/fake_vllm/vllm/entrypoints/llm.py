@@ -4,7 +4,8 @@ the adapter may pass; the rest go to EngineArgs as **kwargs (unknown names are a
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from vllm._fake import record
 from vllm.outputs import RequestOutput
@@ -50,10 +51,13 @@ class LLM:
                  tokenization_kwargs: dict[str, Any] | None = None,
                  mm_processor_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
         prompts = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
-        params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params or SamplingParams()] * len(prompts)
+        if isinstance(sampling_params, (list, tuple)):
+            params = list(sampling_params)
+        else:
+            params = [sampling_params or SamplingParams()] * len(prompts)
         record("generate", count=len(prompts))
         ids = []
-        for prompt, sp in zip(prompts, params):
+        for prompt, sp in zip(prompts, params, strict=True):
             sp = sp.clone()
             sp.output_kind = RequestOutputKind.FINAL_ONLY  # "We only care about the final output"
             self.request_counter += 1

@@ -6,7 +6,8 @@ import os
 import time
 from collections import OrderedDict
 from types import SimpleNamespace
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from vllm._fake import FakeTokenizer, Sequence, record
 from vllm.outputs import CompletionOutput, RequestOutput
