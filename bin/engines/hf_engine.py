@@ -303,7 +303,8 @@ class HFBackend:
         tokenizer = AutoTokenizer.from_pretrained(settings.model, local_files_only=True)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:  # many causal LMs have none; pad with end-of-sequence
-            tokenizer.pad_token = tokenizer.eos_token
+            # (padded positions are masked out, so any token would do; id 0 when there is no EOS)
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
         self.tokenizer = tokenizer
 
         ranks = ""
