@@ -2,7 +2,8 @@
 
     python3 check_results.py PROMPTS.jsonl RESULTS.jsonl [--compare OTHER_RESULTS.jsonl]
 
-Prints a JSON summary; exits 1 if a request is missing, duplicated or failed. With --compare,
+Prints a JSON summary; exits 1 if a request is missing or answered more than once (failed requests
+are counted, not an error of delivery). With --compare,
 also counts how many texts are identical to another run's (greedy decoding: they should be).
 """
 import argparse
@@ -32,7 +33,7 @@ def main() -> None:
         other = {json.loads(l)["custom_id"]: json.loads(l).get("text") for l in open(a.compare) if l.strip()}
         summary["identical_to_compare"] = sum(1 for r in got if other.get(r["custom_id"]) == r.get("text"))
     print(json.dumps(summary))
-    ok = summary["missing"] == 0 and summary["duplicated"] == 0 and summary["failed"] == 0 and len(got) == len(wanted)
+    ok = summary["missing"] == 0 and summary["duplicated"] == 0 and len(got) == len(wanted)
     sys.exit(0 if ok else 1)
 
 

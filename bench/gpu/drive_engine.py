@@ -33,17 +33,14 @@ def main() -> None:
     args = dict(kv.split("=", 1) for kv in a.engine_arg)
     to_engine_r, to_engine_w = os.pipe()
     from_engine_r, from_engine_w = os.pipe()
-    env = dict(os.environ, COMPASS_ENGINE_IN="3", COMPASS_ENGINE_OUT="4", COMPASS_MODEL=a.model, COMPASS_TP=str(a.tp),
+    # The adapters read the fd numbers from COMPASS_ENGINE_IN/OUT; the worker uses 3 and 4, here the
+    # pipes keep their own numbers (subprocess closes dup2'd fds after preexec_fn).
+    env = dict(os.environ, COMPASS_ENGINE_IN=str(to_engine_r), COMPASS_ENGINE_OUT=str(from_engine_w), COMPASS_MODEL=a.model, COMPASS_TP=str(a.tp),
                COMPASS_GPUS=a.gpus, CUDA_VISIBLE_DEVICES=a.gpus, CUDA_DEVICE_ORDER="PCI_BUS_ID",
                COMPASS_ENGINE_ARGS=json.dumps(args), VLLM_WORKER_MULTIPROC_METHOD="spawn", PYTHONUNBUFFERED="1",
                NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1", HF_HUB_OFFLINE="1")
-    # The child's fds 3 and 4, as the worker sets them (dup2 in the child, no fork of a CUDA process here).
-    def wire() -> None:
-        os.dup2(to_engine_r, 3)
-        os.dup2(from_engine_w, 4)
     started = time.time()
-    proc = subprocess.Popen([sys.executable, a.engine], env=env, pass_fds=(to_engine_r, from_engine_w), preexec_fn=wire,
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, a.engine], env=env, pass_fds=(to_engine_r, from_engine_w), start_new_session=True)
     os.close(to_engine_r)
     os.close(from_engine_w)
     out = os.fdopen(to_engine_w, "w")

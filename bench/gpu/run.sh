@@ -35,33 +35,43 @@ make_model() {
     --intermediate 8192 --vocab 32000 --max-positions 4096 --dtype bfloat16 2>&1 | tail -3 | tee -a "$OUT/run.log"
 }
 
-# wait_for FILE TEXT COUNT TIMEOUT: until FILE has COUNT lines containing TEXT.
+# wait_for FILE TEXT COUNT TIMEOUT [PID]: until FILE has COUNT lines containing TEXT (fails early if PID dies).
 wait_for() {
   local deadline=$(( $(date +%s) + $4 ))
   while [ "$(grep -c "$2" "$1" 2>/dev/null)" -lt "$3" ]; do
     [ "$(date +%s)" -ge "$deadline" ] && { log "timed out waiting for '$2' in $1"; return 1; }
+    if [ -n "${5:-}" ] && ! kill -0 "$5" 2>/dev/null; then log "process $5 exited while waiting for '$2' in $1"; return 1; fi
     sleep 0.2
   done
 }
+
+# One prompt set for every phase: 5,120 prompts, 64 tokens each (ignore_eos); a phase takes the first N.
+PROMPTS="$WORK/prompts.jsonl"
+[ -f "$PROMPTS" ] || python3 "$B/gpu/prompts.py" "$PROMPTS" 5120 --max-tokens 64 --ignore-eos
+STEPS=${STEPS:-direct compass kill}
+has_step() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 phase() {
   local engine=$1 n=$2 batch=$3; shift 3
   local args=("$@") P="$WORK/prompts-$engine.jsonl" tag="$engine"
   local engine_args=()
   for kv in "${args[@]}"; do engine_args+=(--engine-arg "$kv"); done
-  local extra=(); [ "$engine" = vllm ] && extra=(--ignore-eos)
-  python3 "$B/gpu/prompts.py" "$P" "$n" --max-tokens 64 "${extra[@]}"
-  log "== $engine: $n prompts, batches of $batch, engine args: ${args[*]}"
-
+  head -n "$n" "$PROMPTS" > "$P"
+  log "== $engine: $n prompts, batches of $batch, engine args: ${args[*]}, steps: $STEPS"
+  if has_step direct; then
   if [ "$engine" = vllm ]; then
     log "vllm direct: LLM.generate over all $n prompts in one call"
     python3 "$B/gpu/vllm_direct.py" "$MODEL" "$P" "$OUT/vllm-generate.json" > "$OUT/vllm-generate.log" 2>&1
     tail -1 "$OUT/vllm-generate.log" | tee -a "$OUT/run.log"
   fi
   log "$engine direct (the adapter over the engine protocol, no broker)"
-  python3 "$B/gpu/drive_engine.py" "$B/engines/${engine}_engine.py" "$P" --model "$MODEL" --batch-size "$batch" \
-    "${engine_args[@]}" --out "$WORK/$tag-direct.jsonl" --report "$OUT/$tag-direct.json" > "$OUT/$tag-direct.log" 2>&1
+  if ! python3 "$B/gpu/drive_engine.py" "$B/engines/${engine}_engine.py" "$P" --model "$MODEL" --batch-size "$batch" \
+    "${engine_args[@]}" --out "$WORK/$tag-direct.jsonl" --report "$OUT/$tag-direct.json" > "$OUT/$tag-direct.log" 2>&1; then
+    log "$engine direct run failed:"; tail -15 "$OUT/$tag-direct.log" | tee -a "$OUT/run.log"; return 1
+  fi
   tail -1 "$OUT/$tag-direct.log" | tee -a "$OUT/run.log"
+  fi
+  has_step compass || has_step kill || return 0
 
   log "$engine through compass"
   local fe="ipc://$WORK/$tag-fe" be="ipc://$WORK/$tag-be"
@@ -70,7 +80,10 @@ phase() {
   compass-worker --broker "$be" --pool gpu --engine "$engine" --model "$MODEL" --gpus 0 --credit 2 \
     --progress-timeout-ms 600000 "${engine_args[@]}" > "$OUT/$tag-worker.log" 2>&1 &
   local worker=$!
-  wait_for "$OUT/$tag-worker.log" "registered with broker" 1 900 || return 1
+  if ! wait_for "$OUT/$tag-worker.log" "registered with broker" 1 900 "$worker"; then
+    tail -20 "$OUT/$tag-worker.log" | tee -a "$OUT/run.log"; kill "$worker" "$broker" 2>/dev/null; return 1
+  fi
+  if has_step compass; then
   local t0; t0=$(now)
   compass submit "$P" --broker "$fe" --pool gpu --batch-size "$batch" --window 2 --out "$WORK/$tag-compass.jsonl" \
     --overwrite --quiet > "$OUT/$tag-submit.txt" 2>&1
@@ -84,7 +97,9 @@ check = json.load(open(sys.argv[1])); seconds = float(sys.argv[2])
 check.update(seconds=seconds, completion_tokens_per_second=round(check["completion_tokens"] / seconds, 1))
 json.dump(check, open(sys.argv[3], "w"), indent=1); print(json.dumps(check))
 PY
+  fi
 
+  if has_step kill; then
   log "$engine: SIGKILL of the engine's process group mid-run"
   local readies; readies=$(grep -c "engine ready" "$OUT/$tag-worker.log")
   compass submit "$P" --broker "$fe" --pool gpu --batch-size "$batch" --window 2 --out "$WORK/$tag-kill.jsonl" \
@@ -100,7 +115,7 @@ PY
   local tk; tk=$(now)
   log "killing engine process group $pgid (GPU memory used: $before MiB)"
   kill -9 -- "-$pgid"
-  wait_for "$OUT/$tag-worker.log" "engine ready" $(( readies + 1 )) 900
+  wait_for "$OUT/$tag-worker.log" "engine ready" $(( readies + 1 )) 900 "$worker"
   local tr; tr=$(now)
   wait "$submit"; local submit_status=$?
   kill "$sampler" 2>/dev/null
@@ -110,14 +125,20 @@ PY
 import json, re, sys
 out, tag, tk, tr, before, submit_status, check_status = sys.argv[1:8]
 tk, tr = float(tk), float(tr)
-samples = [tuple(map(float, l.split())) for l in open(f"{out}/{tag}-kill-nvml.txt") if len(l.split()) == 2]
+samples = []
+for l in open(f"{out}/{tag}-kill-nvml.txt"):
+    try:
+        t, m = l.split()
+        samples.append((float(t), float(m)))
+    except ValueError:
+        pass  # no NVML reading at that instant
 after_kill = [m for t, m in samples if t >= tk]
 floor = min(after_kill) if after_kill else None
 released_at = next((t for t, m in samples if t >= tk and m <= floor + 1024), None)
 log = open(f"{out}/{tag}-worker.log").read()
 lines = [l for l in log.splitlines() if any(k in l for k in ("engine died", "engine ended", "GPU memory released",
          "waiting for GPU memory", "engine ready", "start method", "spawn"))]
-report = {"gpu_memory_before_kill_mib": float(before), "gpu_memory_floor_after_kill_mib": floor,
+report = {"gpu_memory_before_kill_mib": float(before) if before else None, "gpu_memory_floor_after_kill_mib": floor,
           "seconds_kill_to_memory_released": round(released_at - tk, 2) if released_at else None,
           "seconds_kill_to_engine_ready": round(tr - tk, 2), "submit_exit_status": int(submit_status),
           "exactly_once": int(check_status) == 0, "check": json.load(open(f"{out}/{tag}-kill-check.json")),
@@ -125,6 +146,7 @@ report = {"gpu_memory_before_kill_mib": float(before), "gpu_memory_floor_after_k
 json.dump(report, open(f"{out}/{tag}-kill.json", "w"), indent=1)
 print(json.dumps({k: v for k, v in report.items() if k != "worker_log"}))
 PY
+  fi
   kill -TERM "$worker"; wait "$worker"
   kill -TERM "$broker"; wait "$broker"
   grep -h -i "start method\|spawn\|Cannot re-initialize" "$OUT/$tag-worker.log" | head -20 > "$OUT/$tag-start-method.txt"
@@ -133,10 +155,12 @@ PY
 
 case "${1:-all}" in
   model) make_model ;;
-  hf) make_model; phase hf "${2:-2048}" 128 batch_size=128 max_tokens=64 ;;
+  hf) make_model; phase hf "${2:-2048}" "${3:-256}" batch_size="${3:-256}" max_tokens=64 ;;
   vllm) make_model; phase vllm "${2:-5120}" 512 gpu_memory_utilization=0.85 max_model_len=2048 ;;
   all) make_model; phase hf "${2:-2048}" 128 batch_size=128 max_tokens=64; phase vllm "${3:-5120}" 512 gpu_memory_utilization=0.85 max_model_len=2048 ;;
   *) echo "usage: run.sh model|hf [N]|vllm [N]|all" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 log "done; results in $OUT"
+# The device tool returns at most 8 files: pack everything into one.
+if [ -n "${PACK:-}" ]; then tar -C "$OUT" -czf "$PACK" . && ls -la "$PACK"; fi
