@@ -84,7 +84,7 @@ extension Broker {
         case .welcome(let session, let pending):
             return .welcome(session: session, info: jsonFrame(ProducerWelcome(
                 brokerID: instanceID, brokerVersion: compassVersion, heartbeatMilliseconds: UInt32(options.scheduler.heartbeatMilliseconds),
-                liveness: UInt32(options.scheduler.liveness), pendingResults: pending)))
+                liveness: UInt32(options.scheduler.liveness), pendingResults: pending, maxPayloadBytes: options.maxPayloadBytes)))
         case .accepted(let id):
             return .accepted(batchID: id)
         case .rejected(let id, let code, let message, let retry):

@@ -30,6 +30,9 @@ final class ClientLoop {
     /// a resumed producer claims them by submitting the same batch id, without re-running it.
     var unclaimed: [String: BatchOutcome] = [:]
     var unclaimedOrder: Deque<String> = []
+    /// The broker's payload limit (from WELCOME; the protocol's default until then). A larger SUBMIT
+    /// would make libzmq drop the connection, and a re-send would do it again: refuse it here.
+    var maxPayloadBytes = WireProtocol.defaultMaxPayloadBytes
     /// Batches this client already delivered (bounded): a replay of one is acknowledged and dropped.
     var delivered: Set<String> = []
     var deliveredOrder: Deque<String> = []
@@ -101,6 +104,11 @@ final class ClientLoop {
                 s.continuation.resume(returning: outcome)
                 return
             }
+            guard s.payload.count <= maxPayloadBytes else {
+                s.continuation.resume(throwing: ClientError.rejected(code: RejectCode.tooLarge.rawValue,
+                    message: "payload of \(s.payload.count) bytes exceeds the broker's limit of \(maxPayloadBytes) bytes; split the batch"))
+                return
+            }
             guard outstanding[s.batchID] == nil else {
                 s.continuation.resume(throwing: ClientError.rejected(code: RejectCode.duplicate.rawValue,
                                                                      message: "batch \(s.batchID) is already outstanding in this client"))
@@ -156,6 +164,7 @@ final class ClientLoop {
             if !statusWaiters.isEmpty { statusWaiters.removeFirst().resume(returning: json.bytes) }
         case .welcome(_, let info):
             if let welcome = try? info.withUnsafeBytes({ try JSONDecoder().decode(ProducerWelcome.self, from: Data($0)) }) {
+                if let limit = welcome.maxPayloadBytes { maxPayloadBytes = limit }
                 noteBroker(welcome.brokerID)
             }
         case .heartbeat(let id):

@@ -98,6 +98,8 @@ public final class Journal {
                             .execute(arguments: [code, message, partial.map(Journal.data), now, id])
                     case .removed(let id):
                         try db.cachedStatement(sql: "DELETE FROM batch WHERE id = ?").execute(arguments: [id])
+                    case .rebound(let id, let session):
+                        try db.cachedStatement(sql: "UPDATE batch SET session = ? WHERE id = ?").execute(arguments: [session, id])
                     }
                 }
             }

@@ -79,8 +79,12 @@ public struct ProducerWelcome: Codable, Sendable, Equatable {
     public var liveness: UInt32
     /// Results held for this session that are re-sent right after this message.
     public var pendingResults: Int
+    /// The largest payload the broker accepts; a larger one would get the connection dropped.
+    public var maxPayloadBytes: Int?
 
-    public init(brokerID: String, brokerVersion: String, heartbeatMilliseconds: UInt32, liveness: UInt32, pendingResults: Int) {
+    public init(brokerID: String, brokerVersion: String, heartbeatMilliseconds: UInt32, liveness: UInt32, pendingResults: Int,
+                maxPayloadBytes: Int? = nil) {
+        self.maxPayloadBytes = maxPayloadBytes
         self.brokerID = brokerID
         self.brokerVersion = brokerVersion
         self.heartbeatMilliseconds = heartbeatMilliseconds
@@ -90,6 +94,7 @@ public struct ProducerWelcome: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case brokerID = "broker_id", brokerVersion = "broker_version", heartbeatMilliseconds = "heartbeat_ms", liveness, pendingResults = "pending_results"
+        case maxPayloadBytes = "max_payload_bytes"
     }
 }
 

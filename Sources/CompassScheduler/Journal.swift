@@ -12,6 +12,8 @@ public enum JournalOperation<Payload> {
     case finished(batchID: String, outcome: JournalOutcome<Payload>)
     /// Acknowledged, expired or cancelled before acceptance: delete it.
     case removed(batchID: String)
+    /// The batch now belongs to another session (its connection said HELLO after submitting).
+    case rebound(batchID: String, session: String)
 }
 
 public enum JournalOutcome<Payload> {

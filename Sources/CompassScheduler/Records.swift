@@ -19,7 +19,8 @@ enum Outcome<Payload> {
 struct BatchRecord<Payload: BatchPayload> {
     let id: String
     let pool: String
-    let session: String
+    /// The producer session the outcome goes to (re-bound when an anonymous connection says HELLO).
+    var session: String
     let meta: BatchMeta
     let maxAttempts: UInt16
     let payload: Payload
@@ -95,6 +96,11 @@ public struct PoolCounters: Sendable, Equatable, Codable {
     public var completedRequests = 0
 
     public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case submitted, dispatched, completed, failed, retried, staleDropped = "stale_dropped"
+        case rejectedBusy = "rejected_busy", completedRequests = "completed_requests"
+    }
 }
 
 struct PoolState {

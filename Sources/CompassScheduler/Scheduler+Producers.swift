@@ -11,9 +11,13 @@ extension Scheduler {
     }
 
     /// HELLO(session): binds the connection to the session and re-sends every result it has not ACKed.
+    /// Batches the connection submitted before its HELLO (libzmq delivers what was queued in a
+    /// reconnecting socket first) move into the session.
     public mutating func hello(from route: PeerID, session: String, now: Timestamp) -> [Action] {
         collect { s in
-            if let old = s.routeSessions[route], old != session { s.sessions[old]?.route = nil }
+            if let old = s.routeSessions[route], old != session {
+                if old.hasPrefix("anon:") { s.adopt(anonymous: old, into: session) } else { s.sessions[old]?.route = nil }
+            }
             if let previous = s.sessions[session]?.route, previous != route { s.routeSessions[previous] = nil }
             s.routeSessions[route] = session
             s.sessions[session, default: SessionRecord()].route = route
@@ -35,7 +39,14 @@ extension Scheduler {
                 s.emit(.event(.rejected(code: code, message: "\(batchID): \(message)")))
             }
             if let existing = s.batches[batchID] {
-                guard existing.session == session else {
+                if existing.session != session && session.hasPrefix("anon:") && !existing.session.hasPrefix("anon:") {
+                    // A connection that has not said HELLO re-submits a batch of a named session: a
+                    // producer whose socket reconnected (to a restarted broker, say) before it could
+                    // say HELLO. It speaks for that session.
+                    s.adopt(anonymous: session, into: existing.session)
+                    s.routeSessions[route] = existing.session
+                    s.sessions[existing.session, default: SessionRecord()].route = route
+                } else if existing.session != session {
                     return reject(.duplicate, "batch id \(batchID) belongs to another session; batch ids must be unique")
                 }
                 // A re-SUBMIT after a reconnect: confirm, and re-send the outcome if there is one.
@@ -78,6 +89,16 @@ extension Scheduler {
             s.journal(.accepted(BatchSnapshot(id: batchID, session: session, pool: pool, meta: meta, maxAttempts: maxAttempts, payload: payload)))
             s.emit(.toProducer(route, .accepted(batchID: batchID)))
             s.dispatch(pool, now)
+        }
+    }
+
+    /// Moves every batch of an anonymous session into a named one.
+    mutating func adopt(anonymous old: String, into session: String) {
+        guard let record = sessions.removeValue(forKey: old) else { return }
+        for id in record.batches {
+            batches[id]?.session = session
+            sessions[session, default: SessionRecord()].batches.insert(id)
+            journal(.rebound(batchID: id, session: session))
         }
     }
 

@@ -8,6 +8,11 @@ public struct SchedulerSnapshot: Sendable, Codable, Equatable {
         public var heldBytes: Int
         public var workers: Int
         public var counters: PoolCounters
+
+        enum CodingKeys: String, CodingKey {
+            case name, queuedBatches = "queued_batches", queuedRequests = "queued_requests"
+            case runningBatches = "running_batches", heldBytes = "held_bytes", workers, counters
+        }
     }
 
     public struct Worker: Sendable, Codable, Equatable {
@@ -21,6 +26,11 @@ public struct SchedulerSnapshot: Sendable, Codable, Equatable {
         public var uptimeMilliseconds: UInt64
         public var completed: Int
         public var lastSeenMillisecondsAgo: UInt64
+
+        enum CodingKeys: String, CodingKey {
+            case id, pool, credit, running, progress, draining, uptimeMilliseconds = "uptime_ms", completed
+            case lastSeenMillisecondsAgo = "last_seen_ms_ago"
+        }
     }
 
     public struct Session: Sendable, Codable, Equatable {

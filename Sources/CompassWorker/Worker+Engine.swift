@@ -71,7 +71,9 @@ extension Worker {
             send(.failed(batchID: id, attempt: attempt, code: code.rawValue, retryable: retryable, message: message, partial: Frame(bytes: [UInt8]())))
             startNext()
         case .died(let code, let message):
-            engineDied(code: code, message: message)
+            // Dying before it was ready is a failed start: counted, so a broken setup ends in a clear
+            // error after --max-start-failures instead of restarting forever.
+            if engineReady { engineDied(code: code, message: message) } else { engineFailedToStart("[\(code.rawValue)] \(message)") }
         }
     }
 

@@ -95,6 +95,7 @@ struct RecoveryTests {
                 case .attempt(let id, let attempt, _, _): ops.append("attempt \(id) \(attempt)")
                 case .finished(let id, _): ops.append("finished \(id)")
                 case .removed(let id): ops.append("removed \(id)")
+                case .rebound(let id, let session): ops.append("rebound \(id) \(session)")
                 }
             }
         }

@@ -176,3 +176,45 @@ struct ProducerTests {
         #expect(h.submit("b").rejections.map(\.code) == [.shuttingDown])
     }
 }
+
+@Suite("Sessions across reconnects")
+struct SessionBindingTests {
+    @Test("A SUBMIT that reaches a restarted broker before its HELLO is delivered to the session")
+    func submitBeforeHelloJoinsTheSession() {
+        var h = Harness()
+        h.ready("w")
+        // The reconnecting socket flushes its queued SUBMIT first, then says HELLO.
+        h.submit("b1", from: "conn")
+        h.record(h.scheduler.hello(from: PeerID("conn"), session: "sess", now: h.now))
+        let out = h.result("w", "b1")
+        #expect(out.results.map { "\($0.route):\($0.id)" } == ["conn:b1"])
+        // Its re-SUBMIT (the client saw the new broker id) is the same batch, not a duplicate.
+        #expect(h.submit("b1", from: "conn").rejections.isEmpty)
+        // And a later connection of the session gets it replayed.
+        h.scheduler.producerUnreachable(PeerID("conn"))
+        let replay = h.record(h.scheduler.hello(from: PeerID("conn2"), session: "sess", now: h.now))
+        #expect(replay.results.map(\.id) == ["b1"])
+    }
+
+    @Test("A connection that has not said HELLO re-submitting a named session's batch speaks for that session")
+    func resubmitBeforeHelloAdoptsTheSession() {
+        var h = Harness()
+        h.record(h.scheduler.hello(from: PeerID("old"), session: "sess", now: h.now))
+        h.submit("b1", from: "old")
+        h.scheduler.producerUnreachable(PeerID("old"))
+        let again = h.submit("b1", from: "new")
+        #expect(again.accepted == ["b1"])
+        #expect(again.rejections.isEmpty)
+        h.ready("w")
+        #expect(h.result("w", "b1").results.map { "\($0.route):\($0.id)" } == ["new:b1"])
+    }
+
+    @Test("Another named session's batch id is still refused")
+    func namedSessionsStayApart() {
+        var h = Harness()
+        h.record(h.scheduler.hello(from: PeerID("a"), session: "alice", now: h.now))
+        h.record(h.scheduler.hello(from: PeerID("b"), session: "bob", now: h.now))
+        h.submit("x", from: "a")
+        #expect(h.submit("x", from: "b").rejections.map(\.code) == [.duplicate])
+    }
+}

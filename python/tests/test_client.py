@@ -132,7 +132,7 @@ def test_busy_back_off_completes_everything(cluster: Cluster) -> None:
     check_texts(requests, results)
     assert client.counters["busy"] > 0
     pool = client.status(timeout=DEADLINE)["scheduler"]["pools"][0]
-    assert pool["counters"]["rejectedBusy"] > 0
+    assert pool["counters"]["rejected_busy"] > 0
 
 
 def test_cancel_a_running_batch(cluster: Cluster) -> None:
