@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
     ],
     targets: [
         // libzmq from the system (Debian: libzmq3-dev). Only the ZMQ target imports it.
@@ -69,6 +70,12 @@ let package = Package(
         ]),
         // topology.yaml: parsing and validation with line numbers.
         .target(name: "CompassTopology", dependencies: ["CompassProtocol", "Yams"]),
+        // The OpenAI-compatible HTTP gateway in front of the broker (Hummingbird).
+        .target(name: "CompassGateway", dependencies: [
+            "CompassClient", "CompassProtocol",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // `compass up`: runs a topology's processes and keeps them running.
         .target(name: "CompassLauncher", dependencies: [
             "CompassTopology", "CompassSystem",
@@ -76,7 +83,7 @@ let package = Package(
         ]),
         // The command-line commands of all three executables.
         .target(name: "CompassCommands", dependencies: [
-            "CompassBroker", "CompassJournal", "CompassWorker", "CompassClient", "CompassTopology", "CompassLauncher", "CompassSystem",
+            "CompassBroker", "CompassJournal", "CompassWorker", "CompassClient", "CompassGateway", "CompassTopology", "CompassLauncher", "CompassSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -10,7 +10,8 @@ public struct CompassCommand: AsyncParsableCommand {
         'compass submit', and look at it with 'compass status'. 'compass demo' does all three on the \
         built-in synthetic engine and stops.
         """,
-        subcommands: [DemoCommand.self, UpCommand.self, SubmitCommand.self, StatusCommand.self, JournalCommand.self])
+        subcommands: [DemoCommand.self, UpCommand.self, SubmitCommand.self, StatusCommand.self, JournalCommand.self,
+                      GatewayCommand.self, RenderCommand.self])
 
     public init() {}
 }
