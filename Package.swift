@@ -30,6 +30,8 @@ let package = Package(
         // POSIX helpers: spawn, signals, pipes, eventfd, clocks, file locks.
         .target(name: "CCompassShims", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
         .target(name: "CompassSystem", dependencies: ["CCompassShims"]),
+        // CURVE key files, allowlists, and the broker's ZAP handler.
+        .target(name: "CompassSecurity", dependencies: ["ZMQ"]),
         // The protocol's constants, codes and JSON payload types (pure, no I/O).
         .target(name: "CompassProtocol"),
         // The protocol's messages as ZeroMQ frames.
@@ -47,7 +49,7 @@ let package = Package(
         ]),
         // The broker's socket loop around the scheduler.
         .target(name: "CompassBroker", dependencies: [
-            "CompassScheduler", "CompassJournal", "CompassWire", "CompassSystem", "ZMQ",
+            "CompassScheduler", "CompassJournal", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Inference engines a worker hosts: synthetic (in-process) and external processes.
@@ -58,13 +60,13 @@ let package = Package(
         ]),
         // The worker: registration, credits, heartbeats, reconnects, GPU claims, engine supervision.
         .target(name: "CompassWorker", dependencies: [
-            "CompassEngines", "CompassWire", "CompassSystem", "ZMQ",
+            "CompassEngines", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The producer library: submit batches, get every result exactly once (async API).
         .target(name: "CompassClient", dependencies: [
-            "CompassWire", "CompassSystem", "ZMQ",
+            "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -83,7 +85,7 @@ let package = Package(
         ]),
         // The command-line commands of all three executables.
         .target(name: "CompassCommands", dependencies: [
-            "CompassBroker", "CompassJournal", "CompassWorker", "CompassClient", "CompassGateway", "CompassTopology", "CompassLauncher", "CompassSystem",
+            "CompassBroker", "CompassJournal", "CompassSecurity", "CompassWorker", "CompassClient", "CompassGateway", "CompassTopology", "CompassLauncher", "CompassSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -99,7 +101,7 @@ let package = Package(
         .testTarget(name: "CompassJournalTests", dependencies: ["CompassJournal", "CompassScheduler", "CompassProtocol"]),
         // Black-box tests: they start the built compass-broker, compass-worker and compass processes.
         .testTarget(name: "IntegrationTests", dependencies: [
-            "CompassClient", "CompassBroker", "CompassWire", "CompassProtocol", "CompassSystem", "ZMQ",
+            "CompassClient", "CompassBroker", "CompassSecurity", "CompassWire", "CompassProtocol", "CompassSystem", "ZMQ",
         ]),
     ]
 )

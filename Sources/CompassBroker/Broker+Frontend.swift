@@ -65,6 +65,7 @@ extension Broker {
             brokerID: instanceID, version: compassVersion, protocolVersion: Int(WireProtocol.version),
             uptimeSeconds: Double(MonotonicClock.nanoseconds() - startedAt) / 1e9,
             frontend: frontendEndpoint, backend: backendEndpoint, accepting: scheduler.accepting,
+            security: zap == nil ? "plaintext" : "curve", curveRefusals: zap == nil ? nil : refusals,
             scheduler: snapshot,
             workers: snapshot.workers.map { w in
                 let id = capabilities.keys.first { $0.description == w.id }

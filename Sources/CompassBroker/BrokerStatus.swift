@@ -17,12 +17,15 @@ public struct BrokerStatus: Codable, Sendable {
     public var frontend: String
     public var backend: String
     public var accepting: Bool
+    /// "curve" or "plaintext".
+    public var security: String?
+    public var curveRefusals: Int?
     public var scheduler: SchedulerSnapshot
     public var workers: [WorkerInfo]
 
     enum CodingKeys: String, CodingKey {
         case brokerID = "broker_id", version, protocolVersion = "protocol_version", uptimeSeconds = "uptime_seconds", frontend, backend
-        case accepting, scheduler, workers
+        case accepting, security, curveRefusals = "curve_refusals", scheduler, workers
     }
 }
 

@@ -12,16 +12,20 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(help: "Print the raw STATUS document as JSON.") var json = false
     @Flag(help: "Refresh every second until Ctrl-C.") var watch = false
     @Option(help: "Seconds to wait for the broker.") var timeout: Double = 5
+    @OptionGroup var curve: CurveClientOptions
 
     func run() async throws {
         var options = ClientOptions(broker: broker)
         options.heartbeatMilliseconds = 1000
+        options.curve = try curve.load("compass status")
         let client = try CompassClient(options: options)
         defer { client.close() }
         repeat {
             let document: [UInt8]
             do {
                 document = try await withDeadline(seconds: timeout) { try await client.status() }
+            } catch let error as ClientError {
+                throw fail("compass status", "\(error)")
             } catch {
                 throw fail("compass status", "no answer from the broker at \(broker) within \(timeout) s (is it running?)")
             }

@@ -42,6 +42,11 @@ public enum Plan {
         if let v = b.leaseMilliseconds { brokerArgs += ["--lease-ms", "\(v)"] }
         if let v = b.maxAttempts { brokerArgs += ["--max-attempts", "\(v)"] }
         if let v = b.journal { brokerArgs += ["--journal", v] }
+        if let s = topology.security {
+            brokerArgs += ["--curve-secret", s.brokerKey]
+            if let v = s.allowProducers { brokerArgs += ["--allow-producers", v] }
+            if let v = s.allowWorkers { brokerArgs += ["--allow-workers", v] }
+        }
         var specs = [ProcessSpec(name: "broker", role: .broker, executable: "\(binDirectory)/compass-broker",
                                  arguments: brokerArgs, environment: [:])]
         for pool in topology.pools {
@@ -53,6 +58,10 @@ public enum Plan {
                 for (key, value) in pool.engineArguments.sorted(by: { $0.key < $1.key }) { args += ["--engine-arg", "\(key)=\(value)"] }
                 if let v = pool.startupTimeoutMilliseconds { args += ["--startup-timeout-ms", "\(v)"] }
                 if let v = pool.progressTimeoutMilliseconds { args += ["--progress-timeout-ms", "\(v)"] }
+                if let s = topology.security {
+                    args += ["--curve-server-key", s.brokerPublicKey]
+                    if let key = s.workerKey { args += ["--curve-key", key] }
+                }
                 specs.append(ProcessSpec(name: "\(pool.name).\(index)", role: .worker(pool: pool.name, gpus: group),
                                          executable: "\(binDirectory)/compass-worker", arguments: args,
                                          environment: pool.environment))

@@ -8,7 +8,18 @@ extension Topology {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw TopologyError(problems: [TopologyProblem(file: path, message: "cannot read the file (does it exist?)")])
         }
-        return try parse(String(decoding: data, as: UTF8.self), file: path)
+        var topology = try parse(String(decoding: data, as: UTF8.self), file: path)
+        // Key paths are relative to the topology file, so `compass up` works from any directory.
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent()
+        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : base.appendingPathComponent(p).standardized.path }
+        if var s = topology.security {
+            s.brokerKey = resolve(s.brokerKey)
+            s.allowProducers = s.allowProducers.map(resolve)
+            s.allowWorkers = s.allowWorkers.map(resolve)
+            s.workerKey = s.workerKey.map(resolve)
+            topology.security = s
+        }
+        return topology
     }
 
     /// Parses and validates topology YAML; throws `TopologyError` listing every problem.
@@ -104,8 +115,9 @@ struct TopologyParser {
             fail(nil, "the file is empty; it needs at least a 'pools:' section")
             return topology
         }
-        let top = fields(root, "topology", allowed: ["broker", "pools"])
+        let top = fields(root, "topology", allowed: ["broker", "pools", "security"])
         if let b = top["broker"] { topology.broker = readBroker(b) }
+        if let s = top["security"] { topology.security = readSecurity(s) }
         guard let poolsNode = top["pools"] else {
             fail(root, "missing 'pools:': declare at least one pool")
             return topology
@@ -147,6 +159,17 @@ struct TopologyParser {
         if let journal = string(f["journal"], "broker.journal"), journal != "none" { b.journal = journal }
         if b.frontend == b.backend { fail(f["backend"] ?? node, "broker.frontend and broker.backend must differ") }
         return b
+    }
+
+    mutating func readSecurity(_ node: Node) -> Topology.Security? {
+        let f = fields(node, "security", allowed: ["broker_key", "allow_producers", "allow_workers", "worker_key"])
+        guard let key = string(f["broker_key"], "security.broker_key") else {
+            fail(node, "security needs broker_key: the broker's secret key file (compass keys new broker)")
+            return nil
+        }
+        return Topology.Security(brokerKey: key, allowProducers: string(f["allow_producers"], "security.allow_producers"),
+                                 allowWorkers: string(f["allow_workers"], "security.allow_workers"),
+                                 workerKey: string(f["worker_key"], "security.worker_key"))
     }
 
     mutating func readPool(_ name: String, _ node: Node) -> Topology.Pool {

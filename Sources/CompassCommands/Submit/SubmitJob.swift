@@ -1,4 +1,5 @@
 import CompassClient
+import CompassSecurity
 import CompassProtocol
 import Foundation
 
@@ -18,6 +19,7 @@ struct SubmitSettings: Sendable {
     var showProgress = true
     /// Continue a run whose state file and results exist: same session, same batches, same ids.
     var resume = false
+    var curve: CurveClientKeys?
 }
 
 /// What a submit run did.
@@ -84,6 +86,7 @@ enum SubmitJob {
         progress.counts.withLock { $0.total = max(0, total - done.count) }
         var clientOptions = ClientOptions(broker: settings.broker, session: settings.session)
         clientOptions.manualAck = true // acknowledged once the lines are in the file
+        clientOptions.curve = settings.curve
         clientOptions.onProgress = { id, done, _ in progress.counts.withLock { $0.partial[id] = Int(done) } }
         clientOptions.onBusy = { _, _ in progress.counts.withLock { $0.busy += 1 } }
         let client = try CompassClient(options: clientOptions)
@@ -167,6 +170,7 @@ enum SubmitJob {
                                                               deadlineMilliseconds: settings.deadlineMilliseconds)
                         return Report(ids: requests.map(\.customID), outcome: .success(outcome))
                     } catch let error as ClientError {
+                        if case .unauthorized = error { throw CommandFailure(message: "\(error)") }
                         return Report(ids: requests.map(\.customID), outcome: .failure(error))
                     }
                 }
