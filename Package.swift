@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         // libzmq from the system (Debian: libzmq3-dev). Only the ZMQ target imports it.
@@ -51,6 +53,7 @@ let package = Package(
         .target(name: "CompassBroker", dependencies: [
             "CompassScheduler", "CompassJournal", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
         ]),
         // Inference engines a worker hosts: synthetic (in-process) and external processes.
         .target(name: "CompassEngines", dependencies: [
@@ -88,6 +91,10 @@ let package = Package(
             "CompassBroker", "CompassJournal", "CompassSecurity", "CompassWorker", "CompassClient", "CompassGateway", "CompassTopology", "CompassLauncher", "CompassSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "DequeModule", package: "swift-collections"),
         ]),
         .executableTarget(name: "compass", dependencies: ["CompassCommands"]),
         .executableTarget(name: "compass-broker", dependencies: ["CompassCommands"]),

@@ -31,6 +31,10 @@ public final class Broker {
     var badInput = LogLimiter()
     /// CURVE handshakes refused so far.
     public internal(set) var refusals = 0
+    var metrics = BrokerMetrics()
+    /// Completed requests per pool, sampled every second for the last 10 s (the STATUS rate).
+    var rateSamples: [String: [(at: UInt64, completed: Int)]] = [:]
+    var lastMetrics: UInt64 = 0
     /// Follow-up actions produced while carrying out others (e.g. a send found a peer gone).
     var pending: [SchedulerAction<Frame>] = []
     /// With a journal: this turn's records, and the messages that wait for them to be committed.
@@ -145,6 +149,10 @@ public final class Broker {
             if MonotonicClock.milliseconds() >= nextTick {
                 execute(scheduler.tick(now: now))
                 nextTick = MonotonicClock.milliseconds() + tickMilliseconds
+                if MonotonicClock.milliseconds().since(lastMetrics) >= 1000 {
+                    lastMetrics = MonotonicClock.milliseconds()
+                    refreshMetrics()
+                }
                 if let zap, MonotonicClock.milliseconds().since(lastAllowlistCheck) >= 1000 {
                     lastAllowlistCheck = MonotonicClock.milliseconds()
                     for note in zap.reload(onlyIfChanged: true) { logger.info("allowlist changed: \(note)") }
@@ -163,9 +171,23 @@ public final class Broker {
                 logger.debug("CURVE key admitted", metadata: ["domain": "\(decision.domain)", "address": "\(decision.address)", "key": "\(decision.publicKey)"])
             } else {
                 refusals += 1
+                metrics.refused(domain: decision.domain)
                 badInput.warning(logger, "CURVE handshake refused", metadata: [
                     "domain": "\(decision.domain)", "address": "\(decision.address)", "key": "\(decision.publicKey)", "reason": "\(decision.reason)"])
             }
+        }
+    }
+
+    func refreshMetrics() {
+        let gpus = heartbeatStats.map { id, stats in
+            (worker: id.description, gpus: (stats.gpus ?? []).map { (index: $0.index, usedMiB: $0.memoryUsedMiB, totalMiB: $0.memoryTotalMiB, utilization: $0.utilizationPercent) })
+        }
+        let snapshot = scheduler.snapshot(now: now)
+        metrics.refresh(snapshot, workerGPUs: gpus)
+        let at = MonotonicClock.milliseconds()
+        for pool in snapshot.pools {
+            rateSamples[pool.name, default: []].append((at, pool.counters.completedRequests))
+            rateSamples[pool.name]!.removeAll { at.since($0.at) > 10_000 }
         }
     }
 

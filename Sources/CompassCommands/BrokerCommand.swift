@@ -49,6 +49,8 @@ public struct BrokerCommand: ParsableCommand {
     var allowProducers: String?
     @Option(help: "Worker public keys admitted, likewise.") var allowWorkers: String?
     @Flag(help: "Bind a non-loopback address without CURVE and without warning.") var insecure = false
+    @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; port 0 picks one).")
+    var metrics: String?
     @OptionGroup var logging: LoggingOptions
 
     public init() {}
@@ -107,6 +109,13 @@ public struct BrokerCommand: ParsableCommand {
             }
         } else if !insecure, let exposed = [frontend, backend].first(where: { !isLoopbackEndpoint($0) }) {
             logger.warning("\(exposed) is reachable from other hosts and runs without CURVE: anyone who can reach it can submit work, read results or pose as a worker. Use --curve-secret (docs/security.md), or --insecure to silence this.")
+        }
+        if let metrics {
+            do {
+                try MetricsEndpoint.start(metrics, logger: logger)
+            } catch let failure as CommandFailure {
+                throw fail("compass-broker", failure.message, code: 2)
+            }
         }
         let signals = try SignalWatcher([SIGTERM, SIGINT, SIGHUP])
         let broker: Broker

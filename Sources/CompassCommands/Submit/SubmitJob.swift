@@ -38,6 +38,8 @@ struct SubmitSummary: Sendable {
     var output = ""
     /// Requests already in the results file when a resumed run started.
     var resumed = 0
+    /// Where the failed requests' lines were written too (nil when none failed).
+    var errorsFile: String?
 
     var text: String {
         let rate = seconds > 0 ? Double(succeeded) / seconds : 0
@@ -51,6 +53,7 @@ struct SubmitSummary: Sendable {
             "  retried      \(retriedBatches) batches needed more than one attempt",
             "  results      \(output)",
         ]
+        if let errorsFile { lines.append("  errors       \(errorsFile) (the \(failed) failed requests' lines)") }
         if invalidLines > 0 { lines.insert("  invalid      \(invalidLines) input lines (written to the results with their error)", at: 3) }
         if resumed > 0 { lines.insert("  resumed      \(resumed) requests were already in the results file", at: 1) }
         return lines.joined(separator: "\n")
@@ -100,9 +103,19 @@ enum SubmitJob {
         summary.resumed = done.count
         var seen = Set<String>()
 
+        var errors: LineWriter?
         func write(_ result: InferenceResult) throws {
             guard !done.contains(result.customID) else { return } // already in the file from before
-            try writer.write(line: [UInt8](try encoder.encode(result)))
+            let line = [UInt8](try encoder.encode(result))
+            try writer.write(line: line)
+            if result.error != nil {
+                if errors == nil {
+                    let path = (output.hasSuffix(".jsonl") ? String(output.dropLast(6)) : output) + ".errors.jsonl"
+                    errors = try LineWriter(path: path, truncate: !settings.resume)
+                    summary.errorsFile = path
+                }
+                try errors?.write(line: line)
+            }
             summary.requests += 1
             if let error = result.error {
                 summary.failed += 1
@@ -221,6 +234,7 @@ enum SubmitJob {
             }
         }
         try writer.flush()
+        try errors?.flush()
         summary.seconds = Date().timeIntervalSince(started)
         ticker?.cancel()
         printer?.finish()
