@@ -10,20 +10,22 @@ struct BrokerMetrics {
     private var timers: [String: Timer] = [:]
     private var last: [String: PoolCounters] = [:]
 
-    mutating func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
+    /// A metric from `store`, made once per label and dimensions (making one takes the backend's lock).
+    static func cached<M>(_ store: inout [String: M], _ label: String, _ dimensions: [(String, String)],
+                          _ make: (String, [(String, String)]) -> M) -> M {
         let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
-        if let c = counters[key] { return c }
-        let c = Counter(label: label, dimensions: dimensions)
-        counters[key] = c
-        return c
+        if let m = store[key] { return m }
+        let m = make(label, dimensions)
+        store[key] = m
+        return m
+    }
+
+    mutating func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
+        Self.cached(&counters, label, dimensions) { Counter(label: $0, dimensions: $1) }
     }
 
     mutating func gauge(_ label: String, _ dimensions: [(String, String)]) -> Gauge {
-        let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
-        if let g = gauges[key] { return g }
-        let g = Gauge(label: label, dimensions: dimensions)
-        gauges[key] = g
-        return g
+        Self.cached(&gauges, label, dimensions) { Gauge(label: $0, dimensions: $1) }
     }
 
     mutating func latency(_ pool: String) -> Timer {

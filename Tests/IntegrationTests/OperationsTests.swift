@@ -10,8 +10,7 @@ struct OperationsTests {
     func statusJSONMatchesTheRun() async throws {
         let dir = TempDir()
         let broker = try BrokerProcess(in: dir)
-        let workers = try (0..<2).map { try startWorker(broker.backend, in: dir, name: "w\($0)") }
-        for w in workers { try w.waitForLog("registered with broker") }
+        let workers = try startWorkers(2, broker.backend, in: dir)
         _ = try writePrompts(dir.file("in.jsonl"), count: 320)
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "16",
                                              "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
