@@ -43,6 +43,10 @@ let package = Package(
             "CompassProtocol",
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "HeapModule", package: "swift-collections"),
+        ], swiftSettings: [
+            // The scheduler is generic over the payload and runs in the broker's module: let the
+            // optimizer specialize it there (without this, every call instantiates generic metadata).
+            .unsafeFlags(["-cross-module-optimization"], .when(configuration: .release)),
         ]),
         // The broker's durable journal (SQLite in WAL mode through GRDB).
         .target(name: "CompassJournal", dependencies: [

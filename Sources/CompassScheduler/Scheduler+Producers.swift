@@ -68,11 +68,13 @@ extension Scheduler {
             if bytes > s.config.maxPoolBytes {
                 return reject(.tooLarge, "payload of \(bytes) bytes exceeds the pool limit of \(s.config.maxPoolBytes) bytes")
             }
-            let state = s.pools[pool]!
-            if state.heldBytes + bytes > s.config.maxPoolBytes || state.queuedBatches >= s.config.maxQueuedBatches {
+            // Read the fields, not a copy of the pool: a copy alive while the queue is pushed below
+            // would share the queue's storage and make every push copy it whole.
+            let held = s.pools[pool]!.heldBytes, queued = s.pools[pool]!.queuedBatches
+            if held + bytes > s.config.maxPoolBytes || queued >= s.config.maxQueuedBatches {
                 s.pools[pool]!.counters.rejectedBusy += 1
                 let retry = UInt32(clamping: max(50, s.config.heartbeatMilliseconds / 4))
-                return reject(.busy, "pool '\(pool)' is full (\(state.queuedBatches) batches queued, \(state.heldBytes) bytes held); retry later", retryAfter: retry)
+                return reject(.busy, "pool '\(pool)' is full (\(queued) batches queued, \(held) bytes held); retry later", retryAfter: retry)
             }
             let maxAttempts = meta.maxAttempts > 0 ? meta.maxAttempts : (s.config.poolMaxAttempts[pool] ?? s.config.defaultMaxAttempts)
             let deadline = meta.deadlineMilliseconds > 0 ? now.adding(milliseconds: UInt64(meta.deadlineMilliseconds)) : nil

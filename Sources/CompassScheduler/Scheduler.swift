@@ -91,8 +91,13 @@ public struct Scheduler<Payload: BatchPayload> {
         guard pools[pool] != nil else { return }
         while pools[pool]!.queuedBatches > 0 {
             guard let wid = nextWorker(pool) else { return }
-            let snapshot = batches // O(1) copy, released before `batches` is next mutated
-            guard let id = pools[pool]!.queue.pop(isQueued: { snapshot[$0]?.isQueued ?? false }) else {
+            // The queue is moved out while it is popped, so the closure can read `batches` without
+            // overlapping access to `pools` and without copying either.
+            var queue = PoolQueue()
+            swap(&queue, &pools[pool]!.queue)
+            let next = queue.pop(isQueued: { batches[$0]?.isQueued ?? false })
+            swap(&queue, &pools[pool]!.queue)
+            guard let id = next else {
                 // The counters said there is work but the queue holds none: put the worker back.
                 workers[wid]!.inRing = false
                 offer(wid)
