@@ -331,6 +331,7 @@ public final class Gateway: Sendable {
                 ("requests", .int(s.requests)), ("batches", .int(s.batches)), ("largest_batch", .int(s.largestBatch)),
                 ("mean_batch_size", .double((s.meanBatchSize * 100).rounded() / 100)),
                 ("mean_wait_ms", .double((s.meanWaitMilliseconds * 1000).rounded() / 1000)),
+                ("total_wait_ms", .double((Double(s.totalWaitNanoseconds) / 1000).rounded() / 1000)),
                 ("max_wait_ms", .double((s.maxWaitMilliseconds * 1000).rounded() / 1000)),
             ])),
         ])
