@@ -330,9 +330,10 @@ public final class Gateway: Sendable {
                 ("max_batch", .int(options.maxBatch)), ("max_wait_ms", .double(options.maxWaitMilliseconds)),
                 ("requests", .int(s.requests)), ("batches", .int(s.batches)), ("largest_batch", .int(s.largestBatch)),
                 ("mean_batch_size", .double((s.meanBatchSize * 100).rounded() / 100)),
-                ("mean_wait_ms", .double((s.meanWaitMilliseconds * 1000).rounded() / 1000)),
-                ("total_wait_ms", .double((Double(s.totalWaitNanoseconds) / 1000).rounded() / 1000)),
-                ("max_wait_ms", .double((s.maxWaitMilliseconds * 1000).rounded() / 1000)),
+                // How long requests waited to be flushed: the latency that batching added.
+                ("wait_ms_mean", .double((s.meanWaitMilliseconds * 1000).rounded() / 1000)),
+                ("wait_ms_max", .double((s.maxWaitMilliseconds * 1000).rounded() / 1000)),
+                ("wait_ms_total", .double((Double(s.totalWaitNanoseconds) / 1000).rounded() / 1000)),
             ])),
         ])
         return Gateway.json(body, status: broker.reachable ? .ok : .serviceUnavailable)
