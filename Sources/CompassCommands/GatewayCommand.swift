@@ -22,7 +22,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "Most payload bytes in one gathered batch.") var maxBatchBytes = 8 << 20
     @Option(help: "Require 'Authorization: Bearer KEY' on /v1 (default: $COMPASS_GATEWAY_API_KEY, or none).") var apiKey: String?
     @Option(help: "Milliseconds after which a request is answered 504 (0: no deadline).") var deadlineMs: UInt32 = 0
-    @Option(help: "Directory for the Files and Batch APIs (default: a new temporary directory).") var dataDir: String?
+    @Option(help: "Directory for the Files and Batch APIs (default: a new temporary directory, removed on exit).") var dataDir: String?
     @Option(help: "Batch API: requests per compass batch.") var jobBatchSize = 64
     @Option(help: "Batch API: compass batches in flight per batch job.") var jobWindow = 8
     @Option(help: "Largest file upload in bytes.") var maxUploadBytes = 512 << 20
@@ -71,6 +71,8 @@ struct GatewayCommand: AsyncParsableCommand {
             throw fail("compass gateway", "cannot start: \(error)")
         }
         let note = "broker \(broker), \(options.apiKey == nil ? "no API key" : "API key required"), data \(directory)"
+        // A temporary data directory dies with the gateway (a later one could not find it anyway).
+        defer { if dataDir == nil { try? FileManager.default.removeItem(atPath: directory) } }
         try await gateway.run { host, port in
             let shown = host.contains(":") ? "[\(host)]" : host
             // One line on stdout once the socket is bound (scripts and tests wait for it).
