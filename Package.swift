@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         // libzmq from the system (Debian: libzmq3-dev). Only the ZMQ target imports it.
@@ -30,6 +32,8 @@ let package = Package(
         // POSIX helpers: spawn, signals, pipes, eventfd, clocks, file locks.
         .target(name: "CCompassShims", linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
         .target(name: "CompassSystem", dependencies: ["CCompassShims"]),
+        // CURVE key files, allowlists, and the broker's ZAP handler.
+        .target(name: "CompassSecurity", dependencies: ["ZMQ"]),
         // The protocol's constants, codes and JSON payload types (pure, no I/O).
         .target(name: "CompassProtocol"),
         // The protocol's messages as ZeroMQ frames.
@@ -47,8 +51,9 @@ let package = Package(
         ]),
         // The broker's socket loop around the scheduler.
         .target(name: "CompassBroker", dependencies: [
-            "CompassScheduler", "CompassJournal", "CompassWire", "CompassSystem", "ZMQ",
+            "CompassScheduler", "CompassJournal", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
         ]),
         // Inference engines a worker hosts: synthetic (in-process) and external processes.
         .target(name: "CompassEngines", dependencies: [
@@ -58,13 +63,13 @@ let package = Package(
         ]),
         // The worker: registration, credits, heartbeats, reconnects, GPU claims, engine supervision.
         .target(name: "CompassWorker", dependencies: [
-            "CompassEngines", "CompassWire", "CompassSystem", "ZMQ",
+            "CompassEngines", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The producer library: submit batches, get every result exactly once (async API).
         .target(name: "CompassClient", dependencies: [
-            "CompassWire", "CompassSystem", "ZMQ",
+            "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -83,9 +88,13 @@ let package = Package(
         ]),
         // The command-line commands of all three executables.
         .target(name: "CompassCommands", dependencies: [
-            "CompassBroker", "CompassJournal", "CompassWorker", "CompassClient", "CompassGateway", "CompassTopology", "CompassLauncher", "CompassSystem",
+            "CompassBroker", "CompassJournal", "CompassSecurity", "CompassWorker", "CompassClient", "CompassGateway", "CompassTopology", "CompassLauncher", "CompassSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "DequeModule", package: "swift-collections"),
         ]),
         .executableTarget(name: "compass", dependencies: ["CompassCommands"]),
         .executableTarget(name: "compass-broker", dependencies: ["CompassCommands"]),
@@ -100,7 +109,7 @@ let package = Package(
         .testTarget(name: "CompassGatewayTests", dependencies: ["CompassGateway", "CompassProtocol", "CompassTopology", "CompassLauncher"]),
         // Black-box tests: they start the built compass-broker, compass-worker and compass processes.
         .testTarget(name: "IntegrationTests", dependencies: [
-            "CompassClient", "CompassBroker", "CompassWire", "CompassProtocol", "CompassSystem", "ZMQ",
+            "CompassClient", "CompassBroker", "CompassSecurity", "CompassWire", "CompassProtocol", "CompassSystem", "ZMQ",
         ]),
     ]
 )

@@ -128,8 +128,9 @@ extension Broker {
         scheduler.producerUnreachable(route)
     }
 
-    /// Logs a scheduler event.
+    /// Logs a scheduler event and counts it.
     func note(_ event: SchedulerEvent) {
+        metrics.note(event)
         switch event {
         case .workerRegistered:
             break // logged with its capabilities when READY arrived

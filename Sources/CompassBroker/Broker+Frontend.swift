@@ -58,6 +58,16 @@ extension Broker {
         sendProducer(route, .rejected(batchID: batchID, code: problem.code.rawValue, message: problem.message, retryAfterMilliseconds: 0))
     }
 
+    /// Requests completed per second per pool, over the samples of the last 10 seconds.
+    func rates() -> [String: Double] {
+        var out: [String: Double] = [:]
+        for (pool, samples) in rateSamples {
+            guard let first = samples.first, let last = samples.last, last.at > first.at else { out[pool] = 0; continue }
+            out[pool] = Double(last.completed - first.completed) / (Double(last.at - first.at) / 1000)
+        }
+        return out
+    }
+
     /// The STATUS document.
     func status() -> BrokerStatus {
         let snapshot = scheduler.snapshot(now: now)
@@ -65,10 +75,13 @@ extension Broker {
             brokerID: instanceID, version: compassVersion, protocolVersion: Int(WireProtocol.version),
             uptimeSeconds: Double(MonotonicClock.nanoseconds() - startedAt) / 1e9,
             frontend: frontendEndpoint, backend: backendEndpoint, accepting: scheduler.accepting,
+            security: zap == nil ? "plaintext" : "curve", curveRefusals: zap == nil ? nil : refusals,
             scheduler: snapshot,
             workers: snapshot.workers.map { w in
                 let id = capabilities.keys.first { $0.description == w.id }
-                return .init(id: w.id, capabilities: id.flatMap { capabilities[$0] }, gpus: id.flatMap { heartbeatStats[$0]?.gpus })
-            })
+                return .init(id: w.id, capabilities: id.flatMap { capabilities[$0] }, gpus: id.flatMap { heartbeatStats[$0]?.gpus },
+                             engineRestarts: id.flatMap { heartbeatStats[$0]?.engineRestarts })
+            },
+            requestsPerSecond: rates())
     }
 }

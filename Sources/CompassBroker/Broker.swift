@@ -1,6 +1,7 @@
 import CompassJournal
 import CompassProtocol
 import CompassScheduler
+import CompassSecurity
 import CompassSystem
 import CompassWire
 import Foundation
@@ -28,12 +29,22 @@ public final class Broker {
     /// Random per process: producers compare it to notice a broker restart.
     public let instanceID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
     var badInput = LogLimiter()
+    /// CURVE handshakes refused so far.
+    public internal(set) var refusals = 0
+    var metrics = BrokerMetrics()
+    /// Completed requests per pool, sampled every second for the last 10 s (the STATUS rate).
+    var rateSamples: [String: [(at: UInt64, completed: Int)]] = [:]
+    var lastMetrics: UInt64 = 0
     /// Follow-up actions produced while carrying out others (e.g. a send found a peer gone).
     var pending: [SchedulerAction<Frame>] = []
     /// With a journal: this turn's records, and the messages that wait for them to be committed.
     let journal: Journal?
     var journalOperations: [JournalOperation<Frame>] = []
     var outbox: [Outgoing] = []
+
+    /// The authenticator of CURVE handshakes (nil in plaintext).
+    let zap: ZAPHandler?
+    var lastAllowlistCheck: UInt64 = 0
 
     enum Outgoing {
         case worker(PeerID, BrokerWorkerMessage)
@@ -60,8 +71,19 @@ public final class Broker {
             journal = nil
             scheduler = Scheduler(config: config)
         }
+        if let curve = options.curve {
+            // The ZAP handler must be bound before a CURVE socket sees its first handshake.
+            zap = try ZAPHandler(context: context, producers: try curve.producers.map(Allowlist.init(path:)),
+                                 workers: try curve.workers.map(Allowlist.init(path:)))
+        } else {
+            zap = nil
+        }
         frontend = try context.socket(.router)
         backend = try context.socket(.router)
+        if let curve = options.curve {
+            try frontend.set(curve.socketOptions(domain: ZAPHandler.producerDomain))
+            try backend.set(curve.socketOptions(domain: ZAPHandler.workerDomain))
+        }
         for (socket, hwm) in [(frontend, options.frontendSendHighWaterMark), (backend, options.backendSendHighWaterMark)] {
             try socket.set([
                 .routerMandatory(true),
@@ -88,6 +110,12 @@ public final class Broker {
         let frontendIndex = poller.add(frontend)
         let backendIndex = poller.add(backend)
         let signalIndex = signals.map { poller.add(fd: $0.fd) }
+        let zapIndex = zap.map { poller.add($0.socket) }
+        if let zap {
+            logger.info("CURVE on both sockets", metadata: [
+                "producer_allowlist": "\(zap.producers.map { "\($0.path) (\($0.keys.count) keys)" } ?? "none: any key")",
+                "worker_allowlist": "\(zap.workers.map { "\($0.path) (\($0.keys.count) keys)" } ?? "none: any key")"])
+        }
         let tickMilliseconds = max(5, min(50, options.scheduler.heartbeatMilliseconds / 4))
         var nextTick = MonotonicClock.milliseconds() + tickMilliseconds
         var stopAt: UInt64?
@@ -100,7 +128,11 @@ public final class Broker {
             let wait = nextTick > nowMs ? Int(nextTick - nowMs) : 0
             try poller.poll(timeoutMilliseconds: wait)
             if let signalIndex, poller.isReadable(signalIndex), let signals {
-                for sig in signals.drain() where sig == SIGTERM || sig == SIGINT {
+                let received = signals.drain()
+                if received.contains(SIGHUP), let zap {
+                    for note in zap.reload() { logger.info("SIGHUP: \(note)") }
+                }
+                for sig in received where sig == SIGTERM || sig == SIGINT {
                     if stopAt != nil {
                         logger.warning("second \(signalName(sig)): stopping now")
                         return
@@ -111,15 +143,52 @@ public final class Broker {
                     stopAt = MonotonicClock.milliseconds() + shutdownGraceMilliseconds
                 }
             }
+            if let zapIndex, poller.isReadable(zapIndex) { try authenticate() }
             if poller.isReadable(frontendIndex) { try drain(frontend, 512, handleFrontend) }
             if poller.isReadable(backendIndex) { try drain(backend, 512, handleBackend) }
             if MonotonicClock.milliseconds() >= nextTick {
                 execute(scheduler.tick(now: now))
                 nextTick = MonotonicClock.milliseconds() + tickMilliseconds
+                if MonotonicClock.milliseconds().since(lastMetrics) >= 1000 {
+                    lastMetrics = MonotonicClock.milliseconds()
+                    refreshMetrics()
+                }
+                if let zap, MonotonicClock.milliseconds().since(lastAllowlistCheck) >= 1000 {
+                    lastAllowlistCheck = MonotonicClock.milliseconds()
+                    for note in zap.reload(onlyIfChanged: true) { logger.info("allowlist changed: \(note)") }
+                }
             }
             try endTurn()
         }
         logger.info("broker stopped", metadata: ["unfinished": "\(scheduler.unfinishedCount)"])
+    }
+
+    /// Answers CURVE handshakes; every refusal is logged with the peer's address and key.
+    func authenticate() throws {
+        guard let zap else { return }
+        for decision in try zap.answer() {
+            if decision.admitted {
+                logger.debug("CURVE key admitted", metadata: ["domain": "\(decision.domain)", "address": "\(decision.address)", "key": "\(decision.publicKey)"])
+            } else {
+                refusals += 1
+                metrics.refused(domain: decision.domain)
+                badInput.warning(logger, "CURVE handshake refused", metadata: [
+                    "domain": "\(decision.domain)", "address": "\(decision.address)", "key": "\(decision.publicKey)", "reason": "\(decision.reason)"])
+            }
+        }
+    }
+
+    func refreshMetrics() {
+        let gpus = heartbeatStats.map { id, stats in
+            (worker: id.description, gpus: (stats.gpus ?? []).map { (index: $0.index, usedMiB: $0.memoryUsedMiB, totalMiB: $0.memoryTotalMiB, utilization: $0.utilizationPercent) })
+        }
+        let snapshot = scheduler.snapshot(now: now)
+        metrics.refresh(snapshot, workerGPUs: gpus)
+        let at = MonotonicClock.milliseconds()
+        for pool in snapshot.pools {
+            rateSamples[pool.name, default: []].append((at, pool.counters.completedRequests))
+            rateSamples[pool.name]!.removeAll { at.since($0.at) > 10_000 }
+        }
     }
 
     /// Handles up to `limit` waiting messages of one socket, so neither socket starves the other.

@@ -1,4 +1,5 @@
 import CompassJournal
+import CompassSecurity
 import CompassProtocol
 import CompassScheduler
 
@@ -24,6 +25,8 @@ public struct BrokerOptions: Sendable {
     /// Where the durable journal lives (nil: in memory only, nothing survives a restart).
     public var journalPath: String?
     public var journalDurability: Journal.Durability = .full
+    /// CURVE on both sockets, with allowlists checked by the ZAP handler (nil: plaintext).
+    public var curve: CurveServerKeys?
 
     public init(frontend: String, backend: String) {
         self.frontend = frontend

@@ -8,6 +8,10 @@ public struct BrokerStatus: Codable, Sendable {
         public var capabilities: WorkerCapabilities?
         /// GPU figures from the worker's latest HEARTBEAT.
         public var gpus: [GPUInfo]?
+        /// Engine restarts the worker reported.
+        public var engineRestarts: Int?
+
+        enum CodingKeys: String, CodingKey { case id, capabilities, gpus, engineRestarts = "engine_restarts" }
     }
 
     public var brokerID: String
@@ -17,12 +21,17 @@ public struct BrokerStatus: Codable, Sendable {
     public var frontend: String
     public var backend: String
     public var accepting: Bool
+    /// "curve" or "plaintext".
+    public var security: String?
+    public var curveRefusals: Int?
     public var scheduler: SchedulerSnapshot
     public var workers: [WorkerInfo]
+    /// Requests completed per second over the last 10 seconds, per pool.
+    public var requestsPerSecond: [String: Double]?
 
     enum CodingKeys: String, CodingKey {
         case brokerID = "broker_id", version, protocolVersion = "protocol_version", uptimeSeconds = "uptime_seconds", frontend, backend
-        case accepting, scheduler, workers
+        case accepting, security, curveRefusals = "curve_refusals", scheduler, workers, requestsPerSecond = "requests_per_second"
     }
 }
 

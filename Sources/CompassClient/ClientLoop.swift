@@ -1,4 +1,5 @@
 import CompassProtocol
+import CompassSecurity
 import CompassSystem
 import CompassWire
 import DequeModule
@@ -11,6 +12,9 @@ final class ClientLoop {
     let context: ZMQContext
     let inbox: Inbox
     var socket: ZMQSocket
+    var monitor: SocketMonitor
+    /// Why the last handshake failed; submits fail at once while it is set.
+    var refused: String?
     var incarnation = 0
     var lastHeard: UInt64 = 0
     var lastSent: UInt64 = 0
@@ -43,6 +47,7 @@ final class ClientLoop {
         self.context = context
         self.inbox = inbox
         socket = try ClientLoop.makeSocket(context, options, incarnation: 0)
+        monitor = try SocketMonitor(socket, context: context)
         hello()
     }
 
@@ -56,6 +61,7 @@ final class ClientLoop {
             .sendHighWaterMark(100_000),
             .receiveHighWaterMark(100_000),
         ])
+        if let curve = options.curve { try s.set(curve.socketOptions) }
         try s.connect(options.broker)
         return s
     }
@@ -81,9 +87,11 @@ final class ClientLoop {
             let poller = ZMQPoller()
             let socketIndex = poller.add(socket)
             let inboxIndex = poller.add(fd: inbox.wakeup.fd)
+            let monitorIndex = poller.add(monitor.socket)
             let current = socket
             while running && socket === current {
                 _ = try? poller.poll(timeoutMilliseconds: 50)
+                if poller.isReadable(monitorIndex) { watchHandshakes() }
                 if poller.isReadable(inboxIndex) { for command in inbox.take() { handle(command) } }
                 if poller.isReadable(socketIndex) { receive() }
                 timers()
@@ -99,6 +107,10 @@ final class ClientLoop {
     func handle(_ command: Command) {
         switch command {
         case .submit(let s):
+            if let refused {
+                s.continuation.resume(throwing: ClientError.unauthorized(refused))
+                return
+            }
             if let outcome = unclaimed.removeValue(forKey: s.batchID) {
                 if !options.manualAck { send(.ack(batchID: s.batchID)) }
                 s.continuation.resume(returning: outcome)
@@ -121,6 +133,7 @@ final class ClientLoop {
         case .ack(let id):
             send(.ack(batchID: id))
         case .status(let c):
+            if let refused { c.resume(throwing: ClientError.unauthorized(refused)); return }
             statusWaiters.append(c)
             send(.status)
         case .close:
@@ -170,6 +183,33 @@ final class ClientLoop {
         case .heartbeat(let id):
             noteBroker(id)
         }
+    }
+
+    /// A refused handshake would otherwise look like a broker that never answers: fail what waits,
+    /// with the reason, and keep failing new submits until a handshake succeeds.
+    func watchHandshakes() {
+        for event in (try? monitor.events()) ?? [] {
+            switch event {
+            case .handshakeSucceeded:
+                refused = nil
+            case .authenticationFailed(let status):
+                refuse("the broker refused this producer's CURVE key (ZAP status \(status)): is its public key in the broker's producer allowlist?")
+            case .handshakeFailed(let code):
+                refuse(options.curve == nil
+                    ? "the handshake with the broker failed (errno \(code)): it probably requires CURVE; pass --curve-server-key and --curve-key"
+                    : "the CURVE handshake with the broker failed (errno \(code)): is --curve-server-key the broker's public key?")
+            default:
+                break
+            }
+        }
+    }
+
+    func refuse(_ reason: String) {
+        refused = reason
+        for (_, o) in outstanding { o.submission.continuation.resume(throwing: ClientError.unauthorized(reason)) }
+        outstanding.removeAll()
+        for waiter in statusWaiters { waiter.resume(throwing: ClientError.unauthorized(reason)) }
+        statusWaiters.removeAll()
     }
 
     /// Hands an outcome to whoever awaits it, once; keeps one nobody awaits yet (unacknowledged).
@@ -225,11 +265,13 @@ final class ClientLoop {
     /// The broker went silent: new connection, HELLO, and every outstanding batch again.
     func reconnect() {
         incarnation += 1
-        guard let fresh = try? ClientLoop.makeSocket(context, options, incarnation: incarnation) else {
+        guard let fresh = try? ClientLoop.makeSocket(context, options, incarnation: incarnation),
+              let freshMonitor = try? SocketMonitor(fresh, context: context) else {
             lastHeard = now
             return
         }
         socket = fresh
+        monitor = freshMonitor
         hello()
         resubmitOutstanding()
     }

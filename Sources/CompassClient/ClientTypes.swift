@@ -1,4 +1,5 @@
 import CompassProtocol
+import CompassSecurity
 import Foundation
 
 /// Settings of a `CompassClient`.
@@ -18,6 +19,8 @@ public struct ClientOptions: Sendable {
     /// Acknowledge outcomes only when `ack(batchID:)` is called (after the caller has stored them),
     /// instead of on receipt. The broker keeps an outcome until it is acknowledged.
     public var manualAck = false
+    /// CURVE: the broker's public key and this producer's key pair (nil: plaintext).
+    public var curve: CurveClientKeys?
 
     public init(broker: String, session: String = "s-" + UUID().uuidString.lowercased()) {
         self.broker = broker
@@ -60,12 +63,15 @@ public enum ClientError: Error, Sendable, CustomStringConvertible, Equatable {
     case closed
     /// No answer within the caller's deadline.
     case timedOut(String)
+    /// The broker refused this client's CURVE credentials, or the handshake failed.
+    case unauthorized(String)
 
     public var description: String {
         switch self {
         case .rejected(let code, let message): "broker rejected the request (\(code)): \(message)"
         case .closed: "the client was closed"
         case .timedOut(let what): "timed out waiting for \(what)"
+        case .unauthorized(let why): why
         }
     }
 }

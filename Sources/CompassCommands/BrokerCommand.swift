@@ -1,6 +1,7 @@
 import ArgumentParser
 import CompassBroker
 import CompassJournal
+import CompassSecurity
 import CompassProtocol
 import CompassScheduler
 import CompassSystem
@@ -42,6 +43,14 @@ public struct BrokerCommand: ParsableCommand {
     @Option(help: "Journal durability: full (fsync each group commit) or normal (survives a broker crash, not a power loss).")
     var journalSync = "full"
     @Option(help: "libzmq I/O threads.") var ioThreads: Int32 = 1
+    @Option(help: "The broker's secret CURVE key file (compass keys new): turns on CURVE on both sockets.")
+    var curveSecret: String?
+    @Option(help: "Producer public keys admitted: a directory of .pub files or a file of keys (reloaded on SIGHUP or change).")
+    var allowProducers: String?
+    @Option(help: "Worker public keys admitted, likewise.") var allowWorkers: String?
+    @Flag(help: "Bind a non-loopback address without CURVE and without warning.") var insecure = false
+    @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; port 0 picks one).")
+    var metrics: String?
     @OptionGroup var logging: LoggingOptions
 
     public init() {}
@@ -55,6 +64,9 @@ public struct BrokerCommand: ParsableCommand {
             guard parts.count == 2, WireProtocol.isValidPoolName(String(parts[0])), let n = UInt16(parts[1]), n >= 1 else {
                 throw ValidationError("--pool-attempts '\(entry)' must be POOL=N with N >= 1")
             }
+        }
+        if curveSecret == nil && (allowProducers != nil || allowWorkers != nil) {
+            throw ValidationError("--allow-producers and --allow-workers need --curve-secret (allowlists check CURVE keys)")
         }
         guard Journal.Durability(rawValue: journalSync) != nil else {
             throw ValidationError("--journal-sync must be full or normal")
@@ -86,7 +98,26 @@ public struct BrokerCommand: ParsableCommand {
             options.journalPath = journal
             options.journalDurability = Journal.Durability(rawValue: journalSync) ?? .full
         }
-        let signals = try SignalWatcher([SIGTERM, SIGINT])
+        if let curveSecret {
+            do {
+                options.curve = CurveServerKeys(keys: try KeyFiles.loadSecret(curveSecret), producers: allowProducers, workers: allowWorkers)
+            } catch let error as SecurityError {
+                throw fail("compass-broker", error.message, code: 2)
+            }
+            if allowProducers == nil || allowWorkers == nil {
+                logger.warning("CURVE without an allowlist for \(allowProducers == nil ? "producers" : "workers"): traffic is encrypted but any key is admitted")
+            }
+        } else if !insecure, let exposed = [frontend, backend].first(where: { !isLoopbackEndpoint($0) }) {
+            logger.warning("\(exposed) is reachable from other hosts and runs without CURVE: anyone who can reach it can submit work, read results or pose as a worker. Use --curve-secret (docs/security.md), or --insecure to silence this.")
+        }
+        if let metrics {
+            do {
+                try MetricsEndpoint.start(metrics, logger: logger)
+            } catch let failure as CommandFailure {
+                throw fail("compass-broker", failure.message, code: 2)
+            }
+        }
+        let signals = try SignalWatcher([SIGTERM, SIGINT, SIGHUP])
         let broker: Broker
         do {
             let context = try ZMQContext(ioThreads: ioThreads)
@@ -96,6 +127,8 @@ public struct BrokerCommand: ParsableCommand {
             throw fail("compass-broker", "cannot start: \(error)\(hint)")
         } catch let error as JournalError {
             throw fail("compass-broker", "\(error)")
+        } catch let error as SecurityError {
+            throw fail("compass-broker", error.message, code: 2)
         }
         print("compass-broker listening frontend=\(broker.frontendEndpoint) backend=\(broker.backendEndpoint)")
         fflush(nil) // flush stdout: launchers and tests wait for this line

@@ -11,7 +11,7 @@ public struct CompassCommand: AsyncParsableCommand {
         built-in synthetic engine and stops.
         """,
         subcommands: [DemoCommand.self, UpCommand.self, SubmitCommand.self, StatusCommand.self, JournalCommand.self,
-                      GatewayCommand.self, RenderCommand.self])
+                      KeysCommand.self, GatewayCommand.self, RenderCommand.self])
 
     public init() {}
 }

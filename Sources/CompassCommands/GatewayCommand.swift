@@ -26,6 +26,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "Batch API: requests per compass batch.") var jobBatchSize = 64
     @Option(help: "Batch API: compass batches in flight per batch job.") var jobWindow = 8
     @Option(help: "Largest file upload in bytes.") var maxUploadBytes = 512 << 20
+    @OptionGroup var curve: CurveClientOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -64,6 +65,9 @@ struct GatewayCommand: AsyncParsableCommand {
         options.jobBatchSize = jobBatchSize
         options.jobWindow = jobWindow
         options.maxUploadBytes = maxUploadBytes
+        if let keys = try curve.load("compass gateway") {
+            options.configureClient = { $0.curve = keys }
+        }
         let gateway: Gateway
         do {
             gateway = try Gateway(options: options, logger: logger)

@@ -6,6 +6,8 @@ import Logging
 public struct LoggingOptions: ParsableArguments {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     public var logLevel: String = "info"
+    @Option(name: .long, help: "Log format: text (for people) or json (one object per line, for log shippers).")
+    public var logFormat: String = "text"
 
     public init() {}
 
@@ -13,12 +15,15 @@ public struct LoggingOptions: ParsableArguments {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
+        guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json") }
     }
 
     /// Sends logs to stderr at the chosen level; returns a logger labelled `label`.
     public func bootstrap(_ label: String) -> Logger {
         let level = Logger.Level(rawValue: logLevel) ?? .info
+        let json = logFormat == "json"
         LoggingSystem.bootstrap { name in
+            if json { return JSONLogHandler(label: name, logLevel: level) }
             var handler = StreamLogHandler.standardError(label: name)
             handler.logLevel = level
             return handler

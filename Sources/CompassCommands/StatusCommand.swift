@@ -12,16 +12,20 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(help: "Print the raw STATUS document as JSON.") var json = false
     @Flag(help: "Refresh every second until Ctrl-C.") var watch = false
     @Option(help: "Seconds to wait for the broker.") var timeout: Double = 5
+    @OptionGroup var curve: CurveClientOptions
 
     func run() async throws {
         var options = ClientOptions(broker: broker)
         options.heartbeatMilliseconds = 1000
+        options.curve = try curve.load("compass status")
         let client = try CompassClient(options: options)
         defer { client.close() }
         repeat {
             let document: [UInt8]
             do {
                 document = try await withDeadline(seconds: timeout) { try await client.status() }
+            } catch let error as ClientError {
+                throw fail("compass status", "\(error)")
             } catch {
                 throw fail("compass status", "no answer from the broker at \(broker) within \(timeout) s (is it running?)")
             }
@@ -59,15 +63,16 @@ enum StatusTable {
         var out = ["compass broker \(s.version) (protocol \(s.protocolVersion)), up \(formatDuration(s.uptimeSeconds))" +
                    (s.accepting ? "" : ", SHUTTING DOWN"),
                    "  frontend \(s.frontend)   backend \(s.backend)", ""]
-        let poolWidths = [16, 8, 10, 9, 9, 10, 8, 9, 6]
-        out.append(row(["POOL", "QUEUED", "REQUESTS", "RUNNING", "WORKERS", "DONE", "FAILED", "RETRIED", "BUSY"], poolWidths))
+        let poolWidths = [16, 8, 10, 9, 9, 10, 8, 9, 6, 10]
+        out.append(row(["POOL", "QUEUED", "REQUESTS", "RUNNING", "WORKERS", "DONE", "FAILED", "RETRIED", "BUSY", "REQ/S"], poolWidths))
         for p in s.scheduler.pools {
+            let rate = s.requestsPerSecond?[p.name].map { formatRate($0) } ?? "-"
             out.append(row([p.name, "\(p.queuedBatches)", "\(p.queuedRequests)", "\(p.runningBatches)", "\(p.workers)",
-                            "\(p.counters.completed)", "\(p.counters.failed)", "\(p.counters.retried)", "\(p.counters.rejectedBusy)"], poolWidths))
+                            "\(p.counters.completed)", "\(p.counters.failed)", "\(p.counters.retried)", "\(p.counters.rejectedBusy)", rate], poolWidths))
         }
         out.append("")
-        let workerWidths = [22, 12, 10, 4, 14, 16, 7, 24, 8, 8]
-        out.append(row(["WORKER", "POOL", "ENGINE", "TP", "GPUS", "HOST:PID", "CREDIT", "RUNNING", "DONE", "UP"], workerWidths))
+        let workerWidths = [22, 12, 10, 4, 14, 16, 9, 7, 24, 8, 9, 8]
+        out.append(row(["WORKER", "POOL", "ENGINE", "TP", "GPUS", "HOST:PID", "STATE", "CREDIT", "RUNNING", "DONE", "RESTARTS", "UP"], workerWidths))
         for w in s.scheduler.workers {
             let info = s.workers.first { $0.id == w.id }
             let caps = info?.capabilities
@@ -81,9 +86,10 @@ enum StatusTable {
                 if let p = w.progress[id], p.count == 2 { return "\(id) \(p[0])/\(p[1])" }
                 return id
             }.joined(separator: ", ")
-            out.append(row([w.id + (w.draining ? " (draining)" : ""), w.pool, caps?.engine ?? "?", "\(caps?.tp ?? 0)",
-                            gpus.isEmpty ? "-" : gpus, caps.map { "\($0.host):\($0.pid)" } ?? "?", "\(w.credit)",
-                            running.isEmpty ? "-" : running, "\(w.completed)",
+            let state = w.draining ? "draining" : (w.running.isEmpty ? "idle" : "busy")
+            out.append(row([w.id, w.pool, caps?.engine ?? "?", "\(caps?.tp ?? 0)",
+                            gpus.isEmpty ? "-" : gpus, caps.map { "\($0.host):\($0.pid)" } ?? "?", state, "\(w.credit)",
+                            running.isEmpty ? "-" : running, "\(w.completed)", "\(info?.engineRestarts ?? 0)",
                             formatDuration(Double(w.uptimeMilliseconds) / 1000)], workerWidths))
         }
         if !s.scheduler.sessions.isEmpty {

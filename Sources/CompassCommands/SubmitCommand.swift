@@ -34,6 +34,7 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "Milliseconds after which an unfinished batch fails as timeout (0: none).") var deadlineMs: UInt32 = 0
     @Option(help: "max_tokens for requests that do not set one.") var maxTokens: Int?
     @Flag(help: "No progress display.") var quiet = false
+    @OptionGroup var curve: CurveClientOptions
 
     func validate() throws {
         if resume && overwrite { throw ValidationError("--resume and --overwrite contradict each other") }
@@ -64,6 +65,7 @@ struct SubmitCommand: AsyncParsableCommand {
         settings.defaultMaxTokens = maxTokens
         settings.showProgress = !quiet
         settings.resume = resume
+        settings.curve = try curve.load("compass submit")
         // Ctrl-C cancels the batches in flight on the broker (their requests get a 'cancelled'
         // line, so the results file still has one line per request) and exits 130.
         let job = Task { try await SubmitJob.run(input: file, output: output, truncate: true, settings: settings) }

@@ -36,6 +36,7 @@ public struct WorkerCommand: ParsableCommand {
     @Option(help: "Milliseconds a batch may run without progress before the engine is killed (0: never).")
     var progressTimeoutMs: UInt64 = 300_000
     @Option(help: "Consecutive failed engine starts before the worker exits with an error.") var maxStartFailures = 5
+    @OptionGroup var curve: CurveClientOptions
     @OptionGroup var logging: LoggingOptions
 
     public init() {}
@@ -88,6 +89,7 @@ public struct WorkerCommand: ParsableCommand {
         options.startupTimeoutMilliseconds = startupTimeoutMs
         options.progressTimeoutMilliseconds = progressTimeoutMs
         options.maxStartFailures = maxStartFailures
+        options.curve = try curve.load("compass-worker")
         let signals = try SignalWatcher([SIGTERM, SIGINT])
         var settings = EngineSettings()
         settings.arguments = engineArguments

@@ -31,6 +31,8 @@ public struct GatewayOptions: Sendable {
     public var maxBodyBytes = 32 << 20
     public var maxUploadBytes = 512 << 20
     public var statusRefreshMilliseconds: UInt64 = 1000
+    /// Applied to the options of the gateway's broker clients (CURVE keys, say).
+    public var configureClient: @Sendable (inout ClientOptions) -> Void = { _ in }
 
     public init(broker: String, dataDirectory: String) {
         self.broker = broker
@@ -68,6 +70,7 @@ public final class Gateway: Sendable {
         self.busy = busy
         let onlineRef = ClientRef()
         var onlineOptions = ClientOptions(broker: options.broker, session: session)
+        options.configureClient(&onlineOptions)
         onlineOptions.onBusy = { batchID, wait in
             busy.note(batchID, retryAfter: wait)
             onlineRef.client?.cancel(batchID: batchID)
@@ -76,7 +79,9 @@ public final class Gateway: Sendable {
         onlineRef.set(online)
         self.online = online
         // Batch API jobs: the client's own back-off on `busy` is what a 24-hour job wants.
-        let jobsClient = try CompassClient(options: ClientOptions(broker: options.broker, session: session + "-jobs"))
+        var jobsOptions = ClientOptions(broker: options.broker, session: session + "-jobs")
+        options.configureClient(&jobsOptions)
+        let jobsClient = try CompassClient(options: jobsOptions)
         self.jobsClient = jobsClient
 
         pools = PoolDirectory(refreshMilliseconds: options.statusRefreshMilliseconds) { try await online.status() }

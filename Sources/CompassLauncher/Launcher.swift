@@ -23,6 +23,10 @@ public final class Launcher: Sendable {
         public var brokerStopMilliseconds: UInt64 = 5_000
         /// Where each process's output goes: inherit ours (nil) or a file per process in this directory.
         public var logDirectory: String?
+        /// A process that exits this many times within `crashLoopSeconds` is held back (not
+        /// restarted) and reported: a crash loop is a fault to fix, not to retry forever.
+        public var crashLoopCount = 5
+        public var crashLoopSeconds: UInt64 = 60
 
         public init() {}
     }
@@ -36,6 +40,33 @@ public final class Launcher: Sendable {
     let restartCounts = Mutex<[String: Int]>([:])
     /// Current pid per process name.
     let pids = Mutex<[String: Int32]>([:])
+    /// What each process is doing, for the live view.
+    let states = Mutex<[String: ProcessState]>([:])
+
+    /// One process as the live view shows it.
+    public struct ProcessState: Sendable {
+        public enum Phase: String, Sendable { case starting, running, restarting, held, stopping, stopped }
+        public var name: String
+        public var pid: Int32?
+        public var phase: Phase
+        public var restarts: Int
+        public var startedAt: UInt64?
+        public var lastExit: String?
+    }
+
+    /// Every process's state, in start order.
+    public func processStates() -> [ProcessState] {
+        let all = states.withLock { $0 }
+        return specs.compactMap { all[$0.name] }
+    }
+
+    func update(_ name: String, _ change: (inout ProcessState) -> Void) {
+        states.withLock { all in
+            var s = all[name] ?? ProcessState(name: name, pid: nil, phase: .starting, restarts: 0, startedAt: nil, lastExit: nil)
+            change(&s)
+            all[name] = s
+        }
+    }
 
     public init(specs: [ProcessSpec], settings: Settings = Settings(), logger: Logger) throws {
         self.specs = specs
@@ -62,6 +93,9 @@ public final class Launcher: Sendable {
         var startedAt: UInt64 = 0
         var restartAt: UInt64?
         var delay: UInt64
+        /// When it exited recently, for crash-loop detection.
+        var exits: [UInt64] = []
+        var held = false
 
         init(spec: ProcessSpec, delay: UInt64) {
             self.spec = spec
@@ -95,14 +129,26 @@ public final class Launcher: Sendable {
                     // Anything its engine left behind in its process group goes too.
                     child.signalGroup(SIGKILL)
                     if ran >= settings.stableSeconds * 1000 { m.delay = settings.restartMinMilliseconds }
+                    m.exits.append(now)
+                    m.exits.removeAll { now.since($0) > settings.crashLoopSeconds * 1000 }
+                    if m.exits.count >= settings.crashLoopCount {
+                        m.held = true
+                        update(m.spec.name) { $0.phase = .held; $0.pid = nil; $0.lastExit = "\(status)" }
+                        logger.error("process is crash-looping; holding it back (fix the cause, then restart compass up)", metadata: [
+                            "process": "\(m.spec.name)", "exits": "\(m.exits.count)", "within_s": "\(settings.crashLoopSeconds)",
+                            "last_status": "\(status)", "log": "\(settings.logDirectory.map { "\($0)/\(m.spec.name).log" } ?? "above")"])
+                        continue
+                    }
                     logger.warning("process exited; restarting", metadata: [
                         "process": "\(m.spec.name)", "status": "\(status)", "ran_ms": "\(ran)", "restart_in_ms": "\(m.delay)"])
+                    update(m.spec.name) { $0.phase = .restarting; $0.pid = nil; $0.lastExit = "\(status)" }
                     m.restartAt = now + m.delay
                     m.delay = min(m.delay * 2, settings.restartMaxMilliseconds)
                 }
-                if let at = m.restartAt, now >= at, !stopRequested.withLock({ $0 }) {
+                if let at = m.restartAt, now >= at, !m.held, !stopRequested.withLock({ $0 }) {
                     m.restartAt = nil
                     restartCounts.withLock { $0[m.spec.name, default: 0] += 1 }
+                    update(m.spec.name) { $0.restarts += 1 }
                     start(m)
                 }
             }
@@ -124,6 +170,7 @@ public final class Launcher: Sendable {
             m.child = child
             m.startedAt = MonotonicClock.milliseconds()
             pids.withLock { $0[m.spec.name] = child.pid }
+            update(m.spec.name) { $0.phase = .running; $0.pid = child.pid; $0.startedAt = m.startedAt }
             logger.info("started", metadata: ["process": "\(m.spec.name)", "pid": "\(child.pid)"])
         } catch {
             logger.error("could not start process", metadata: ["process": "\(m.spec.name)", "error": "\(error)"])
@@ -136,8 +183,10 @@ public final class Launcher: Sendable {
     func stopAll(_ managed: [Managed]) {
         let workers = managed.filter { if case .worker = $0.spec.role { return true }; return false }
         let brokers = managed.filter { $0.spec.role == .broker }
+        for m in managed { update(m.spec.name) { if $0.phase != .held { $0.phase = .stopping } } }
         stop(workers, within: settings.workerStopMilliseconds)
         stop(brokers, within: settings.brokerStopMilliseconds)
+        for m in managed { update(m.spec.name) { if $0.phase != .held { $0.phase = .stopped; $0.pid = nil } } }
         pids.withLock { $0.removeAll() }
     }
 

@@ -43,6 +43,11 @@ public enum Plan {
         if let v = b.leaseMilliseconds { brokerArgs += ["--lease-ms", "\(v)"] }
         if let v = b.maxAttempts { brokerArgs += ["--max-attempts", "\(v)"] }
         if let v = b.journal { brokerArgs += ["--journal", v] }
+        if let s = topology.security {
+            brokerArgs += ["--curve-secret", s.brokerKey]
+            if let v = s.allowProducers { brokerArgs += ["--allow-producers", v] }
+            if let v = s.allowWorkers { brokerArgs += ["--allow-workers", v] }
+        }
         var specs = [ProcessSpec(name: "broker", role: .broker, executable: "\(binDirectory)/compass-broker",
                                  arguments: brokerArgs, environment: [:])]
         for pool in topology.pools {
@@ -54,6 +59,10 @@ public enum Plan {
                 for (key, value) in pool.engineArguments.sorted(by: { $0.key < $1.key }) { args += ["--engine-arg", "\(key)=\(value)"] }
                 if let v = pool.startupTimeoutMilliseconds { args += ["--startup-timeout-ms", "\(v)"] }
                 if let v = pool.progressTimeoutMilliseconds { args += ["--progress-timeout-ms", "\(v)"] }
+                if let s = topology.security {
+                    args += ["--curve-server-key", s.brokerPublicKey]
+                    if let key = s.workerKey { args += ["--curve-key", key] }
+                }
                 specs.append(ProcessSpec(name: "\(pool.name).\(index)", role: .worker(pool: pool.name, gpus: group),
                                          executable: "\(binDirectory)/compass-worker", arguments: args,
                                          environment: pool.environment))
@@ -67,6 +76,10 @@ public enum Plan {
             if let v = g.maxWaitMilliseconds { args += ["--max-wait-ms", "\(v)"] }
             if let v = g.deadlineMilliseconds { args += ["--deadline-ms", "\(v)"] }
             if let v = g.dataDirectory { args += ["--data-dir", v] }
+            if let s = topology.security {
+                args += ["--curve-server-key", s.brokerPublicKey]
+                if let key = g.curveKey { args += ["--curve-key", key] }
+            }
             specs.append(ProcessSpec(name: "gateway", role: .gateway, executable: "\(binDirectory)/compass", arguments: args, environment: [:]))
         }
         return specs

@@ -1,4 +1,5 @@
 import CompassProtocol
+import Foundation
 
 /// A compass deployment: one broker and the pools of workers behind it (`topology.yaml`).
 public struct Topology: Sendable, Equatable {
@@ -53,12 +54,31 @@ public struct Topology: Sendable, Equatable {
         public var maxWaitMilliseconds: Int?
         public var deadlineMilliseconds: Int?
         public var dataDirectory: String?
+        /// With `security:`, the gateway's secret CURVE key file (its public key in allow_producers).
+        public var curveKey: String?
         public init() {}
     }
 
     public var broker = Broker()
     public var pools: [Pool] = []
     public var gateway: Gateway?
+    public var security: Security?
+
+    /// CURVE for everything `compass up` starts (paths resolved against the topology file's folder).
+    public struct Security: Sendable, Equatable {
+        /// The broker's secret key file.
+        public var brokerKey: String
+        public var allowProducers: String?
+        public var allowWorkers: String?
+        /// The secret key file `compass up` gives its workers (its public key in `allowWorkers`).
+        public var workerKey: String?
+
+        /// The broker's public key file for clients: NAME.pub next to NAME.key when it exists.
+        public var brokerPublicKey: String {
+            let pub = brokerKey.hasSuffix(".key") ? String(brokerKey.dropLast(4)) + ".pub" : brokerKey
+            return FileManager.default.fileExists(atPath: pub) ? pub : brokerKey
+        }
+    }
 
     public init() {}
 }

@@ -8,7 +8,22 @@ extension Topology {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw TopologyError(problems: [TopologyProblem(file: path, message: "cannot read the file (does it exist?)")])
         }
-        return try parse(String(decoding: data, as: UTF8.self), file: path)
+        var topology = try parse(String(decoding: data, as: UTF8.self), file: path)
+        // Key paths are relative to the topology file, so `compass up` works from any directory.
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent()
+        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : base.appendingPathComponent(p).standardized.path }
+        if var s = topology.security {
+            s.brokerKey = resolve(s.brokerKey)
+            s.allowProducers = s.allowProducers.map(resolve)
+            s.allowWorkers = s.allowWorkers.map(resolve)
+            s.workerKey = s.workerKey.map(resolve)
+            topology.security = s
+        }
+        if var g = topology.gateway {
+            g.curveKey = g.curveKey.map(resolve)
+            topology.gateway = g
+        }
+        return topology
     }
 
     /// Parses and validates topology YAML; throws `TopologyError` listing every problem.
@@ -104,8 +119,9 @@ struct TopologyParser {
             fail(nil, "the file is empty; it needs at least a 'pools:' section")
             return topology
         }
-        let top = fields(root, "topology", allowed: ["broker", "pools", "gateway"])
+        let top = fields(root, "topology", allowed: ["broker", "pools", "security", "gateway"])
         if let b = top["broker"] { topology.broker = readBroker(b) }
+        if let s = top["security"] { topology.security = readSecurity(s) }
         if let g = top["gateway"] { topology.gateway = readGateway(g) }
         guard let poolsNode = top["pools"] else {
             fail(root, "missing 'pools:': declare at least one pool")
@@ -154,7 +170,7 @@ struct TopologyParser {
         var g = Topology.Gateway()
         // `gateway:` with nothing under it: the defaults.
         if case .scalar(let scalar) = node, scalar.string.isEmpty || scalar.string == "~" { return g }
-        let f = fields(node, "gateway", allowed: ["listen", "max_batch", "max_wait_ms", "deadline_ms", "data_dir"])
+        let f = fields(node, "gateway", allowed: ["listen", "max_batch", "max_wait_ms", "deadline_ms", "data_dir", "curve_key"])
         if let listen = string(f["listen"], "gateway.listen") {
             let port = listen.split(separator: ":").last.flatMap { Int($0) }
             if listen.contains(":"), let port, (0...65535).contains(port), !listen.hasPrefix(":") { g.listen = listen } else {
@@ -165,7 +181,19 @@ struct TopologyParser {
         g.maxWaitMilliseconds = positive(f["max_wait_ms"], "gateway.max_wait_ms", allowZero: true)
         g.deadlineMilliseconds = positive(f["deadline_ms"], "gateway.deadline_ms", allowZero: true)
         g.dataDirectory = string(f["data_dir"], "gateway.data_dir")
+        g.curveKey = string(f["curve_key"], "gateway.curve_key")
         return g
+    }
+
+    mutating func readSecurity(_ node: Node) -> Topology.Security? {
+        let f = fields(node, "security", allowed: ["broker_key", "allow_producers", "allow_workers", "worker_key"])
+        guard let key = string(f["broker_key"], "security.broker_key") else {
+            fail(node, "security needs broker_key: the broker's secret key file (compass keys new broker)")
+            return nil
+        }
+        return Topology.Security(brokerKey: key, allowProducers: string(f["allow_producers"], "security.allow_producers"),
+                                 allowWorkers: string(f["allow_workers"], "security.allow_workers"),
+                                 workerKey: string(f["worker_key"], "security.worker_key"))
     }
 
     mutating func readPool(_ name: String, _ node: Node) -> Topology.Pool {

@@ -22,6 +22,7 @@ public final class Worker {
 
     // Connection
     var socket: ZMQSocket?
+    var monitor: SocketMonitor?
     var incarnation = 0
     var identity = ""
     var registered = false
@@ -80,6 +81,7 @@ public final class Worker {
             let engineIndex = poller.add(fd: engine.eventFD)
             let signalIndex = signals.map { poller.add(fd: $0.fd) }
             let socketIndex = socket.map { poller.add($0) }
+            let monitorIndex = monitor.map { poller.add($0.socket) }
             let current = socket
             // Poll until the socket changes (connect, reconnect) or the worker is done.
             while exitCode == nil && socket === current {
@@ -91,6 +93,7 @@ public final class Worker {
                     for event in engine.takeEvents() { handleEngine(event) }
                 }
                 if let socketIndex, poller.isReadable(socketIndex) { try receiveFromBroker() }
+                if let monitorIndex, poller.isReadable(monitorIndex) { watchHandshakes() }
                 try timers()
             }
         }
@@ -112,6 +115,8 @@ public final class Worker {
             .receiveHighWaterMark(10_000),
             .sendHighWaterMark(10_000),
         ])
+        if let curve = options.curve { try s.set(curve.socketOptions) }
+        monitor = try SocketMonitor(s, context: context)
         try s.connect(options.broker)
         socket = s
         registered = false
@@ -133,11 +138,31 @@ public final class Worker {
         send(.ready(capabilities: Frame(bytes: (try? JSONEncoder().encode(caps)) ?? Data("{}".utf8))))
     }
 
+    /// A refused handshake will not get better by retrying: say why and exit (status 4).
+    func watchHandshakes() {
+        for event in (try? monitor?.events()) ?? [] {
+            let reason: String
+            switch event {
+            case .authenticationFailed(let status):
+                reason = "the broker refused this worker's CURVE key (ZAP status \(status)): is its public key in the broker's worker allowlist?"
+            case .handshakeFailed(let code):
+                reason = options.curve == nil
+                    ? "the handshake with the broker failed (errno \(code)): it probably requires CURVE; pass --curve-server-key and --curve-key"
+                    : "the CURVE handshake with the broker failed (errno \(code)): is --curve-server-key the broker's public key?"
+            default:
+                continue
+            }
+            logger.critical("\(reason)")
+            exitCode = 4
+        }
+    }
+
     /// Drops the connection and plans a new one after the backoff delay. Batches not started are
     /// dropped (the broker requeues them); a running one finishes and its result is sent later.
     func reconnect(_ reason: String) {
         logger.warning("lost the broker; reconnecting", metadata: ["reason": "\(reason)", "in_ms": "\(reconnectDelay)"])
         socket = nil
+        monitor = nil
         registered = false
         queue.removeAll()
         connectAt = now + reconnectDelay

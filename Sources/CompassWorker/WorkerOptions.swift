@@ -1,4 +1,5 @@
 import CompassProtocol
+import CompassSecurity
 
 /// Everything a worker is configured with.
 public struct WorkerOptions: Sendable {
@@ -35,6 +36,8 @@ public struct WorkerOptions: Sendable {
     public var restartMaxMilliseconds: UInt64 = 30_000
     /// Consecutive failed engine starts after which the worker gives up and exits non-zero.
     public var maxStartFailures = 5
+    /// CURVE: the broker's public key and this worker's key pair (nil: plaintext).
+    public var curve: CurveClientKeys?
 
     public init(broker: String, pool: String) {
         self.broker = broker

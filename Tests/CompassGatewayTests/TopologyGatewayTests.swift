@@ -26,6 +26,21 @@ struct TopologyGatewayTests {
                                       "--data-dir", "/var/lib/compass-gateway"])
     }
 
+    @Test func withSecurityTheGatewayGetsTheBrokerKeyAndItsOwn() throws {
+        let t = try Topology.parse("""
+        security:
+          broker_key: /keys/broker.key
+          allow_producers: /keys/producers
+        pools:
+          default: {}
+        gateway:
+          curve_key: /keys/gateway.key
+        """)
+        let gateway = try #require(Plan.processes(for: t, binDirectory: "/bin").last)
+        #expect(gateway.role == .gateway)
+        #expect(gateway.arguments.suffix(4) == ["--curve-server-key", "/keys/broker.key", "--curve-key", "/keys/gateway.key"])
+    }
+
     @Test func noSectionNoGatewayAndAnEmptyOneTakesTheDefaults() throws {
         let none = try Topology.parse("pools:\n  default: {}\n")
         #expect(none.gateway == nil)

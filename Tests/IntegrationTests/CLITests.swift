@@ -53,6 +53,10 @@ struct CLITests {
         #expect(text.contains("line-2"))
         #expect(text.contains("duplicate custom_id"))
         #expect(run.log().contains("in.jsonl:2:"))
+        // The failed requests are also in the errors file, which the summary names.
+        let errors = try String(contentsOfFile: dir.file("out.errors.jsonl"), encoding: .utf8).split(separator: "\n")
+        #expect(errors.count == 2)
+        #expect(run.log().contains("out.errors.jsonl"))
     }
 
     @Test("compass submit refuses to overwrite results unless asked")

@@ -15,8 +15,7 @@ struct DurabilityTests {
         let fe = "ipc://\(dir.path)/fe", be = "ipc://\(dir.path)/be"
         let journalArgs = ["--journal", dir.file("journal.db")]
         var broker = try BrokerProcess(in: dir, name: "broker1", frontend: fe, backend: be, arguments: journalArgs)
-        let workers = try (0..<3).map { try startWorker(be, in: dir, name: "w\($0)", arguments: ["--engine-arg", "batch_ms=15"]) }
-        for w in workers { try w.waitForLog("registered with broker") }
+        let workers = try startWorkers(3, be, in: dir, arguments: ["--engine-arg", "batch_ms=15"])
         let expected = try writePrompts(dir.file("in.jsonl"), count: 5000)
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", fe, "--batch-size", "16",
                                              "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
@@ -44,8 +43,7 @@ struct DurabilityTests {
     func producerCrashResumes() async throws {
         let dir = TempDir()
         let broker = try BrokerProcess(in: dir, arguments: ["--journal", dir.file("journal.db")])
-        let workers = try (0..<2).map { try startWorker(broker.backend, in: dir, name: "w\($0)", arguments: ["--engine-arg", "batch_ms=20"]) }
-        for w in workers { try w.waitForLog("registered with broker") }
+        let workers = try startWorkers(2, broker.backend, in: dir, arguments: ["--engine-arg", "batch_ms=20"])
         let expected = try writePrompts(dir.file("in.jsonl"), count: 2000)
         let args = ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "16", "--out", dir.file("out.jsonl"), "--quiet"]
         let first = try Spawned("compass", args, in: dir, name: "submit1")

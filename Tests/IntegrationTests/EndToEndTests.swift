@@ -14,8 +14,7 @@ struct EndToEndTests {
     func twoWorkersTwoThousandRequests() async throws {
         let dir = TempDir()
         let broker = try BrokerProcess(in: dir)
-        let workers = try (0..<2).map { try startWorker(broker.backend, in: dir, name: "worker\($0)") }
-        for w in workers { try w.waitForLog("registered with broker") }
+        let workers = try startWorkers(2, broker.backend, in: dir, prefix: "worker")
         let expected = try writePrompts(dir.file("in.jsonl"), count: 2000)
         let started = Date()
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--pool", "default", "--broker", broker.frontend,
@@ -54,7 +53,7 @@ struct EndToEndTests {
     func workerDrainsOnSIGTERM() async throws {
         let dir = TempDir()
         let broker = try BrokerProcess(in: dir)
-        let worker = try startWorker(broker.backend, in: dir, name: "drainer", arguments: ["--engine-arg", "batch_ms=400"])
+        let worker = try startWorker(broker.backend, in: dir, name: "drainer", arguments: ["--engine-arg", "batch_ms=2000"])
         try worker.waitForLog("registered with broker")
         let client = try testClient(broker.frontend)
         defer { client.close() }

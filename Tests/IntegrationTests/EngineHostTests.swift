@@ -110,6 +110,23 @@ struct EngineHostTests {
         #expect(wrong.log().contains("--tp is 2"))
     }
 
+    @Test("--gpus auto takes free GPUs among CUDA_VISIBLE_DEVICES and refuses when none are left")
+    func gpusAuto() throws {
+        let dir = TempDir()
+        let broker = try BrokerProcess(in: dir)
+        let env = ["CUDA_VISIBLE_DEVICES": "3,4"]
+        let args = ["--broker", broker.backend, "--pool", "default", "--gpus", "auto", "--lock-dir", dir.file("locks")]
+        let first = try Spawned("compass-worker", args, in: dir, name: "first", environment: env)
+        try first.waitForLog("registered with broker")
+        let second = try Spawned("compass-worker", args, in: dir, name: "second", environment: env)
+        try second.waitForLog("registered with broker")
+        #expect(first.log().contains("gpus=[3]"), "\(first.log())")
+        #expect(second.log().contains("gpus=[4]"), "\(second.log())")
+        let third = try Spawned("compass-worker", args, in: dir, name: "third", environment: env)
+        #expect(try third.waitForExit(timeout: 20) == .exited(2))
+        #expect(third.log().contains("--gpus auto needs 1 free GPUs; only 0 of 2"), "\(third.log())")
+    }
+
     @Test("An engine left running by a SIGKILLed worker is killed by the next worker that claims its GPU")
     func orphanedEngineIsReaped() throws {
         let dir = TempDir()

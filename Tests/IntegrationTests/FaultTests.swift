@@ -26,7 +26,7 @@ struct FaultTests {
             workers: 3
             credit: 1
             engine_args:
-              batch_ms: 25
+              batch_ms: 100
         """.write(toFile: topology, atomically: true, encoding: .utf8)
         let up = try Spawned("compass", ["up", topology], in: dir, name: "up")
         let client = try testClient("ipc://\(dir.path)/fe")

@@ -160,7 +160,9 @@ class ClientLoop:
 
     def _open_socket(self) -> None:
         self._socket = make_socket(self.context, self.options, self._incarnation)
-        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
     def _close_socket(self, linger_ms: int) -> None:
         if self._monitor is not None:
@@ -183,7 +185,14 @@ class ClientLoop:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] == zmq.EVENT_DISCONNECTED and self._replace_at is None:
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                # A refused key looks like a broker that never answers: fail what waits, with why.
+                self._fail_all(CompassError("unauthorized", "the broker refused this client's CURVE key: "
+                                            "is its public key in the broker's producer allowlist?"))
+            elif event["event"] in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                self._fail_all(CompassError("unauthorized", "the handshake with the broker failed: it may require CURVE "
+                                            "(curve_server_key), or curve_server_key is not the broker's public key"))
+            elif event["event"] == zmq.EVENT_DISCONNECTED and self._replace_at is None:
                 self._replace_at = max(time.monotonic(), self._last_replaced + MIN_REPLACE_INTERVAL_S)
 
     def _drain_wakeups(self) -> None:

@@ -87,7 +87,8 @@ class Client:
 
         A batch that fails as a whole (or is refused, e.g. ``too_large``) gives each of its
         requests a ``Result.error`` with the batch's code: nothing is lost, nothing raised. A
-        refusal no batch can escape (``unknown_pool``, ``bad_version``) raises ``CompassError``.
+        refusal no batch can escape (``unknown_pool``, ``bad_version``, a refused CURVE key:
+        ``unauthorized``) raises ``CompassError``.
         ``timeout`` (seconds, whole run) raises ``TimeoutError``. On any exception, Ctrl-C
         included, the batches still in flight are cancelled.
         """

@@ -1,9 +1,9 @@
 """CURVE keys for an encrypted, authenticated connection to the broker.
 
-The broker does not speak CURVE yet; this is the client half, ready for when it does. Keys are
-Z85 strings (40 characters, as ``zmq.curve_keypair()`` and ``compass keys new`` print them) or
-32 raw bytes. Key files (``compass keys new`` writes them) get a format later; until then a path
-is refused with a clear message rather than guessed at.
+Keys are Z85 strings (40 characters, as ``zmq.curve_keypair()`` and ``compass keys show`` print
+them), 32 raw bytes, or the certificate files ``compass keys new`` writes (ZeroMQ's zcert format:
+``NAME.pub`` holds ``public-key = "..."``, ``NAME.key`` also ``secret-key = "..."``). With only a
+secret key file, the public key is read from the same file.
 """
 
 from __future__ import annotations
@@ -18,11 +18,24 @@ from zmq.utils import z85
 Key = Union[str, bytes]
 
 
-def z85_key(value: Key, what: str) -> bytes:
-    """The 40-byte Z85 form of a CURVE key given as Z85 text or 32 raw bytes."""
+def certificate_value(path: str, field: str) -> Optional[str]:
+    """The value of ``field = "..."`` in a zcert certificate file, or None."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            name, sep, value = line.strip().partition("=")
+            if sep and name.strip() == field:
+                return value.strip().strip('"')
+    return None
+
+
+def z85_key(value: Key, what: str, field: str = "public-key") -> bytes:
+    """The 40-byte Z85 form of a CURVE key given as Z85 text, 32 raw bytes, or a certificate file."""
     if isinstance(value, str):
         if len(value) != 40 and os.path.exists(value):
-            raise ValueError(f"{what}: key files are not supported yet; pass the Z85 key (40 characters) itself")
+            found = certificate_value(value, field)
+            if found is None:
+                raise ValueError(f"{what}: {value} has no '{field} = \"...\"' line (is it the right file?)")
+            value = found
         value = value.encode("ascii", errors="strict")
     if len(value) == 32:
         return z85.encode(value)
@@ -47,6 +60,8 @@ class CurveKeys:
             return None
         if server is None:
             raise ValueError("curve_server_key is required when CURVE keys are given")
+        if public is None and isinstance(secret, str) and os.path.exists(secret):
+            public = secret  # a secret certificate holds the public key too
         if (public is None) != (secret is None):
             raise ValueError("curve_public_key and curve_secret_key go together")
         if not zmq.has("curve"):
@@ -56,7 +71,7 @@ class CurveKeys:
             generated_public, generated_secret = zmq.curve_keypair()
             return cls(z85_key(server, "curve_server_key"), generated_public, generated_secret)
         return cls(z85_key(server, "curve_server_key"), z85_key(public, "curve_public_key"),
-                   z85_key(secret, "curve_secret_key"))
+                   z85_key(secret, "curve_secret_key", field="secret-key"))
 
     def apply(self, socket: zmq.Socket[Any]) -> None:
         """Makes ``socket`` a CURVE client of the server key (before connect)."""

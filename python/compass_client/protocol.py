@@ -86,7 +86,9 @@ class FailureCode(str, Enum):
 #: Refusals to wait out and re-SUBMIT (producer rule 6; the doc says to retry `shutting_down` too).
 RETRYABLE_REJECTS = frozenset({RejectCode.BUSY.value, RejectCode.SHUTTING_DOWN.value})
 #: Refusals that no other batch of the same run can escape: a run stops on them.
-FATAL_FOR_RUN = frozenset({RejectCode.UNKNOWN_POOL.value, RejectCode.BAD_VERSION.value})
+#: Refusals no batch of a run can get past: raised as CompassError instead of failing each request.
+#: ``unauthorized`` is the client's own code for a refused CURVE handshake (no broker reply exists).
+FATAL_FOR_RUN = frozenset({RejectCode.UNKNOWN_POOL.value, RejectCode.BAD_VERSION.value, "unauthorized"})
 
 _POOL_NAME = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 

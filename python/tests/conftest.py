@@ -104,10 +104,10 @@ class Cluster:
         self.broker.wait(timeout=10)
         _CHILDREN.discard(self.broker)
 
-    def start_worker(self, *engine_args: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, *engine_args: str, flags: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         index = len(self.workers)
         log = open(self.dir / f"worker-{index}.log", "wb")
-        command = [str(binary("compass-worker")), "--broker", self.backend, "--pool", "default"]
+        command = [str(binary("compass-worker")), "--broker", self.backend, "--pool", "default", *flags]
         for arg in engine_args:
             command += ["--engine-arg", arg]
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)

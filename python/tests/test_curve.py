@@ -74,7 +74,7 @@ def test_key_validation() -> None:
         CurveKeys.from_options(server_public, server_public, None)
     with pytest.raises(ValueError):
         CurveKeys.from_options("short", None, None)
-    with tempfile.NamedTemporaryFile() as key_file, pytest.raises(ValueError, match="key files"):
+    with tempfile.NamedTemporaryFile() as key_file, pytest.raises(ValueError, match="has no"):
         CurveKeys.from_options(key_file.name, None, None)
 
 
@@ -112,3 +112,36 @@ def test_hello_and_status_over_curve() -> None:
         thread.join(20)
         server.close(linger=0)
         assert seen[0] == p.ProducerCommand.HELLO
+
+
+def _keys(directory: Path) -> None:
+    """broker, producers/alice, workers/w1 and an unlisted mallory, made by `compass keys new`."""
+    import subprocess
+
+    from conftest import binary
+
+    for name, sub in (("broker", ""), ("alice", "producers"), ("w1", "workers"), ("mallory", "")):
+        subprocess.run([str(binary("compass")), "keys", "new", name, "--dir", str(directory / sub)],
+                       check=True, capture_output=True, timeout=30)
+
+
+def test_real_broker_admits_a_listed_key_and_refuses_an_unknown_one_cleanly(cluster) -> None:  # type: ignore[no-untyped-def]
+    """Against the real compass-broker with CURVE: key files work; a bad key fails with a clear error."""
+    _keys(cluster.dir)
+    d = cluster.dir
+    cluster.start_broker("--curve-secret", str(d / "broker.key"), "--allow-producers", str(d / "producers"),
+                         "--allow-workers", str(d / "workers"))
+    cluster.start_worker(flags=("--curve-server-key", str(d / "broker.pub"), "--curve-key", str(d / "workers" / "w1.key")))
+    alice = cluster.client(curve_server_key=str(d / "broker.pub"), curve_secret_key=str(d / "producers" / "alice.key"))
+    results = alice.submit([{"custom_id": "a", "prompt": "hello over curve"}], timeout=30)
+    assert results[0].text == "curve over hello" and results[0].error is None
+
+    mallory = cluster.client(curve_server_key=str(d / "broker.pub"), curve_secret_key=str(d / "mallory.key"))
+    with pytest.raises(Exception) as refused:
+        mallory.submit([{"custom_id": "m", "prompt": "let me in"}], timeout=30)
+    assert "refused" in str(refused.value) and "allowlist" in str(refused.value)
+
+    plain = cluster.client()
+    with pytest.raises(Exception) as failed:
+        plain.submit([{"custom_id": "p", "prompt": "no keys"}], timeout=30)
+    assert "handshake" in str(failed.value)

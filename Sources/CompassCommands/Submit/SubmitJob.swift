@@ -1,4 +1,5 @@
 import CompassClient
+import CompassSecurity
 import CompassProtocol
 import Foundation
 
@@ -18,6 +19,7 @@ struct SubmitSettings: Sendable {
     var showProgress = true
     /// Continue a run whose state file and results exist: same session, same batches, same ids.
     var resume = false
+    var curve: CurveClientKeys?
 }
 
 /// What a submit run did.
@@ -36,6 +38,8 @@ struct SubmitSummary: Sendable {
     var output = ""
     /// Requests already in the results file when a resumed run started.
     var resumed = 0
+    /// Where the failed requests' lines were written too (nil when none failed).
+    var errorsFile: String?
 
     var text: String {
         let rate = seconds > 0 ? Double(succeeded) / seconds : 0
@@ -49,6 +53,7 @@ struct SubmitSummary: Sendable {
             "  retried      \(retriedBatches) batches needed more than one attempt",
             "  results      \(output)",
         ]
+        if let errorsFile { lines.append("  errors       \(errorsFile) (the \(failed) failed requests' lines)") }
         if invalidLines > 0 { lines.insert("  invalid      \(invalidLines) input lines (written to the results with their error)", at: 3) }
         if resumed > 0 { lines.insert("  resumed      \(resumed) requests were already in the results file", at: 1) }
         return lines.joined(separator: "\n")
@@ -84,6 +89,7 @@ enum SubmitJob {
         progress.counts.withLock { $0.total = max(0, total - done.count) }
         var clientOptions = ClientOptions(broker: settings.broker, session: settings.session)
         clientOptions.manualAck = true // acknowledged once the lines are in the file
+        clientOptions.curve = settings.curve
         clientOptions.onProgress = { id, done, _ in progress.counts.withLock { $0.partial[id] = Int(done) } }
         clientOptions.onBusy = { _, _ in progress.counts.withLock { $0.busy += 1 } }
         let client = try CompassClient(options: clientOptions)
@@ -97,9 +103,19 @@ enum SubmitJob {
         summary.resumed = done.count
         var seen = Set<String>()
 
+        var errors: LineWriter?
         func write(_ result: InferenceResult) throws {
             guard !done.contains(result.customID) else { return } // already in the file from before
-            try writer.write(line: [UInt8](try encoder.encode(result)))
+            let line = [UInt8](try encoder.encode(result))
+            try writer.write(line: line)
+            if result.error != nil {
+                if errors == nil {
+                    let path = (output.hasSuffix(".jsonl") ? String(output.dropLast(6)) : output) + ".errors.jsonl"
+                    errors = try LineWriter(path: path, truncate: !settings.resume)
+                    summary.errorsFile = path
+                }
+                try errors?.write(line: line)
+            }
             summary.requests += 1
             if let error = result.error {
                 summary.failed += 1
@@ -167,6 +183,7 @@ enum SubmitJob {
                                                               deadlineMilliseconds: settings.deadlineMilliseconds)
                         return Report(ids: requests.map(\.customID), outcome: .success(outcome))
                     } catch let error as ClientError {
+                        if case .unauthorized = error { throw CommandFailure(message: "\(error)") }
                         return Report(ids: requests.map(\.customID), outcome: .failure(error))
                     }
                 }
@@ -217,6 +234,7 @@ enum SubmitJob {
             }
         }
         try writer.flush()
+        try errors?.flush()
         summary.seconds = Date().timeIntervalSince(started)
         ticker?.cancel()
         printer?.finish()

@@ -32,6 +32,13 @@ func startWorker(_ backend: String, in dir: TempDir, name: String, pool: String 
     try Spawned("compass-worker", ["--broker", backend, "--pool", pool] + arguments, in: dir, name: name)
 }
 
+/// Starts `count` workers named `prefix`0, `prefix`1... and waits until each has registered.
+func startWorkers(_ count: Int, _ backend: String, in dir: TempDir, prefix: String = "w", arguments: [String] = []) throws -> [Spawned] {
+    let workers = try (0..<count).map { try startWorker(backend, in: dir, name: "\(prefix)\($0)", arguments: arguments) }
+    for w in workers { try w.waitForLog("registered with broker") }
+    return workers
+}
+
 /// A client for tests, with fast heartbeats.
 func testClient(_ frontend: String, session: String? = nil) throws -> CompassClient {
     var options = session.map { ClientOptions(broker: frontend, session: $0) } ?? ClientOptions(broker: frontend)
