@@ -110,6 +110,7 @@ let package = Package(
         .testTarget(name: "CompassEnginesTests", dependencies: ["CompassEngines", "CompassProtocol"]),
         .testTarget(name: "CompassTopologyTests", dependencies: ["CompassTopology"]),
         .testTarget(name: "CompassJournalTests", dependencies: ["CompassJournal", "CompassScheduler", "CompassProtocol"]),
+        .testTarget(name: "CompassGatewayTests", dependencies: ["CompassGateway", "CompassProtocol", "CompassTopology", "CompassLauncher"]),
         // Black-box tests: they start the built compass-broker, compass-worker and compass processes.
         .testTarget(name: "IntegrationTests", dependencies: [
             "CompassClient", "CompassBroker", "CompassSecurity", "CompassWire", "CompassProtocol", "CompassSystem", "ZMQ",

@@ -2,7 +2,7 @@ import CompassTopology
 
 /// One process the launcher runs and keeps running.
 public struct ProcessSpec: Sendable, Equatable {
-    public enum Role: Sendable, Equatable { case broker, worker(pool: String, gpus: [Int]) }
+    public enum Role: Sendable, Equatable { case broker, worker(pool: String, gpus: [Int]), gateway }
 
     /// A short name for logs: `broker`, `default.0`, `llama70b.1` ...
     public var name: String
@@ -28,7 +28,8 @@ public func shellQuote(_ word: String) -> String {
 
 /// Turns a topology into the processes that run it.
 public enum Plan {
-    /// The broker and one worker per GPU group of each pool. `binDirectory` holds the executables.
+    /// The broker, one worker per GPU group of each pool, and the gateway when the topology has
+    /// one. `binDirectory` holds the executables.
     public static func processes(for topology: Topology, binDirectory: String, logLevel: String = "info") -> [ProcessSpec] {
         let b = topology.broker
         var brokerArgs = ["--frontend", b.frontend, "--backend", b.backend,
@@ -66,6 +67,20 @@ public enum Plan {
                                          executable: "\(binDirectory)/compass-worker", arguments: args,
                                          environment: pool.environment))
             }
+        }
+        if let g = topology.gateway {
+            // The gateway connects where the broker binds; a wildcard bind is reached on loopback.
+            let broker = b.frontend.replacingOccurrences(of: "tcp://*:", with: "tcp://127.0.0.1:")
+            var args = ["gateway", "--broker", broker, "--listen", g.listen, "--log-level", logLevel]
+            if let v = g.maxBatch { args += ["--max-batch", "\(v)"] }
+            if let v = g.maxWaitMilliseconds { args += ["--max-wait-ms", "\(v)"] }
+            if let v = g.deadlineMilliseconds { args += ["--deadline-ms", "\(v)"] }
+            if let v = g.dataDirectory { args += ["--data-dir", v] }
+            if let s = topology.security {
+                args += ["--curve-server-key", s.brokerPublicKey]
+                if let key = g.curveKey { args += ["--curve-key", key] }
+            }
+            specs.append(ProcessSpec(name: "gateway", role: .gateway, executable: "\(binDirectory)/compass", arguments: args, environment: [:]))
         }
         return specs
     }

@@ -46,8 +46,22 @@ public struct Topology: Sendable, Equatable {
         }
     }
 
+    /// `gateway:` — the OpenAI-compatible HTTP gateway `compass up` runs too (nil: none). Its API
+    /// key is not kept here: the gateway reads COMPASS_GATEWAY_API_KEY from the environment.
+    public struct Gateway: Sendable, Equatable {
+        public var listen = "127.0.0.1:8000"
+        public var maxBatch: Int?
+        public var maxWaitMilliseconds: Int?
+        public var deadlineMilliseconds: Int?
+        public var dataDirectory: String?
+        /// With `security:`, the gateway's secret CURVE key file (its public key in allow_producers).
+        public var curveKey: String?
+        public init() {}
+    }
+
     public var broker = Broker()
     public var pools: [Pool] = []
+    public var gateway: Gateway?
     public var security: Security?
 
     /// CURVE for everything `compass up` starts (paths resolved against the topology file's folder).

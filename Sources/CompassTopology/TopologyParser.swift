@@ -19,6 +19,10 @@ extension Topology {
             s.workerKey = s.workerKey.map(resolve)
             topology.security = s
         }
+        if var g = topology.gateway {
+            g.curveKey = g.curveKey.map(resolve)
+            topology.gateway = g
+        }
         return topology
     }
 
@@ -115,9 +119,10 @@ struct TopologyParser {
             fail(nil, "the file is empty; it needs at least a 'pools:' section")
             return topology
         }
-        let top = fields(root, "topology", allowed: ["broker", "pools", "security"])
+        let top = fields(root, "topology", allowed: ["broker", "pools", "security", "gateway"])
         if let b = top["broker"] { topology.broker = readBroker(b) }
         if let s = top["security"] { topology.security = readSecurity(s) }
+        if let g = top["gateway"] { topology.gateway = readGateway(g) }
         guard let poolsNode = top["pools"] else {
             fail(root, "missing 'pools:': declare at least one pool")
             return topology
@@ -159,6 +164,25 @@ struct TopologyParser {
         if let journal = string(f["journal"], "broker.journal"), journal != "none" { b.journal = journal }
         if b.frontend == b.backend { fail(f["backend"] ?? node, "broker.frontend and broker.backend must differ") }
         return b
+    }
+
+    mutating func readGateway(_ node: Node) -> Topology.Gateway {
+        var g = Topology.Gateway()
+        // `gateway:` with nothing under it: the defaults.
+        if case .scalar(let scalar) = node, scalar.string.isEmpty || scalar.string == "~" { return g }
+        let f = fields(node, "gateway", allowed: ["listen", "max_batch", "max_wait_ms", "deadline_ms", "data_dir", "curve_key"])
+        if let listen = string(f["listen"], "gateway.listen") {
+            let port = listen.split(separator: ":").last.flatMap { Int($0) }
+            if listen.contains(":"), let port, (0...65535).contains(port), !listen.hasPrefix(":") { g.listen = listen } else {
+                fail(f["listen"], "gateway.listen must be HOST:PORT, e.g. 127.0.0.1:8000, got '\(listen)'")
+            }
+        }
+        g.maxBatch = positive(f["max_batch"], "gateway.max_batch")
+        g.maxWaitMilliseconds = positive(f["max_wait_ms"], "gateway.max_wait_ms", allowZero: true)
+        g.deadlineMilliseconds = positive(f["deadline_ms"], "gateway.deadline_ms", allowZero: true)
+        g.dataDirectory = string(f["data_dir"], "gateway.data_dir")
+        g.curveKey = string(f["curve_key"], "gateway.curve_key")
+        return g
     }
 
     mutating func readSecurity(_ node: Node) -> Topology.Security? {

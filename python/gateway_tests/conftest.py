@@ -1,0 +1,266 @@
+"""Fixtures that run the real compass-broker, compass-worker and `compass gateway` binaries.
+
+Binaries come from $COMPASS_BIN_DIR or the repository's .build/debug. Every process is killed in
+teardown and (on Linux) also dies with the test process. Each test is bounded by a watchdog on top
+of the deadline every wait in the tests carries; nothing synchronises by sleeping: waits poll a
+condition until a deadline.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "python"))
+
+from compass_client import Client  # noqa: E402
+
+BIN_DIR = Path(os.environ.get("COMPASS_BIN_DIR", REPO / ".build" / "debug"))
+#: Longest any one test may take before the watchdog dumps every thread's stack and exits.
+TEST_WATCHDOG_S = 120
+
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_CHILDREN: set[subprocess.Popen[bytes]] = set()
+
+
+def binary(name: str) -> Path:
+    path = BIN_DIR / name
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{path} is missing: run `swift build` in {REPO} (or set COMPASS_BIN_DIR)", pytrace=False)
+    return path
+
+
+def _die_with_parent() -> None:
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def expected_text(prompt: str, max_tokens: int = 16) -> str:
+    """What the synthetic engine answers: the prompt's words reversed, cut at max_tokens words."""
+    return " ".join(prompt.split()[::-1][:max_tokens])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Polls `condition` until it returns something truthy; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def http(method: str, url: str, body: Optional[bytes] = None, headers: Optional[dict[str, str]] = None,
+         timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP call (for what the openai package would not send): status, headers, body."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+class Gateway:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.log = log
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def health(self) -> Optional[dict[str, Any]]:
+        try:
+            status, _, body = http("GET", self.url + "/health", timeout=2)
+        except OSError:
+            return None
+        return json.loads(body) if status == 200 else None
+
+    def models(self, api_key: Optional[str] = None) -> dict[str, int]:
+        """Pool name -> workers, as GET /v1/models reports them."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        status, _, body = http("GET", self.base_url + "/models", headers=headers, timeout=5)
+        if status != 200:
+            return {}
+        return {m["id"]: m["workers"] for m in json.loads(body)["data"]}
+
+
+class Cluster:
+    """A broker on ipc:// endpoints in a private directory, its workers and gateways."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.frontend = f"ipc://{directory}/frontend"
+        self.backend = f"ipc://{directory}/backend"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.clients: list[Client] = []
+        self._logs = 0
+
+    def _log(self, name: str) -> Any:
+        self._logs += 1
+        return open(self.dir / f"{self._logs:02d}-{name}.log", "wb")
+
+    def _spawn(self, command: list[str], name: str, stdout: Any = None) -> subprocess.Popen[bytes]:
+        log = self._log(name)
+        proc = subprocess.Popen(command, stdout=stdout or log, stderr=log if stdout else subprocess.STDOUT,
+                                preexec_fn=_die_with_parent)
+        _CHILDREN.add(proc)
+        self.procs.append(proc)
+        proc.log_path = Path(log.name)  # type: ignore[attr-defined]
+        return proc
+
+    @staticmethod
+    def _first_line(proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start (see {proc.log_path}): {line!r}")  # type: ignore[attr-defined]
+            ready, _, _ = select.select([proc.stdout], [], [], remaining)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    raise RuntimeError(f"{what} closed stdout before listening")
+                line += chunk
+        # Keep draining stdout so that the process never blocks on a full pipe.
+        sink = open(proc.log_path, "ab")  # type: ignore[attr-defined]
+        threading.Thread(target=shutil.copyfileobj, args=(proc.stdout, sink), daemon=True).start()
+        return line.decode()
+
+    def start_broker(self, *extra: str, pools: tuple[str, ...] = ("default",)) -> None:
+        command = [str(binary("compass-broker")), "--frontend", self.frontend, "--backend", self.backend,
+                   "--heartbeat-ms", "100", "--liveness", "3", *sum((["--pool", p] for p in pools), []), *extra]
+        proc = self._spawn(command, "broker", stdout=subprocess.PIPE)
+        line = self._first_line(proc, 20, "compass-broker")
+        assert line.startswith("compass-broker listening"), line
+
+    def start_worker(self, pool: str = "default", *engine_args: str) -> subprocess.Popen[bytes]:
+        command = [str(binary("compass-worker")), "--broker", self.backend, "--pool", pool]
+        for arg in engine_args:
+            command += ["--engine-arg", arg]
+        return self._spawn(command, f"worker-{pool}")
+
+    def start_gateway(self, *extra: str, data_dir: Optional[Path] = None) -> Gateway:
+        data = data_dir or Path(tempfile.mkdtemp(prefix="data-", dir=self.dir))
+        command = [str(binary("compass")), "gateway", "--broker", self.frontend, "--listen", "127.0.0.1:0",
+                   "--data-dir", str(data), *extra]
+        proc = self._spawn(command, "gateway", stdout=subprocess.PIPE)
+        line = self._first_line(proc, 20, "compass gateway")
+        match = re.search(r"listening on (http://[0-9.]+:\d+)", line)
+        assert match, line
+        gateway = Gateway(proc, match.group(1), proc.log_path)  # type: ignore[attr-defined]
+        wait_for(gateway.health, 10, "the gateway to reach the broker")
+        return gateway
+
+    def wait_for_workers(self, gateway: Gateway, pools: dict[str, int], api_key: Optional[str] = None) -> None:
+        """Waits until the broker's STATUS (through the gateway) shows at least these workers per pool."""
+        wait_for(lambda: all(gateway.models(api_key).get(p, -1) >= n for p, n in pools.items()), 20,
+                 f"workers {pools} in GET /v1/models")
+
+    def client(self) -> Client:
+        c = Client(self.frontend, heartbeat_ms=100)
+        self.clients.append(c)
+        return c
+
+    def pool_status(self, pool: str) -> dict[str, Any]:
+        """The broker's STATUS entry of `pool` (asked directly, not through the gateway)."""
+        if not self.clients:
+            self.client()
+        status = self.clients[0].status(timeout=5)
+        return next(p for p in status["scheduler"]["pools"] if p["name"] == pool)
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+            _CHILDREN.discard(proc)
+
+
+@pytest.fixture(autouse=True)
+def _watchdog() -> Iterator[None]:
+    """Bounds each test: on expiry, print every thread's stack, kill the children, exit."""
+
+    def expire() -> None:
+        sys.stderr.write(f"\nTEST WATCHDOG: the test ran over {TEST_WATCHDOG_S} s\n")
+        faulthandler.dump_traceback(all_threads=True)
+        for proc in list(_CHILDREN):
+            proc.kill()
+        os._exit(3)
+
+    timer = threading.Timer(TEST_WATCHDOG_S, expire)
+    timer.daemon = True
+    timer.start()
+    faulthandler.dump_traceback_later(TEST_WATCHDOG_S + 15, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+    timer.cancel()
+
+
+def _new_cluster() -> tuple[Cluster, Path]:
+    # ipc paths are limited to ~100 bytes: a short directory under /tmp.
+    directory = Path(tempfile.mkdtemp(prefix="cgw-", dir="/tmp"))
+    return Cluster(directory), directory
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """An empty cluster (start what the test needs); everything is killed afterwards."""
+    c, directory = _new_cluster()
+    try:
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class Shared:
+    """One cluster for the tests that only read: pools `default` (2 fast workers), `slow` (a worker
+    taking 300 ms per batch) and `empty` (declared, no worker), and a gateway in front."""
+
+    def __init__(self, cluster: Cluster, gateway: Gateway) -> None:
+        self.cluster = cluster
+        self.gateway = gateway
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Shared]:
+    c, directory = _new_cluster()
+    try:
+        c.start_broker(pools=("default", "slow", "empty"))
+        c.start_worker("default")
+        c.start_worker("default")
+        c.start_worker("slow", "batch_ms=300")
+        gateway = c.start_gateway("--job-batch-size", "8", "--job-window", "2")
+        c.wait_for_workers(gateway, {"default": 2, "slow": 1})
+        yield Shared(c, gateway)
+    finally:
+        c.stop()
+        shutil.rmtree(directory, ignore_errors=True)
