@@ -18,6 +18,12 @@ thread of its own, so a `cancel` reaches a running batch; writes events to fd CO
 with `bad_request`); reports progress; classifies failures (`oom`, `engine_error`, `cancelled`);
 sends `fatal` before exiting on a load error; and exits on `shutdown` or end-of-file on fd 3.
 
+A backend that can take several batches at once (one that batches continuously, like vLLM) sets
+an attribute `max_batches` (an int >= 1, read after `load`; default 1). The `ready` message then
+carries it, and up to that many batches run at once, each `generate` call on a thread of its own
+with its own Progress and cancel event; each batch is answered when it ends, in whatever order
+they end. With `max_batches` 1 (the default) batches run one at a time on the main thread.
+
 Standard library only, Python 3.10+.
 """
 
@@ -367,8 +373,10 @@ class Progress:
 
 class Backend(Protocol):
     """What an adapter implements. Optional members, looked up with getattr: `close()`, to release
-    child processes and sockets before exit, and `start_method`, the multiprocessing start method
-    of the processes it starts (for the `ready` message)."""
+    child processes and sockets before exit; `start_method`, the multiprocessing start method of
+    the processes it starts (for the `ready` message); and `max_batches`, how many batches it
+    takes at once (read after `load`; default 1). With `max_batches` above 1, `generate` is called
+    from several threads at once, one per batch, and must be thread-safe."""
 
     name: str
     arguments: dict[str, str]  # the --engine-arg keys it takes, with a word on each
@@ -393,24 +401,43 @@ class _Batch:
     cancelled: threading.Event = field(default_factory=threading.Event)
     cancel_requested: bool = False  # by the worker's cancel, rather than by shutdown
 
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.batch_id, self.attempt)
+
 
 class EngineHost:
-    """Runs one backend under the protocol: ready, then one batch at a time, until shutdown or EOF."""
+    """Runs one backend under the protocol: ready, then batches (up to the backend's `max_batches`
+    at once), until shutdown or EOF.
+
+    Threads: the reader (fd 3: queues batches in `inbox`, sets cancel events at once, stops on
+    shutdown or EOF); the main thread, which loads the model and then takes batches from `inbox`:
+    with `max_batches` 1 it runs each itself, one after another; with more it runs each on a batch
+    thread of its own, taking the next from `inbox` only while fewer than `max_batches` run. Each
+    batch answers (`result` or `failed`) from the thread that ran it; `send` serialises the writes.
+    `state_lock` guards `running`, `early_cancels` and `stopping`.
+    """
 
     def __init__(self, backend: Backend, in_fd: int, out_fd: int) -> None:
         self.backend = backend
         self.in_fd, self.out_fd = in_fd, out_fd
         self.write_lock = threading.Lock()
+        self.silenced = False  # after `fatal`, nothing more is sent (under write_lock)
         self.state_lock = threading.Lock()
         self.inbox: queue.Queue[_Batch | None] = queue.Queue()
-        self.current: _Batch | None = None
+        self.running: list[_Batch] = []  # admitted and not yet answered
         self.early_cancels: set[tuple[str, int]] = set()
         self.loaded = False
         self.stopping = False
+        self.max_batches = 1
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], final: bool = False) -> None:
+        """Writes one event. `final` (a `fatal`): nothing is sent after it, from any thread."""
         data = (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self.write_lock:
+            if self.silenced:
+                return
+            self.silenced = final
             try:
                 view = memoryview(data)
                 while view:
@@ -442,11 +469,11 @@ class EngineHost:
             self.inbox.put(_Batch(key[0], key[1], message.get("requests")))
         elif kind == "cancel":
             with self.state_lock:
-                running = self.current
-                if running is not None and (running.batch_id, running.attempt) == key:
-                    running.cancel_requested = True
-                    running.cancelled.set()
-                else:  # not started yet (or already answered): remember it, bounded
+                matching = [b for b in self.running if b.key == key]
+                for batch in matching:
+                    batch.cancel_requested = True
+                    batch.cancelled.set()
+                if not matching:  # not started yet (or already answered): remember it, bounded
                     if len(self.early_cancels) > 1000:
                         self.early_cancels.clear()
                     self.early_cancels.add(key)
@@ -460,23 +487,29 @@ class EngineHost:
             if self.stopping:
                 return
             self.stopping = True
-            if self.current is not None:
-                self.current.cancelled.set()
+            for batch in self.running:
+                batch.cancelled.set()
             loaded = self.loaded
         log(f"stopping: {why}")
         if not loaded:
             _exit(0)  # nothing to finish: do not wait for a model that is still loading
         self.inbox.put(None)
 
-    def run_batch(self, batch: _Batch) -> None:
-        started = time.monotonic()
+    def admit(self, batch: _Batch) -> None:
+        """Makes `batch` one of the running ones, so cancel and stop reach it; on the main thread,
+        before the batch's own thread starts, so that a stop in between cannot miss it."""
         with self.state_lock:
-            self.current = batch
-            key = (batch.batch_id, batch.attempt)
-            if key in self.early_cancels:
-                self.early_cancels.discard(key)
+            self.running.append(batch)
+            if batch.key in self.early_cancels:
+                self.early_cancels.discard(batch.key)
                 batch.cancel_requested = True
                 batch.cancelled.set()
+            if self.stopping:
+                batch.cancelled.set()
+
+    def run_batch(self, batch: _Batch) -> None:
+        """Runs one admitted batch to its answer (on the main thread, or on a batch thread)."""
+        started = time.monotonic()
         base = {"batch_id": batch.batch_id, "attempt": batch.attempt}
         try:
             if not isinstance(batch.requests, list):
@@ -508,9 +541,7 @@ class EngineHost:
                 self.send({"type": "failed", **base, "code": "cancelled", "retryable": False, "message": "cancelled"})
             # else: stopped by shutdown or EOF; the worker is not waiting for this batch's answer
         except FatalEngineError as error:
-            self.send({"type": "fatal", "code": error.code, "message": str(error)})
-            log(f"fatal: {error}")
-            _exit(1)
+            self.fatal(error.code, str(error))
         except Exception as error:  # noqa: BLE001 - every failure becomes a protocol answer
             traceback.print_exc(file=sys.stderr)
             code = "oom" if is_out_of_memory(error) else "engine_error"
@@ -518,13 +549,17 @@ class EngineHost:
                        "message": f"{type(error).__name__}: {error}"[:2000]})
         finally:
             with self.state_lock:
-                self.current = None
+                self.running = [b for b in self.running if b is not batch]
 
     def serve(self, settings: EngineSettings) -> NoReturn:
         reader = threading.Thread(target=self.read_loop, name="compass-reader", daemon=True)
         reader.start()
         try:
             detail = self.backend.load(settings)
+            max_batches = getattr(self.backend, "max_batches", 1)
+            if not _is_int(max_batches) or max_batches < 1:
+                raise EngineConfigError(f"the {self.backend.name} backend says max_batches={max_batches!r}; "
+                                        "expected an integer >= 1")
         except BaseException as error:  # noqa: BLE001 - a load failure of any kind is fatal
             if isinstance(error, EngineConfigError):
                 log(f"cannot start: {error}")
@@ -532,8 +567,9 @@ class EngineHost:
                 traceback.print_exc(file=sys.stderr)
             code = "oom" if is_out_of_memory(error) else "startup_failed"
             message = str(error) if isinstance(error, EngineConfigError) else f"{type(error).__name__}: {error}"
-            self.send({"type": "fatal", "code": code, "message": message[:2000]})
+            self.send({"type": "fatal", "code": code, "message": message[:2000]}, final=True)
             _exit(1)
+        self.max_batches = max_batches
         # The start method of the processes the engine starts: the backend's word for it (vLLM
         # has its own setting), else this interpreter's multiprocessing default (run() sets spawn).
         method = getattr(self.backend, "start_method", None) or multiprocessing.get_start_method(allow_none=True) or "none"
@@ -542,12 +578,58 @@ class EngineHost:
             stopping = self.stopping
         if stopping:
             self.inbox.put(None)
-        log(f"ready: {detail}; multiprocessing start method {method}")
-        self.send({"type": "ready", "model": settings.model, "detail": detail, "start_method": method})
-        while (batch := self.inbox.get()) is not None and not self.stopping:
-            self.run_batch(batch)
+        log(f"ready: {detail}; multiprocessing start method {method}; max_batches {max_batches}")
+        ready = {"type": "ready", "model": settings.model, "detail": detail, "start_method": method}
+        if max_batches != 1:  # 1 is the protocol's default: the message stays as it always was
+            ready["max_batches"] = max_batches
+        self.send(ready)
+        if max_batches == 1:
+            self.serve_one_at_a_time()
+        else:
+            self.serve_concurrently(max_batches)
         self.close_backend()
         _exit(0)
+
+    def serve_one_at_a_time(self) -> None:
+        while (batch := self.inbox.get()) is not None and not self.stopping:
+            self.admit(batch)
+            self.run_batch(batch)
+
+    def serve_concurrently(self, max_batches: int, stop_wait: float = 30.0) -> None:
+        """Up to `max_batches` batch threads at once; the main thread only hands batches out."""
+        slots = threading.BoundedSemaphore(max_batches)
+        threads: list[threading.Thread] = []
+
+        def run_in_slot(batch: _Batch) -> None:
+            try:
+                self.run_batch(batch)
+            finally:
+                slots.release()
+
+        while True:
+            slots.acquire()  # a batch stays in the inbox (not started) while every slot is busy
+            batch = self.inbox.get()
+            if batch is None or self.stopping:
+                break
+            self.admit(batch)
+            thread = threading.Thread(target=run_in_slot, args=(batch,), daemon=True,
+                                      name=f"compass-batch-{batch.batch_id}-{batch.attempt}")
+            threads = [t for t in threads if t.is_alive()]
+            threads.append(thread)
+            thread.start()
+        # Stopping: every running batch's cancel event is set; give them a bounded time to end
+        # (they are not answered) before the backend is closed under them.
+        deadline = time.monotonic() + stop_wait
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log(f"{thread.name} did not stop within {stop_wait:.0f}s; closing anyway")
+
+    def fatal(self, code: str, message: str) -> NoReturn:
+        """Sends `fatal` (the first one only: nothing is sent after it) and ends the process."""
+        log(f"fatal ({code}): {message}")
+        self.send({"type": "fatal", "code": code, "message": message[:2000]}, final=True)
+        _exit(1)
 
     def close_backend(self) -> None:
         """Gives the backend a bounded time to release its resources (child ranks, sockets)."""
@@ -563,12 +645,16 @@ _HOST: EngineHost | None = None
 
 
 def fatal_exit(code: str, message: str) -> NoReturn:
-    """Sends `fatal` and ends the process at once; for threads other than the main one (a monitor
-    that saw a tensor-parallel rank die, say), where raising FatalEngineError would reach nobody."""
-    log(f"fatal ({code}): {message}")
+    """Sends `fatal` and ends the process; from any thread (a batch thread whose backend raised
+    FatalEngineError, or a monitor that saw a tensor-parallel rank die). Only the first `fatal`
+    is sent, and nothing after it, however many threads get here."""
     if _HOST is not None:
-        _HOST.send({"type": "fatal", "code": code, "message": message[:2000]})
+        _HOST.fatal(code, message)
+    log(f"fatal ({code}): {message}")
     _exit(1)
+
+
+_EXITING = threading.Lock()
 
 
 def _exit(code: int) -> NoReturn:
@@ -577,6 +663,10 @@ def _exit(code: int) -> NoReturn:
     # What atexit would do for multiprocessing's objects (queues, locks), so that its resource
     # tracker does not report them as leaked; child processes are the worker's to kill. On a
     # thread, with a time limit: a queue's finalizer may wait for a reader that is gone.
+    # One thread ends the process; any other that gets here (two batches hitting a fatal error
+    # at once) waits for it.
+    if not _EXITING.acquire(blocking=False):
+        threading.Event().wait()
     from multiprocessing import util
 
     run_finalizers = getattr(util, "_run_finalizers")  # noqa: B009 - private, but what atexit itself calls
@@ -604,6 +694,6 @@ def run(backend: Backend) -> NoReturn:
         settings = EngineSettings.from_environment(backend.name, backend.arguments)
     except EngineConfigError as error:
         log(f"cannot start: {error}")
-        host.send({"type": "fatal", "code": "startup_failed", "message": str(error)})
+        host.send({"type": "fatal", "code": "startup_failed", "message": str(error)}, final=True)
         _exit(1)
     host.serve(settings)

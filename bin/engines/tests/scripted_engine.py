@@ -2,9 +2,11 @@
 """A compass_engine backend for testing the protocol library itself, steered by markers.
 
 Each request takes `max_tokens` (default 3) steps of `step_ms`; its text is the request as
-compass_engine parsed it (JSON), so tests see the validation's output. Markers in a prompt:
+compass_engine parsed it (JSON), so tests see the validation's output, plus `running`: how many
+batches were inside the backend when this one began (itself included). Markers in a prompt:
 @raise (the backend raises), @oom (MemoryError), @fatal (FatalEngineError). Engine args:
-fail_load=oom|error|config, load_ms=N (a slow load), step_ms=N.
+fail_load=oom|error|config, load_ms=N (a slow load), step_ms=N, max_batches=N (the backend's
+`max_batches` attribute, set as given, unchecked: the host validates it).
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ from compass_engine import (  # noqa: E402
 
 class Scripted:
     name = "scripted"
-    arguments = {"fail_load": "oom, error or config", "load_ms": "load time", "step_ms": "time per token"}
+    arguments = {"fail_load": "oom, error or config", "load_ms": "load time", "step_ms": "time per token",
+                 "max_batches": "batches at once"}
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0  # generate calls under way
 
     def load(self, settings: EngineSettings) -> str:
         failure = settings.args.choice("fail_load", ["oom", "error", "config"])
@@ -44,9 +51,23 @@ class Scripted:
         if failure == "config":
             raise EngineConfigError("model directory not found: /nowhere")
         self.step = (settings.args.integer("step_ms", 10) or 0) / 1000
+        max_batches = settings.args.integer("max_batches")
+        if max_batches is not None:
+            self.max_batches = max_batches
         return f"scripted: model {settings.model}, tp {settings.tp}, gpus {settings.gpus}"
 
     def generate(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> list[Result]:
+        with self.lock:
+            self.running += 1
+            running = self.running
+        try:
+            return self.steps(requests, progress, cancelled, running)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def steps(self, requests: list[Request], progress: Progress, cancelled: threading.Event,
+              running: int) -> list[Result]:
         results = []
         for request in requests:
             text = request.flattened_prompt
@@ -62,7 +83,7 @@ class Scripted:
                     raise Cancelled()
                 progress.add(tokens=1)
             progress.add(done=1)
-            results.append(Result(request.custom_id, json.dumps(dataclasses.asdict(request)), len(text.split()),
+            results.append(Result(request.custom_id, json.dumps({**dataclasses.asdict(request), "running": running}), len(text.split()),
                                   steps, "length"))
         return results
 

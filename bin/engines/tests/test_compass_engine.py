@@ -166,3 +166,121 @@ def test_end_of_file_while_loading_exits_at_once(start_engine: StartEngine) -> N
     engine.close_requests()
     assert engine.wait_exit(timeout=10) == 0
     assert engine.events == []
+
+
+# MARK: max_batches > 1: several batches inside the backend at once
+
+
+def answered(engine: Engine, batch_id: str) -> list[dict[str, Any]]:
+    return [e for e in engine.events if e["type"] in ("result", "failed") and e.get("batch_id") == batch_id]
+
+
+def running_of(result: dict[str, Any]) -> set[int]:
+    """How many batches were inside the scripted backend when this batch's generate began."""
+    return {json.loads(r["text"])["running"] for r in result["results"]}
+
+
+def wait_progress(engine: Engine, *batch_ids: str) -> None:
+    """Until each of `batch_ids` has sent progress (so each is inside the backend)."""
+    while not all(engine.progress(b) for b in batch_ids):
+        engine.wait_for("progress")
+
+
+LONG = [{"custom_id": "l", "prompt": "x", "max_tokens": 100_000}]  # ~17 minutes at 10 ms a token: until cancelled
+
+
+def test_max_batches_two_runs_a_second_batch_beside_the_first(start_engine: StartEngine) -> None:
+    engine = start_engine(SCRIPT, args={"step_ms": "10", "max_batches": "2"})
+    assert engine.ready()["max_batches"] == 2
+    engine.batch("long", LONG)
+    wait_progress(engine, "long")
+    short = [{"custom_id": f"s{i}", "prompt": "y z", "max_tokens": 2} for i in range(3)]
+    # Answered while `long` runs, each on its own, beside it (running == 2).
+    for name in ("short-1", "short-2"):
+        engine.batch(name, short)
+        answer = engine.answer(name)
+        assert answer["type"] == "result" and [r["custom_id"] for r in answer["results"]] == ["s0", "s1", "s2"]
+        assert running_of(answer) == {2} and answer["stats"]["completion_tokens"] == 6
+        assert all(p["total"] == 3 for p in engine.progress(name))
+    assert answered(engine, "long") == []
+    engine.cancel("long")
+    failed = engine.answer("long")
+    assert (failed["type"], failed["code"]) == ("failed", "cancelled")
+    assert all(p["total"] == 1 for p in engine.progress("long"))
+    # Both slots free again: two batches sent together are both answered, in either order.
+    engine.batch("a", short[:1])
+    engine.batch("b", short[:2])
+    answers = {e["batch_id"]: e for e in (engine.wait_for("result"), engine.wait_for("result"))}
+    assert [r["custom_id"] for r in answers["a"]["results"]] == ["s0"]
+    assert [r["custom_id"] for r in answers["b"]["results"]] == ["s0", "s1"]
+
+
+def test_max_batches_caps_the_batches_inside_and_cancels_reach_queued_ones(start_engine: StartEngine) -> None:
+    engine = start_engine(SCRIPT, args={"step_ms": "10", "max_batches": "2"})
+    engine.ready()
+    quick = [{"custom_id": "q", "prompt": "x", "max_tokens": 1}]
+    engine.batch("a", LONG)
+    engine.batch("b", LONG)
+    engine.batch("c", quick)  # waits for a free slot
+    engine.batch("d", quick)  # and this behind it
+    engine.cancel("d")  # before it started
+    wait_progress(engine, "a", "b")
+    engine.cancel("a")
+    assert engine.answer("a")["code"] == "cancelled"
+    c = engine.answer("c")
+    assert c["type"] == "result" and running_of(c) == {2}  # b and c: never three at once
+    engine.cancel("b")
+    b_and_d = {e["batch_id"]: e for e in (engine.wait_for("failed"), engine.wait_for("failed"))}
+    assert b_and_d["b"]["code"] == "cancelled" and b_and_d["d"]["code"] == "cancelled"
+    assert engine.progress("d") == []  # cancelled before it started
+    assert engine.result("e", quick)[0]["error"] is None
+
+
+def test_max_batches_one_is_the_default_behaviour(start_engine: StartEngine) -> None:
+    engine = start_engine(SCRIPT, args={"step_ms": "10", "max_batches": "1"})
+    assert "max_batches" not in engine.ready()  # 1 is the protocol's default: not said
+    engine.batch("first", [{"custom_id": "f", "prompt": "x", "max_tokens": 20}])
+    engine.batch("second", [{"custom_id": "s", "prompt": "x", "max_tokens": 1}])
+    assert engine.answer("first")["type"] == "result"
+    assert running_of(engine.answer("second")) == {1}  # after the first, never beside it
+
+
+@pytest.mark.parametrize("how", ["shutdown", "eof"])
+def test_stop_with_two_batches_running_exits_without_answers(start_engine: StartEngine, how: str) -> None:
+    engine = start_engine(SCRIPT, args={"step_ms": "10", "max_batches": "2"})
+    engine.ready()
+    engine.batch("a", LONG)
+    engine.batch("b", LONG)
+    wait_progress(engine, "a", "b")
+    began = time.monotonic()
+    if how == "shutdown":
+        engine.send({"type": "shutdown"})
+    else:
+        engine.close_requests()
+    assert engine.wait_exit() == 0
+    assert time.monotonic() - began < 5
+    assert {e["type"] for e in engine.events[1:]} == {"progress"}
+
+
+def test_fatal_in_one_batch_ends_the_engine_once(start_engine: StartEngine) -> None:
+    engine = start_engine(SCRIPT, args={"step_ms": "10", "max_batches": "3"})
+    engine.ready()
+    engine.batch("long", LONG)
+    wait_progress(engine, "long")
+    engine.batch("f1", [{"custom_id": "a", "prompt": "@fatal"}])
+    engine.batch("f2", [{"custom_id": "a", "prompt": "@fatal"}])
+    assert engine.wait_for("fatal", "result", "failed") == {"type": "fatal", "code": "engine_dead",
+                                                            "message": "rank 1 died"}
+    while engine.next_event() is not None:  # until fd 4 closes: nothing after the one fatal
+        pass
+    assert engine.wait_exit() == 1
+    assert [e["type"] for e in engine.events if e["type"] != "progress"] == ["ready", "fatal"]
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_a_backend_with_a_bad_max_batches_does_not_start(start_engine: StartEngine, value: str) -> None:
+    engine = start_engine(SCRIPT, args={"max_batches": value})
+    fatal = engine.wait_for("fatal", "ready")
+    assert fatal["type"] == "fatal" and fatal["code"] == "startup_failed", fatal
+    assert f"max_batches={value}" in fatal["message"]
+    assert engine.wait_exit() == 1

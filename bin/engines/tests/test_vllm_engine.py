@@ -183,3 +183,157 @@ def test_bad_engine_args(start_engine: StartEngine, fake: Fake, args: dict[str, 
     if needle == "'gpu_mem'":
         assert "gpu_memory_utilization" in fatal["message"] and "max_model_len" in fatal["message"]
     assert fake.calls("init") == []  # refused before vLLM was touched
+
+
+# MARK: Several batches inside the engine at once (max_batches, continuous batching)
+
+
+def ids_of(fake: Fake, word: str) -> list[str]:
+    """The request ids of the requests whose prompt has `word` (each batch's prompts carry their own)."""
+    return [c["request_id"] for c in fake.calls("add_request") if word in c["prompt_text"].split()]
+
+
+def engine_threads(fake: Fake) -> set[str]:
+    """The threads that called into LLMEngine after load."""
+    return {c["thread"] for c in fake.calls("add_request") + fake.calls("step") + fake.calls("abort_request")}
+
+
+def test_two_batches_share_the_engine_and_are_answered_on_their_own(start_engine: StartEngine, fake: Fake,
+                                                                    tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    engine = start(start_engine, fake, FAKE_VLLM_GATE=str(gate))
+    ready = engine.ready()
+    assert ready["max_batches"] == 2 and "2 batches at once" in ready["detail"]
+    # a: one quick request, and three held inside the engine (`gated`) until the gate opens.
+    a = [{"custom_id": "a-quick", "prompt": "first"}] + [{"custom_id": f"a{i}", "prompt": f"gated first{i} one"}
+                                                         for i in range(3)]
+    engine.batch("a", a)
+    while not any(p["done"] for p in engine.progress("a")):  # a is inside
+        engine.wait_for("progress")
+    # b, sent now, runs beside a and is answered while a's requests are still inside.
+    b = [{"custom_id": f"b{i}", "prompt": f"second{i} two", "max_tokens": 6, "ignore_eos": True} for i in range(4)]
+    engine.batch("b", b)
+    answer_b = engine.answer("b")
+    assert answer_b["type"] == "result"
+    assert [r["text"] for r in answer_b["results"]] == [f"two second{i} two second{i} two second{i}" for i in range(4)]
+    assert answer_b["stats"]["completion_tokens"] == 24
+    gate.touch()
+    answer_a = engine.answer("a")
+    assert answer_a["type"] == "result"
+    assert [r["text"] for r in answer_a["results"]] == ["first"] + [f"one first{i} gated" for i in range(3)]
+    assert [r["finish_reason"] for r in answer_a["results"]] == ["stop"] * 4
+    assert answer_a["stats"]["completion_tokens"] == 2 + 3 * 4  # words + EOS
+
+    # What vLLM saw: b's requests were added after a's and before any of a's held ones finished,
+    # and steps ran both batches' requests together.
+    a_ids, b_ids, held = ids_of(fake, "first") + ids_of(fake, "gated"), ids_of(fake, "two"), ids_of(fake, "gated")
+    log = [json.loads(line) for line in fake.log.read_text().splitlines()]
+    at = {c["request_id"]: i for i, c in enumerate(log) if c["event"] == "add_request"}
+    held_finish = min(i for i, c in enumerate(log) if c["event"] == "step" and set(c["finished"]) & set(held))
+    assert max(at[r] for r in a_ids) < min(at[r] for r in b_ids) <= max(at[r] for r in b_ids) < held_finish
+    together = [c for c in log if c["event"] == "step" and set(c["scheduled"]) >= set(held) | set(b_ids)]
+    assert together and all(set(c["outputs"]) <= set(b_ids) for c in together)  # a held, b generating
+    # One thread did all of it: the engine is not thread-safe (the fake would have said "concurrent").
+    assert engine_threads(fake) == {"compass-vllm-stepper"} and fake.calls("concurrent") == []
+    assert fake.calls("abort_request") == []
+    for name, total in (("a", 4), ("b", 4)):
+        progress = engine.progress(name)
+        assert all(p["total"] == total for p in progress)
+        assert [p["tokens"] for p in progress] == sorted(p["tokens"] for p in progress)
+
+
+def test_cancel_of_one_batch_aborts_only_its_requests_and_progress_is_per_batch(
+        start_engine: StartEngine, fake: Fake, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    engine = start(start_engine, fake, FAKE_VLLM_GATE=str(gate))
+    engine.ready()
+    # Each batch: one quick request (its progress says the batch is inside) and held ones.
+    a = [{"custom_id": "a-quick", "prompt": "alpha"}] + [{"custom_id": f"a{i}", "prompt": f"gated alpha-held {i}"}
+                                                         for i in range(3)]
+    b = [{"custom_id": "b-quick", "prompt": "beta"}] + [{"custom_id": f"b{i}", "prompt": f"gated beta-held {i}"}
+                                                        for i in range(2)]
+    engine.batch("a", a)
+    engine.batch("b", b)
+    while not all(any(p["done"] for p in engine.progress(name)) for name in ("a", "b")):
+        engine.wait_for("progress")
+    # Each batch's progress counts its own requests and tokens only: the quick one ("alpha" + EOS).
+    assert {(p["done"], p["total"], p["tokens"]) for p in engine.progress("a") if p["done"]} == {(1, 4, 2)}
+    assert {(p["done"], p["total"], p["tokens"]) for p in engine.progress("b") if p["done"]} == {(1, 3, 2)}
+    engine.cancel("a")
+    failed = engine.answer("a")
+    assert (failed["type"], failed["code"]) == ("failed", "cancelled")
+    (abort,) = fake.calls("abort_request")
+    assert sorted(abort["request_ids"]) == sorted(ids_of(fake, "alpha-held"))  # a's held ones, nothing of b's
+    gate.touch()
+    results = engine.answer("b")["results"]
+    assert [r["text"] for r in results] == ["beta", "0 beta-held gated", "1 beta-held gated"]
+    assert max(p["done"] for p in engine.progress("a")) == 1  # nothing of b's counted for a
+    # The freed slot takes the next batch.
+    assert [r["text"] for r in engine.result("c", [{"custom_id": "c", "prompt": "next one"}])] == ["one next"]
+    assert len(fake.calls("abort_request")) == 1 and fake.calls("concurrent") == []
+
+
+def test_max_batches_one_adds_a_batch_after_the_last(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start(start_engine, fake, args={"max_batches": "1"})
+    ready = engine.ready()
+    assert "max_batches" not in ready and "1 batches at once" in ready["detail"]
+    first = [{"custom_id": f"f{i}", "prompt": f"first{i}", "max_tokens": 8, "ignore_eos": True} for i in range(3)]
+    second = [{"custom_id": f"s{i}", "prompt": f"second{i}"} for i in range(2)]
+    engine.batch("first", first)
+    engine.batch("second", second)
+    assert engine.answer("first")["type"] == "result"
+    assert [r["text"] for r in engine.answer("second")["results"]] == ["second0", "second1"]
+    log = [json.loads(line) for line in fake.log.read_text().splitlines()]
+    first_ids = set(ids_of(fake, "first0") + ids_of(fake, "first1") + ids_of(fake, "first2"))
+    last_first_finish = max(i for i, c in enumerate(log) if c["event"] == "step" and set(c["finished"]) & first_ids)
+    second_added = [i for i, c in enumerate(log) if c["event"] == "add_request" and c["request_id"] not in first_ids]
+    assert min(second_added) > last_first_finish
+
+
+def test_a_step_error_fails_the_batches_inside_and_the_engine_goes_on(start_engine: StartEngine, fake: Fake,
+                                                                      tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    engine = start(start_engine, fake, FAKE_VLLM_GATE=str(gate))
+    engine.ready()
+    engine.batch("held", [{"custom_id": "h", "prompt": "gated words"}, {"custom_id": "q", "prompt": "quick"}])
+    while not any(p["done"] for p in engine.progress("held")):
+        engine.wait_for("progress")
+    engine.batch("bad", [{"custom_id": "x", "prompt": "boom @raise"}])
+    answers = {e["batch_id"]: e for e in (engine.wait_for("failed"), engine.wait_for("failed"))}
+    for answer in answers.values():
+        assert answer["code"] == "engine_error" and "illegal memory access" in answer["message"], answer
+    # What was left of each batch is aborted, batch by batch (vLLM ignores ids it no longer has).
+    aborts = sorted(sorted(c["request_ids"]) for c in fake.calls("abort_request"))
+    assert aborts == sorted([ids_of(fake, "gated"), ids_of(fake, "@raise")])
+    assert [r["text"] for r in engine.result("after", [{"custom_id": "n", "prompt": "still fine"}])] == ["fine still"]
+
+
+def test_engine_death_with_two_batches_inside_is_one_fatal(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start(start_engine, fake)
+    engine.ready()
+    engine.batch("held", [{"custom_id": "h", "prompt": "gated words"}, {"custom_id": "q", "prompt": "quick"}])
+    while not any(p["done"] for p in engine.progress("held")):
+        engine.wait_for("progress")
+    engine.batch("dies", [{"custom_id": "x", "prompt": "@dead"}])
+    fatal = engine.wait_for("fatal", "result", "failed")
+    assert fatal["type"] == "fatal" and fatal["code"] == "engine_dead" and "EngineCore" in fatal["message"]
+    while engine.next_event() is not None:  # until fd 4 closes: nothing after the one fatal
+        pass
+    assert engine.wait_exit() == 1
+    assert [e["type"] for e in engine.events if e["type"] != "progress"] == ["ready", "fatal"]
+
+
+@pytest.mark.parametrize("value, needle", [("0", "max_batches=0: expected an integer >= 1"),
+                                           ("9", "max_batches=9: expected 1 to 8"),
+                                           ("two", "max_batches=two: expected an integer")])
+def test_max_batches_bounds(start_engine: StartEngine, fake: Fake, value: str, needle: str) -> None:
+    engine = start(start_engine, fake, args={"max_batches": value})
+    fatal = engine.wait_for("fatal", "ready")
+    assert fatal["type"] == "fatal" and fatal["code"] == "startup_failed" and needle in fatal["message"], fatal
+    assert fake.calls("init") == []
+
+
+def test_max_batches_eight_and_the_fallback_runs_one(start_engine: StartEngine, fake: Fake) -> None:
+    assert start(start_engine, fake, args={"max_batches": "8"}).ready()["max_batches"] == 8
+    fallback = start(start_engine, fake, args={"max_batches": "4"}, FAKE_VLLM_NO_STEP="1").ready()
+    assert "max_batches" not in fallback and "LLM.generate" in fallback["detail"]

@@ -2,13 +2,20 @@
 
 Greedy decoding answers with the prompt's words in reverse order, then end-of-sequence (the
 synthetic engine's rule, so tests can compute every expected text); sampling draws the prompt's
-words with random.Random(seed). Every call the adapter makes is appended to $FAKE_VLLM_LOG."""
+words with random.Random(seed). Every call the adapter makes is appended to $FAKE_VLLM_LOG, with
+the name of the thread that made it.
+
+Words in a prompt steer the engine (tests/test_vllm_engine.py): `gated` holds the request (it
+stays in the engine, scheduled, generating nothing) until the file $FAKE_VLLM_GATE exists;
+`@raise` makes the step that reaches it raise RuntimeError (once: the request is dropped);
+`@dead` makes it raise EngineDeadError, and every call after it too (the engine core died)."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import threading
 from typing import Any
 
 BOS, EOS = 1, 2
@@ -18,8 +25,9 @@ SPECIAL = {"<s>": BOS, "</s>": EOS}
 def record(event: str, **fields: Any) -> None:
     path = os.environ.get("FAKE_VLLM_LOG")
     if path:
+        line = json.dumps({"event": event, "thread": threading.current_thread().name, **fields}, default=str)
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+            f.write(line + "\n")
 
 
 class FakeTokenizer:
@@ -69,6 +77,14 @@ class Sequence:
         self.sent_text = 0
         self.sent_tokens = 0
         self.finish_reason: str | None = None
+        prompt_words = set(tokenizer.decode(ids).split())
+        self.gated = "gated" in prompt_words
+        self.fault = next((w for w in ("@dead", "@raise") if w in prompt_words), None)
+
+    def held(self) -> bool:
+        """A `gated` request generates nothing until the file $FAKE_VLLM_GATE exists."""
+        gate = os.environ.get("FAKE_VLLM_GATE")
+        return self.gated and not (gate and os.path.exists(gate))
 
     def next_token(self) -> int:
         n = len(self.out)

@@ -61,7 +61,8 @@ class LLM:
             sp = sp.clone()
             sp.output_kind = RequestOutputKind.FINAL_ONLY  # "We only care about the final output"
             self.request_counter += 1
-            ids.append(self._engine.add_request(str(self.request_counter), prompt, sp))
+            self._engine.add_request(str(self.request_counter), prompt, sp)  # returns the internal id
+            ids.append(str(self.request_counter))  # outputs carry this one (offline_utils.py sorts by it)
         finished: dict[str, RequestOutput] = {}
         while self._engine.has_unfinished_requests():
             for output in self._engine.step():

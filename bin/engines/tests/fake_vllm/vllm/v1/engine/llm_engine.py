@@ -1,17 +1,46 @@
-"""vllm/v1/engine/llm_engine.py (0.24): the LLMEngine methods that LLM.generate and the adapter use."""
+"""vllm/v1/engine/llm_engine.py (0.24): the LLMEngine methods that LLM.generate and the adapter use.
+
+Like the real one, requests added while others run join them at the next step and each finishes
+on its own; `add_request` returns vLLM's internal id (the given id plus a random suffix), while
+outputs and `abort_request` use the given one. It is not thread-safe, and says so: a call made
+while another thread is inside the engine raises RuntimeError (and is logged as `concurrent`)."""
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import time
+import uuid
 from collections import OrderedDict
 from types import SimpleNamespace
-from typing import Any
-from collections.abc import Mapping
+from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
 
 from vllm._fake import FakeTokenizer, Sequence, record
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
+from vllm.v1.engine.exceptions import EngineDeadError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exclusive(method: F) -> F:
+    """Fails a call that overlaps another thread's call into the engine."""
+
+    @functools.wraps(method)
+    def wrapper(self: LLMEngine, *args: Any, **kwargs: Any) -> Any:
+        if not self.inside.acquire(blocking=False):
+            record("concurrent", method=method.__name__)
+            raise RuntimeError(f"fake vLLM: LLMEngine.{method.__name__} called while another thread is inside")
+        try:
+            if self.dead:
+                raise EngineDeadError()
+            return method(self, *args, **kwargs)
+        finally:
+            self.inside.release()
+
+    return wrapper  # type: ignore[return-value]
 
 
 class LLMEngine:
@@ -23,21 +52,27 @@ class LLMEngine:
         self.tokenizer = FakeTokenizer()
         self.sequences: OrderedDict[str, Sequence] = OrderedDict()  # waiting and running, FIFO
         self.step_delay = float(os.environ.get("FAKE_VLLM_STEP_DELAY", "0"))
+        self.inside = threading.Lock()
+        self.dead = False
 
     def get_tokenizer(self) -> FakeTokenizer:
         return self.tokenizer
 
+    @exclusive
     def get_num_unfinished_requests(self) -> int:
         return len(self.sequences)
 
+    @exclusive
     def has_unfinished_requests(self) -> bool:
         return bool(self.sequences)
 
+    @exclusive
     def abort_request(self, request_ids: list[str], internal: bool = False) -> None:
         record("abort_request", request_ids=list(request_ids), internal=internal)
         for request_id in request_ids:
             self.sequences.pop(request_id, None)
 
+    @exclusive
     def add_request(self, request_id: str, prompt: Any, params: SamplingParams, arrival_time: float | None = None,
                     lora_request: Any = None, tokenization_kwargs: dict[str, Any] | None = None,
                     trace_headers: Mapping[str, str] | None = None, priority: int = 0,
@@ -63,13 +98,28 @@ class LLMEngine:
         if params.max_tokens is None:
             params.max_tokens = max_len - len(ids)
         self.sequences[request_id] = Sequence(request_id, ids, params, self.tokenizer)
-        return request_id
+        return f"{request_id}-{uuid.uuid4().hex[:8]}"  # InputProcessor.assign_request_id
 
+    @exclusive
     def step(self) -> list[RequestOutput]:
         if self.step_delay:
             time.sleep(self.step_delay)
+        scheduled = list(self.sequences.values())[: self.max_num_seqs]
+        if all(seq.held() for seq in scheduled):
+            time.sleep(0.002)  # a step's worth of time; nothing moves until the gate opens
+            return []
+        for seq in scheduled:
+            if seq.fault is not None and not seq.held():
+                del self.sequences[seq.request_id]
+                record("step_failed", request_id=seq.request_id, fault=seq.fault)
+                if seq.fault == "@dead":
+                    self.dead = True
+                    raise EngineDeadError()
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
         outputs = []
-        for seq in list(self.sequences.values())[: self.max_num_seqs]:
+        for seq in scheduled:
+            if seq.held():
+                continue
             seq.step()
             kind = seq.params.output_kind
             if kind == RequestOutputKind.FINAL_ONLY and not seq.finish_reason:
@@ -83,4 +133,6 @@ class LLMEngine:
             outputs.append(RequestOutput(seq.request_id, None, seq.ids, None, [completion], seq.finish_reason is not None))
             if seq.finish_reason:
                 del self.sequences[seq.request_id]
+        record("step", scheduled=[seq.request_id for seq in scheduled], outputs=[o.request_id for o in outputs],
+               finished=[o.request_id for o in outputs if o.finished])
         return outputs
