@@ -27,7 +27,7 @@ final class ClientLoop {
         var busyCount = 0
     }
     var outstanding: [String: Outstanding] = [:]
-    var statusWaiters: [CheckedContinuation<[UInt8], any Error>] = []
+    var statusWaiters: [(continuation: CheckedContinuation<[UInt8], any Error>, deadline: UInt64)] = []
     /// The broker process we last heard from; a different one means it restarted.
     var brokerID: String?
     /// Outcomes the broker re-sent for this session (after HELLO) before anyone asked for them:
@@ -99,7 +99,7 @@ final class ClientLoop {
         }
         inbox.failAll(with: ClientError.closed)
         for (_, o) in outstanding { o.submission.continuation.resume(throwing: ClientError.closed) }
-        for waiter in statusWaiters { waiter.resume(throwing: ClientError.closed) }
+        for waiter in statusWaiters { waiter.continuation.resume(throwing: ClientError.closed) }
         outstanding.removeAll()
         statusWaiters.removeAll()
     }
@@ -132,9 +132,9 @@ final class ClientLoop {
             if outstanding[id] != nil { send(.cancel(batchID: id)) }
         case .ack(let id):
             send(.ack(batchID: id))
-        case .status(let c):
+        case .status(let c, let deadline):
             if let refused { c.resume(throwing: ClientError.unauthorized(refused)); return }
-            statusWaiters.append(c)
+            statusWaiters.append((c, deadline))
             send(.status)
         case .close:
             running = false
@@ -155,7 +155,10 @@ final class ClientLoop {
             outstanding[id]?.accepted = true
         case .rejected(let id, let code, let message, let retryAfter):
             guard var o = outstanding[id] else { return }
-            if code == RejectCode.busy.rawValue || code == RejectCode.shuttingDown.rawValue {
+            if code == RejectCode.busy.rawValue && !options.retryBusy {
+                outstanding[id] = nil
+                o.submission.continuation.resume(throwing: ClientError.busy(message: message, retryAfterMilliseconds: retryAfter))
+            } else if code == RejectCode.busy.rawValue || code == RejectCode.shuttingDown.rawValue {
                 // Back off: the broker's hint, doubled per refusal, with jitter, capped.
                 o.busyCount += 1
                 let base = UInt64(max(retryAfter, 20)) << UInt64(min(o.busyCount - 1, 6))
@@ -174,7 +177,7 @@ final class ClientLoop {
         case .failed(let id, let attempts, let code, let message, let partial):
             deliver(BatchOutcome(batchID: id, attempts: attempts, status: .failed(code: code, message: message, partial: partial.bytes)))
         case .status(let json):
-            if !statusWaiters.isEmpty { statusWaiters.removeFirst().resume(returning: json.bytes) }
+            if !statusWaiters.isEmpty { statusWaiters.removeFirst().continuation.resume(returning: json.bytes) }
         case .welcome(_, let info):
             if let welcome = try? info.withUnsafeBytes({ try JSONDecoder().decode(ProducerWelcome.self, from: Data($0)) }) {
                 if let limit = welcome.maxPayloadBytes { maxPayloadBytes = limit }
@@ -208,7 +211,7 @@ final class ClientLoop {
         refused = reason
         for (_, o) in outstanding { o.submission.continuation.resume(throwing: ClientError.unauthorized(reason)) }
         outstanding.removeAll()
-        for waiter in statusWaiters { waiter.resume(throwing: ClientError.unauthorized(reason)) }
+        for waiter in statusWaiters { waiter.continuation.resume(throwing: ClientError.unauthorized(reason)) }
         statusWaiters.removeAll()
     }
 
@@ -239,6 +242,12 @@ final class ClientLoop {
                 outstanding[id]?.retryAt = nil
                 sendSubmit(o.submission)
             }
+        }
+        if statusWaiters.contains(where: { t >= $0.deadline }) {
+            for waiter in statusWaiters where t >= waiter.deadline {
+                waiter.continuation.resume(throwing: ClientError.timedOut("the broker's STATUS at \(options.broker)"))
+            }
+            statusWaiters.removeAll { t >= $0.deadline }
         }
         if t.since(lastSent) >= options.heartbeatMilliseconds { send(.heartbeat) }
         if t.since(lastHeard) > options.heartbeatMilliseconds * options.liveness {
@@ -274,5 +283,6 @@ final class ClientLoop {
         monitor = freshMonitor
         hello()
         resubmitOutstanding()
+        for _ in statusWaiters { send(.status) } // their requests went out on the old socket
     }
 }

@@ -21,6 +21,9 @@ public struct ClientOptions: Sendable {
     public var manualAck = false
     /// CURVE: the broker's public key and this producer's key pair (nil: plaintext).
     public var curve: CurveClientKeys?
+    /// Retry a SUBMIT the broker answers `busy` (with backoff) until it is accepted. When false,
+    /// the submit throws `ClientError.busy` at once (a gateway answers 429 and lets its caller back off).
+    public var retryBusy = true
 
     public init(broker: String, session: String = "s-" + UUID().uuidString.lowercased()) {
         self.broker = broker
@@ -65,6 +68,8 @@ public enum ClientError: Error, Sendable, CustomStringConvertible, Equatable {
     case timedOut(String)
     /// The broker refused this client's CURVE credentials, or the handshake failed.
     case unauthorized(String)
+    /// The pool is full (only with `retryBusy` off): try again after the broker's hint.
+    case busy(message: String, retryAfterMilliseconds: UInt32)
 
     public var description: String {
         switch self {
@@ -72,6 +77,7 @@ public enum ClientError: Error, Sendable, CustomStringConvertible, Equatable {
         case .closed: "the client was closed"
         case .timedOut(let what): "timed out waiting for \(what)"
         case .unauthorized(let why): why
+        case .busy(let message, let retry): "\(message) (retry after \(retry) ms)"
         }
     }
 }

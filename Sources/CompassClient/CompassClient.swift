@@ -62,10 +62,11 @@ public final class CompassClient: Sendable {
         return try await submit(batchID: batchID, pool: pool, payload: payload, meta: meta)
     }
 
-    /// Asks the broker for its STATUS document (JSON).
-    public func status() async throws -> [UInt8] {
+    /// Asks the broker for its STATUS document (JSON); throws `ClientError.timedOut` when no answer
+    /// comes within `timeoutSeconds` (a broker that is down does not answer at all).
+    public func status(timeoutSeconds: Double = 10) async throws -> [UInt8] {
         try await withCheckedThrowingContinuation { continuation in
-            inbox.post(.status(continuation))
+            inbox.post(.status(continuation, deadline: MonotonicClock.milliseconds() + UInt64(max(0, timeoutSeconds) * 1000)))
         }
     }
 
@@ -97,7 +98,7 @@ enum Command: Sendable {
     case submit(Submission)
     case cancel(String)
     case ack(String)
-    case status(CheckedContinuation<[UInt8], any Error>)
+    case status(CheckedContinuation<[UInt8], any Error>, deadline: UInt64)
     case close
 }
 
@@ -137,7 +138,7 @@ final class Inbox: Sendable {
     static func reject(_ command: Command, _ error: any Error) {
         switch command {
         case .submit(let s): s.continuation.resume(throwing: error)
-        case .status(let c): c.resume(throwing: error)
+        case .status(let c, _): c.resume(throwing: error)
         case .cancel, .ack, .close: break
         }
     }

@@ -23,11 +23,11 @@ struct StatusCommand: AsyncParsableCommand {
         repeat {
             let document: [UInt8]
             do {
-                document = try await withDeadline(seconds: timeout) { try await client.status() }
-            } catch let error as ClientError {
-                throw fail("compass status", "\(error)")
-            } catch {
+                document = try await client.status(timeoutSeconds: timeout)
+            } catch ClientError.timedOut {
                 throw fail("compass status", "no answer from the broker at \(broker) within \(timeout) s (is it running?)")
+            } catch {
+                throw fail("compass status", "\(error)")
             }
             if json {
                 print(String(decoding: document, as: UTF8.self))
@@ -38,22 +38,6 @@ struct StatusCommand: AsyncParsableCommand {
             }
             if watch { try await Task.sleep(nanoseconds: 1_000_000_000) }
         } while watch
-    }
-}
-
-/// Runs `body`, failing with `CommandFailure` if it takes longer than `seconds`.
-func withDeadline<T: Sendable>(seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else {
-            throw CommandFailure(message: "timed out after \(seconds) s")
-        }
-        return value
     }
 }
 

@@ -55,7 +55,6 @@ public final class Gateway: Sendable {
     public let pools: PoolDirectory
     let files: FileStore
     let jobs: BatchJobs
-    let busy: BusyRegistry
     let startedAt = now()
 
     public init(options: GatewayOptions, logger: Logger) throws {
@@ -64,19 +63,12 @@ public final class Gateway: Sendable {
         let session = "gw-" + UUID().uuidString.lowercased().prefix(8)
         self.session = session
 
-        // Online requests: a batch the broker answers `busy` is cancelled and its callers get 429
-        // (OpenAI clients retry those themselves, honouring retry-after-ms).
-        let busy = BusyRegistry()
-        self.busy = busy
-        let onlineRef = ClientRef()
+        // Online requests: when the broker answers `busy` the callers get 429 at once (OpenAI
+        // clients retry those themselves, honouring retry-after-ms), nothing is queued behind them.
         var onlineOptions = ClientOptions(broker: options.broker, session: session)
         options.configureClient(&onlineOptions)
-        onlineOptions.onBusy = { batchID, wait in
-            busy.note(batchID, retryAfter: wait)
-            onlineRef.client?.cancel(batchID: batchID)
-        }
+        onlineOptions.retryBusy = false
         let online = try CompassClient(options: onlineOptions)
-        onlineRef.set(online)
         self.online = online
         // Batch API jobs: the client's own back-off on `busy` is what a 24-hour job wants.
         var jobsOptions = ClientOptions(broker: options.broker, session: session + "-jobs")
@@ -89,7 +81,7 @@ public final class Gateway: Sendable {
         batcher = Batcher(configuration: .init(maxBatch: options.maxBatch, maxWaitMilliseconds: options.maxWaitMilliseconds,
                                                maxBatchBytes: options.maxBatchBytes)) { pool, requests, deadline in
             let id = "\(session)-o\(onlineCounter.add(1, ordering: .relaxed).newValue)"
-            return await Gateway.submit(online, id: id, pool: pool, requests: requests, deadline: deadline, busy: busy)
+            return await Gateway.submit(online, id: id, pool: pool, requests: requests, deadline: deadline)
         }
         files = try FileStore(directory: options.dataDirectory + "/files")
         let jobCounter = Atomic<UInt64>(0)
@@ -99,16 +91,14 @@ public final class Gateway: Sendable {
         settings.maxBatchBytes = options.maxBatchBytes
         jobs = try BatchJobs(directory: options.dataDirectory + "/batches", files: files, pools: pools, settings: settings) { pool, requests, deadline in
             let id = "\(session)-j\(jobCounter.add(1, ordering: .relaxed).newValue)"
-            return await Gateway.submit(jobsClient, id: id, pool: pool, requests: requests, deadline: deadline, busy: nil)
+            return await Gateway.submit(jobsClient, id: id, pool: pool, requests: requests, deadline: deadline)
         }
     }
 
     /// One compass batch through `client`, its outcome as a `BatchAnswer`.
-    static func submit(_ client: CompassClient, id: String, pool: String, requests: [InferenceRequest], deadline: UInt32,
-                       busy: BusyRegistry?) async -> BatchAnswer {
+    static func submit(_ client: CompassClient, id: String, pool: String, requests: [InferenceRequest], deadline: UInt32) async -> BatchAnswer {
         do {
             let outcome = try await client.submit(requests, pool: pool, batchID: id, deadlineMilliseconds: deadline)
-            let wait = busy?.take(id)
             switch outcome.status {
             case .completed(let payload, _):
                 guard let results = try? JSONDecoder().decode([InferenceResult].self, from: Data(payload)) else {
@@ -116,18 +106,15 @@ public final class Gateway: Sendable {
                 }
                 return BatchAnswer(results: Dictionary(results.map { ($0.customID, $0) }, uniquingKeysWith: { a, _ in a }))
             case .failed(let code, let message, let partial):
-                if code == FailureCode.cancelled.rawValue, let wait {
-                    return BatchAnswer(failure: busyFailure(pool, wait))
-                }
                 let results = (try? JSONDecoder().decode([InferenceResult].self, from: Data(partial))) ?? []
                 return BatchAnswer(results: Dictionary(results.map { ($0.customID, $0) }, uniquingKeysWith: { a, _ in a }),
                                    failure: CompassFailure(code: code, message: message))
             }
+        } catch let ClientError.busy(_, wait) {
+            return BatchAnswer(failure: busyFailure(pool, wait))
         } catch let ClientError.rejected(code, message) {
-            if let wait = busy?.take(id) { return BatchAnswer(failure: busyFailure(pool, wait)) }
             return BatchAnswer(failure: CompassFailure(code: code, message: message))
         } catch {
-            _ = busy?.take(id)
             return BatchAnswer(failure: CompassFailure(code: "client_error", message: "\(error)"))
         }
     }
@@ -388,20 +375,6 @@ public final class Gateway: Sendable {
             ("last_id", .optional(page.last?.id)), ("has_more", .bool(all.count > page.count)),
         ]))
     }
-}
-
-/// Batches the broker answered `busy`, with the client's retry delay, until their caller looks.
-final class BusyRegistry: Sendable {
-    private let ids = Mutex<[String: UInt32]>([:])
-    func note(_ id: String, retryAfter: UInt32) { ids.withLock { $0[id] = retryAfter } }
-    func take(_ id: String) -> UInt32? { ids.withLock { $0.removeValue(forKey: id) } }
-}
-
-/// Lets a client's callback reach the client it belongs to.
-final class ClientRef: Sendable {
-    private let value = Mutex<CompassClient?>(nil)
-    var client: CompassClient? { value.withLock { $0 } }
-    func set(_ client: CompassClient) { value.withLock { $0 = client } }
 }
 
 /// Requires `Authorization: Bearer <key>` (compared in constant time).

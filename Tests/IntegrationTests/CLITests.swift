@@ -30,6 +30,16 @@ struct CLITests {
         #expect(groups == ["0,1", "2,3", "4,5", "6,7"])
     }
 
+    @Test("compass status with no broker running says so within its --timeout, exit status 1")
+    func statusWithoutBroker() throws {
+        let dir = TempDir()
+        let began = Date()
+        let run = try Spawned("compass", ["status", "--broker", "ipc://\(dir.file("nobody-here"))", "--timeout", "1"], in: dir, name: "status")
+        #expect(try run.waitForExit(timeout: 15) == .exited(1))
+        #expect(Date().timeIntervalSince(began) < 10)
+        #expect(run.log().contains("no answer from the broker at ipc://"), "\(run.log())")
+    }
+
     @Test("compass submit: an unreadable line gets an error result; the rest run; exit status 1")
     func submitKeepsGoingPastBadLines() throws {
         let dir = TempDir()

@@ -70,8 +70,7 @@ struct EngineHostTests {
         try await eventually("the engine to report progress on the batch") {
             (try await status(client).scheduler.workers.first?.progress["kill-me"]?.first ?? 0) > 0
         }
-        let line = try w.waitForLog("engine process started")
-        let pid = try #require(line.split(separator: " ").first { $0.hasPrefix("pid=") }.flatMap { Int32($0.dropFirst(4)) })
+        let pid = try enginePID(w)
         kill(-pid, SIGKILL)
         let outcome = try await task.value
         #expect(try outcome.results().count == 48)
@@ -132,21 +131,53 @@ struct EngineHostTests {
         let dir = TempDir()
         let broker = try BrokerProcess(in: dir)
         let locks = ["--lock-dir", dir.file("locks")]
-        let first = try worker(broker.backend, dir, "first", try exampleEngineArguments(["--gpus", "5"] + locks))
-        let started = try first.waitForLog("engine process started")
-        let enginePid = try #require(started.split(separator: " ").first { $0.hasPrefix("pid=") }.flatMap { Int32($0.dropFirst(4)) })
+        // An engine that does not exit when its worker goes (stuck, as in a CUDA call).
+        let stuck = ["--engine-arg", "stuck_after_eof=1", "--gpus", "5"] + locks
+        let first = try worker(broker.backend, dir, "first", try exampleEngineArguments(stuck))
+        let enginePid = try enginePID(first)
         try first.waitForLog("registered with broker")
         kill(first.pid, SIGKILL)
         _ = try first.waitForExit(timeout: 10)
-        #expect(kill(enginePid, 0) == 0, "the engine should outlive its SIGKILLed worker (its own process group)")
+        #expect(processAlive(enginePid), "the stuck engine should outlive its SIGKILLed worker (its own process group)")
         let second = try worker(broker.backend, dir, "second", try exampleEngineArguments(["--gpus", "5"] + locks))
         try second.waitForLog("killed an engine left running by a dead worker")
         try second.waitForLog("registered with broker")
-        var gone = false
-        for _ in 0..<200 where !gone {
-            gone = kill(enginePid, 0) != 0
-            if !gone { usleep(20_000) }
+        #expect(waitGone(enginePid, seconds: 4), "the orphaned engine \(enginePid) is still alive")
+    }
+
+    @Test("A SIGKILLed worker's compass_engine engine exits by itself: end of file on its request pipe, stderr unread")
+    func engineExitsWhenItsWorkerIsKilled() throws {
+        let dir = TempDir()
+        let broker = try BrokerProcess(in: dir)
+        let scripted = "command=\(try enginePython()) \(repositoryRoot)/bin/engines/tests/scripted_engine.py"
+        let first = try worker(broker.backend, dir, "first", ["--engine", "exec", "--engine-arg", scripted])
+        let enginePid = try enginePID(first)
+        try first.waitForLog("registered with broker")
+        kill(first.pid, SIGKILL)
+        _ = try first.waitForExit(timeout: 10)
+        #expect(waitGone(enginePid, seconds: 10), "the engine \(enginePid) outlived its SIGKILLed worker")
+    }
+
+    func enginePID(_ worker: Spawned) throws -> Int32 {
+        let started = try worker.waitForLog("engine process started")
+        return try #require(started.split(separator: " ").first { $0.hasPrefix("pid=") }.flatMap { Int32($0.dropFirst(4)) })
+    }
+
+    /// Whether `pid` is a live process (not gone, not a zombie waiting for init to reap it).
+    func processAlive(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+        // The state follows the ")" that ends the command name.
+        guard let close = stat.lastIndex(of: ")") else { return true }
+        return !stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
+    }
+
+    /// Waits up to `seconds` for `pid` to be gone; true if it went.
+    func waitGone(_ pid: Int32, seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while processAlive(pid) {
+            if Date() > deadline { return false }
+            usleep(20_000)
         }
-        #expect(gone, "the orphaned engine \(enginePid) is still alive")
+        return true
     }
 }

@@ -71,8 +71,13 @@ def is_out_of_memory(error: BaseException) -> bool:
 def log(message: str) -> None:
     """A line on stderr, which the worker logs with an [engine] prefix."""
     # One write per line: ranks share the pipe, and print() writes the newline separately.
-    sys.stderr.write(f"compass-engine[{os.getpid()}]: {message}\n")
-    sys.stderr.flush()
+    # Never raises: when the worker is gone (SIGKILLed), nobody reads stderr and the write fails
+    # with EPIPE; a log line must not kill the thread that is taking the engine down.
+    try:
+        sys.stderr.write(f"compass-engine[{os.getpid()}]: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 # MARK: Requests and results
@@ -406,6 +411,9 @@ class _Batch:
         return (self.batch_id, self.attempt)
 
 
+EOF_GRACE_SECONDS = 10.0  # after end of file on fd 3, the longest the engine lives on
+
+
 class EngineHost:
     """Runs one backend under the protocol: ready, then batches (up to the backend's `max_batches`
     at once), until shutdown or EOF.
@@ -455,7 +463,8 @@ class EngineHost:
                         self.handle_line(line)
         except OSError as error:
             log(f"reading fd {self.in_fd} failed: {error}")
-        self.stop("end of file on the request pipe")
+        finally:  # whatever ended the loop: the engine must not outlive its worker
+            self.stop("end of file on the request pipe", hard_deadline=EOF_GRACE_SECONDS)
 
     def handle_line(self, line: bytes) -> None:
         try:
@@ -482,7 +491,17 @@ class EngineHost:
         else:
             log(f"ignoring unknown message type {kind!r}")
 
-    def stop(self, why: str) -> None:
+    def stop(self, why: str, hard_deadline: float | None = None) -> None:
+        """Cancels what runs and ends the serve loop. `hard_deadline` (end of file: nobody waits
+        for answers any more): the process exits after that many seconds whatever still runs (a
+        backend call that ignores its cancel event must not keep the GPUs of a dead worker)."""
+        if hard_deadline is not None:
+            def give_up() -> None:
+                log(f"still running {hard_deadline:.0f}s after {why}; exiting")
+                _exit(0)
+            timer = threading.Timer(hard_deadline, give_up)
+            timer.daemon = True
+            timer.start()
         with self.state_lock:
             if self.stopping:
                 return

@@ -4,7 +4,8 @@ upper-cased. Copy it to write your own `--engine exec` engine; docs/engines.md i
 
 Test markers in a prompt: `@@crash` exits at once (status 3), `@@hang` stops making progress
 until cancelled, `@@oom` reports `fatal oom` and exits. Engine args: startup_ms=N delays `ready`,
-never_ready=1 never sends it.
+never_ready=1 never sends it, stuck_after_eof=1 keeps the process alive after the worker is gone
+(as an engine stuck in a CUDA call would be: the tests of the next worker's orphan reaping).
 """
 import json
 import os
@@ -60,7 +61,7 @@ def answer(request, key):
 
 
 def main():
-    unknown = set(ARGS) - {"startup_ms", "never_ready"}
+    unknown = set(ARGS) - {"startup_ms", "never_ready", "stuck_after_eof"}
     if unknown:
         send(type="fatal", code="startup_failed", message=f"unknown engine args: {sorted(unknown)}")
         sys.exit(1)
@@ -84,6 +85,8 @@ def main():
             send(type="failed", **ids, code="cancelled", retryable=False, message="cancelled")
         else:
             send(type="result", **ids, results=results, stats={"engine_ms": (time.monotonic() - started) * 1000})
+    while ARGS.get("stuck_after_eof") == "1":
+        time.sleep(3600)
 
 
 if __name__ == "__main__":

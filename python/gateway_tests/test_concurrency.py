@@ -36,7 +36,8 @@ def test_200_concurrent_requests_share_batches(cluster: Cluster) -> None:
     cluster.start_broker()
     cluster.start_worker()
     cluster.start_worker()
-    gateway = cluster.start_gateway("--max-batch", "32", "--max-wait-ms", "5")
+    # A 50 ms window: arrivals spread over a second on a loaded 2-core machine still share batches.
+    gateway = cluster.start_gateway("--max-batch", "32", "--max-wait-ms", "50")
     cluster.wait_for_workers(gateway, {"default": 2})
     before = cluster.pool_status("default")["counters"]["submitted"]
     prompts = [f"request {i} " + " ".join(f"w{i}x{k}" for k in range(i % 7 + 1)) for i in range(REQUESTS)]
@@ -71,4 +72,4 @@ def test_200_concurrent_requests_share_batches(cluster: Cluster) -> None:
     # Far fewer batches than requests (the bound is loose: arrival spread depends on the machine).
     assert batches <= REQUESTS // 4, report
     # The batching wait is bounded by --max-wait-ms (plus timer slack on a loaded machine).
-    assert stats["wait_ms_max"] < 100, report
+    assert stats["wait_ms_max"] < 50 + 200, report

@@ -46,7 +46,7 @@ def _high(fd: int) -> int:
 class Engine:
     """One engine process and the two protocol pipes."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], read_log: bool = True) -> None:
         req_r, req_w = (_high(fd) for fd in os.pipe())
         ev_r, ev_w = (_high(fd) for fd in os.pipe())
         log_r, log_w = (_high(fd) for fd in os.pipe())
@@ -67,7 +67,11 @@ class Engine:
         self._log: list[str] = []
         self.returncode: int | None = None
         threading.Thread(target=self._read_events, args=(ev_r,), daemon=True).start()
-        threading.Thread(target=self._read_log, args=(log_r,), daemon=True).start()
+        self._log_r: int | None = None
+        if read_log:
+            threading.Thread(target=self._read_log, args=(log_r,), daemon=True).start()
+        else:  # the test holds the log pipe unread (worker_gone closes it)
+            self._log_r = log_r
 
     def _read_events(self, fd: int) -> None:
         with os.fdopen(fd, "rb") as stream:
@@ -103,6 +107,15 @@ class Engine:
         self.send({"type": "cancel", "batch_id": batch_id, "attempt": attempt})
 
     def close_requests(self) -> None:
+        self._requests.close()
+
+    def worker_gone(self) -> None:
+        """What a SIGKILLed worker leaves: the request pipe at end of file and nobody reading the
+        engine's stdout and stderr (needs read_log=False). The event pipe stays read, so tests see
+        whether the engine still answers."""
+        assert self._log_r is not None, "start the engine with read_log=False"
+        os.close(self._log_r)
+        self._log_r = None
         self._requests.close()
 
     def next_event(self, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any] | None:
@@ -208,8 +221,8 @@ def start_engine() -> Iterator[StartEngine]:
     started: list[Engine] = []
 
     def start(script: str, model: str = "", tp: int = 1, args: dict[str, str] | None = None,
-              env: dict[str, str] | None = None) -> Engine:
-        engine = Engine([sys.executable, str(ENGINES / script)], engine_env(model, tp, args, env))
+              env: dict[str, str] | None = None, read_log: bool = True) -> Engine:
+        engine = Engine([sys.executable, str(ENGINES / script)], engine_env(model, tp, args, env), read_log)
         started.append(engine)
         return engine
 

@@ -161,6 +161,20 @@ def test_end_of_file_mid_batch_exits(start_engine: StartEngine) -> None:
     assert engine.wait_exit() == 0
 
 
+@pytest.mark.parametrize("loaded", [True, False])
+def test_a_killed_worker_leaves_no_engine_behind(start_engine: StartEngine, loaded: bool) -> None:
+    # A SIGKILLed worker closes the request pipe and stops reading the engine's stderr: logging
+    # "stopping" then fails with EPIPE, and the engine must still exit (it used to hang for ever,
+    # its reader thread dead of the BrokenPipeError, orphaned beside the next worker's engine).
+    engine = start_engine(SCRIPT, args={"step_ms": "50", "load_ms": "0" if loaded else "60000"}, read_log=False)
+    if loaded:
+        engine.ready()
+        engine.batch("long", [{"custom_id": "a", "prompt": "x", "max_tokens": 1000}])
+        engine.wait_for("progress")
+    engine.worker_gone()
+    assert engine.wait_exit(timeout=10) == 0
+
+
 def test_end_of_file_while_loading_exits_at_once(start_engine: StartEngine) -> None:
     engine = start_engine(SCRIPT, args={"load_ms": "60000"})
     engine.close_requests()
