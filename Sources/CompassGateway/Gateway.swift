@@ -139,6 +139,7 @@ public final class Gateway: Sendable {
             onServerRunning: { channel in onListening(host, channel.localAddress?.port ?? 0) },
             logger: logger)
         try await app.runService()
+        logger.info("gateway stopped")
     }
 
     func makeRouter() -> Router<BasicRequestContext> {

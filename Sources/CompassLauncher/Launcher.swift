@@ -8,8 +8,8 @@ import Glibc
 #endif
 
 /// Runs a set of processes: starts each with posix_spawn in its own process group, restarts one
-/// that dies (with backoff), and stops them all in order: workers first (SIGTERM, they drain),
-/// then the broker, then SIGKILL to any process group still alive.
+/// that dies (with backoff), and stops them all in order: the gateway, the workers (SIGTERM, they
+/// drain), then the broker, then SIGKILL to any process group still alive.
 ///
 /// `supervise` runs on one thread; `requestStop` may be called from any thread.
 public final class Launcher: Sendable {
@@ -18,7 +18,9 @@ public final class Launcher: Sendable {
         public var restartMinMilliseconds: UInt64 = 500
         public var restartMaxMilliseconds: UInt64 = 10_000
         public var stableSeconds: UInt64 = 30
-        /// How long workers may drain after SIGTERM, then the broker after its SIGTERM.
+        /// How long the gateway may finish its calls after SIGTERM, then the workers may drain,
+        /// then the broker may stop.
+        public var gatewayStopMilliseconds: UInt64 = 10_000
         public var workerStopMilliseconds: UInt64 = 15_000
         public var brokerStopMilliseconds: UInt64 = 5_000
         /// Where each process's output goes: inherit ours (nil) or a file per process in this directory.
@@ -179,11 +181,14 @@ public final class Launcher: Sendable {
         }
     }
 
-    /// Workers first (they drain and say BYE), then the broker; SIGKILL what does not stop in time.
+    /// The gateway first (no new HTTP requests; it answers what it holds), then the workers (they
+    /// drain and say BYE), then the broker; SIGKILL what does not stop in time.
     func stopAll(_ managed: [Managed]) {
+        let gateways = managed.filter { $0.spec.role == .gateway }
         let workers = managed.filter { if case .worker = $0.spec.role { return true }; return false }
         let brokers = managed.filter { $0.spec.role == .broker }
         for m in managed { update(m.spec.name) { if $0.phase != .held { $0.phase = .stopping } } }
+        stop(gateways, within: settings.gatewayStopMilliseconds)
         stop(workers, within: settings.workerStopMilliseconds)
         stop(brokers, within: settings.brokerStopMilliseconds)
         for m in managed { update(m.spec.name) { if $0.phase != .held { $0.phase = .stopped; $0.pid = nil } } }

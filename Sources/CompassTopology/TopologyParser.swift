@@ -9,7 +9,8 @@ extension Topology {
             throw TopologyError(problems: [TopologyProblem(file: path, message: "cannot read the file (does it exist?)")])
         }
         var topology = try parse(String(decoding: data, as: UTF8.self), file: path)
-        // Key paths are relative to the topology file, so `compass up` works from any directory.
+        // File paths (keys, the journal, the gateway's data) are relative to the topology file,
+        // so `compass up` works from any directory.
         let base = URL(fileURLWithPath: path).deletingLastPathComponent()
         func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : base.appendingPathComponent(p).standardized.path }
         if var s = topology.security {
@@ -21,8 +22,10 @@ extension Topology {
         }
         if var g = topology.gateway {
             g.curveKey = g.curveKey.map(resolve)
+            g.dataDirectory = g.dataDirectory.map(resolve)
             topology.gateway = g
         }
+        topology.broker.journal = topology.broker.journal.map { $0.hasPrefix(":") ? $0 : resolve($0) }
         return topology
     }
 

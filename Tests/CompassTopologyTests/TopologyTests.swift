@@ -13,6 +13,33 @@ struct TopologyTests {
         #expect(t.broker.frontend == "tcp://127.0.0.1:5555")
     }
 
+    @Test("Key, journal and gateway data paths are relative to the topology file, not the working directory")
+    func pathsAreRelativeToTheFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("topo-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("t.yaml").path
+        try """
+        broker:
+          journal: state/journal.db
+        pools:
+          default:
+            engine: synthetic
+        gateway:
+          data_dir: gw-data
+          curve_key: keys/gw.key
+        security:
+          broker_key: /etc/compass/broker.key
+          allow_producers: keys/producers
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+        let t = try Topology.load(path: file)
+        #expect(t.broker.journal == dir.path + "/state/journal.db")
+        #expect(t.gateway?.dataDirectory == dir.path + "/gw-data")
+        #expect(t.gateway?.curveKey == dir.path + "/keys/gw.key")
+        #expect(t.security?.brokerKey == "/etc/compass/broker.key")
+        #expect(t.security?.allowProducers == dir.path + "/keys/producers")
+    }
+
     @Test func gpusAreCutIntoDisjointGroupsOfTP() throws {
         let t = try Topology.parse("""
         pools:

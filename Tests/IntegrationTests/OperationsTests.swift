@@ -91,6 +91,36 @@ struct OperationsTests {
         #expect(try up.waitForExit(timeout: 30).isSuccess)
     }
 
+    @Test("compass up with a gateway: section serves HTTP; Ctrl-C stops the gateway too, first")
+    func upRunsAndStopsTheGateway() async throws {
+        let dir = TempDir()
+        try """
+        broker:
+          frontend: ipc://\(dir.path)/fe
+          backend: ipc://\(dir.path)/be
+        pools:
+          default:
+            workers: 1
+        gateway:
+          listen: 127.0.0.1:0
+        """.write(toFile: dir.file("t.yaml"), atomically: true, encoding: .utf8)
+        let up = try Spawned("compass", ["up", dir.file("t.yaml"), "--no-view"], in: dir, name: "up")
+        let started = try up.waitForLog("process=gateway", timeout: 30)
+        let gatewayPid = try #require(started.split(separator: " ").first { $0.hasPrefix("pid=") }.flatMap { Int32($0.dropFirst(4)) })
+        let listening = try up.waitForLog("compass gateway listening on http://127.0.0.1:", timeout: 30)
+        let port = try #require(listening.split(separator: ":").dropFirst(2).first.flatMap { Int($0.prefix { $0.isNumber }) })
+        try await eventually("the gateway to see the pool's worker") {
+            (try? httpGet("http://127.0.0.1:\(port)/v1/models"))?.contains(#""workers":1"#) == true
+        }
+        up.child.signal(SIGINT)
+        #expect(try up.waitForExit(timeout: 30).isSuccess, "\(up.log())")
+        #expect(kill(gatewayPid, 0) != 0, "the gateway \(gatewayPid) outlived compass up")
+        let log = up.log()
+        let gatewayStop = try #require(log.range(of: "gateway stopped"), "\(log)")
+        let workerStop = try #require(log.range(of: "SIGTERM: draining"), "\(log)")
+        #expect(gatewayStop.lowerBound < workerStop.lowerBound, "the gateway should stop before the workers")
+    }
+
     @Test("--log-format json writes one JSON object per line")
     func jsonLogs() throws {
         let dir = TempDir()
