@@ -65,8 +65,9 @@ phase() {
     tail -1 "$OUT/vllm-generate.log" | tee -a "$OUT/run.log"
   fi
   log "$engine direct (the adapter over the engine protocol, no broker)"
+  # --max-batches 8: as many batches inside the engine as it says in `ready` (vLLM: 2), as the worker does.
   if ! python3 "$B/gpu/drive_engine.py" "$B/engines/${engine}_engine.py" "$P" --model "$MODEL" --batch-size "$batch" \
-    "${engine_args[@]}" --out "$WORK/$tag-direct.jsonl" --report "$OUT/$tag-direct.json" > "$OUT/$tag-direct.log" 2>&1; then
+    --max-batches 8 "${engine_args[@]}" --out "$WORK/$tag-direct.jsonl" --report "$OUT/$tag-direct.json" > "$OUT/$tag-direct.log" 2>&1; then
     log "$engine direct run failed:"; tail -15 "$OUT/$tag-direct.log" | tee -a "$OUT/run.log"; return 1
   fi
   tail -1 "$OUT/$tag-direct.log" | tee -a "$OUT/run.log"
