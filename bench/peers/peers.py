@@ -64,21 +64,26 @@ def machine_busy():
 
 
 def closed_loop(submit, wait_one, window, warmup, duration):
-    """Keeps `window` tasks in flight; returns (completed in the window, latencies)."""
+    """Keeps `window` tasks in flight; returns (completed in the measuring window, latencies).
+    The measuring window opens after `warmup` seconds and once `window` results have come back
+    (a slow peer's pipeline is full by then), and lasts `duration` seconds."""
     inflight = collections.deque()
     t0 = time.perf_counter()
-    start, end = t0 + warmup, t0 + warmup + duration
     for _ in range(window):
         inflight.append((submit(), time.perf_counter()))
-    done, lat = 0, []
+    done, lat, received = 0, [], 0
+    start = end = None
     while inflight:
         handle, sent = inflight.popleft()
         wait_one(handle)
         t = time.perf_counter()
-        if start <= t < end:
+        received += 1
+        if start is None and received >= window and t >= t0 + warmup:
+            start, end = t, t + duration
+        elif start is not None and t < end:
             done += 1
             lat.append(t - sent)
-        if t < end:
+        if start is None or t < end:
             inflight.append((submit(), t))
     return done, lat
 
@@ -139,7 +144,8 @@ def celery_bench(args):
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    env = dict(os.environ, BENCH_REDIS=url, PYTHONPATH=HERE)
+    # C_FORCE_ROOT: Celery refuses pickle under root without it (this machine runs everything as root).
+    env = dict(os.environ, BENCH_REDIS=url, PYTHONPATH=HERE, C_FORCE_ROOT="1")
     procs = []
     result = {"version": celery.__version__, "redis_py": redis_py.__version__}
     try:

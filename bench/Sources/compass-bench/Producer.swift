@@ -67,20 +67,23 @@ final class RawProducer {
     }
 
     /// Keeps `window` batches in flight: each RESULT is ACKed and replaced by a new SUBMIT. Counts
-    /// the results that arrive between `warmup` and `warmup + duration` (seconds).
+    /// the results of a measuring window of `duration` seconds that opens after `warmup` seconds
+    /// and once `window` results have come back (the pipeline is full by then).
     func closedLoop(payload: StaticBytes, meta: StaticBytes, window: Int, warmup: Double, duration: Double) -> Outcome {
         let poller = Poller()
         _ = poller.add(sock)
         let t0 = monoNs()
-        let measureFrom = t0 + UInt64(warmup * 1e9)
-        let measureTo = measureFrom + UInt64(duration * 1e9)
+        let warmUntil = t0 + UInt64(warmup * 1e9)
+        let hardStop = t0 + UInt64((warmup + duration) * 1e9) + 60_000_000_000
+        var measureFrom = UInt64.max, measureTo = UInt64.max
+        var received = 0
         var out = Outcome()
         var retries: [(at: UInt64, id: String)] = []
         for _ in 0..<window { submit(payload, meta, now: monoNs()) }
         while true {
             var now = monoNs()
-            if now >= measureTo { break }
-            poller.poll(timeoutMs: min(50, msUntil(measureTo, now: now)))
+            if now >= measureTo || now >= hardStop { break }
+            poller.poll(timeoutMs: measureTo == .max ? 50 : min(50, msUntil(measureTo, now: now)))
             now = monoNs()
             while let f = sock.receive(dontWait: true) {
                 guard f.count >= 3 else { continue }
@@ -91,7 +94,11 @@ final class RawProducer {
                     if f[1].u8 == Wire.failed { failures += 1 }
                     ack(f[2])
                     guard let sent = sentAt.removeValue(forKey: id) else { continue }
-                    if t >= measureFrom && t < measureTo {
+                    received += 1
+                    if measureFrom == .max && received >= window && t >= warmUntil {
+                        measureFrom = t
+                        measureTo = t + UInt64(duration * 1e9)
+                    } else if t >= measureFrom && t < measureTo {
                         out.completed += 1
                         _ = out.hist.record(max(1, (t - sent) / 1000))
                     }
@@ -109,7 +116,7 @@ final class RawProducer {
                 for r in due { resubmit(r.id, payload, meta) }
             }
         }
-        out.seconds = duration
+        out.seconds = measureTo == .max ? 0 : duration
         return out
     }
 
@@ -153,6 +160,8 @@ final class RawProducer {
         var sent = 0
         var completedInWindow = 0
         var measuredIDs: Set<String> = []
+        var trace: [String] = []
+        let debugTrace = ProcessInfo.processInfo.environment["BENCH_TRACE"] != nil
         let giveUp = stopSending + 5_000_000_000
         while true {
             var now = monoNs()
@@ -175,11 +184,13 @@ final class RawProducer {
                     ack(f[2])
                     if let s = sentAt.removeValue(forKey: id), measuredIDs.remove(id) != nil {
                         _ = hist.record(max(1, (now - s) / 1000))
-                        completedInWindow += 1
+                        if debugTrace { trace.append("\((s - t0) / 1000) \((now - t0) / 1000)") }
+                        if now < stopSending { completedInWindow += 1 }
                     }
                 }
             }
         }
+        if debugTrace { try? trace.joined(separator: "\n").write(toFile: "/tmp/openloop-\(Int(rate)).txt", atomically: true, encoding: .utf8) }
         return (hist, Double(completedInWindow) / duration)
     }
 

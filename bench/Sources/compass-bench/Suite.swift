@@ -103,16 +103,16 @@ final class Suite {
         let (payload, requests) = makePayload(bytes: size)
         let producer = try RawProducer(ctx: ctx, frontend: broker.frontend)
         try waitWorkers(producer, workers)
-        let cpu0 = cpuSeconds(broker.child.pid), m0 = machineCPU()
+        let cpu0 = cpuSeconds(broker.child.pid), m0 = machineCPU(), start = monoNs()
         let o = producer.closedLoop(payload: StaticBytes(payload), meta: StaticBytes(Wire.meta(requests: UInt32(requests))),
                                     window: window, warmup: warmup ?? warm, duration: duration ?? dur)
         let cpu1 = cpuSeconds(broker.child.pid), m1 = machineCPU()
-        let elapsed = o.seconds + (warmup ?? warm)
-        let rate = Double(o.completed) / o.seconds
+        let elapsed = Double(monoNs() - start) / 1e9
+        let rate = o.seconds > 0 ? Double(o.completed) / o.seconds : 0
         var row: [String: Any] = [
             "transport": transport, "size": size, "payload_bytes": payload.count, "requests_per_batch": requests,
             "workers": workers, "worker": worker, "latency_ms": latencyMs, "window": window, "credit": credit,
-            "journal": journal ?? "none", "batches_per_s": rate.rounded(), "requests_per_s": (rate * Double(requests)).rounded(),
+            "journal": journal ?? "none", "batches_per_s": (rate * 100).rounded() / 100, "requests_per_s": (rate * Double(requests)).rounded(),
             "mb_per_s": (rate * Double(payload.count) / 1e6 * 10).rounded() / 10, "latency": summary(o.hist),
             "broker_cpu_percent": ((cpu1 - cpu0) / elapsed * 1000).rounded() / 10,
             "machine_busy_percent": ((m1.busy - m0.busy) / max(0.001, m1.total - m0.total) * 1000).rounded() / 10,
@@ -213,17 +213,17 @@ final class Suite {
             out["idle"] = summary(idle)
             log("latency idle: p50 \(idle.valueAtPercentile(50)) µs p99 \(idle.valueAtPercentile(99)) µs")
             let sat = producer.closedLoop(payload: p, meta: meta, window: 64, warmup: warm, duration: dur)
-            let saturation = Double(sat.completed) / sat.seconds
+            let saturation = Double(sat.completed) / max(sat.seconds, 1)
             out["saturation_batches_per_s"] = saturation.rounded()
             out["saturation_latency"] = summary(sat.hist)
             usleep(200_000)
             var loads: [[String: Any]] = []
-            for fraction in [0.5, 0.9] {
+            for fraction in (ProcessInfo.processInfo.environment["BENCH_FRACTIONS"].map { $0.split(separator: ",").compactMap { Double($0) } } ?? [0.5, 0.9]) {
                 let r = producer.openLoop(payload: p, meta: meta, rate: fraction * saturation, warmup: warm,
                                           duration: quick ? 1.0 : 4.0)
                 loads.append(["fraction": fraction, "offered_per_s": (fraction * saturation).rounded(),
                               "achieved_per_s": r.achieved.rounded(), "latency": summary(r.hist)])
-                log("latency at \(Int(fraction * 100))% (\(Int(fraction * saturation))/s): p50 \(r.hist.valueAtPercentile(50)) µs p99 \(r.hist.valueAtPercentile(99)) µs")
+                log("latency at \(Int(fraction * 100))% (\(Int(fraction * saturation))/s, achieved \(Int(r.achieved))/s, \(r.hist.totalCount) samples): p50 \(r.hist.valueAtPercentile(50)) µs p99 \(r.hist.valueAtPercentile(99)) µs")
                 usleep(200_000)
             }
             out["loaded"] = loads
