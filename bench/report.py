@@ -69,8 +69,14 @@ def build(doc):
     rows = []
     disp = c.get("dispatch", [])
     by = {}
+
+    def default_window(w):
+        return max(64, 4 * w)
+
     for r in disp:
-        by[(r["transport"], r["size"], r["workers"], r["worker"], r["journal"])] = r
+        if r.get("credit", 2) == 2 and r["window"] == default_window(r["workers"]):
+            by[(r["transport"], r["size"], r["workers"], r["worker"], r["journal"])] = r
+    for r in disp:
         ceiling = raw.get((r["transport"], r["size"], 64), {}).get("round_trips_per_s")
         small = raw.get((r["transport"], 100, 64), {}).get("round_trips_per_s")
         r["ratio_of_raw"] = ratio(r["batches_per_s"], ceiling)
@@ -80,13 +86,16 @@ def build(doc):
         if r["journal"] != "none" and base:
             r["ratio_of_in_memory"] = ratio(r["batches_per_s"], base["batches_per_s"])
             extra = f"{r['ratio_of_in_memory']:.3f} of none; file {r.get('journal_bytes', 0) / 1e6:.1f} MB + wal {r.get('journal_wal_bytes', 0) / 1e6:.1f} MB"
-        rows.append([r["transport"], size_name(r["size"]), f"{r['workers']} {r['worker']}", r["journal"], fmt(r["batches_per_s"]),
-                     fmt(r["requests_per_s"]), fmt(r["mb_per_s"], 1), fmt(r["ratio_of_raw"], 3), fmt(r["broker_cpu_percent"], 0) + "%",
-                     fmt(r["latency"].get("p50_us")), extra])
-    table("2. Dispatch: producer -> compass-broker -> workers -> producer (window max(64, 4 x workers), credit 2; "
-          "ratio = batches/s over raw round trips/s, same transport and message size)",
-          ["transport", "payload", "workers", "journal", "batches/s", "requests/s", "MB/s", "of raw", "broker CPU", "p50 us", "journal"],
-          rows, out)
+        elif base is not None and base is not r:
+            r["ratio_of_default"] = ratio(r["batches_per_s"], base["batches_per_s"])
+            extra = f"{r['ratio_of_default']:.2f} of credit 2, window {base['window']}"
+        rows.append([r["transport"], size_name(r["size"]), f"{r['workers']} {r['worker']}", r.get("credit", 2), r["window"], r["journal"],
+                     fmt(r["batches_per_s"]), fmt(r["requests_per_s"]), fmt(r["mb_per_s"], 1), fmt(r["ratio_of_raw"], 3),
+                     fmt(r["broker_cpu_percent"], 0) + "%", fmt(r["latency"].get("p50_us")), extra])
+    table("2. Dispatch: producer -> compass-broker -> workers -> producer "
+          "(of raw = batches/s over raw round trips/s, same transport and message size, window 64)",
+          ["transport", "payload", "workers", "credit", "window", "journal", "batches/s", "requests/s", "MB/s", "of raw", "broker CPU",
+           "p50 us", ""], rows, out)
     for r in c.get("client", []):
         base = by.get(("tcp", r["size"], 4, "null", "none"))
         r["ratio_of_raw_producer"] = ratio(r["batches_per_s"], base and base["batches_per_s"])
@@ -114,6 +123,22 @@ def build(doc):
             note = "" if l["achieved_per_s"] >= 0.97 * l["offered_per_s"] else "did not keep up: results stalled while SUBMITs flowed"
             rows.append([f"compass at {int(l['fraction'] * 100)}% of {fmt(sat)}/s (open loop)", fmt(l["offered_per_s"]), fmt(l["achieved_per_s"]),
                          fmt(L.get("p50_us")), fmt(L.get("p99_us")), fmt(L.get("p999_us")), note])
+        ov = lat.get("overload")
+        if ov:
+            smp = ov.get("status_samples", [])
+            qmax = max((x.get("queued", 0) for x in smp), default=0)
+            # Completions while the queue was growing: the broker's own counter between samples.
+            growing = [x for a, x in zip(smp, smp[1:]) if x.get("queued", 0) > a.get("queued", 0)]
+            rate = None
+            if len(growing) >= 2:
+                dt = (growing[-1]["t_ms"] - growing[0]["t_ms"]) / 1000.0
+                rate = (growing[-1]["completed"] - growing[0]["completed"]) / dt if dt > 0 else None
+            ov["completions_per_s_while_queue_grew"] = None if rate is None else round(rate)
+            ov["max_queued"] = qmax
+            L = ov["latency"]
+            rows.append([f"compass at 150% (overload, open loop)", fmt(ov["offered_per_s"]), fmt(ov["results_per_s_while_offered"]),
+                         fmt(L.get("p50_us")), fmt(L.get("p99_us")), fmt(L.get("p999_us")),
+                         f"queue up to {fmt(qmax)}; broker completed {fmt(rate)}/s while it grew"])
         table("3. Latency, submit to result, 1 KiB batch, tcp (HdrHistogram)",
               ["", "offered/s", "done/s", "p50 us", "p99 us", "p99.9 us", ""], rows, out)
 

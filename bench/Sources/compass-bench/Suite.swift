@@ -131,11 +131,15 @@ final class Suite {
         var rows: [[String: Any]] = []
         let sizes = [1024, 65536, 1 << 20]
         let workerCounts = quick ? [1, 4] : [1, 4, 16]
-        func run(_ transport: String, _ size: Int, _ w: Int, _ journal: String?, worker: String = "null") throws {
+        // BENCH_CELLS=tcp/1024/4/none,... runs only those cells (for profiling).
+        let filter = ProcessInfo.processInfo.environment["BENCH_CELLS"].map { Set($0.split(separator: ",").map(String.init)) }
+        func run(_ transport: String, _ size: Int, _ w: Int, _ journal: String?, worker: String = "null", credit: Int = 2,
+                 window: Int? = nil) throws {
+            if let filter, !filter.contains("\(transport)/\(size)/\(w)/\(journal ?? "none")") { return }
             let row = try cell(transport: transport, size: size, workers: w, worker: worker, journal: journal,
-                               window: max(64, 4 * w))
+                               window: window ?? max(64, 4 * w), credit: credit)
             rows.append(row)
-            log("dispatch \(transport) \(size) B \(w)×\(worker) journal=\(journal ?? "none"): \(row["batches_per_s"]!) batches/s, broker CPU \(row["broker_cpu_percent"]!)%")
+            log("dispatch \(transport) \(size) B \(w)×\(worker) credit \(credit) window \(row["window"]!) journal=\(journal ?? "none"): \(row["batches_per_s"]!) batches/s, broker CPU \(row["broker_cpu_percent"]!)%")
         }
         for transport in ["tcp", "ipc"] {
             for size in sizes { for w in workerCounts { try run(transport, size, w, nil) } }
@@ -144,6 +148,10 @@ final class Suite {
             for size in (quick ? [1024, 1 << 20] : sizes) { for w in workerCounts { try run("tcp", size, w, journal) } }
         }
         for w in workerCounts { try run("tcp", 1024, w, nil, worker: "synthetic") }
+        // Sensitivity: more credit per worker (more batches the broker may complete per poll turn).
+        for credit in (quick ? [16] : [8, 32]) { try run("tcp", 1024, 4, nil, credit: credit) }
+        // Sensitivity: more batches held by the broker (a deeper queue) at the same worker count.
+        for window in (quick ? [1024] : [256, 1024, 4096]) { try run("tcp", 1024, 4, nil, window: window) }
         result["dispatch"] = rows
     }
 
@@ -212,7 +220,7 @@ final class Suite {
             let idle = producer.pingPong(payload: p, meta: meta, count: quick ? 1000 : 5000, warmup: 200)
             out["idle"] = summary(idle)
             log("latency idle: p50 \(idle.valueAtPercentile(50)) µs p99 \(idle.valueAtPercentile(99)) µs")
-            let sat = producer.closedLoop(payload: p, meta: meta, window: 64, warmup: warm, duration: dur)
+            let sat = producer.closedLoop(payload: p, meta: meta, window: 256, warmup: warm, duration: dur)
             let saturation = Double(sat.completed) / max(sat.seconds, 1)
             out["saturation_batches_per_s"] = saturation.rounded()
             out["saturation_latency"] = summary(sat.hist)
@@ -227,6 +235,13 @@ final class Suite {
                 usleep(200_000)
             }
             out["loaded"] = loads
+            // Overload: offered above saturation, open loop, while a second connection samples STATUS.
+            let monitor = StatusMonitor(ctx: ctx, frontend: broker.frontend, everyMs: 200)
+            let over = producer.openLoop(payload: p, meta: meta, rate: 1.5 * saturation, warmup: 0, duration: quick ? 1.5 : 3.0)
+            let samples = monitor.stop()
+            out["overload"] = ["offered_per_s": (1.5 * saturation).rounded(), "results_per_s_while_offered": over.achieved.rounded(),
+                               "latency": summary(over.hist), "status_samples": samples]
+            log("overload at 150% (\(Int(1.5 * saturation))/s): \(Int(over.achieved)) results/s while offered; broker samples: \(samples.map { "\($0["queued"] ?? 0)q/\($0["completed"] ?? 0)c" }.joined(separator: " "))")
         }
         do {
             let broker = try BrokerProc(bin: bin, dir: dir, name: "lat2-broker", transport: "tcp")
@@ -251,7 +266,7 @@ final class Suite {
         if !quick { plan += [(1000, 200)] }
         for (w, ms) in plan {
             let row = try cell(size: 1024, workers: w, latencyMs: ms, window: 4 * w, perProcess: w <= 64,
-                               warmup: quick ? 0.5 : 1.0, duration: quick ? 1.0 : (ms > 100 ? 4.0 : 3.0))
+                               warmup: quick ? 0.5 : 1.0, duration: quick ? 1.0 : (w > 64 ? 3.0 : 5.0))
             var r = row
             let ideal = Double(w) / (ms / 1000)
             r["ideal_batches_per_s"] = ideal
@@ -402,4 +417,42 @@ final class RescueState: @unchecked Sendable {
     var value: (UInt64, UInt32) { lock.lock(); defer { lock.unlock() }; return (t, attempt) }
     func stop() { lock.lock(); stopFlag = true; lock.unlock() }
     var stopped: Bool { lock.lock(); defer { lock.unlock() }; return stopFlag }
+}
+
+/// Samples the broker's STATUS (queued, running, completed of pool "bench") from its own
+/// connection on its own thread, until stopped.
+final class StatusMonitor: @unchecked Sendable {
+    private let lock = NSLock()
+    private var samples: [[String: Any]] = []
+    private var done = false
+    private let thread: Thread
+
+    init(ctx: Ctx, frontend: String, everyMs: Int) {
+        let box = Box()
+        thread = Thread {
+            guard let p = try? RawProducer(ctx: ctx, frontend: frontend, session: "monitor-\(getpid())") else { return }
+            let t0 = monoNs()
+            while !box.monitor!.stopped {
+                if let s = p.status(), let sched = s["scheduler"] as? [String: Any],
+                   let pools = sched["pools"] as? [[String: Any]], let pool = pools.first(where: { $0["name"] as? String == "bench" }) {
+                    let counters = pool["counters"] as? [String: Any] ?? [:]
+                    box.monitor!.add(["t_ms": Int((monoNs() - t0) / 1_000_000), "queued": pool["queued_batches"] ?? 0,
+                                      "running": pool["running_batches"] ?? 0, "completed": counters["completed"] ?? 0])
+                }
+                usleep(useconds_t(everyMs * 1000))
+            }
+        }
+        box.monitor = self
+        thread.start()
+    }
+
+    final class Box: @unchecked Sendable { weak var monitor: StatusMonitor? }
+
+    var stopped: Bool { lock.lock(); defer { lock.unlock() }; return done }
+    func add(_ s: [String: Any]) { lock.lock(); samples.append(s); lock.unlock() }
+    func stop() -> [[String: Any]] {
+        lock.lock(); done = true; lock.unlock()
+        while !thread.isFinished { usleep(1_000) }
+        lock.lock(); defer { lock.unlock() }; return samples
+    }
 }
