@@ -144,12 +144,23 @@ def build(doc):
 
     # 4. scaling
     rows = []
+    nproc = m.get("nproc", 2)
+
+    def others(r):
+        if "workers_cpu_percent" not in r:
+            return "-"
+        mine = r["broker_cpu_percent"] + r["workers_cpu_percent"] + r["producer_cpu_percent"]
+        return fmt(max(0.0, r["machine_busy_percent"] * nproc - mine), 0) + "%"
+
     for r in c.get("scaling", []):
         rows.append([r["workers"], fmt(r["latency_ms"]), r.get("processes"), r["window"], fmt(r["ideal_batches_per_s"]),
-                     fmt(r["batches_per_s"], 1), f"{r['efficiency'] * 100:.1f}%", fmt(r["broker_cpu_percent"], 0) + "%"])
+                     fmt(r["batches_per_s"], 1), f"{r['efficiency'] * 100:.1f}%", fmt(r["broker_cpu_percent"], 0) + "%",
+                     fmt(r.get("workers_cpu_percent"), 0) + "%", fmt(r.get("producer_cpu_percent"), 0) + "%", others(r)])
     if rows:
-        table("4. Scaling: W null workers, fixed latency per batch (a GPU that takes exactly that long), credit 2, window 4W",
-              ["workers", "ms/batch", "processes", "window", "ideal/s", "achieved/s", "efficiency", "broker CPU"], rows, out)
+        table("4. Scaling: W null workers, fixed latency per batch (a GPU that takes exactly that long), credit 2, window 4W. "
+              "CPU in % of one core; 'others' is what other processes on the machine used meanwhile",
+              ["workers", "ms/batch", "processes", "window", "ideal/s", "achieved/s", "efficiency", "broker", "workers", "producer", "others"],
+              rows, out)
 
     # 5. recovery
     rows = []
@@ -211,12 +222,14 @@ def build(doc):
     small = by.get(("tcp", 1024, 4, "null", "none")) or {}
     best_small = max((r for r in disp if r["size"] == 1024 and r["journal"] == "none" and r["worker"] == "null" and r["transport"] == "tcp"),
                      key=lambda r: r["batches_per_s"], default={})
-    eff64 = next((x["efficiency"] for x in c.get("scaling", []) if x["workers"] == 64 and x["latency_ms"] == 20), None)
+    e64 = sorted(x["efficiency"] for x in c.get("scaling", []) if x["workers"] == 64 and x["latency_ms"] == 20)
+    eff64 = e64[len(e64) // 2] if e64 else None
     celery_x = next((r["compass_advantage_over_celery"] for r in ratios if r["metric"].startswith("throughput, no-op, 1 KiB")), None)
     checks = [
-        ("dispatch of small batches >= 25% of the raw round-trip ceiling (tcp, 1 KiB, best worker count)",
-         best_small.get("ratio_of_raw"), lambda v: v >= 0.25, lambda v: f"{v * 100:.1f}% ({fmt(best_small.get('batches_per_s'))} of {fmt(raw.get(('tcp', 1024, 64), {}).get('round_trips_per_s'))}/s, {best_small.get('workers')} workers)"),
-        ("scaling efficiency >= 98% at 64 workers", eff64, lambda v: v >= 0.98, lambda v: f"{v * 100:.1f}%"),
+        ("dispatch of small batches >= 25% of the raw round-trip ceiling (tcp, 1 KiB, best measured configuration)",
+         best_small.get("ratio_of_raw"), lambda v: v >= 0.25, lambda v: f"{v * 100:.1f}% ({fmt(best_small.get('batches_per_s'))} of {fmt(raw.get(('tcp', 1024, 64), {}).get('round_trips_per_s'))}/s: {best_small.get('workers')} workers, credit {best_small.get('credit', 2)}, window {best_small.get('window')}); default credit 2: {(small.get('ratio_of_raw') or 0) * 100:.1f}%"),
+        ("scaling efficiency >= 98% at 64 workers (median of the runs)", eff64, lambda v: v >= 0.98,
+         lambda v: f"{v * 100:.1f}% (runs: {', '.join(f'{x * 100:.1f}%' for x in e64)})"),
         ("p99 added latency < 1 ms on an idle cluster", derived.get("added_latency_p99_us"), lambda v: v < 1000, lambda v: f"{v} us"),
         (">= 10x Celery's throughput (no-op, 1 KiB, 4 workers)", celery_x, lambda v: v >= 10, lambda v: f"{v:.1f}x"),
     ]
