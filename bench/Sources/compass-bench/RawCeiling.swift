@@ -59,3 +59,29 @@ func rawClosedLoop(ctx: Ctx, endpoint: String, size: Int, window: Int, warmup: D
     out.seconds = duration
     return out
 }
+
+/// One message at a time against the echo server, on a socket kept between calls (so that raw
+/// and compass samples can be interleaved and see the same interference from other processes).
+final class RawPinger {
+    let s: Sock
+    let payload: StaticBytes
+    let poller = Poller()
+    init(ctx: Ctx, endpoint: String, size: Int) throws {
+        s = Sock(ctx, ZMQ_DEALER)
+        try s.connect(endpoint)
+        payload = StaticBytes([UInt8](repeating: 0x61, count: size))
+        _ = poller.add(s)
+    }
+    func ping(_ count: Int, into hist: inout Hist) {
+        for _ in 0..<count {
+            let t = monoNs()
+            s.send([.shared(payload)])
+            while true {
+                poller.poll(timeoutMs: 1000)
+                if s.receive(dontWait: true) != nil { break }
+                if monoNs() - t > 5_000_000_000 { return }
+            }
+            _ = hist.record(max(1, (monoNs() - t) / 1000))
+        }
+    }
+}

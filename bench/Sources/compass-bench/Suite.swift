@@ -222,9 +222,24 @@ final class Suite {
             defer { for w in ws { w.stop(signal: SIGKILL) } }
             let producer = try RawProducer(ctx: ctx, frontend: broker.frontend)
             try waitWorkers(producer, 4)
-            let idle = producer.pingPong(payload: p, meta: meta, count: quick ? 1000 : 5000, warmup: 200)
+            // Idle latency, interleaved in blocks with the raw libzmq echo (same payload, same
+            // transport) so that both see the same interference from anything else on the machine.
+            let echo = try Child([selfPath, "echo", "--bind", "tcp://127.0.0.1:*", "--max-seconds", "600"], name: "lat-echo", dir: dir)
+            defer { echo.stop() }
+            let pinger = try RawPinger(ctx: ctx, endpoint: String(try echo.waitLine("echo listening ").dropFirst("echo listening ".count)),
+                                       size: payload.count)
+            var rawIdle = newHist(), idle = newHist()
+            pinger.ping(200, into: &rawIdle)
+            _ = producer.pingPong(payload: p, meta: meta, count: 200, warmup: 0)
+            rawIdle = newHist()
+            let blocks = 20, total = quick ? 1000 : 5000
+            for _ in 0..<blocks {
+                pinger.ping(total / blocks, into: &rawIdle)
+                idle.add(producer.pingPong(payload: p, meta: meta, count: total / blocks, warmup: 0))
+            }
             out["idle"] = summary(idle)
-            log("latency idle: p50 \(idle.valueAtPercentile(50)) µs p99 \(idle.valueAtPercentile(99)) µs")
+            out["idle_raw_interleaved"] = summary(rawIdle)
+            log("latency idle: p50 \(idle.valueAtPercentile(50)) µs p99 \(idle.valueAtPercentile(99)) µs; raw echo interleaved: p50 \(rawIdle.valueAtPercentile(50)) µs p99 \(rawIdle.valueAtPercentile(99)) µs")
             let sat = producer.closedLoop(payload: p, meta: meta, window: 64, warmup: warm, duration: dur)
             let saturation = Double(sat.completed) / max(sat.seconds, 1)
             out["saturation_batches_per_s"] = saturation.rounded()
