@@ -24,7 +24,7 @@ struct RenderCommand: ParsableCommand {
     var brokerAddress: String?
     @Option(help: "The worker executable as jobs run it.") var workerPath = "compass-worker"
     @Option(help: "Seconds from SIGTERM to the scheduler's kill: the worker drains within them (Slurm --signal, Kubernetes terminationGracePeriodSeconds).")
-    var drainSeconds = 120
+    var drainSeconds = 90
     @Option(help: "The workers' --log-level.") var logLevel = "info"
     @Option(help: "Slurm: the partition.") var partition: String?
     @Option(help: "Slurm: the account.") var account: String?

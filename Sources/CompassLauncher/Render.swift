@@ -12,7 +12,7 @@ public struct RenderOptions: Sendable, Equatable {
     /// The broker executable (Kubernetes `--with-broker`).
     public var brokerExecutable = "compass-broker"
     /// Seconds between the scheduler's SIGTERM and its SIGKILL: the worker drains within them.
-    public var drainSeconds = 120
+    public var drainSeconds = 90
     public var logLevel = "info"
     /// The topology file's name, quoted in the files' comments.
     public var source = "topology.yaml"
@@ -36,12 +36,17 @@ public struct RenderOptions: Sendable, Equatable {
 
     public init() {}
 
-    /// The smallest `drainSeconds` accepted: the worker keeps `margin` seconds to stop its engine.
+    /// The smallest `drainSeconds` accepted: the worker keeps `stopMarginSeconds` to stop its engine.
     public static let minimumDrainSeconds = 30
     static let stopMarginSeconds = 20
+    /// How long the broker waits for a worker that said BYE before it declares it lost and requeues
+    /// its running batch (the scheduler's `drainMilliseconds`, 60 s, not a broker flag): the worker
+    /// hands its batch back a little before that, so the batch is requeued without losing an attempt.
+    static let brokerDrainLimitSeconds = 60
 
-    /// What the worker's `--drain-ms` gets: the drain window less time to stop the engine and say BYE.
-    var workerDrainMilliseconds: Int { (drainSeconds - Self.stopMarginSeconds) * 1000 }
+    /// What the worker's `--drain-ms` gets: the drain window less time to stop the engine and say
+    /// BYE, and no more than the broker waits for a draining worker.
+    var workerDrainMilliseconds: Int { min(drainSeconds - Self.stopMarginSeconds, Self.brokerDrainLimitSeconds - 5) * 1000 }
 }
 
 /// One file `compass render` writes.

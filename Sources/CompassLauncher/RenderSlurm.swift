@@ -62,7 +62,8 @@ extension Render {
         s.append("#")
         s.append("# --signal=B:TERM@\(drain): \(drain) s before the time limit, Slurm sends SIGTERM to this script, which by then")
         s.append("# is compass-worker itself (exec, below). The worker drains: it says BYE, hands its queued batches back to")
-        s.append("# the broker, finishes the running one (for at most \(options.workerDrainMilliseconds / 1000) s, --drain-ms) and exits before the limit.")
+        s.append("# the broker, finishes the running one (for at most \(options.workerDrainMilliseconds / 1000) s, --drain-ms; a longer one is handed")
+        s.append("# back too, before the broker's \(RenderOptions.brokerDrainLimitSeconds) s wait for a draining worker ends) and exits before the limit.")
         s.append("# Whatever is cut short anyway is requeued by the broker once the worker's heartbeats stop: nothing is lost.")
         if options.timeLimit == nil { s.append("# The time limit is the partition's default (render with --time to set one).") }
         if options.memory == nil && gpu {

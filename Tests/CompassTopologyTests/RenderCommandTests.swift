@@ -1,6 +1,11 @@
+import CompassSystem
+import Foundation
 import Testing
 import Yams
-import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A process run to completion for a render test: exit status and both outputs.
 struct RenderRun {
@@ -122,6 +127,58 @@ struct RenderCommandTests {
         #expect(run.status == 0, "\(run.stderr)")
         let docs = try Yams.load_all(yaml: run.stdout).compactMap { $0 as? [String: Any] }
         #expect(docs.compactMap { $0["kind"] as? String } == ["Service", "Deployment", "Deployment"])
+    }
+
+    /// Waits until `file` contains `text`, or `seconds` pass.
+    func waitFor(_ text: String, in file: String, seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if let content = try? String(contentsOfFile: file, encoding: .utf8), content.contains(text) { return true }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    /// Starts `executable` with a clean signal mask (ChildProcess: posix_spawn, SIGTERM not blocked,
+    /// which Foundation's Process does not promise), output to `log`, in its own process group.
+    func spawn(_ executable: String, _ arguments: [String], log: String, environment: [String: String] = [:]) throws -> ChildProcess {
+        var env = ChildProcess.environmentDictionary()
+        for (k, v) in environment { env[k] = v }
+        return try ChildProcess(executable: executable, arguments: arguments, environment: env, newProcessGroup: true,
+                                files: [.open(path: log, flags: O_WRONLY | O_CREAT | O_APPEND, as: 1),
+                                        .open(path: log, flags: O_WRONLY | O_CREAT | O_APPEND, as: 2)])
+    }
+
+    @Test func theSlurmScriptRunsTheRealWorkerWhichDrainsOnSIGTERM() throws {
+        let compass = try compass()
+        let bin = (compass as NSString).deletingLastPathComponent
+        let dir = RenderTempDir()
+        // A real broker on free ports; its first line names them.
+        let broker = try spawn("\(bin)/compass-broker", ["--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*", "--pool", "default"],
+                               log: dir.file("broker.log"))
+        defer { broker.signalGroup(SIGKILL); _ = broker.wait(timeoutSeconds: 10) }
+        #expect(waitFor("compass-broker listening", in: dir.file("broker.log"), seconds: 30))
+        let line = try #require(try String(contentsOfFile: dir.file("broker.log"), encoding: .utf8)
+            .split(separator: "\n").first { $0.hasPrefix("compass-broker listening") })
+        let backend = try #require(line.split(separator: " ").first { $0.hasPrefix("backend=") }).dropFirst(8)
+        let port = try #require(backend.split(separator: ":").last.map(String.init))
+
+        let topology = try dir.write("topology.yaml", "broker:\n  backend: tcp://127.0.0.1:\(port)\npools:\n  default:\n    workers: 1\n")
+        let render = try RenderProcess.run(compass, ["render", "slurm", topology, "--out", dir.file("slurm"), "--broker-address", "127.0.0.1"])
+        #expect(render.status == 0, "\(render.stderr)")
+
+        // As Slurm would: bash runs the script; exec makes that very process the worker.
+        let job = try spawn(RenderProcess.bash, [dir.file("slurm/compass-default.sbatch")], log: dir.file("job.log"), environment: [
+            "PATH": "\(bin):" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"), "SLURM_JOB_ID": "99"])
+        defer { job.signalGroup(SIGKILL); _ = job.wait(timeoutSeconds: 10) }
+        #expect(waitFor("registered with broker", in: dir.file("job.log"), seconds: 30))
+        let command = try String(contentsOfFile: "/proc/\(job.pid)/comm", encoding: .utf8)
+        #expect(command.hasPrefix("compass-worker"), "the script's process runs \(command)")
+        job.signal(SIGTERM)
+        #expect(job.wait(timeoutSeconds: 30) == .exited(0))
+        let log = try String(contentsOfFile: dir.file("job.log"), encoding: .utf8)
+        #expect(log.contains("SIGTERM: draining"), "\(log)")
+        #expect(log.contains("worker stopped"), "\(log)")
     }
 
     @Test func anInvalidTopologyOrTargetIsRefused() throws {

@@ -50,9 +50,9 @@ struct RenderKubernetesTests {
         #expect(value("--engine") == "vllm")
         #expect(value("--model") == "/models/Llama-3.1-8B-Instruct")
         #expect(value("--credit") == "3")
-        #expect(value("--drain-ms") == "100000")
+        #expect(value("--drain-ms") == "55000")
         #expect(command.contains("gpu_memory_utilization=0.90") && command.contains("max_model_len=8192"))
-        #expect(dig(doc, "spec", "template", "spec", "terminationGracePeriodSeconds") as? Int == 120)
+        #expect(dig(doc, "spec", "template", "spec", "terminationGracePeriodSeconds") as? Int == 90)
         // The selector selects the pods the template makes.
         let selector = try #require(dig(doc, "spec", "selector", "matchLabels") as? [String: String])
         let podLabels = try #require(dig(doc, "spec", "template", "metadata", "labels") as? [String: String])

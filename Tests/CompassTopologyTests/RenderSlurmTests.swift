@@ -50,7 +50,7 @@ struct RenderSlurmTests {
         #expect(directives.contains("--nodes=1"))
         #expect(directives.contains("--ntasks=1"))
         #expect(directives.contains("--output=compass-llama8b-%A_%a.out"))
-        #expect(directives.contains("--signal=B:TERM@120"))
+        #expect(directives.contains("--signal=B:TERM@90"))
         #expect(text.hasPrefix("#!/bin/bash\n"))
         #expect(text.contains("\nexec compass-worker \\\n"))
         #expect(text.contains("  --broker tcp://head.cluster.example:5556 \\\n"))
@@ -121,7 +121,7 @@ struct RenderSlurmTests {
         var expected = planned
         expected[expected.firstIndex(of: "--broker")! + 1] = "tcp://head.cluster.example:5556"
         expected[expected.firstIndex(of: "--gpus")! + 1] = "auto"
-        expected += ["--drain-ms", "100000"]
+        expected += ["--drain-ms", "55000"]
         #expect(arguments == expected)
         #expect(arguments.contains("--engine-arg"))
         #expect(arguments.contains("gpu_memory_utilization=0.90"))
@@ -197,7 +197,9 @@ struct RenderSlurmTests {
         options.drainSeconds = 600
         let text = try script(eightGPUsTP2, options)
         #expect(text.contains("#SBATCH --signal=B:TERM@600\n"))
-        #expect(text.contains("  --drain-ms 580000\n"))
+        #expect(text.contains("  --drain-ms 55000\n"))
+        options.drainSeconds = 45
+        #expect(try script(eightGPUsTP2, options).contains("  --drain-ms 25000\n"))
         options.drainSeconds = 10
         #expect(throws: RenderError.self) { try script(eightGPUsTP2, options) }
     }
