@@ -108,7 +108,7 @@ let package = Package(
         .testTarget(name: "CompassProtocolTests", dependencies: ["CompassProtocol", "CompassWire", "ZMQ"]),
         .testTarget(name: "CompassSchedulerTests", dependencies: ["CompassScheduler", "CompassProtocol"]),
         .testTarget(name: "CompassEnginesTests", dependencies: ["CompassEngines", "CompassProtocol"]),
-        .testTarget(name: "CompassTopologyTests", dependencies: ["CompassTopology"]),
+        .testTarget(name: "CompassTopologyTests", dependencies: ["CompassTopology", "CompassLauncher", "CompassSystem", "Yams"]),
         .testTarget(name: "CompassJournalTests", dependencies: ["CompassJournal", "CompassScheduler", "CompassProtocol"]),
         .testTarget(name: "CompassGatewayTests", dependencies: ["CompassGateway", "CompassProtocol", "CompassTopology", "CompassLauncher"]),
         // Black-box tests: they start the built compass-broker, compass-worker and compass processes.
