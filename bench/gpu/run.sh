@@ -59,7 +59,7 @@ phase() {
   head -n "$n" "$PROMPTS" > "$P"
   log "== $engine: $n prompts, batches of $batch, engine args: ${args[*]}, steps: $STEPS"
   if has_step direct; then
-  if [ "$engine" = vllm ]; then
+  if [ "$engine" = vllm ] && [ "${GENERATE:-1}" = 1 ]; then  # GENERATE=0 skips the LLM.generate reference
     log "vllm direct: LLM.generate over all $n prompts in one call"
     python3 "$B/gpu/vllm_direct.py" "$MODEL" "$P" "$OUT/vllm-generate.json" > "$OUT/vllm-generate.log" 2>&1
     tail -1 "$OUT/vllm-generate.log" | tee -a "$OUT/run.log"
@@ -67,7 +67,7 @@ phase() {
   log "$engine direct (the adapter over the engine protocol, no broker)"
   # --max-batches 8: as many batches inside the engine as it says in `ready` (vLLM: 2), as the worker does.
   if ! python3 "$B/gpu/drive_engine.py" "$B/engines/${engine}_engine.py" "$P" --model "$MODEL" --batch-size "$batch" \
-    --max-batches 8 "${engine_args[@]}" --out "$WORK/$tag-direct.jsonl" --report "$OUT/$tag-direct.json" > "$OUT/$tag-direct.log" 2>&1; then
+    --max-batches 8 --repeat "${REPEAT:-1}" "${engine_args[@]}" --out "$WORK/$tag-direct.jsonl" --report "$OUT/$tag-direct.json" > "$OUT/$tag-direct.log" 2>&1; then
     log "$engine direct run failed:"; tail -15 "$OUT/$tag-direct.log" | tee -a "$OUT/run.log"; return 1
   fi
   tail -1 "$OUT/$tag-direct.log" | tee -a "$OUT/run.log"
@@ -85,30 +85,38 @@ phase() {
     tail -20 "$OUT/$tag-worker.log" | tee -a "$OUT/run.log"; kill "$worker" "$broker" 2>/dev/null; return 1
   fi
   if has_step compass; then
+  local r
+  for r in $(seq 1 "${REPEAT:-1}"); do  # REPEAT=K: K passes on the same warm engine (direct: drive_engine --repeat)
   local t0; t0=$(now)
-  compass submit "$P" --broker "$fe" --pool gpu --batch-size "$batch" --window 2 --out "$WORK/$tag-compass.jsonl" \
+  compass submit "$P" --broker "$fe" --pool gpu --batch-size "$batch" --window "${WINDOW:-4}" --out "$WORK/$tag-compass.jsonl" \
     --overwrite --quiet > "$OUT/$tag-submit.txt" 2>&1
   local t1; t1=$(now)
   cat "$OUT/$tag-submit.txt" | tee -a "$OUT/run.log"
   python3 "$B/gpu/check_results.py" "$P" "$WORK/$tag-compass.jsonl" --compare "$WORK/$tag-direct.jsonl" \
     > "$OUT/$tag-compass-check.json"
-  python3 - "$OUT/$tag-compass-check.json" "$(secs "$t0" "$t1")" "$OUT/$tag-compass.json" <<'PY'
+  python3 - "$OUT/$tag-compass-check.json" "$(secs "$t0" "$t1")" "$OUT/$tag-compass.json" "$r" <<'PY'
 import json, sys
-check = json.load(open(sys.argv[1])); seconds = float(sys.argv[2])
+check = json.load(open(sys.argv[1])); seconds = float(sys.argv[2]); out = sys.argv[3]; r = int(sys.argv[4])
 check.update(seconds=seconds, completion_tokens_per_second=round(check["completion_tokens"] / seconds, 1))
-json.dump(check, open(sys.argv[3], "w"), indent=1); print(json.dumps(check))
+passes = json.load(open(out)).get("passes", []) if r > 1 else []
+passes.append({"pass": r, "seconds": seconds, "completion_tokens_per_second": check["completion_tokens_per_second"],
+               "exactly_once": check["missing"] == 0 and check["duplicated"] == 0})
+rates = sorted(p["completion_tokens_per_second"] for p in passes)
+check.update(passes=passes, median_completion_tokens_per_second=rates[len(rates) // 2])
+json.dump(check, open(out, "w"), indent=1); print(json.dumps({k: v for k, v in check.items() if k != "passes"}))
 PY
+  done
   fi
 
   if has_step kill; then
   log "$engine: SIGKILL of the engine's process group mid-run"
   local readies; readies=$(grep -c "engine ready" "$OUT/$tag-worker.log")
-  compass submit "$P" --broker "$fe" --pool gpu --batch-size "$batch" --window 2 --out "$WORK/$tag-kill.jsonl" \
+  compass submit "$P" --broker "$fe" --pool gpu --batch-size "$batch" --window "${WINDOW:-4}" --out "$WORK/$tag-kill.jsonl" \
     --overwrite --quiet --session "kill-$tag" > "$OUT/$tag-kill-submit.txt" 2>&1 &
   local submit=$!
   local quarter=$(( n / 4 ))
   local deadline=$(( $(date +%s) + 600 ))
-  while [ "$(wc -l < "$WORK/$tag-kill.jsonl" 2>/dev/null || echo 0)" -lt "$quarter" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
+  while [ "$(wc -l 2>/dev/null < "$WORK/$tag-kill.jsonl" || echo 0)" -lt "$quarter" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
   local pgid; pgid=$(python3 -c "import json;print(json.load(open('$WORK/locks/gpu0.lock'))['engine_pgid'])")
   local before; before=$(gpu_mem)
   ( for _ in $(seq 1 600); do echo "$(date +%s.%N) $(gpu_mem)"; sleep 0.2; done ) > "$OUT/$tag-kill-nvml.txt" &
