@@ -90,12 +90,18 @@ def build(doc):
         extra = ""
         if security(r) == "curve":
             r["ratio_of_plaintext"] = ratio(r["batches_per_s"], base and base["batches_per_s"])
+
+            def cpu_us(x):  # the broker's CPU per batch, steadier than the rates on a shared machine
+                return round(x["broker_cpu_percent"] * 1e4 / x["batches_per_s"], 1) if x and x["batches_per_s"] else None
+
             if r["ratio_of_plaintext"] is not None:
-                extra = f"{r['ratio_of_plaintext']:.3f} of plaintext ({fmt(base['batches_per_s'])}/s)"
+                extra = (f"{r['ratio_of_plaintext']:.3f} of plaintext ({fmt(base['batches_per_s'])}/s); "
+                         f"broker CPU/batch {fmt(cpu_us(r))} vs {fmt(cpu_us(base))} us")
             curve_rows.append({"transport": r["transport"], "size": r["size"], "workers": r["workers"],
                                "curve_batches_per_s": r["batches_per_s"], "plaintext_batches_per_s": base and base["batches_per_s"],
                                "ratio_of_plaintext": r["ratio_of_plaintext"], "curve_broker_cpu_percent": r["broker_cpu_percent"],
-                               "plaintext_broker_cpu_percent": base and base["broker_cpu_percent"]})
+                               "plaintext_broker_cpu_percent": base and base["broker_cpu_percent"],
+                               "curve_broker_cpu_us_per_batch": cpu_us(r), "plaintext_broker_cpu_us_per_batch": cpu_us(base)})
         elif r["journal"] != "none" and base:
             r["ratio_of_in_memory"] = ratio(r["batches_per_s"], base["batches_per_s"])
             extra = f"{r['ratio_of_in_memory']:.3f} of none; file {r.get('journal_bytes', 0) / 1e6:.1f} MB + wal {r.get('journal_wal_bytes', 0) / 1e6:.1f} MB"
