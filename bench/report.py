@@ -73,9 +73,14 @@ def build(doc):
     def default_window(w):
         return max(64, 4 * w)
 
+    def security(r):
+        return r.get("security", "plaintext")
+
+    # Baselines: plaintext cells with the default credit and window.
     for r in disp:
-        if r.get("credit", 2) == 2 and r["window"] == default_window(r["workers"]):
+        if r.get("credit", 2) == 2 and r["window"] == default_window(r["workers"]) and security(r) == "plaintext":
             by[(r["transport"], r["size"], r["workers"], r["worker"], r["journal"])] = r
+    curve_rows = []
     for r in disp:
         ceiling = raw.get((r["transport"], r["size"], 64), {}).get("round_trips_per_s")
         small = raw.get((r["transport"], 100, 64), {}).get("round_trips_per_s")
@@ -83,18 +88,35 @@ def build(doc):
         r["ratio_of_raw_100B"] = ratio(r["batches_per_s"], small)
         base = by.get((r["transport"], r["size"], r["workers"], r["worker"], "none"))
         extra = ""
-        if r["journal"] != "none" and base:
+        if security(r) == "curve":
+            r["ratio_of_plaintext"] = ratio(r["batches_per_s"], base and base["batches_per_s"])
+
+            def cpu_us(x):  # the broker's CPU per batch, steadier than the rates on a shared machine
+                return round(x["broker_cpu_percent"] * 1e4 / x["batches_per_s"], 1) if x and x["batches_per_s"] else None
+
+            if r["ratio_of_plaintext"] is not None:
+                extra = (f"{r['ratio_of_plaintext']:.3f} of plaintext ({fmt(base['batches_per_s'])}/s); "
+                         f"broker CPU/batch {fmt(cpu_us(r))} vs {fmt(cpu_us(base))} us")
+            curve_rows.append({"transport": r["transport"], "size": r["size"], "workers": r["workers"],
+                               "curve_batches_per_s": r["batches_per_s"], "plaintext_batches_per_s": base and base["batches_per_s"],
+                               "ratio_of_plaintext": r["ratio_of_plaintext"], "curve_broker_cpu_percent": r["broker_cpu_percent"],
+                               "plaintext_broker_cpu_percent": base and base["broker_cpu_percent"],
+                               "curve_broker_cpu_us_per_batch": cpu_us(r), "plaintext_broker_cpu_us_per_batch": cpu_us(base)})
+        elif r["journal"] != "none" and base:
             r["ratio_of_in_memory"] = ratio(r["batches_per_s"], base["batches_per_s"])
             extra = f"{r['ratio_of_in_memory']:.3f} of none; file {r.get('journal_bytes', 0) / 1e6:.1f} MB + wal {r.get('journal_wal_bytes', 0) / 1e6:.1f} MB"
         elif base is not None and base is not r:
             r["ratio_of_default"] = ratio(r["batches_per_s"], base["batches_per_s"])
             extra = f"{r['ratio_of_default']:.2f} of credit 2, window {base['window']}"
-        rows.append([r["transport"], size_name(r["size"]), f"{r['workers']} {r['worker']}", r.get("credit", 2), r["window"], r["journal"],
+        rows.append([r["transport"], "curve" if security(r) == "curve" else "-", size_name(r["size"]), f"{r['workers']} {r['worker']}",
+                     r.get("credit", 2), r["window"], r["journal"],
                      fmt(r["batches_per_s"]), fmt(r["requests_per_s"]), fmt(r["mb_per_s"], 1), fmt(r["ratio_of_raw"], 3),
                      fmt(r["broker_cpu_percent"], 0) + "%", fmt(r["latency"].get("p50_us")), extra])
+    derived["curve"] = curve_rows
     table("2. Dispatch: producer -> compass-broker -> workers -> producer "
-          "(of raw = batches/s over raw round trips/s, same transport and message size, window 64)",
-          ["transport", "payload", "workers", "credit", "window", "journal", "batches/s", "requests/s", "MB/s", "of raw", "broker CPU",
+          "(of raw = batches/s over raw round trips/s, same transport and message size, window 64, plaintext; "
+          "curve: CURVE on both broker sockets with producer and worker allowlists)",
+          ["transport", "curve", "payload", "workers", "credit", "window", "journal", "batches/s", "requests/s", "MB/s", "of raw", "broker CPU",
            "p50 us", ""], rows, out)
     for r in c.get("client", []):
         base = by.get(("tcp", r["size"], 4, "null", "none"))
@@ -220,7 +242,8 @@ def build(doc):
     out.append("")
     out.append("Targets")
     small = by.get(("tcp", 1024, 4, "null", "none")) or {}
-    best_small = max((r for r in disp if r["size"] == 1024 and r["journal"] == "none" and r["worker"] == "null" and r["transport"] == "tcp"),
+    best_small = max((r for r in disp if r["size"] == 1024 and r["journal"] == "none" and r["worker"] == "null" and r["transport"] == "tcp"
+                      and security(r) == "plaintext"),
                      key=lambda r: r["batches_per_s"], default={})
     e64 = sorted(x["efficiency"] for x in c.get("scaling", []) if x["workers"] == 64 and x["latency_ms"] == 20)
     eff64 = e64[len(e64) // 2] if e64 else None

@@ -20,6 +20,8 @@ final class NullWorkerPool {
         var idPrefix = "nw-\(getpid())"
         /// Say BYE after this many results in total (recovery's rescuer); 0: never.
         var byeAfter = 0
+        /// CURVE keys (the broker's public key, the workers' pair); nil: plaintext.
+        var curve: CurveClient?
     }
 
     struct Job {
@@ -51,6 +53,7 @@ final class NullWorkerPool {
             s.setBytes(ZMQ_ROUTING_ID, Array("\(options.idPrefix)-\(i)".utf8))
             s.setInt(ZMQ_SNDHWM, 100_000)
             s.setInt(ZMQ_RCVHWM, 100_000)
+            if let curve = options.curve { try s.setCurveClient(curve) }
             try s.connect(options.backend)
             sockets.append(s)
         }
@@ -178,6 +181,10 @@ func workersMain(_ args: Args) throws {
     o.latencyNs = UInt64((args.double("--latency-ms") ?? 0) * 1_000_000)
     o.heartbeatMs = UInt64(args.int("--heartbeat-ms") ?? 1000)
     o.pool = args.string("--pool") ?? "bench"
+    if let server = args.string("--curve-server-key") {
+        guard let keyFile = args.string("--curve-key") else { throw BenchError("--curve-server-key needs --curve-key FILE") }
+        o.curve = try CurveClient(serverKey: server, keyFile: keyFile)
+    }
     let seconds = args.double("--max-seconds") ?? 60
     let ctx = Ctx(ioThreads: 1)
     let pool = try NullWorkerPool(ctx: ctx, options: o)

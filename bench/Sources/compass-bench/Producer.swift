@@ -25,7 +25,7 @@ final class RawProducer {
     var failures = 0
     let poolFrame: [UInt8]
 
-    init(ctx: Ctx, frontend: String, pool: String = "bench", session: String? = nil) throws {
+    init(ctx: Ctx, frontend: String, pool: String = "bench", session: String? = nil, curve: CurveClient? = nil) throws {
         sock = Sock(ctx, ZMQ_DEALER)
         sock.setInt(ZMQ_SNDHWM, 100_000)
         sock.setInt(ZMQ_RCVHWM, 100_000)
@@ -33,6 +33,7 @@ final class RawProducer {
         self.pool = pool
         poolFrame = Array(pool.utf8)
         sock.setBytes(ZMQ_ROUTING_ID, Array("p-\(self.session)".utf8))
+        if let curve { try sock.setCurveClient(curve) }
         try sock.connect(frontend)
         sock.send([.shared(Wire.header), .bytes([Wire.hello]), .string(self.session)])
         let poller = Poller()

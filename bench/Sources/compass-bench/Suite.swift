@@ -35,21 +35,22 @@ final class Suite {
     /// Starts `count` workers against `backend`: null workers (one process each, or all in one
     /// process when `perProcess` is false) or real `compass-worker --engine synthetic` processes.
     func startWorkers(_ kind: String, count: Int, backend: String, latencyMs: Double, credit: Int = 2,
-                      heartbeatMs: Int = 1000, perProcess: Bool = true, tag: String) throws -> [Child] {
+                      heartbeatMs: Int = 1000, perProcess: Bool = true, curve: Bool = false, tag: String) throws -> [Child] {
         var children: [Child] = []
+        let curveArgs = curve ? ["--curve-server-key", try curveKeys().brokerPub, "--curve-key", try curveKeys().workerKey] : []
         if kind == "synthetic" {
             for i in 0..<count {
                 var args = [bin + "/compass-worker", "--broker", backend, "--pool", "bench", "--engine", "synthetic",
                             "--credit", "\(credit)"]
                 if latencyMs > 0 { args += ["--engine-arg", "batch_ms=\(Int(latencyMs))"] }
-                children.append(try Child(args, name: "\(tag)-w\(i)", dir: dir))
+                children.append(try Child(args + curveArgs, name: "\(tag)-w\(i)", dir: dir))
             }
             return children
         }
         let groups = perProcess ? Array(repeating: 1, count: count) : [count]
         for (i, n) in groups.enumerated() {
             children.append(try Child([selfPath, "workers", "--backend", backend, "--count", "\(n)", "--credit", "\(credit)",
-                                       "--latency-ms", "\(latencyMs)", "--heartbeat-ms", "\(heartbeatMs)", "--max-seconds", "600"],
+                                       "--latency-ms", "\(latencyMs)", "--heartbeat-ms", "\(heartbeatMs)", "--max-seconds", "600"] + curveArgs,
                                       name: "\(tag)-w\(i)", dir: dir))
         }
         for c in children { _ = try c.waitLine("workers ready", timeoutMs: 60_000) }
@@ -64,6 +65,36 @@ final class Suite {
             usleep(20_000)
         }
         throw BenchError("the broker did not see \(count) workers within \(timeoutMs) ms")
+    }
+
+    // MARK: CURVE
+
+    /// The keys of the CURVE cells, made once per run with libzmq's zmq_curve_keypair and written as
+    /// `compass keys new` writes them: the broker's pair, and one pair for the producer and one for
+    /// all null workers (as `compass up` gives one key to a pool's workers), each `.pub` in the
+    /// allowlist directory the broker is given.
+    struct CurveKeys {
+        let brokerKey, brokerPub, producers, workers, producerKey, workerKey: String
+        let producer: CurveClient
+    }
+    private var curveKeysCache: CurveKeys?
+    func curveKeys() throws -> CurveKeys {
+        if let k = curveKeysCache { return k }
+        let base = "\(dir)/curve"
+        let broker = try CurveCert.create(name: "broker", in: base)
+        let producer = try CurveCert.create(name: "bench-producer", in: "\(base)/producers")
+        let worker = try CurveCert.create(name: "bench-workers", in: "\(base)/workers")
+        let k = CurveKeys(brokerKey: broker.key, brokerPub: broker.pub, producers: "\(base)/producers", workers: "\(base)/workers",
+                          producerKey: producer.key, workerKey: worker.key,
+                          producer: try CurveClient(serverKey: broker.pub, keyFile: producer.key))
+        curveKeysCache = k
+        return k
+    }
+
+    /// The broker's options for CURVE with both allowlists (docs/security.md).
+    func curveBrokerArgs() throws -> [String] {
+        let k = try curveKeys()
+        return ["--curve-secret", k.brokerKey, "--allow-producers", k.producers, "--allow-workers", k.workers]
     }
 
     // MARK: 1. Physical limit
@@ -90,19 +121,24 @@ final class Suite {
 
     /// One closed-loop cell: broker, workers, a raw producer with `window` batches in flight.
     func cell(transport: String = "tcp", size: Int, workers: Int, worker: String = "null", latencyMs: Double = 0,
-              journal: String? = nil, window: Int = 64, credit: Int = 2, perProcess: Bool = true,
+              journal: String? = nil, window: Int = 64, credit: Int = 2, perProcess: Bool = true, curve: Bool = false,
               warmup: Double? = nil, duration: Double? = nil) throws -> [String: Any] {
         let tag = "c\(UInt32.random(in: 0...UInt32.max))"
         let journalPath = journal.map { _ in "\(dir)/\(tag).journal" }
         let broker = try BrokerProc(bin: bin, dir: dir, name: "\(tag)-broker", transport: transport,
-                                    journal: journalPath, journalSync: journal ?? "full")
+                                    journal: journalPath, journalSync: journal ?? "full", extra: curve ? try curveBrokerArgs() : [])
         defer { broker.stop() }
         let ws = try startWorkers(worker, count: workers, backend: broker.backend, latencyMs: latencyMs, credit: credit,
-                                  perProcess: perProcess, tag: tag)
+                                  perProcess: perProcess, curve: curve, tag: tag)
         defer { for w in ws { w.stop(signal: SIGKILL) } }
         let (payload, requests) = makePayload(bytes: size)
-        let producer = try RawProducer(ctx: ctx, frontend: broker.frontend)
+        let producer = try RawProducer(ctx: ctx, frontend: broker.frontend, curve: curve ? try curveKeys().producer : nil)
         try waitWorkers(producer, workers)
+        // The broker's own word on the security of this cell ("curve" or "plaintext").
+        let security = producer.status()?["security"] as? String ?? "unknown"
+        guard security == (curve ? "curve" : "plaintext") else {
+            throw BenchError("the broker reports security '\(security)' in a \(curve ? "CURVE" : "plaintext") cell")
+        }
         let cpu0 = cpuSeconds(broker.child.pid), m0 = machineCPU(), start = monoNs()
         let wcpu0 = ws.reduce(0) { $0 + cpuSeconds($1.pid) }, self0 = cpuSeconds(getpid())
         let o = producer.closedLoop(payload: StaticBytes(payload), meta: StaticBytes(Wire.meta(requests: UInt32(requests))),
@@ -121,8 +157,9 @@ final class Suite {
             "workers_cpu_percent": ((wcpu1 - wcpu0) / elapsed * 1000).rounded() / 10,
             "producer_cpu_percent": ((self1 - self0) / elapsed * 1000).rounded() / 10,
             "load_average": loadAverage(),
-            "busy_retries": producer.busyRetries, "failures": producer.failures,
+            "busy_retries": producer.busyRetries, "failures": producer.failures, "security": security,
         ]
+        if curve { row["curve_refusals"] = producer.status()?["curve_refusals"] ?? -1 }
         broker.stop()
         if let journalPath {
             row["journal_bytes"] = fileSize(journalPath)
@@ -139,15 +176,23 @@ final class Suite {
         // BENCH_CELLS=tcp/1024/4/none,... runs only those cells (for profiling).
         let filter = ProcessInfo.processInfo.environment["BENCH_CELLS"].map { Set($0.split(separator: ",").map(String.init)) }
         func run(_ transport: String, _ size: Int, _ w: Int, _ journal: String?, worker: String = "null", credit: Int = 2,
-                 window: Int? = nil) throws {
-            if let filter, !filter.contains("\(transport)/\(size)/\(w)/\(journal ?? "none")") { return }
+                 window: Int? = nil, curve: Bool = false) throws {
+            if let filter, !filter.contains("\(transport)/\(size)/\(w)/\(journal ?? "none")\(curve ? "/curve" : "")") { return }
             let row = try cell(transport: transport, size: size, workers: w, worker: worker, journal: journal,
-                               window: window ?? max(64, 4 * w), credit: credit)
+                               window: window ?? max(64, 4 * w), credit: credit, curve: curve)
             rows.append(row)
-            log("dispatch \(transport) \(size) B \(w)×\(worker) credit \(credit) window \(row["window"]!) journal=\(journal ?? "none"): \(row["batches_per_s"]!) batches/s, broker CPU \(row["broker_cpu_percent"]!)%")
+            log("dispatch \(transport) \(size) B \(w)×\(worker) credit \(credit) window \(row["window"]!) journal=\(journal ?? "none")\(curve ? " CURVE" : ""): \(row["batches_per_s"]!) batches/s, broker CPU \(row["broker_cpu_percent"]!)%")
         }
+        // CURVE (docs/security.md: broker key, producer and worker allowlists), tcp: each cell runs
+        // right after its plaintext twin, so that both see the same machine.
+        let curveCells: Set<String> = quick ? ["1024/4"] : ["1024/1", "1024/4", "\(1 << 20)/1", "\(1 << 20)/4"]
         for transport in ["tcp", "ipc"] {
-            for size in sizes { for w in workerCounts { try run(transport, size, w, nil) } }
+            for size in sizes {
+                for w in workerCounts {
+                    try run(transport, size, w, nil)
+                    if transport == "tcp" && curveCells.contains("\(size)/\(w)") { try run(transport, size, w, nil, curve: true) }
+                }
+            }
         }
         for journal in ["full", "normal"] {
             for size in (quick ? [1024, 1 << 20] : sizes) { for w in workerCounts { try run("tcp", size, w, journal) } }

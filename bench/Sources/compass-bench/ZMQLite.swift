@@ -97,6 +97,17 @@ final class Sock {
     func setBytes(_ option: Int32, _ value: [UInt8]) {
         value.withUnsafeBytes { _ = zmq_setsockopt(h, option, $0.baseAddress, $0.count) }
     }
+    /// Makes this (connecting) socket a CURVE client: the server's public key and its own pair,
+    /// as 40-character Z85 strings (libzmq takes them as text of that length). Before connect.
+    func setCurveClient(_ keys: CurveClient) throws {
+        for (option, key) in [(ZMQ_CURVE_SERVERKEY, keys.serverKey), (ZMQ_CURVE_PUBLICKEY, keys.publicKey),
+                              (ZMQ_CURVE_SECRETKEY, keys.secretKey)] {
+            let text = Array(key.utf8)
+            guard text.count == 40, text.withUnsafeBytes({ zmq_setsockopt(h, option, $0.baseAddress, 40) }) == 0 else {
+                throw BenchError("CURVE key option \(option): \(String(cString: zmq_strerror(zmq_errno())))")
+            }
+        }
+    }
     func bind(_ endpoint: String) throws {
         guard zmq_bind(h, endpoint) == 0 else { throw BenchError("bind \(endpoint): \(String(cString: zmq_strerror(zmq_errno())))") }
     }
@@ -186,4 +197,69 @@ func zmqVersion() -> String {
 func dieWithParent() {
     _ = bench_die_with_parent(SIGKILL)
     if getppid() == 1 { exit(3) }
+}
+
+/// A CURVE client's keys (Z85): the broker's public key and this client's pair.
+struct CurveClient {
+    var serverKey: String
+    var publicKey: String
+    var secretKey: String
+
+    /// `--curve-server-key FILE|Z85 --curve-key FILE`, as compass-worker takes them.
+    init(serverKey: String, keyFile: String) throws {
+        self.serverKey = try CurveCert.publicKey(serverKey)
+        let text = try String(contentsOfFile: keyFile, encoding: .utf8)
+        guard let pub = CurveCert.value("public-key", in: text), let sec = CurveCert.value("secret-key", in: text) else {
+            throw BenchError("\(keyFile) holds no CURVE key pair")
+        }
+        publicKey = pub
+        secretKey = sec
+    }
+}
+
+/// CURVE key pairs and certificate files in the format `compass keys new` writes (ZeroMQ's zcert,
+/// docs/security.md): NAME.key (mode 0600, public and secret key) and NAME.pub (public key only).
+enum CurveCert {
+    /// A fresh pair from libzmq (Z85, 40 characters each).
+    static func keypair() throws -> (publicKey: String, secretKey: String) {
+        var pub = [CChar](repeating: 0, count: 41), sec = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_keypair(&pub, &sec) == 0 else {
+            throw BenchError("zmq_curve_keypair: \(String(cString: zmq_strerror(zmq_errno()))) (is libzmq built with CURVE?)")
+        }
+        return (String(cString: pub), String(cString: sec))
+    }
+
+    /// Writes `dir/NAME.key` and `dir/NAME.pub`; returns the key file's path.
+    @discardableResult
+    static func create(name: String, in dir: String) throws -> (key: String, pub: String, publicKey: String) {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let k = try keypair()
+        let head = "#   ZeroMQ CURVE certificate written by compass-bench\nmetadata\n    name = \"\(name)\"\ncurve\n    public-key = \"\(k.publicKey)\"\n"
+        let keyPath = "\(dir)/\(name).key", pubPath = "\(dir)/\(name).pub"
+        guard FileManager.default.createFile(atPath: keyPath, contents: Data((head + "    secret-key = \"\(k.secretKey)\"\n").utf8),
+                                             attributes: [.posixPermissions: 0o600]),
+              FileManager.default.createFile(atPath: pubPath, contents: Data(head.utf8), attributes: [.posixPermissions: 0o644]) else {
+            throw BenchError("cannot write the key files of \(name) in \(dir)")
+        }
+        return (keyPath, pubPath, k.publicKey)
+    }
+
+    /// The value of a `key = "…"` line.
+    static func value(_ key: String, in text: String) -> String? {
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces) == key else { continue }
+            return parts[1].trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+        }
+        return nil
+    }
+
+    /// A public key given as 40 Z85 characters or as a certificate file holding one.
+    static func publicKey(_ keyOrPath: String) throws -> String {
+        if keyOrPath.utf8.count == 40 && !FileManager.default.fileExists(atPath: keyOrPath) { return keyOrPath }
+        guard let text = try? String(contentsOfFile: keyOrPath, encoding: .utf8), let key = value("public-key", in: text) else {
+            throw BenchError("\(keyOrPath) is neither a Z85 key nor a certificate with a public-key line")
+        }
+        return key
+    }
 }
