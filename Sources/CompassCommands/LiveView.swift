@@ -62,7 +62,7 @@ enum LiveView {
                         up.padding(toLength: 9, withPad: " ", startingAt: 0), p.lastExit ?? "-"].joined(separator: " "))
         }
         let recent = events.recent
-        if !recent.isEmpty { out += ["", "recent events:"] + recent.map { "  " + String($0.prefix(160)) } }
-        return out.joined(separator: "\n")
+        if !recent.isEmpty { out += ["", "recent events:"] + recent.map { "  " + $0 } }
+        return fitted(out, columns: terminalColumns())
     }
 }

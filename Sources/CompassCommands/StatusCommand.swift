@@ -34,7 +34,7 @@ struct StatusCommand: AsyncParsableCommand {
             } else {
                 let status = try JSONDecoder().decode(BrokerStatus.self, from: Data(document))
                 if watch { print("\u{1b}[H\u{1b}[2J", terminator: "") }
-                print(StatusTable.render(status))
+                print(watch ? fitted(StatusTable.render(status).components(separatedBy: "\n"), columns: terminalColumns()) : StatusTable.render(status))
             }
             if watch { try await Task.sleep(nanoseconds: 1_000_000_000) }
         } while watch
@@ -66,10 +66,12 @@ enum StatusTable {
                 if let util = g.utilizationPercent { text += " \(util)%" }
                 return text
             }.joined(separator: "; ")
-            let running = w.running.map { id in
+            // The first batch (with its progress) and how many more: the column keeps its width.
+            var running = w.running.first.map { id in
                 if let p = w.progress[id], p.count == 2 { return "\(id) \(p[0])/\(p[1])" }
                 return id
-            }.joined(separator: ", ")
+            } ?? ""
+            if w.running.count > 1 { running += " +\(w.running.count - 1)" }
             let state = w.draining ? "draining" : (w.running.isEmpty ? "idle" : "busy")
             out.append(row([w.id, w.pool, caps?.engine ?? "?", "\(caps?.tp ?? 0)",
                             gpus.isEmpty ? "-" : gpus, caps.map { "\($0.host):\($0.pid)" } ?? "?", state, "\(w.credit)",

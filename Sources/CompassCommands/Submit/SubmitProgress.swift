@@ -42,6 +42,20 @@ func formatRate(_ rate: Double) -> String {
     rate >= 100 ? String(Int(rate.rounded())) : String(format: "%.1f", rate)
 }
 
+/// The width of the terminal on `descriptor`, or nil when it is not a terminal.
+func terminalColumns(_ descriptor: Int32 = 1) -> Int? {
+    var size = winsize()
+    guard isatty(descriptor) == 1, ioctl(descriptor, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 else { return nil }
+    return Int(size.ws_col)
+}
+
+/// `lines` with each one cut to `columns` characters (nil: as they are), so a redrawn view never
+/// wraps and scrolls its top off the screen.
+func fitted(_ lines: [String], columns: Int?) -> String {
+    guard let columns else { return lines.joined(separator: "\n") }
+    return lines.map { $0.count > columns ? String($0.prefix(max(1, columns - 1))) + "…" : $0 }.joined(separator: "\n")
+}
+
 /// Redraws a progress line on a terminal, or logs one line per interval elsewhere.
 final class ProgressPrinter: Sendable {
     let progress: SubmitProgress
