@@ -82,6 +82,9 @@ struct SessionRecord {
     var route: PeerID?
     /// Batches of this session the broker still holds (queued, running, or finished and unacked).
     var batches: Set<String> = []
+    /// The last HELLO, ACK or HEARTBEAT of the session's connection: a session that holds no
+    /// batches and stays silent longer than `SchedulerConfig.idleSessionMilliseconds` is forgotten.
+    var lastSeen = Timestamp(nanoseconds: 0)
 }
 
 /// Counters per pool, for STATUS and metrics.

@@ -21,6 +21,7 @@ extension Scheduler {
             if let previous = s.sessions[session]?.route, previous != route { s.routeSessions[previous] = nil }
             s.routeSessions[route] = session
             s.sessions[session, default: SessionRecord()].route = route
+            s.sessions[session]!.lastSeen = now
             let finished = s.sessions[session]!.batches.filter { s.batches[$0]?.isFinished ?? false }.sorted()
             s.emit(.toProducer(route, .welcome(session: session, pendingResults: finished.count)))
             for id in finished { s.deliver(id) }
@@ -124,6 +125,7 @@ extension Scheduler {
     public mutating func ack(from route: PeerID, batchID: String, now: Timestamp) -> [Action] {
         collect { s in
             let session = s.session(of: route)
+            s.sessions[session]?.lastSeen = now
             guard let b = s.batches[batchID], b.session == session, b.isFinished else { return }
             s.forget(batchID)
             s.recentAcks.append(batchID)
@@ -136,7 +138,19 @@ extension Scheduler {
 
     /// A producer HEARTBEAT: answered at once.
     public mutating func producerHeartbeat(from route: PeerID, now: Timestamp) -> [Action] {
-        collect { s in s.emit(.toProducer(route, .heartbeat)) }
+        collect { s in
+            if let session = s.routeSessions[route] { s.sessions[session]?.lastSeen = now }
+            s.emit(.toProducer(route, .heartbeat))
+        }
+    }
+
+    /// Forgets sessions that hold no batches and have been silent past `idleSessionMilliseconds`.
+    mutating func forgetIdleSessions(_ now: Timestamp) {
+        let idle = config.idleSessionMilliseconds
+        for (name, record) in sessions where record.batches.isEmpty && now.milliseconds(since: record.lastSeen) > idle {
+            sessions[name] = nil
+            if let route = record.route, routeSessions[route] == name { routeSessions[route] = nil }
+        }
     }
 
     /// The I/O layer could not route to this connection (it is gone): results wait for a HELLO.

@@ -36,6 +36,10 @@ extension Scheduler {
                 s.finish(next.batchID, .failed(code: FailureCode.timeout.rawValue,
                                                message: "deadline of \(b.meta.deadlineMilliseconds) ms passed", partial: nil), now)
             }
+            if now.milliseconds(since: s.lastSessionSweep) >= 1_000 {
+                s.lastSessionSweep = now
+                s.forgetIdleSessions(now)
+            }
             while let first = s.finishedOrder.first, now.milliseconds(since: first.at) > s.config.resultRetentionMilliseconds {
                 s.finishedOrder.removeFirst()
                 guard let b = s.batches[first.id], b.isFinished else { continue }

@@ -18,6 +18,8 @@ public struct Scheduler<Payload: BatchPayload> {
     var workers: [PeerID: WorkerRecord] = [:]
     var sessions: [String: SessionRecord] = [:]
     var routeSessions: [PeerID: String] = [:]
+    /// When `tick` last looked for idle sessions (once a second at most).
+    var lastSessionSweep = Timestamp(nanoseconds: 0)
     var recentAcks: Deque<String> = []
     var recentAckSet: Set<String> = []
     /// Finished batches in finishing order, for result retention.

@@ -18,6 +18,11 @@ public struct SchedulerConfig: Sendable {
     public var leaseMilliseconds: UInt64 = 0
     /// How long a worker that said BYE may take to finish before its batches are taken back.
     public var drainMilliseconds: UInt64 = 60_000
+    /// How long a session that holds no batches may stay silent (no HELLO, ACK or HEARTBEAT)
+    /// before it is forgotten: a producer that exited (`compass status`, a finished run) leaves
+    /// nothing behind. A live producer heartbeats well within it; one forgotten anyway loses
+    /// nothing (it holds no batches) and its next HELLO starts the session again.
+    public var idleSessionMilliseconds: UInt64 = 60_000
     /// How long a result waits for its producer's ACK before it is dropped.
     public var resultRetentionMilliseconds: UInt64 = 3_600_000
     /// Largest credit a worker may hold.

@@ -217,4 +217,35 @@ struct SessionBindingTests {
         h.submit("x", from: "a")
         #expect(h.submit("x", from: "b").rejections.map(\.code) == [.duplicate])
     }
+
+    @Test func aSilentSessionThatHoldsNothingIsForgottenOneThatHoldsAResultIsKept() {
+        var h = Harness { $0.idleSessionMilliseconds = 10_000 }
+        func names() -> [String] { h.scheduler.snapshot(now: h.now).sessions.map(\.session) }
+        // `compass status` says HELLO and exits; a live producer heartbeats; a third holds a result.
+        h.record(h.scheduler.hello(from: PeerID("status"), session: "gone", now: h.now))
+        h.record(h.scheduler.hello(from: PeerID("live"), session: "live", now: h.now))
+        h.record(h.scheduler.hello(from: PeerID("holder"), session: "holder", now: h.now))
+        h.ready("w")
+        h.submit("b", from: "holder")
+        h.result("w", "b")
+        for _ in 0..<3 {
+            h.advance(3_000)
+            h.record(h.scheduler.producerHeartbeat(from: PeerID("live"), now: h.now))
+        }
+        #expect(names() == ["gone", "holder", "live"])  // 9 s: nobody is past the limit yet
+        h.advance(3_000)
+        h.record(h.scheduler.producerHeartbeat(from: PeerID("live"), now: h.now))
+        #expect(names() == ["holder", "live"])          // 12 s: the silent one that held nothing is gone
+        // The holder's result is still delivered on its ACK; then it holds nothing and, silent, goes.
+        h.record(h.scheduler.ack(from: PeerID("holder"), batchID: "b", now: h.now))
+        #expect(h.scheduler.batchCount == 0)
+        h.advance(10_500)
+        #expect(names() == [])
+        // A forgotten producer that comes back starts its session again with HELLO.
+        let welcome = h.record(h.scheduler.hello(from: PeerID("live"), session: "live", now: h.now))
+        if case .toProducer(_, .welcome(let session, let pending)) = welcome.first! {
+            #expect(session == "live" && pending == 0)
+        } else { Issue.record("no welcome") }
+        #expect(names() == ["live"])
+    }
 }
