@@ -4,7 +4,7 @@
 # everything it measures under $OUT; PACK=FILE packs it into one archive.
 #
 #   bash /tmp/compass/gpu/run-multi.sh model           # an 8B-shaped random Llama (bf16), local tokenizer
-#   bash /tmp/compass/gpu/run-multi.sh pool [N]        # compass up: vLLM tp=2 over all GPUs, kills while it runs
+#   bash /tmp/compass/gpu/run-multi.sh pool [N]        # compass up: vLLM tp=2 (TP=k) over all GPUs, kills while it runs
 #   bash /tmp/compass/gpu/run-multi.sh single [N]      # one worker with tp = all GPUs vs vLLM direct at that tp
 #   bash /tmp/compass/gpu/run-multi.sh hf [N]          # the hf adapter's TP path (tp=2) through compass
 #
@@ -16,7 +16,7 @@ set -uo pipefail
 B=${BUNDLE:-/tmp/compass}
 OUT=${OUT:-/tmp/out-multi}
 WORK=${WORK:-/tmp/work-multi}
-MODEL=${MODEL:-/tmp/model-8b}
+MODEL=${MODEL:-/tmp/model-8b}  # an existing model directory is used as it is (a smoke run: MODEL=/tmp/model-1b)
 mkdir -p "$OUT" "$WORK"
 export PATH="$B/bin:$PATH" LD_LIBRARY_PATH="$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export COMPASS_ENGINES_DIR="$B/engines" COMPASS_PYTHON=python3 COMPASS_LOCK_DIR="$WORK/locks"
@@ -72,11 +72,11 @@ EOF
 }
 
 pool() {  # compass up with tp=2 groups over all GPUs; an engine kill and a worker kill mid-run
-  local n=${1:-8192} tp=2 fe="ipc://$WORK/fe-tp2"
+  local n=${1:-8192} tp=${TP:-2}; local fe="ipc://$WORK/fe-tp$tp" first; first=$(seq -s, 0 $((tp - 1)))
   prompts "$n"; topology $tp
   log "== pool: $NGPU GPUs as $((NGPU / tp)) vLLM workers of tp=$tp; $n prompts"
-  log "direct baseline: vLLM LLM.generate with tp=$tp on GPUs 0,1"
-  CUDA_VISIBLE_DEVICES=0,1 python3 "$B/gpu/vllm_direct.py" "$MODEL" "$WORK/prompts-$n.jsonl" "$OUT/pool-direct-tp$tp.json" --tp $tp \
+  log "direct baseline: vLLM LLM.generate with tp=$tp on GPUs $first"
+  CUDA_VISIBLE_DEVICES=$first python3 "$B/gpu/vllm_direct.py" "$MODEL" "$WORK/prompts-$n.jsonl" "$OUT/pool-direct-tp$tp.json" --tp $tp \
     > "$OUT/pool-direct.log" 2>&1; tail -1 "$OUT/pool-direct.log" | tee -a "$OUT/run.log"
   compass up "$WORK/topology-tp$tp.yaml" --no-view --log-dir "$OUT/up-tp$tp" > "$OUT/up-tp$tp.log" 2>&1 &
   local up=$!
@@ -91,11 +91,11 @@ pool() {  # compass up with tp=2 groups over all GPUs; an engine kill and a work
   compass submit "$WORK/prompts-$n.jsonl" --broker "$fe" --pool llama --batch-size 256 --window $((groups * 3)) \
     --out "$WORK/pool.jsonl" --overwrite --quiet > "$OUT/pool-submit.txt" 2>&1 &
   local submit=$!
-  # A quarter in: SIGKILL the engine of the group on GPUs 0,1; its worker must notice and restart it.
-  while [ "$(wc -l < "$WORK/pool.jsonl" 2>/dev/null || echo 0)" -lt $((n / 4)) ]; do sleep 0.5; done
+  # A quarter in: SIGKILL the engine of the first group; its worker must notice and restart it.
+  while [ "$(wc -l 2>/dev/null < "$WORK/pool.jsonl" || echo 0)" -lt $((n / 4)) ] && kill -0 "$submit" 2>/dev/null; do sleep 0.5; done
   local pgid; pgid=$(python3 -c "import json;print(json.load(open('$WORK/locks/gpu0.lock'))['engine_pgid'])")
   local before_engine; before_engine=$(python3 -c "import json,sys;d=json.load(sys.stdin);print(sum(p['counters']['completed'] for p in d['scheduler']['pools']))" < <(status_json "$fe"))
-  log "killing the engine process group $pgid of the group on GPUs 0,1; memory $(mem)"
+  log "killing the engine process group $pgid of the group on GPUs $first; memory $(mem)"
   local tk; tk=$(now)
   kill -9 -- "-$pgid"
   ( for _ in $(seq 1 900); do echo "$(date +%s.%N) $(mem)"; sleep 0.2; done ) > "$OUT/pool-kill-nvml.txt" &
@@ -103,9 +103,9 @@ pool() {  # compass up with tp=2 groups over all GPUs; an engine kill and a work
   sleep 20  # the outage window observed below: how many batches the other groups completed in it
   local during; during=$(python3 -c "import json,sys;d=json.load(sys.stdin);print(sum(p['counters']['completed'] for p in d['scheduler']['pools']))" < <(status_json "$fe"))
   log "batches completed by the other groups during the first 20 s of the outage: $((during - before_engine))"
-  # Halfway: SIGKILL a whole worker (the group on GPUs 2,3 when there are more than 2 GPUs); compass up restarts it.
-  while [ "$(wc -l < "$WORK/pool.jsonl" 2>/dev/null || echo 0)" -lt $((n / 2)) ]; do sleep 0.5; done
-  local victim; victim=$(python3 -c "import json;print(json.load(open('$WORK/locks/gpu$((NGPU > 2 ? 2 : 0)).lock'))['pid'])")
+  # Halfway: SIGKILL a whole worker (the second group when there is one); compass up restarts it.
+  while [ "$(wc -l 2>/dev/null < "$WORK/pool.jsonl" || echo 0)" -lt $((n / 2)) ] && kill -0 "$submit" 2>/dev/null; do sleep 0.5; done
+  local victim; victim=$(python3 -c "import json;print(json.load(open('$WORK/locks/gpu$((NGPU > tp ? tp : 0)).lock'))['pid'])")
   log "killing worker pid $victim; memory $(mem)"
   local tw; tw=$(now)
   kill -9 "$victim"
@@ -116,14 +116,14 @@ pool() {  # compass up with tp=2 groups over all GPUs; an engine kill and a work
   python3 "$B/gpu/check_results.py" "$WORK/prompts-$n.jsonl" "$WORK/pool.jsonl" > "$OUT/pool-check.json"; local check=$?
   status_json "$fe" > "$OUT/pool-status.json"
   kill -INT "$up"; wait "$up"
-  python3 - "$OUT" "$tk" "$tw" "$t0" "$t1" "$submit_status" "$check" <<'PY'
+  python3 - "$OUT" "$tk" "$tw" "$t0" "$t1" "$submit_status" "$check" "$tp" <<'PY'
 import glob, json, sys
-out, tk, tw, t0, t1, submit_status, check = sys.argv[1], *map(float, sys.argv[2:6]), int(sys.argv[6]), int(sys.argv[7])
-logs = "".join(open(f, errors="replace").read() for f in glob.glob(f"{out}/up-tp2/*.log") + [f"{out}/up-tp2.log"])
+out, tk, tw, t0, t1, submit_status, check, tp = sys.argv[1], *map(float, sys.argv[2:6]), int(sys.argv[6]), int(sys.argv[7]), sys.argv[8]
+logs = "".join(open(f, errors="replace").read() for f in glob.glob(f"{out}/up-tp{tp}/*.log") + [f"{out}/up-tp{tp}.log"])
 result = json.load(open(f"{out}/pool-check.json"))
 report = {"exactly_once": check == 0, "submit_exit_status": submit_status, "seconds": round(t1 - t0, 1),
           "completion_tokens_per_second": round(result["completion_tokens"] / (t1 - t0), 1), "check": result,
-          "direct_tp2_one_group": json.load(open(f"{out}/pool-direct-tp2.json")),
+          "direct_one_group": json.load(open(f"{out}/pool-direct-tp{tp}.json")),
           "fork_errors": logs.count("Cannot re-initialize CUDA"), "spawn_mentions": logs.count("spawn"),
           "engine_restarts_logged": logs.count("engine died"), "worker_restarts_logged": logs.count("process exited; restarting")}
 json.dump(report, open(f"{out}/pool.json", "w"), indent=1)
