@@ -48,6 +48,14 @@ public struct Scheduler<Payload: BatchPayload> {
 
     mutating func emit(_ action: Action) { out.append(action) }
 
+    /// Runs `body` on a pool's state in place: one dictionary lookup for several updates.
+    @inline(__always)
+    mutating func withPool<R>(_ name: String, _ body: (inout PoolState) -> R) -> R { body(&pools[name]!) }
+
+    /// Runs `body` on a registered worker's record in place.
+    @inline(__always)
+    mutating func withWorker<R>(_ id: PeerID, _ body: (inout WorkerRecord) -> R) -> R { body(&workers[id]!) }
+
     mutating func sendWorker(_ id: PeerID, _ message: WorkerOutput<Payload>, _ now: Timestamp) {
         workers[id]?.lastSent = now
         emit(.toWorker(id, message))
@@ -88,8 +96,7 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Hands queued batches of `pool` to workers with credit, as long as both exist.
     mutating func dispatch(_ pool: String, _ now: Timestamp) {
-        guard pools[pool] != nil else { return }
-        while pools[pool]!.queuedBatches > 0 {
+        while (pools[pool]?.queuedBatches ?? 0) > 0 {
             guard let wid = nextWorker(pool) else { return }
             // The queue is moved out while it is popped, so the closure can read `batches` without
             // overlapping access to `pools` and without copying either.
@@ -104,12 +111,13 @@ public struct Scheduler<Payload: BatchPayload> {
                 return
             }
             start(id, on: wid, now)
-            workers[wid]!.credit -= 1
-            if workers[wid]!.credit > 0 {
-                pools[pool]!.ready.append((wid, workers[wid]!.generation))
-            } else {
-                workers[wid]!.inRing = false
+            let again: UInt64? = withWorker(wid) { w in
+                w.credit -= 1
+                if w.credit > 0 { return w.generation }
+                w.inRing = false
+                return nil
             }
+            if let generation = again { pools[pool]!.ready.append((wid, generation)) }
         }
     }
 
@@ -120,13 +128,16 @@ public struct Scheduler<Payload: BatchPayload> {
         b.charged += 1
         let lease = config.leaseMilliseconds > 0 ? now.adding(milliseconds: config.leaseMilliseconds) : nil
         b.state = .running(worker: worker, since: now, leaseUntil: lease)
+        if b.parent == nil { b.totalDispatches += 1 }
         batches[id] = b
-        pools[b.pool]!.queuedBatches -= 1
-        pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
-        pools[b.pool]!.runningBatches += 1
-        pools[b.pool]!.counters.dispatched += 1
+        withPool(b.pool) { p in
+            p.queuedBatches -= 1
+            p.queuedRequests -= Int(b.meta.requestCount)
+            p.runningBatches += 1
+            p.counters.dispatched += 1
+        }
         workers[worker]!.running.insert(id)
-        batches[root(of: id)]!.totalDispatches += 1
+        if b.parent != nil { batches[root(of: id)]!.totalDispatches += 1 }
         journalAttempt(id)
         var meta = b.meta
         meta.maxAttempts = b.maxAttempts
@@ -140,15 +151,21 @@ public struct Scheduler<Payload: BatchPayload> {
     mutating func requeue(_ id: String) {
         let b = batches[id]!
         batches[id]!.state = .queued
-        pools[b.pool]!.queue.push(id, session: b.session, priority: b.meta.priority, atFront: true)
-        pools[b.pool]!.queuedBatches += 1
-        pools[b.pool]!.queuedRequests += Int(b.meta.requestCount)
+        withPool(b.pool) { p in
+            p.queue.push(id, session: b.session, priority: b.meta.priority, atFront: true)
+            p.queuedBatches += 1
+            p.queuedRequests += Int(b.meta.requestCount)
+        }
     }
 
     /// Takes a running batch off its worker (no state change of the batch itself).
     mutating func detach(_ id: String, from worker: PeerID) {
-        workers[worker]?.running.remove(id)
-        workers[worker]?.progress[id] = nil
+        if workers[worker] != nil {
+            withWorker(worker) { w in
+                w.running.remove(id)
+                if !w.progress.isEmpty { w.progress[id] = nil }
+            }
+        }
         pools[batches[id]!.pool]!.runningBatches -= 1
     }
 
@@ -222,8 +239,10 @@ public struct Scheduler<Payload: BatchPayload> {
         case .finished:
             return
         case .queued:
-            pools[b.pool]!.queuedBatches -= 1
-            pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
+            withPool(b.pool) { p in
+                p.queuedBatches -= 1
+                p.queuedRequests -= Int(b.meta.requestCount)
+            }
         case .running(let worker, _, _):
             detach(id, from: worker)
         case .split(let children):
@@ -250,18 +269,24 @@ public struct Scheduler<Payload: BatchPayload> {
         recoveredAttempts[id] = nil
         journal(.finished(batchID: id, outcome: outcome.journaled))
         batches[id] = b
-        pools[b.pool]!.heldBytes += b.heldBytes - before
+        let added = b.heldBytes - before
+        withPool(b.pool) { p in
+            p.heldBytes += added
+            if case .result = outcome {
+                p.counters.completed += 1
+                p.counters.completedRequests += Int(b.meta.requestCount)
+            } else {
+                p.counters.failed += 1
+            }
+        }
         finishedOrder.append((id, now))
         switch outcome {
         case .result:
-            pools[b.pool]!.counters.completed += 1
-            pools[b.pool]!.counters.completedRequests += Int(b.meta.requestCount)
             emit(.event(.completed(batchID: id, pool: b.pool, attempts: b.totalDispatches, latencyMilliseconds: now.milliseconds(since: b.acceptedAt))))
         case .failed(let code, let message, _):
-            pools[b.pool]!.counters.failed += 1
             emit(.event(.failed(batchID: id, pool: b.pool, code: code, message: message)))
         }
-        deliver(id)
+        deliver(b)
     }
 
     /// A half finished: keep its results; once every half is in, finish the batch with them merged.
@@ -296,8 +321,14 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Sends a finished batch's outcome to its session's current connection, if it has one.
     mutating func deliver(_ id: String) {
-        guard let b = batches[id], b.parent == nil, case .finished(let outcome, _) = b.state,
-              let route = sessions[b.session]?.route else { return }
+        guard let b = batches[id] else { return }
+        deliver(b)
+    }
+
+    /// `deliver` for a record at hand.
+    mutating func deliver(_ b: BatchRecord<Payload>) {
+        let id = b.id
+        guard b.parent == nil, case .finished(let outcome, _) = b.state, let route = sessions[b.session]?.route else { return }
         switch outcome {
         case .result(let stats, let payload):
             emit(.toProducer(route, .result(batchID: id, attempts: b.totalDispatches, stats: stats, payload: payload)))
