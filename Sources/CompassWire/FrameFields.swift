@@ -38,6 +38,16 @@ public enum Field {
     }
 }
 
+/// The frames after the command byte, indexed from 0, without copying them into a new array.
+struct CommandFields {
+    let frames: ArraySlice<Frame>
+
+    init(_ message: ArraySlice<Frame>) { frames = message.dropFirst(2) }
+
+    var count: Int { frames.count }
+    subscript(_ index: Int) -> Frame { frames[frames.startIndex + index] }
+}
+
 extension BatchMeta {
     /// The meta as a frame.
     public var frame: Frame { Frame(bytes: bytes) }

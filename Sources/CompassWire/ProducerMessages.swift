@@ -16,7 +16,7 @@ public enum ProducerRequest {
         guard let command = ProducerCommand(rawValue: raw) else {
             throw ProtocolError(.unknownCommand, "unknown producer command 0x\(String(raw, radix: 16))")
         }
-        let f = Array(frames.dropFirst(2))
+        let f = CommandFields(frames)
         func expect(_ n: Int) throws(ProtocolError) {
             guard f.count == n else {
                 throw ProtocolError(.badFrame, "\(command) takes \(n) frames after the command, got \(f.count)")
@@ -149,7 +149,7 @@ public enum ProducerReply {
         guard let command = BrokerReply(rawValue: raw) else {
             throw ProtocolError(.unknownCommand, "unknown broker reply 0x\(String(raw, radix: 16))")
         }
-        let f = Array(frames.dropFirst(2))
+        let f = CommandFields(frames)
         func expect(_ n: Int) throws(ProtocolError) {
             guard f.count == n else { throw ProtocolError(.badFrame, "\(command) has \(n) frames after the command, got \(f.count)") }
         }

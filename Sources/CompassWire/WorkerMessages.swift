@@ -16,7 +16,7 @@ public enum WorkerMessage {
         guard let command = WorkerCommand(rawValue: raw) else {
             throw ProtocolError(.unknownCommand, "unknown worker command 0x\(String(raw, radix: 16))")
         }
-        let f = Array(frames.dropFirst(2))
+        let f = CommandFields(frames)
         func expect(_ n: Int) throws(ProtocolError) {
             guard f.count == n else { throw ProtocolError(.badFrame, "\(command) takes \(n) frames after the command, got \(f.count)") }
         }
@@ -140,7 +140,7 @@ public enum BrokerWorkerMessage {
         guard let command = BrokerToWorker(rawValue: raw) else {
             throw ProtocolError(.unknownCommand, "unknown broker command 0x\(String(raw, radix: 16))")
         }
-        let f = Array(frames.dropFirst(2))
+        let f = CommandFields(frames)
         func expect(_ n: Int) throws(ProtocolError) {
             guard f.count == n else { throw ProtocolError(.badFrame, "\(command) has \(n) frames after the command, got \(f.count)") }
         }
