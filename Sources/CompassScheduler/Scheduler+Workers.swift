@@ -77,7 +77,7 @@ extension Scheduler {
         collect { s in
             // A result for an attempt the broker made before it restarted: accepted once, from
             // whichever worker (it may not have registered again yet).
-            if let recovered = s.recoveredAttempts[batchID], attempt <= recovered, let b = s.batches[batchID], !b.isFinished {
+            if !s.recoveredAttempts.isEmpty, let recovered = s.recoveredAttempts[batchID], attempt <= recovered, let b = s.batches[batchID], !b.isFinished {
                 if case .running(let other, _, _) = b.state, other != id {
                     s.sendWorker(other, .cancel(batchID: batchID, attempt: b.attempt), now)
                 }

@@ -56,6 +56,13 @@ public struct Scheduler<Payload: BatchPayload> {
     @inline(__always)
     mutating func withWorker<R>(_ id: PeerID, _ body: (inout WorkerRecord) -> R) -> R { body(&workers[id]!) }
 
+    /// Runs `body` on a worker's record in place if the worker is registered.
+    @inline(__always) @discardableResult
+    mutating func ifWorker<R>(_ id: PeerID, _ body: (inout WorkerRecord) -> R) -> R? {
+        guard let slot = workers.index(forKey: id) else { return nil }
+        return body(&workers.values[slot])
+    }
+
     mutating func sendWorker(_ id: PeerID, _ message: WorkerOutput<Payload>, _ now: Timestamp) {
         workers[id]?.lastSent = now
         emit(.toWorker(id, message))
@@ -79,9 +86,13 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Adds a worker with credit to its pool's ready ring (once).
     mutating func offer(_ id: PeerID) {
-        guard let w = workers[id], !w.inRing, w.credit > 0, w.drainingSince == nil else { return }
-        workers[id]!.inRing = true
-        pools[w.pool]!.ready.append((id, w.generation))
+        let entry: (pool: String, generation: UInt64)?? = ifWorker(id) { w in
+            guard !w.inRing, w.credit > 0, w.drainingSince == nil else { return nil }
+            w.inRing = true
+            return (w.pool, w.generation)
+        }
+        guard let entry = entry ?? nil else { return }
+        pools[entry.pool]!.ready.append((id, entry.generation))
     }
 
     /// Pops the next worker of `pool` with credit, or nil.
@@ -159,14 +170,12 @@ public struct Scheduler<Payload: BatchPayload> {
     }
 
     /// Takes a running batch off its worker (no state change of the batch itself).
-    mutating func detach(_ id: String, from worker: PeerID) {
-        if workers[worker] != nil {
-            withWorker(worker) { w in
-                w.running.remove(id)
-                if !w.progress.isEmpty { w.progress[id] = nil }
-            }
+    mutating func detach(_ id: String, from worker: PeerID, pool: String) {
+        ifWorker(worker) { w in
+            w.running.remove(id)
+            if !w.progress.isEmpty { w.progress[id] = nil }
         }
-        pools[batches[id]!.pool]!.runningBatches -= 1
+        pools[pool]!.runningBatches -= 1
     }
 
     /// A running batch's attempt failed: retry it, split it (it keeps killing engines), or finish it.
@@ -183,13 +192,13 @@ public struct Scheduler<Payload: BatchPayload> {
         // kills is reported failed alone.
         if killed && b.meta.requestCount >= 2 && kills >= (b.parent == nil ? config.splitAfterKills : 1)
             && b.depth < config.maxSplitDepth, let halves = PayloadSplitting.halves(b.payload.payloadBytes) {
-            detach(id, from: worker)
+            detach(id, from: worker, pool: b.pool)
             split(id, halves, code: code, kills: kills, now)
             return
         }
         let isolated = killed && b.meta.requestCount < 2 && kills >= config.splitAfterKills && b.parent != nil
         if retryable && !isolated && charged < UInt32(b.maxAttempts) {
-            detach(id, from: worker)
+            detach(id, from: worker, pool: b.pool)
             requeue(id)
             journalAttempt(id)
             pools[b.pool]!.counters.retried += 1
@@ -244,7 +253,7 @@ public struct Scheduler<Payload: BatchPayload> {
                 p.queuedRequests -= Int(b.meta.requestCount)
             }
         case .running(let worker, _, _):
-            detach(id, from: worker)
+            detach(id, from: worker, pool: b.pool)
         case .split(let children):
             for child in children { abandon(child, now) } // finished early (cancel, deadline)
         }
@@ -266,7 +275,7 @@ public struct Scheduler<Payload: BatchPayload> {
         }
         let before = b.heldBytes
         b.state = .finished(outcome, at: now)
-        recoveredAttempts[id] = nil
+        if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         journal(.finished(batchID: id, outcome: outcome.journaled))
         batches[id] = b
         let added = b.heldBytes - before
@@ -310,7 +319,7 @@ public struct Scheduler<Payload: BatchPayload> {
             pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
         case .running(let worker, _, _):
             sendWorker(worker, .cancel(batchID: id, attempt: b.attempt), now)
-            detach(id, from: worker)
+            detach(id, from: worker, pool: b.pool)
         case .split(let children):
             for child in children { abandon(child, now) }
         case .finished:
@@ -341,7 +350,7 @@ public struct Scheduler<Payload: BatchPayload> {
     mutating func forget(_ id: String) {
         guard let b = batches.removeValue(forKey: id) else { return }
         if b.parent == nil { journal(.removed(batchID: id)) }
-        recoveredAttempts[id] = nil
+        if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         pools[b.pool]?.heldBytes -= b.heldBytes
         sessions[b.session]?.batches.remove(id)
         if let s = sessions[b.session], s.batches.isEmpty, s.route == nil { sessions[b.session] = nil }
