@@ -104,7 +104,11 @@ extension Broker {
     @discardableResult
     func sendWorker(_ id: PeerID, _ message: BrokerWorkerMessage) -> Bool {
         do {
-            if try backend.send([Frame(bytes: id.bytes)] + message.encode(), dontWait: true) { return true }
+            let sent = try backend.send(dontWait: true) { m in
+                m.append(bytes: id.bytes)
+                message.write(to: &m)
+            }
+            if sent { return true }
             logger.warning("worker is not reading (send queue full); dropping it", metadata: ["worker": "\(id)"])
         } catch let error as ZMQError where error.isHostUnreachable {
             logger.debug("worker unreachable", metadata: ["worker": "\(id)"])
@@ -117,7 +121,11 @@ extension Broker {
     /// Sends to a producer. When it is gone or not reading, its results stay held for its next HELLO.
     func sendProducer(_ route: PeerID, _ message: ProducerReply) {
         do {
-            if try frontend.send([Frame(bytes: route.bytes)] + message.encode(), dontWait: true) { return }
+            let sent = try frontend.send(dontWait: true) { m in
+                m.append(bytes: route.bytes)
+                message.write(to: &m)
+            }
+            if sent { return }
             badInput.warning(logger, "producer is not reading (send queue full); its results wait for its next HELLO",
                              metadata: ["producer": "\(route)"])
         } catch let error as ZMQError where error.isHostUnreachable {

@@ -144,8 +144,7 @@ public final class Broker {
                 }
             }
             if let zapIndex, poller.isReadable(zapIndex) { try authenticate() }
-            if poller.isReadable(frontendIndex) { try drain(frontend, 512, handleFrontend) }
-            if poller.isReadable(backendIndex) { try drain(backend, 512, handleBackend) }
+            try drainBoth(frontendReady: poller.isReadable(frontendIndex), backendReady: poller.isReadable(backendIndex))
             if MonotonicClock.milliseconds() >= nextTick {
                 execute(scheduler.tick(now: now))
                 nextTick = MonotonicClock.milliseconds() + tickMilliseconds
@@ -191,12 +190,25 @@ public final class Broker {
         }
     }
 
-    /// Handles up to `limit` waiting messages of one socket, so neither socket starves the other.
-    func drain(_ socket: ZMQSocket, _ limit: Int, _ handle: ([Frame]) -> Void) throws {
+    /// Handles waiting messages of both sockets in alternating rounds of up to 32 each (512 each
+    /// at most per poll turn), so a flood of SUBMITs cannot hold back the RESULTs that complete
+    /// batches, nor the reverse.
+    func drainBoth(frontendReady: Bool, backendReady: Bool) throws {
+        var frontendOpen = frontendReady, backendOpen = backendReady
+        for _ in 0..<16 {
+            if frontendOpen { frontendOpen = try drain(frontend, 32, handleFrontend) }
+            if backendOpen { backendOpen = try drain(backend, 32, handleBackend) }
+            if !frontendOpen && !backendOpen { return }
+        }
+    }
+
+    /// Handles up to `limit` waiting messages of one socket; true when it may hold more.
+    func drain(_ socket: ZMQSocket, _ limit: Int, _ handle: ([Frame]) -> Void) throws -> Bool {
         for _ in 0..<limit {
-            guard let frames = try socket.receive(dontWait: true) else { return }
+            guard let frames = try socket.receive(dontWait: true) else { return false }
             handle(frames)
         }
+        return true
     }
 
     /// Encodes a value as a JSON frame.

@@ -18,14 +18,13 @@ public struct BatchMeta: Sendable, Equatable {
         self.flags = flags
     }
 
-    public var bytes: [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(16)
-        func put<T: FixedWidthInteger>(_ v: T) {
-            withUnsafeBytes(of: v.bigEndian) { out.append(contentsOf: $0) }
-        }
-        put(requestCount); put(maxAttempts); put(priority); put(deadlineMilliseconds); put(flags)
-        return out
+    public var bytes: [UInt8] { withUnsafeBytes { Array($0) } }
+
+    /// Calls `body` with the 16-byte big-endian layout, built on the stack.
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        // A tuple of these widths has no padding: offsets 0, 4, 6, 8 and 12, 16 bytes in all.
+        let layout = (requestCount.bigEndian, maxAttempts.bigEndian, priority.bigEndian, deadlineMilliseconds.bigEndian, flags.bigEndian)
+        return Swift.withUnsafeBytes(of: layout) { body(UnsafeRawBufferPointer(rebasing: $0.prefix(BatchMeta.byteCount))) }
     }
 
     /// Decodes the 16-byte layout; nil when shorter. Longer input is accepted (later versions may append fields).

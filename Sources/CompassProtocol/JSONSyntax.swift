@@ -132,7 +132,9 @@ public enum JSONSyntax {
         mutating func string() throws {
             let start = i
             i += 1 // opening quote
-            while i < bytes.count {
+            while true {
+                skipPlainStringBytes()
+                guard i < bytes.count else { break }
                 let b = bytes[i]
                 if b == UInt8(ascii: "\"") { i += 1; return }
                 if b < 0x20 { throw Failure(offset: i, reason: "control character in string") }
@@ -155,6 +157,27 @@ public enum JSONSyntax {
                 i += 1
             }
             throw Failure(offset: start, reason: "unterminated string")
+        }
+
+        /// Skips, 8 bytes at a time, string content that holds no quote, backslash or control
+        /// character; stops at (or up to 7 bytes before) the next such byte or the last 7 bytes.
+        @inline(__always) mutating func skipPlainStringBytes() {
+            guard let base = bytes.baseAddress else { return }
+            while i + 8 <= bytes.count {
+                if Self.hasSpecialStringByte(base.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { return }
+                i += 8
+            }
+        }
+
+        /// Whether any byte of `w` is '"', '\\' or below 0x20 (bit tricks from "Bit Twiddling Hacks":
+        /// exact as a yes/no answer, whatever the byte order).
+        @inline(__always) static func hasSpecialStringByte(_ w: UInt64) -> Bool {
+            let ones: UInt64 = 0x0101_0101_0101_0101, highBits: UInt64 = 0x8080_8080_8080_8080
+            let quote = w ^ (ones &* 0x22), backslash = w ^ (ones &* 0x5c)
+            let hasQuote = (quote &- ones) & ~quote
+            let hasBackslash = (backslash &- ones) & ~backslash
+            let hasControl = (w &- ones &* 0x20) & ~w
+            return (hasQuote | hasBackslash | hasControl) & highBits != 0
         }
 
         mutating func number() throws {

@@ -45,6 +45,11 @@ struct BatchRecord<Payload: BatchPayload> {
     var isQueued: Bool { if case .queued = state { true } else { false } }
     var isSplit: Bool { if case .split = state { true } else { false } }
     var isFinished: Bool { if case .finished = state { true } else { false } }
+    /// Whether this attempt of the batch is the one running on `worker`.
+    func isRunning(attempt: UInt32, on worker: PeerID) -> Bool {
+        guard self.attempt == attempt, case .running(let w, _, _) = state else { return false }
+        return w == worker
+    }
 
     /// Bytes this batch holds in the broker: its payload, plus its result once finished.
     var heldBytes: Int {

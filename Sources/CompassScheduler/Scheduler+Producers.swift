@@ -62,33 +62,36 @@ extension Scheduler {
             guard WireProtocol.isValidPoolName(pool) else {
                 return reject(.unknownPool, "pool name '\(pool)' is invalid (1-64 characters of A-Z a-z 0-9 . _ -)")
             }
-            guard s.pools[pool] != nil else {
+            // Read the fields, not a copy of the pool: a copy alive while the queue is pushed below
+            // would share the queue's storage and make every push copy it whole.
+            guard let slot = s.pools.index(forKey: pool) else {
                 return reject(.unknownPool, "no pool named '\(pool)': declare it on the broker (--pool) or start a worker for it")
             }
+            let held = s.pools.values[slot].heldBytes, queued = s.pools.values[slot].queuedBatches
             let bytes = payload.byteCount
             if bytes > s.config.maxPoolBytes {
                 return reject(.tooLarge, "payload of \(bytes) bytes exceeds the pool limit of \(s.config.maxPoolBytes) bytes")
             }
-            // Read the fields, not a copy of the pool: a copy alive while the queue is pushed below
-            // would share the queue's storage and make every push copy it whole.
-            let held = s.pools[pool]!.heldBytes, queued = s.pools[pool]!.queuedBatches
             if held + bytes > s.config.maxPoolBytes || queued >= s.config.maxQueuedBatches {
                 s.pools[pool]!.counters.rejectedBusy += 1
                 let retry = UInt32(clamping: max(50, s.config.heartbeatMilliseconds / 4))
                 return reject(.busy, "pool '\(pool)' is full (\(queued) batches queued, \(held) bytes held); retry later", retryAfter: retry)
             }
-            let maxAttempts = meta.maxAttempts > 0 ? meta.maxAttempts : (s.config.poolMaxAttempts[pool] ?? s.config.defaultMaxAttempts)
+            let maxAttempts = meta.maxAttempts > 0 ? meta.maxAttempts
+                : s.config.poolMaxAttempts.isEmpty ? s.config.defaultMaxAttempts : (s.config.poolMaxAttempts[pool] ?? s.config.defaultMaxAttempts)
             let deadline = meta.deadlineMilliseconds > 0 ? now.adding(milliseconds: UInt64(meta.deadlineMilliseconds)) : nil
             let record = BatchRecord(id: batchID, pool: pool, session: session, meta: meta, maxAttempts: maxAttempts,
                                      payload: payload, acceptedAt: now, deadline: deadline)
             s.batches[batchID] = record
             s.sessions[session]!.batches.insert(batchID)
             if let deadline { s.deadlines.insert(DeadlineEntry(at: deadline, batchID: batchID)) }
-            s.pools[pool]!.queue.push(batchID, session: session, priority: meta.priority)
-            s.pools[pool]!.queuedBatches += 1
-            s.pools[pool]!.queuedRequests += Int(meta.requestCount)
-            s.pools[pool]!.heldBytes += bytes
-            s.pools[pool]!.counters.submitted += 1
+            s.withPool(pool) { p in
+                p.queue.push(batchID, session: session, priority: meta.priority)
+                p.queuedBatches += 1
+                p.queuedRequests += Int(meta.requestCount)
+                p.heldBytes += bytes
+                p.counters.submitted += 1
+            }
             s.journal(.accepted(BatchSnapshot(id: batchID, session: session, pool: pool, meta: meta, maxAttempts: maxAttempts, payload: payload)))
             s.emit(.toProducer(route, .accepted(batchID: batchID)))
             s.dispatch(pool, now)

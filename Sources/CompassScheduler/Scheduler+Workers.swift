@@ -21,12 +21,12 @@ extension Scheduler {
 
     /// Marks the worker alive; if unknown, tells it to register again. Returns whether it is known.
     mutating func touch(_ id: PeerID, _ now: Timestamp) -> Bool {
-        guard workers[id] != nil else {
+        guard let slot = workers.index(forKey: id) else {
             emit(.toWorker(id, .disconnect(reason: "unknown worker: register again with READY")))
             emit(.event(.unknownWorker(worker: id)))
             return false
         }
-        workers[id]!.lastSeen = now
+        workers.values[slot].lastSeen = now
         return true
     }
 
@@ -47,14 +47,17 @@ extension Scheduler {
 
     /// Whether `attempt` of `batchID` is the one currently running on `worker`.
     func isCurrent(_ batchID: String, _ attempt: UInt32, on worker: PeerID) -> Bool {
-        guard let b = batches[batchID], b.attempt == attempt, case .running(let w, _, _) = b.state else { return false }
-        return w == worker
+        guard let slot = batches.index(forKey: batchID) else { return false }
+        return batches.values[slot].isRunning(attempt: attempt, on: worker)
     }
 
     /// A RESULT or FAILED returns the worker's credit, whatever becomes of the batch.
     mutating func returnCredit(_ id: PeerID) {
-        workers[id]!.credit = min(workers[id]!.credit + 1, config.maxCredit)
-        workers[id]!.completed += 1
+        let maxCredit = config.maxCredit
+        withWorker(id) { w in
+            w.credit = min(w.credit + 1, maxCredit)
+            w.completed += 1
+        }
         offer(id)
     }
 
@@ -74,7 +77,7 @@ extension Scheduler {
         collect { s in
             // A result for an attempt the broker made before it restarted: accepted once, from
             // whichever worker (it may not have registered again yet).
-            if let recovered = s.recoveredAttempts[batchID], attempt <= recovered, let b = s.batches[batchID], !b.isFinished {
+            if !s.recoveredAttempts.isEmpty, let recovered = s.recoveredAttempts[batchID], attempt <= recovered, let b = s.batches[batchID], !b.isFinished {
                 if case .running(let other, _, _) = b.state, other != id {
                     s.sendWorker(other, .cancel(batchID: batchID, attempt: b.attempt), now)
                 }

@@ -50,6 +50,21 @@ public struct Scheduler<Payload: BatchPayload> {
 
     mutating func emit(_ action: Action) { out.append(action) }
 
+    /// Runs `body` on a pool's state in place: one dictionary lookup for several updates.
+    @inline(__always)
+    mutating func withPool<R>(_ name: String, _ body: (inout PoolState) -> R) -> R { body(&pools[name]!) }
+
+    /// Runs `body` on a registered worker's record in place.
+    @inline(__always)
+    mutating func withWorker<R>(_ id: PeerID, _ body: (inout WorkerRecord) -> R) -> R { body(&workers[id]!) }
+
+    /// Runs `body` on a worker's record in place if the worker is registered.
+    @inline(__always) @discardableResult
+    mutating func ifWorker<R>(_ id: PeerID, _ body: (inout WorkerRecord) -> R) -> R? {
+        guard let slot = workers.index(forKey: id) else { return nil }
+        return body(&workers.values[slot])
+    }
+
     mutating func sendWorker(_ id: PeerID, _ message: WorkerOutput<Payload>, _ now: Timestamp) {
         workers[id]?.lastSent = now
         emit(.toWorker(id, message))
@@ -73,9 +88,13 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Adds a worker with credit to its pool's ready ring (once).
     mutating func offer(_ id: PeerID) {
-        guard let w = workers[id], !w.inRing, w.credit > 0, w.drainingSince == nil else { return }
-        workers[id]!.inRing = true
-        pools[w.pool]!.ready.append((id, w.generation))
+        let entry: (pool: String, generation: UInt64)?? = ifWorker(id) { w in
+            guard !w.inRing, w.credit > 0, w.drainingSince == nil else { return nil }
+            w.inRing = true
+            return (w.pool, w.generation)
+        }
+        guard let entry = entry ?? nil else { return }
+        pools[entry.pool]!.ready.append((id, entry.generation))
     }
 
     /// Pops the next worker of `pool` with credit, or nil.
@@ -90,8 +109,7 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Hands queued batches of `pool` to workers with credit, as long as both exist.
     mutating func dispatch(_ pool: String, _ now: Timestamp) {
-        guard pools[pool] != nil else { return }
-        while pools[pool]!.queuedBatches > 0 {
+        while (pools[pool]?.queuedBatches ?? 0) > 0 {
             guard let wid = nextWorker(pool) else { return }
             // The queue is moved out while it is popped, so the closure can read `batches` without
             // overlapping access to `pools` and without copying either.
@@ -106,12 +124,13 @@ public struct Scheduler<Payload: BatchPayload> {
                 return
             }
             start(id, on: wid, now)
-            workers[wid]!.credit -= 1
-            if workers[wid]!.credit > 0 {
-                pools[pool]!.ready.append((wid, workers[wid]!.generation))
-            } else {
-                workers[wid]!.inRing = false
+            let again: UInt64? = withWorker(wid) { w in
+                w.credit -= 1
+                if w.credit > 0 { return w.generation }
+                w.inRing = false
+                return nil
             }
+            if let generation = again { pools[pool]!.ready.append((wid, generation)) }
         }
     }
 
@@ -122,13 +141,16 @@ public struct Scheduler<Payload: BatchPayload> {
         b.charged += 1
         let lease = config.leaseMilliseconds > 0 ? now.adding(milliseconds: config.leaseMilliseconds) : nil
         b.state = .running(worker: worker, since: now, leaseUntil: lease)
+        if b.parent == nil { b.totalDispatches += 1 }
         batches[id] = b
-        pools[b.pool]!.queuedBatches -= 1
-        pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
-        pools[b.pool]!.runningBatches += 1
-        pools[b.pool]!.counters.dispatched += 1
+        withPool(b.pool) { p in
+            p.queuedBatches -= 1
+            p.queuedRequests -= Int(b.meta.requestCount)
+            p.runningBatches += 1
+            p.counters.dispatched += 1
+        }
         workers[worker]!.running.insert(id)
-        batches[root(of: id)]!.totalDispatches += 1
+        if b.parent != nil { batches[root(of: id)]!.totalDispatches += 1 }
         journalAttempt(id)
         var meta = b.meta
         meta.maxAttempts = b.maxAttempts
@@ -142,16 +164,20 @@ public struct Scheduler<Payload: BatchPayload> {
     mutating func requeue(_ id: String) {
         let b = batches[id]!
         batches[id]!.state = .queued
-        pools[b.pool]!.queue.push(id, session: b.session, priority: b.meta.priority, atFront: true)
-        pools[b.pool]!.queuedBatches += 1
-        pools[b.pool]!.queuedRequests += Int(b.meta.requestCount)
+        withPool(b.pool) { p in
+            p.queue.push(id, session: b.session, priority: b.meta.priority, atFront: true)
+            p.queuedBatches += 1
+            p.queuedRequests += Int(b.meta.requestCount)
+        }
     }
 
     /// Takes a running batch off its worker (no state change of the batch itself).
-    mutating func detach(_ id: String, from worker: PeerID) {
-        workers[worker]?.running.remove(id)
-        workers[worker]?.progress[id] = nil
-        pools[batches[id]!.pool]!.runningBatches -= 1
+    mutating func detach(_ id: String, from worker: PeerID, pool: String) {
+        ifWorker(worker) { w in
+            w.running.remove(id)
+            if !w.progress.isEmpty { w.progress[id] = nil }
+        }
+        pools[pool]!.runningBatches -= 1
     }
 
     /// A running batch's attempt failed: retry it, split it (it keeps killing engines), or finish it.
@@ -168,13 +194,13 @@ public struct Scheduler<Payload: BatchPayload> {
         // kills is reported failed alone.
         if killed && b.meta.requestCount >= 2 && kills >= (b.parent == nil ? config.splitAfterKills : 1)
             && b.depth < config.maxSplitDepth, let halves = PayloadSplitting.halves(b.payload.payloadBytes) {
-            detach(id, from: worker)
+            detach(id, from: worker, pool: b.pool)
             split(id, halves, code: code, kills: kills, now)
             return
         }
         let isolated = killed && b.meta.requestCount < 2 && kills >= config.splitAfterKills && b.parent != nil
         if retryable && !isolated && charged < UInt32(b.maxAttempts) {
-            detach(id, from: worker)
+            detach(id, from: worker, pool: b.pool)
             requeue(id)
             journalAttempt(id)
             pools[b.pool]!.counters.retried += 1
@@ -224,10 +250,12 @@ public struct Scheduler<Payload: BatchPayload> {
         case .finished:
             return
         case .queued:
-            pools[b.pool]!.queuedBatches -= 1
-            pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
+            withPool(b.pool) { p in
+                p.queuedBatches -= 1
+                p.queuedRequests -= Int(b.meta.requestCount)
+            }
         case .running(let worker, _, _):
-            detach(id, from: worker)
+            detach(id, from: worker, pool: b.pool)
         case .split(let children):
             for child in children { abandon(child, now) } // finished early (cancel, deadline)
         }
@@ -249,21 +277,27 @@ public struct Scheduler<Payload: BatchPayload> {
         }
         let before = b.heldBytes
         b.state = .finished(outcome, at: now)
-        recoveredAttempts[id] = nil
+        if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         journal(.finished(batchID: id, outcome: outcome.journaled))
         batches[id] = b
-        pools[b.pool]!.heldBytes += b.heldBytes - before
+        let added = b.heldBytes - before
+        withPool(b.pool) { p in
+            p.heldBytes += added
+            if case .result = outcome {
+                p.counters.completed += 1
+                p.counters.completedRequests += Int(b.meta.requestCount)
+            } else {
+                p.counters.failed += 1
+            }
+        }
         finishedOrder.append((id, now))
         switch outcome {
         case .result:
-            pools[b.pool]!.counters.completed += 1
-            pools[b.pool]!.counters.completedRequests += Int(b.meta.requestCount)
             emit(.event(.completed(batchID: id, pool: b.pool, attempts: b.totalDispatches, latencyMilliseconds: now.milliseconds(since: b.acceptedAt))))
         case .failed(let code, let message, _):
-            pools[b.pool]!.counters.failed += 1
             emit(.event(.failed(batchID: id, pool: b.pool, code: code, message: message)))
         }
-        deliver(id)
+        deliver(b)
     }
 
     /// A half finished: keep its results; once every half is in, finish the batch with them merged.
@@ -287,7 +321,7 @@ public struct Scheduler<Payload: BatchPayload> {
             pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
         case .running(let worker, _, _):
             sendWorker(worker, .cancel(batchID: id, attempt: b.attempt), now)
-            detach(id, from: worker)
+            detach(id, from: worker, pool: b.pool)
         case .split(let children):
             for child in children { abandon(child, now) }
         case .finished:
@@ -298,8 +332,14 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Sends a finished batch's outcome to its session's current connection, if it has one.
     mutating func deliver(_ id: String) {
-        guard let b = batches[id], b.parent == nil, case .finished(let outcome, _) = b.state,
-              let route = sessions[b.session]?.route else { return }
+        guard let b = batches[id] else { return }
+        deliver(b)
+    }
+
+    /// `deliver` for a record at hand.
+    mutating func deliver(_ b: BatchRecord<Payload>) {
+        let id = b.id
+        guard b.parent == nil, case .finished(let outcome, _) = b.state, let route = sessions[b.session]?.route else { return }
         switch outcome {
         case .result(let stats, let payload):
             emit(.toProducer(route, .result(batchID: id, attempts: b.totalDispatches, stats: stats, payload: payload)))
@@ -312,7 +352,7 @@ public struct Scheduler<Payload: BatchPayload> {
     mutating func forget(_ id: String) {
         guard let b = batches.removeValue(forKey: id) else { return }
         if b.parent == nil { journal(.removed(batchID: id)) }
-        recoveredAttempts[id] = nil
+        if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         pools[b.pool]?.heldBytes -= b.heldBytes
         sessions[b.session]?.batches.remove(id)
         if let s = sessions[b.session], s.batches.isEmpty, s.route == nil { sessions[b.session] = nil }

@@ -27,6 +27,11 @@ public struct PeerID: Hashable, Sendable, CustomStringConvertible {
     public init(_ bytes: [UInt8]) { self.bytes = bytes }
     public init(_ string: String) { self.bytes = Array(string.utf8) }
 
+    /// The bytes in one go (an array hashes element by element).
+    public func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+
     /// Printable ids (compass peers name themselves) as text; libzmq's random ids as hex.
     public var description: String {
         if !bytes.isEmpty, bytes.allSatisfy({ $0 >= 0x21 && $0 < 0x7f }) {

@@ -38,9 +38,25 @@ public enum Field {
     }
 }
 
+/// The frames after the command byte, indexed from 0, without copying them into a new array.
+struct CommandFields {
+    let frames: ArraySlice<Frame>
+
+    init(_ message: ArraySlice<Frame>) { frames = message.dropFirst(2) }
+
+    var count: Int { frames.count }
+    subscript(_ index: Int) -> Frame { frames[frames.startIndex + index] }
+}
+
 extension BatchMeta {
     /// The meta as a frame.
     public var frame: Frame { Frame(bytes: bytes) }
+
+    /// Writes the meta as one frame.
+    @inlinable
+    func write<S: MessageSink>(to sink: inout S) {
+        withUnsafeBytes { sink.append(bytes: $0, last: false) }
+    }
 
     /// Decodes a meta frame. Longer frames are accepted (later versions may append fields).
     public static func decode(_ frame: Frame) throws(ProtocolError) -> BatchMeta {
@@ -54,6 +70,13 @@ extension BatchMeta {
 extension WireProtocol {
     /// Frame 0 of every message.
     public static func headerFrame() -> Frame { Frame(bytes: header) }
+
+    /// Writes frame 0 (the header) and frame 1 (the command byte) of a message.
+    @inlinable
+    static func write<S: MessageSink>(command: UInt8, last: Bool = false, to sink: inout S) {
+        sink.append(bytes: header)
+        sink.append(u8: command, last: last)
+    }
 
     /// Checks frame 0: the signature, then the version.
     public static func checkHeader(_ frame: Frame) throws(ProtocolError) {

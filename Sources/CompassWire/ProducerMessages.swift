@@ -16,7 +16,7 @@ public enum ProducerRequest {
         guard let command = ProducerCommand(rawValue: raw) else {
             throw ProtocolError(.unknownCommand, "unknown producer command 0x\(String(raw, radix: 16))")
         }
-        let f = Array(frames.dropFirst(2))
+        let f = CommandFields(frames)
         func expect(_ n: Int) throws(ProtocolError) {
             guard f.count == n else {
                 throw ProtocolError(.badFrame, "\(command) takes \(n) frames after the command, got \(f.count)")
@@ -50,22 +50,35 @@ public enum ProducerRequest {
 
     /// The frames to send (without routing id).
     public func encode() -> [Frame] {
-        var out = [WireProtocol.headerFrame()]
+        var list = FrameList()
+        write(to: &list)
+        return list.frames
+    }
+
+    /// Writes the frames (without routing id) to `sink`.
+    @inlinable
+    public func write<S: MessageSink>(to sink: inout S) {
         switch self {
         case .hello(let session):
-            out += [Field.u8(ProducerCommand.hello.rawValue), Field.string(session)]
+            WireProtocol.write(command: ProducerCommand.hello.rawValue, to: &sink)
+            sink.append(string: session, last: true)
         case .submit(let id, let pool, let meta, let payload):
-            out += [Field.u8(ProducerCommand.submit.rawValue), Field.string(id), Field.string(pool), meta.frame, payload]
+            WireProtocol.write(command: ProducerCommand.submit.rawValue, to: &sink)
+            sink.append(string: id)
+            sink.append(string: pool)
+            meta.write(to: &sink)
+            sink.append(frame: payload, last: true)
         case .cancel(let id):
-            out += [Field.u8(ProducerCommand.cancel.rawValue), Field.string(id)]
+            WireProtocol.write(command: ProducerCommand.cancel.rawValue, to: &sink)
+            sink.append(string: id, last: true)
         case .ack(let id):
-            out += [Field.u8(ProducerCommand.ack.rawValue), Field.string(id)]
+            WireProtocol.write(command: ProducerCommand.ack.rawValue, to: &sink)
+            sink.append(string: id, last: true)
         case .status:
-            out += [Field.u8(ProducerCommand.status.rawValue)]
+            WireProtocol.write(command: ProducerCommand.status.rawValue, last: true, to: &sink)
         case .heartbeat:
-            out += [Field.u8(ProducerCommand.heartbeat.rawValue)]
+            WireProtocol.write(command: ProducerCommand.heartbeat.rawValue, last: true, to: &sink)
         }
-        return out
     }
 }
 
@@ -81,26 +94,53 @@ public enum ProducerReply {
     case heartbeat(brokerID: String)
 
     public func encode() -> [Frame] {
-        var out = [WireProtocol.headerFrame()]
+        var list = FrameList()
+        write(to: &list)
+        return list.frames
+    }
+
+    /// Writes the frames (without routing id) to `sink`.
+    @inlinable
+    public func write<S: MessageSink>(to sink: inout S) {
         switch self {
         case .welcome(let session, let info):
-            out += [Field.u8(BrokerReply.welcome.rawValue), Field.string(session), info]
+            WireProtocol.write(command: BrokerReply.welcome.rawValue, to: &sink)
+            sink.append(string: session)
+            sink.append(frame: info, last: true)
         case .accepted(let id):
-            out += [Field.u8(BrokerReply.accepted.rawValue), Field.string(id)]
+            WireProtocol.write(command: BrokerReply.accepted.rawValue, to: &sink)
+            sink.append(string: id, last: true)
         case .rejected(let id, let code, let message, let retry):
-            out += [Field.u8(BrokerReply.rejected.rawValue), Field.string(id), Field.string(code), Field.string(message), Field.u32(retry)]
+            WireProtocol.write(command: BrokerReply.rejected.rawValue, to: &sink)
+            sink.append(string: id)
+            sink.append(string: code)
+            sink.append(string: message)
+            sink.append(u32: retry, last: true)
         case .progress(let id, let done, let total):
-            out += [Field.u8(BrokerReply.progress.rawValue), Field.string(id), Field.u32(done), Field.u32(total)]
+            WireProtocol.write(command: BrokerReply.progress.rawValue, to: &sink)
+            sink.append(string: id)
+            sink.append(u32: done)
+            sink.append(u32: total, last: true)
         case .result(let id, let attempts, let stats, let payload):
-            out += [Field.u8(BrokerReply.result.rawValue), Field.string(id), Field.u32(attempts), stats, payload]
+            WireProtocol.write(command: BrokerReply.result.rawValue, to: &sink)
+            sink.append(string: id)
+            sink.append(u32: attempts)
+            sink.append(frame: stats, last: false)
+            sink.append(frame: payload, last: true)
         case .failed(let id, let attempts, let code, let message, let partial):
-            out += [Field.u8(BrokerReply.failed.rawValue), Field.string(id), Field.u32(attempts), Field.string(code), Field.string(message), partial]
+            WireProtocol.write(command: BrokerReply.failed.rawValue, to: &sink)
+            sink.append(string: id)
+            sink.append(u32: attempts)
+            sink.append(string: code)
+            sink.append(string: message)
+            sink.append(frame: partial, last: true)
         case .status(let json):
-            out += [Field.u8(BrokerReply.status.rawValue), json]
+            WireProtocol.write(command: BrokerReply.status.rawValue, to: &sink)
+            sink.append(frame: json, last: true)
         case .heartbeat(let brokerID):
-            out += [Field.u8(BrokerReply.heartbeat.rawValue), Field.string(brokerID)]
+            WireProtocol.write(command: BrokerReply.heartbeat.rawValue, to: &sink)
+            sink.append(string: brokerID, last: true)
         }
-        return out
     }
 
     /// Decodes a reply (frames without routing id); used by clients.
@@ -109,7 +149,7 @@ public enum ProducerReply {
         guard let command = BrokerReply(rawValue: raw) else {
             throw ProtocolError(.unknownCommand, "unknown broker reply 0x\(String(raw, radix: 16))")
         }
-        let f = Array(frames.dropFirst(2))
+        let f = CommandFields(frames)
         func expect(_ n: Int) throws(ProtocolError) {
             guard f.count == n else { throw ProtocolError(.badFrame, "\(command) has \(n) frames after the command, got \(f.count)") }
         }

@@ -16,7 +16,7 @@ public enum WorkerMessage {
         guard let command = WorkerCommand(rawValue: raw) else {
             throw ProtocolError(.unknownCommand, "unknown worker command 0x\(String(raw, radix: 16))")
         }
-        let f = Array(frames.dropFirst(2))
+        let f = CommandFields(frames)
         func expect(_ n: Int) throws(ProtocolError) {
             guard f.count == n else { throw ProtocolError(.badFrame, "\(command) takes \(n) frames after the command, got \(f.count)") }
         }
@@ -51,25 +51,48 @@ public enum WorkerMessage {
     }
 
     public func encode() -> [Frame] {
-        var out = [WireProtocol.headerFrame()]
+        var list = FrameList()
+        write(to: &list)
+        return list.frames
+    }
+
+    /// Writes the frames to `sink`.
+    @inlinable
+    public func write<S: MessageSink>(to sink: inout S) {
         switch self {
         case .ready(let caps):
-            out += [Field.u8(WorkerCommand.ready.rawValue), caps]
+            WireProtocol.write(command: WorkerCommand.ready.rawValue, to: &sink)
+            sink.append(frame: caps, last: true)
         case .credit(let n):
-            out += [Field.u8(WorkerCommand.credit.rawValue), Field.u32(n)]
+            WireProtocol.write(command: WorkerCommand.credit.rawValue, to: &sink)
+            sink.append(u32: n, last: true)
         case .progress(let id, let attempt, let done, let total):
-            out += [Field.u8(WorkerCommand.progress.rawValue), Field.string(id), Field.u32(attempt), Field.u32(done), Field.u32(total)]
+            WireProtocol.write(command: WorkerCommand.progress.rawValue, to: &sink)
+            sink.append(string: id)
+            sink.append(u32: attempt)
+            sink.append(u32: done)
+            sink.append(u32: total, last: true)
         case .result(let id, let attempt, let stats, let payload):
-            out += [Field.u8(WorkerCommand.result.rawValue), Field.string(id), Field.u32(attempt), stats, payload]
+            WireProtocol.write(command: WorkerCommand.result.rawValue, to: &sink)
+            sink.append(string: id)
+            sink.append(u32: attempt)
+            sink.append(frame: stats, last: false)
+            sink.append(frame: payload, last: true)
         case .failed(let id, let attempt, let code, let retryable, let message, let partial):
-            out += [Field.u8(WorkerCommand.failed.rawValue), Field.string(id), Field.u32(attempt), Field.string(code),
-                    Field.u8(retryable ? 1 : 0), Field.string(message), partial]
+            WireProtocol.write(command: WorkerCommand.failed.rawValue, to: &sink)
+            sink.append(string: id)
+            sink.append(u32: attempt)
+            sink.append(string: code)
+            sink.append(u8: retryable ? 1 : 0)
+            sink.append(string: message)
+            sink.append(frame: partial, last: true)
         case .heartbeat(let stats):
-            out += [Field.u8(WorkerCommand.heartbeat.rawValue), stats]
+            WireProtocol.write(command: WorkerCommand.heartbeat.rawValue, to: &sink)
+            sink.append(frame: stats, last: true)
         case .bye(let reason):
-            out += [Field.u8(WorkerCommand.bye.rawValue), Field.string(reason)]
+            WireProtocol.write(command: WorkerCommand.bye.rawValue, to: &sink)
+            sink.append(string: reason, last: true)
         }
-        return out
     }
 }
 
@@ -82,20 +105,34 @@ public enum BrokerWorkerMessage {
     case disconnect(reason: String)
 
     public func encode() -> [Frame] {
-        var out = [WireProtocol.headerFrame()]
+        var list = FrameList()
+        write(to: &list)
+        return list.frames
+    }
+
+    /// Writes the frames (without routing id) to `sink`.
+    @inlinable
+    public func write<S: MessageSink>(to sink: inout S) {
         switch self {
         case .welcome(let settings):
-            out += [Field.u8(BrokerToWorker.welcome.rawValue), settings]
+            WireProtocol.write(command: BrokerToWorker.welcome.rawValue, to: &sink)
+            sink.append(frame: settings, last: true)
         case .batch(let id, let attempt, let meta, let payload):
-            out += [Field.u8(BrokerToWorker.batch.rawValue), Field.string(id), Field.u32(attempt), meta.frame, payload]
+            WireProtocol.write(command: BrokerToWorker.batch.rawValue, to: &sink)
+            sink.append(string: id)
+            sink.append(u32: attempt)
+            meta.write(to: &sink)
+            sink.append(frame: payload, last: true)
         case .cancel(let id, let attempt):
-            out += [Field.u8(BrokerToWorker.cancel.rawValue), Field.string(id), Field.u32(attempt)]
+            WireProtocol.write(command: BrokerToWorker.cancel.rawValue, to: &sink)
+            sink.append(string: id)
+            sink.append(u32: attempt, last: true)
         case .heartbeat:
-            out += [Field.u8(BrokerToWorker.heartbeat.rawValue)]
+            WireProtocol.write(command: BrokerToWorker.heartbeat.rawValue, last: true, to: &sink)
         case .disconnect(let reason):
-            out += [Field.u8(BrokerToWorker.disconnect.rawValue), Field.string(reason)]
+            WireProtocol.write(command: BrokerToWorker.disconnect.rawValue, to: &sink)
+            sink.append(string: reason, last: true)
         }
-        return out
     }
 
     public static func decode(_ frames: ArraySlice<Frame>) throws(ProtocolError) -> BrokerWorkerMessage {
@@ -103,7 +140,7 @@ public enum BrokerWorkerMessage {
         guard let command = BrokerToWorker(rawValue: raw) else {
             throw ProtocolError(.unknownCommand, "unknown broker command 0x\(String(raw, radix: 16))")
         }
-        let f = Array(frames.dropFirst(2))
+        let f = CommandFields(frames)
         func expect(_ n: Int) throws(ProtocolError) {
             guard f.count == n else { throw ProtocolError(.badFrame, "\(command) has \(n) frames after the command, got \(f.count)") }
         }

@@ -92,6 +92,7 @@ public final class ZMQSocket {
     /// - Throws: `ZMQError` with `isWouldBlock` when a receive timeout expires.
     public func receive(dontWait: Bool = false) throws -> [Frame]? {
         var frames: [Frame] = []
+        frames.reserveCapacity(8) // every protocol message fits: one allocation, not one per doubling
         let flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
         while true {
             let frame = Frame()

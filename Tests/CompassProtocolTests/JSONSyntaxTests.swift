@@ -25,6 +25,35 @@ struct JSONSyntaxTests {
         guard case .invalid = check(text) else { Issue.record("accepted invalid JSON: \(text)"); return }
     }
 
+    /// Long strings are scanned 8 bytes at a time: a quote, backslash or control character must be
+    /// found at every offset of a word, next to multi-byte UTF-8 and at the end of the input.
+    @Test func specialBytesAtEveryOffsetOfLongStrings() {
+        for length in 0..<24 {
+            for at in 0..<length {
+                var plain = Array(repeating: UInt8(ascii: "a"), count: length)
+                plain[at] = 0xc3 // a lead byte: not special
+                #expect(JSONSyntax.check(Array("[\"".utf8) + plain + Array("\"]".utf8)) == .array(count: 1))
+                var quoted = Array(repeating: UInt8(ascii: "a"), count: length)
+                quoted[at] = UInt8(ascii: "\"") // ends the string early: the rest is not JSON
+                #expect(JSONSyntax.check(Array("[\"".utf8) + quoted + Array("\"]".utf8))
+                        == .invalid(offset: at + 3, reason: "expected ',' or ']' in array"))
+                var control = Array(repeating: UInt8(ascii: "a"), count: length)
+                control[at] = 0x1f
+                guard case .invalid(let offset, _) = JSONSyntax.check(Array("[\"".utf8) + control + Array("\"]".utf8)) else {
+                    Issue.record("a control character at \(at) of \(length) was accepted"); continue
+                }
+                #expect(offset == at + 2)
+                var escaped = Array(repeating: UInt8(ascii: "a"), count: length)
+                escaped[at] = UInt8(ascii: "\\")
+                guard case .invalid = JSONSyntax.check(Array("[\"".utf8) + escaped + Array("\"]".utf8)) else {
+                    Issue.record("a backslash before 'a' at \(at) of \(length) was accepted"); continue
+                }
+            }
+        }
+        #expect(JSONSyntax.check(Array("[\"0123456789abcdef\\\"0123456789\"]".utf8)) == .array(count: 1))
+        guard case .invalid = JSONSyntax.check(Array("[\"0123456789abcdef0123".utf8)) else { Issue.record("unterminated accepted"); return }
+    }
+
     @Test func depthIsBounded() {
         let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
         guard case .invalid(_, let reason) = JSONSyntax.check(Array(deep.utf8), maxDepth: 64) else { Issue.record("too deep accepted"); return }

@@ -52,6 +52,45 @@ struct ZMQTests {
         #expect(shared.bytes == big.bytes)
     }
 
+    @Test func aMessageWrittenToTheSocketArrivesFrameByFrame() throws {
+        let (router, dealer) = try pair()
+        let big = Frame(bytes: [UInt8](repeating: 9, count: 100_000))
+        try dealer.send { m in
+            m.append(string: "hello")
+            m.append(u32: 0x0102_0304)
+            m.append(bytes: [UInt8]())
+            m.append(frame: big, last: false)
+            m.append(u8: 5, last: true)
+        }
+        let got = try #require(try router.receive())
+        #expect(got.map(\.count) == [2, 5, 4, 0, 100_000, 1])
+        #expect(got[2].bytes == [1, 2, 3, 4])
+        #expect(got[5].bytes == [5])
+        #expect(big.count == 100_000) // still valid after the send
+        // The same frames, collected instead of sent.
+        var list = FrameList()
+        list.append(string: "back", last: false)
+        list.append(frame: big, last: true)
+        try router.send(dontWait: true) { m in
+            m.append(bytes: got[0].bytes)
+            for (i, frame) in list.frames.enumerated() { m.append(frame: frame, last: i == list.frames.count - 1) }
+        }
+        let reply = try #require(try dealer.receive())
+        #expect(reply.map(\.count) == [4, 100_000])
+    }
+
+    @Test func aWrittenMessageToAnUnknownPeerFails() throws {
+        let (router, _) = try pair()
+        #expect(throws: ZMQError.self) {
+            try router.send(dontWait: true) { m in
+                m.append(string: "nobody")
+                m.append(string: "x", last: true)
+            }
+        }
+        let lonely = try context.socket(.dealer)
+        #expect(try lonely.send(dontWait: true) { m in m.append(string: "x", last: true) } == false)
+    }
+
     @Test func nonBlockingReceiveReturnsNilWhenEmpty() throws {
         let (router, _) = try pair()
         #expect(try router.receive(dontWait: true) == nil)
