@@ -229,17 +229,17 @@ struct SessionBindingTests {
         h.submit("b", from: "holder")
         h.result("w", "b")
         for _ in 0..<3 {
-            h.advance(3_000)
+            _ = h.advance(3_000)
             h.record(h.scheduler.producerHeartbeat(from: PeerID("live"), now: h.now))
         }
         #expect(names() == ["gone", "holder", "live"])  // 9 s: nobody is past the limit yet
-        h.advance(3_000)
+        _ = h.advance(3_000)
         h.record(h.scheduler.producerHeartbeat(from: PeerID("live"), now: h.now))
         #expect(names() == ["holder", "live"])          // 12 s: the silent one that held nothing is gone
         // The holder's result is still delivered on its ACK; then it holds nothing and, silent, goes.
         h.record(h.scheduler.ack(from: PeerID("holder"), batchID: "b", now: h.now))
         #expect(h.scheduler.batchCount == 0)
-        h.advance(10_500)
+        _ = h.advance(10_500)
         #expect(names() == [])
         // A forgotten producer that comes back starts its session again with HELLO.
         let welcome = h.record(h.scheduler.hello(from: PeerID("live"), session: "live", now: h.now))
