@@ -45,6 +45,11 @@ public final class Broker {
     /// The authenticator of CURVE handshakes (nil in plaintext).
     let zap: ZAPHandler?
     var lastAllowlistCheck: UInt64 = 0
+    /// Connection events of the backend: a dropped worker connection is probed for at once.
+    let backendMonitor: SocketMonitor?
+    /// Ticks that still probe every worker after a backend disconnect (libzmq may take a moment to
+    /// retire the dead peer's pipe, so the first probe can still be queued to it).
+    var probesLeft = 0
 
     enum Outgoing {
         case worker(PeerID, BrokerWorkerMessage)
@@ -98,6 +103,7 @@ public final class Broker {
         try backend.bind(options.backend)
         frontendEndpoint = try frontend.lastEndpoint
         backendEndpoint = try backend.lastEndpoint
+        backendMonitor = try SocketMonitor(backend, context: context)
         jsonEncoder.outputFormatting = [.sortedKeys]
     }
 
@@ -111,6 +117,7 @@ public final class Broker {
         let backendIndex = poller.add(backend)
         let signalIndex = signals.map { poller.add(fd: $0.fd) }
         let zapIndex = zap.map { poller.add($0.socket) }
+        let monitorIndex = backendMonitor.map { poller.add($0.socket) }
         if let zap {
             logger.info("CURVE on both sockets", metadata: [
                 "producer_allowlist": "\(zap.producers.map { "\($0.path) (\($0.keys.count) keys)" } ?? "none: any key")",
@@ -144,9 +151,18 @@ public final class Broker {
                 }
             }
             if let zapIndex, poller.isReadable(zapIndex) { try authenticate() }
+            if let monitorIndex, poller.isReadable(monitorIndex), let backendMonitor,
+               try backendMonitor.events().contains(.disconnected) {
+                execute(scheduler.probeWorkers(now: now))
+                probesLeft = 3
+            }
             try drainBoth(frontendReady: poller.isReadable(frontendIndex), backendReady: poller.isReadable(backendIndex))
             if MonotonicClock.milliseconds() >= nextTick {
                 execute(scheduler.tick(now: now))
+                if probesLeft > 0 {
+                    probesLeft -= 1
+                    execute(scheduler.probeWorkers(now: now))
+                }
                 nextTick = MonotonicClock.milliseconds() + tickMilliseconds
                 if MonotonicClock.milliseconds().since(lastMetrics) >= 1000 {
                     lastMetrics = MonotonicClock.milliseconds()

@@ -141,6 +141,15 @@ extension Scheduler {
         }
     }
 
+    /// A connection on the backend dropped (the broker's socket monitor saw it; it cannot tell
+    /// whose): a heartbeat to every worker finds the one that is gone now, since the send to it
+    /// fails, instead of at its next heartbeat, up to `heartbeatMilliseconds` later.
+    public mutating func probeWorkers(now: Timestamp) -> [Action] {
+        collect { s in
+            for id in s.workers.keys { s.sendWorker(id, .heartbeat, now) }
+        }
+    }
+
     mutating func removeWorker(_ id: PeerID) {
         guard let w = workers.removeValue(forKey: id) else { return }
         pools[w.pool]?.workers.remove(id)

@@ -105,6 +105,19 @@ struct FailureTests {
         #expect(h.advance(50).isEmpty)
     }
 
+    @Test func aDroppedConnectionProbesEveryWorkerAtOnceAndTheGoneOneLosesItsBatch() {
+        var h = Harness()
+        h.ready("w1"); h.ready("w2")
+        h.submit("b")
+        let probe = h.record(h.scheduler.probeWorkers(now: h.now))
+        #expect(probe.sent(to: "w1").count == 1 && probe.sent(to: "w2").count == 1)
+        // The broker's send to the worker holding "b" fails: it is lost and "b" runs elsewhere.
+        let holder = h.log.dispatches.first!.worker
+        let other = holder == "w1" ? "w2" : "w1"
+        let lost = h.record(h.scheduler.workerUnreachable(PeerID(holder), now: h.now))
+        #expect(lost.sent(to: other).contains { if case .batch(let id, _, _, _) = $0 { return id == "b" }; return false })
+    }
+
     @Test func unknownWorkerIsToldToRegister() {
         var h = Harness()
         let out = h.record(h.scheduler.workerHeartbeat(PeerID("ghost"), now: h.now))

@@ -76,6 +76,48 @@ struct FaultTests {
         #expect(try up.waitForExit(timeout: 30).isSuccess, "\(up.log())")
     }
 
+    @Test("A SIGKILLed worker is found when its connection drops, not a heartbeat later (heartbeat 3 s)")
+    func droppedConnectionIsNoticedAtOnce() async throws {
+        let dir = TempDir()
+        // Heartbeats every 3 s: without the backend's socket monitor the broker would notice the
+        // dead worker only at its next heartbeat to it, 2.8 s or more after the kill.
+        let broker = try BrokerProcess(in: dir, arguments: ["--heartbeat-ms", "3000"])
+        defer { broker.process.child.signal(SIGKILL) }
+        let workers = try startWorkers(2, broker.backend, in: dir, arguments: ["--credit", "1", "--engine-arg", "batch_ms=200"])
+        defer { for w in workers { w.child.signal(SIGKILL) } }
+        let client = try testClient(broker.frontend)
+        defer { client.close() }
+        let expected = try writePrompts(dir.file("in.jsonl"), count: 64)
+        let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "4",
+                                             "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
+        var victim: (pid: Int32, batch: String)?
+        try await eventually("a worker running a batch") {
+            let s = try await status(client)
+            for w in s.scheduler.workers where !w.running.isEmpty {
+                if let pid = s.workers.first(where: { $0.id == w.id })?.capabilities?.pid {
+                    victim = (pid, w.running[0])
+                    return true
+                }
+            }
+            return false
+        }
+        let (pid, batch) = try #require(victim)
+        let killedAt = Date()
+        kill(pid, SIGKILL)
+        var noticed = 0.0
+        try await eventually("the broker to give the killed worker's batch up") {
+            let s = try await status(client)
+            guard (s.scheduler.pools.first?.counters.retried ?? 0) > 0 else { return false }
+            noticed = Date().timeIntervalSince(killedAt)
+            return true
+        }
+        print("disconnect probe: batch \(batch) of the SIGKILLed worker requeued after \(String(format: "%.0f", noticed * 1000)) ms (heartbeat 3000 ms)")
+        #expect(noticed < 1.5, "requeued after \(noticed) s")
+        #expect(broker.process.log().contains("connection lost"), "\(broker.process.log())")
+        #expect(try submit.waitForExit(timeout: 60).isSuccess, "\(submit.log())")
+        #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
+    }
+
     @Test("A broker restarted without a journal makes connected workers re-register; a waiting producer still gets its result")
     func brokerRestartWithoutJournal() async throws {
         let dir = TempDir()
