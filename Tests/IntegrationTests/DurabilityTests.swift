@@ -56,11 +56,13 @@ struct DurabilityTests {
         #expect(try second.waitForExit(timeout: 120).isSuccess, "\(second.log())")
         #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
         #expect(second.log().contains("were already in the results file"))
-        // 2,000 requests are 125 batches: the broker dispatched each exactly once.
+        // 2,000 requests are 125 batches: the resumed producer made the broker run none of them
+        // again. (A worker starved of CPU past heartbeat x liveness on a loaded machine is declared
+        // lost and its batches retried: those re-dispatches are counted apart, as retries.)
         let client = try testClient(broker.frontend)
         defer { client.close() }
         let counters = try #require(try await status(client).scheduler.pools.first?.counters)
-        #expect(counters.dispatched == 125, "dispatched \(counters.dispatched)")
+        #expect(counters.dispatched - counters.retried == 125, "dispatched \(counters.dispatched), retried \(counters.retried)")
         #expect(counters.completed == 125)
     }
 
