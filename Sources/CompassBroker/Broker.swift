@@ -50,6 +50,8 @@ public final class Broker {
     /// Ticks that still probe every worker after a backend disconnect (libzmq may take a moment to
     /// retire the dead peer's pipe, so the first probe can still be queued to it).
     var probesLeft = 0
+    /// Whether the last turn read every message the backend held (probes wait until it has).
+    var backendDrained = true
 
     enum Outgoing {
         case worker(PeerID, BrokerWorkerMessage)
@@ -151,15 +153,22 @@ public final class Broker {
                 }
             }
             if let zapIndex, poller.isReadable(zapIndex) { try authenticate() }
-            if let monitorIndex, poller.isReadable(monitorIndex), let backendMonitor,
-               try backendMonitor.events().contains(.disconnected) {
-                execute(scheduler.probeWorkers(now: now))
+            var dropped = false
+            if let monitorIndex, poller.isReadable(monitorIndex), let backendMonitor {
+                dropped = try backendMonitor.events().contains(.disconnected)
+            }
+            backendDrained = try drainBoth(frontendReady: poller.isReadable(frontendIndex),
+                                           backendReady: poller.isReadable(backendIndex) || dropped)
+            if dropped {
+                // What the gone worker sent before it went (a draining worker's last RESULT) is
+                // read above, before the probe declares it lost: otherwise that result would
+                // arrive for an attempt already given up on and be dropped as stale.
+                if backendDrained { execute(scheduler.probeWorkers(now: now)) }
                 probesLeft = 3
             }
-            try drainBoth(frontendReady: poller.isReadable(frontendIndex), backendReady: poller.isReadable(backendIndex))
             if MonotonicClock.milliseconds() >= nextTick {
                 execute(scheduler.tick(now: now))
-                if probesLeft > 0 {
+                if probesLeft > 0 && backendDrained {
                     probesLeft -= 1
                     execute(scheduler.probeWorkers(now: now))
                 }
@@ -209,13 +218,16 @@ public final class Broker {
     /// Handles waiting messages of both sockets in alternating rounds of up to 32 each (512 each
     /// at most per poll turn), so a flood of SUBMITs cannot hold back the RESULTs that complete
     /// batches, nor the reverse.
-    func drainBoth(frontendReady: Bool, backendReady: Bool) throws {
+    /// Reads both sockets in alternating rounds of 32 messages, up to 512 each per turn.
+    /// Returns whether the backend has nothing more waiting.
+    func drainBoth(frontendReady: Bool, backendReady: Bool) throws -> Bool {
         var frontendOpen = frontendReady, backendOpen = backendReady
         for _ in 0..<16 {
             if frontendOpen { frontendOpen = try drain(frontend, 32, handleFrontend) }
             if backendOpen { backendOpen = try drain(backend, 32, handleBackend) }
-            if !frontendOpen && !backendOpen { return }
+            if !frontendOpen && !backendOpen { return true }
         }
+        return !backendOpen
     }
 
     /// Handles up to `limit` waiting messages of one socket; true when it may hold more.

@@ -57,7 +57,9 @@ struct EndToEndTests {
         try worker.waitForLog("registered with broker")
         let client = try testClient(broker.frontend)
         defer { client.close() }
-        let task = Task { try await client.submit([InferenceRequest(customID: "d", prompt: "finish me please")], pool: "default", batchID: "drain-1") }
+        // The deadline makes a lost result fail the test (FAILED timeout) instead of hanging it.
+        let task = Task { try await client.submit([InferenceRequest(customID: "d", prompt: "finish me please")], pool: "default",
+                                                  batchID: "drain-1", deadlineMilliseconds: 20_000) }
         try await eventually("the batch to run") { try await status(client).scheduler.workers.first?.running == ["drain-1"] }
         worker.child.signal(SIGTERM)
         let outcome = try await task.value
@@ -66,5 +68,9 @@ struct EndToEndTests {
         #expect(try worker.waitForExit(timeout: 10) == .exited(0))
         #expect(worker.log().contains("draining"))
         try await eventually("the broker to forget the drained worker") { try await status(client).scheduler.workers.isEmpty }
+        // The worker exits right after its last RESULT: the broker, which sees the connection drop,
+        // must read that RESULT before it probes for the lost worker, or it drops it as stale.
+        let counters = try #require(try await status(client).scheduler.pools.first?.counters)
+        #expect(counters.staleDropped == 0 && counters.retried == 0, "\(counters)")
     }
 }
