@@ -47,6 +47,11 @@ extension Scheduler {
                     s.adopt(anonymous: session, into: existing.session)
                     s.routeSessions[route] = existing.session
                     s.sessions[existing.session, default: SessionRecord()].route = route
+                } else if existing.session.hasPrefix("anon:") && !session.hasPrefix("anon:") {
+                    // The batch came from a connection that had not said HELLO, or whose session
+                    // the broker forgot while it was silent and held nothing (a suspended
+                    // producer): re-submitting it by id under its session name claims it.
+                    s.adopt(anonymous: existing.session, into: session)
                 } else if existing.session != session {
                     return reject(.duplicate, "batch id \(batchID) belongs to another session; batch ids must be unique")
                 }

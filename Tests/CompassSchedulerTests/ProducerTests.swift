@@ -248,4 +248,19 @@ struct SessionBindingTests {
         } else { Issue.record("no welcome") }
         #expect(names() == ["live"])
     }
+
+    @Test func aForgottenSessionThatSubmitsAgainAndReconnectsKeepsItsBatch() {
+        var h = Harness { $0.idleSessionMilliseconds = 10_000 }
+        h.record(h.scheduler.hello(from: PeerID("conn1"), session: "s", now: h.now))
+        _ = h.advance(11_000)  // suspended: silent past the limit while it held nothing
+        #expect(h.scheduler.snapshot(now: h.now).sessions.isEmpty)
+        h.submit("b", from: "conn1")  // resumed: its SUBMIT lands in an anonymous session
+        // It reconnects, says HELLO and re-submits what it awaits, as the protocol says.
+        h.record(h.scheduler.hello(from: PeerID("conn2"), session: "s", now: h.now))
+        #expect(h.submit("b", from: "conn2").accepted == ["b"])
+        h.ready("w")
+        let done = h.result("w", "b")
+        #expect(done.results.map { "\($0.route):\($0.id)" } == ["conn2:b"])
+        #expect(h.scheduler.snapshot(now: h.now).sessions.map(\.session) == ["s"])
+    }
 }
