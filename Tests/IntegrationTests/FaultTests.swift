@@ -36,18 +36,7 @@ struct FaultTests {
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", "ipc://\(dir.path)/fe", "--batch-size", "16",
                                              "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
         // Pick a worker that is running a batch and kill it.
-        var victim: (pid: Int32, batch: String)?
-        try await eventually("a worker running a batch") {
-            let s = try await status(client)
-            for w in s.scheduler.workers where !w.running.isEmpty && (s.scheduler.pools.first?.counters.completed ?? 0) > 10 {
-                if let pid = s.workers.first(where: { $0.id == w.id })?.capabilities?.pid {
-                    victim = (pid, w.running[0])
-                    return true
-                }
-            }
-            return false
-        }
-        let (pid, batch) = try #require(victim)
+        let (pid, batch) = try await busyWorker(client, afterCompleted: 10)
         let killedAt = Date()
         kill(pid, SIGKILL)
         var redispatchSeconds = 0.0
@@ -90,18 +79,7 @@ struct FaultTests {
         let expected = try writePrompts(dir.file("in.jsonl"), count: 64)
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "4",
                                              "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
-        var victim: (pid: Int32, batch: String)?
-        try await eventually("a worker running a batch") {
-            let s = try await status(client)
-            for w in s.scheduler.workers where !w.running.isEmpty {
-                if let pid = s.workers.first(where: { $0.id == w.id })?.capabilities?.pid {
-                    victim = (pid, w.running[0])
-                    return true
-                }
-            }
-            return false
-        }
-        let (pid, batch) = try #require(victim)
+        let (pid, batch) = try await busyWorker(client)
         let killedAt = Date()
         kill(pid, SIGKILL)
         var noticed = 0.0
@@ -140,4 +118,22 @@ struct FaultTests {
         #expect(worker.log().contains("register again") || worker.log().contains("reconnecting"))
         _ = broker
     }
+}
+
+/// A worker running a batch (its pid and that batch), once the pool has completed more than
+/// `afterCompleted` batches.
+func busyWorker(_ client: CompassClient, afterCompleted: Int = -1) async throws -> (pid: Int32, batch: String) {
+    var victim: (pid: Int32, batch: String)?
+    try await eventually("a worker running a batch") {
+        let s = try await status(client)
+        guard (s.scheduler.pools.first?.counters.completed ?? 0) > afterCompleted else { return false }
+        for w in s.scheduler.workers where !w.running.isEmpty {
+            if let pid = s.workers.first(where: { $0.id == w.id })?.capabilities?.pid {
+                victim = (pid, w.running[0])
+                return true
+            }
+        }
+        return false
+    }
+    return try #require(victim)
 }
