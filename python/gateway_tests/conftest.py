@@ -8,18 +8,12 @@ condition until a deadline.
 
 from __future__ import annotations
 
-import ctypes
-import faulthandler
 import json
-import os
 import re
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,34 +23,10 @@ from typing import Any, Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python/: compass_client, testsupport
 
 from compass_client import Client  # noqa: E402
-
-BIN_DIR = Path(os.environ.get("COMPASS_BIN_DIR", REPO / ".build" / "debug"))
-#: Longest any one test may take before the watchdog dumps every thread's stack and exits.
-TEST_WATCHDOG_S = 120
-
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-_CHILDREN: set[subprocess.Popen[bytes]] = set()
-
-
-def binary(name: str) -> Path:
-    path = BIN_DIR / name
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"{path} is missing: run `swift build` in {REPO} (or set COMPASS_BIN_DIR)", pytrace=False)
-    return path
-
-
-def _die_with_parent() -> None:
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def expected_text(prompt: str, max_tokens: int = 16) -> str:
-    """What the synthetic engine answers: the prompt's words reversed, cut at max_tokens words."""
-    return " ".join(prompt.split()[::-1][:max_tokens])
+from testsupport import _watchdog, binary, expected_text, first_line, spawn, stop  # noqa: E402, F401 (_watchdog: autouse)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
@@ -123,40 +93,16 @@ class Cluster:
         self._logs += 1
         return open(self.dir / f"{self._logs:02d}-{name}.log", "wb")
 
-    def _spawn(self, command: list[str], name: str, stdout: Any = None) -> subprocess.Popen[bytes]:
-        log = self._log(name)
-        proc = subprocess.Popen(command, stdout=stdout or log, stderr=log if stdout else subprocess.STDOUT,
-                                preexec_fn=_die_with_parent)
-        _CHILDREN.add(proc)
+    def _spawn(self, command: list[str], name: str, stdout: Optional[int] = None) -> subprocess.Popen[bytes]:
+        proc = spawn(command, self._log(name), stdout)
         self.procs.append(proc)
-        proc.log_path = Path(log.name)  # type: ignore[attr-defined]
         return proc
-
-    @staticmethod
-    def _first_line(proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = b""
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or proc.poll() is not None:
-                raise RuntimeError(f"{what} did not start (see {proc.log_path}): {line!r}")  # type: ignore[attr-defined]
-            ready, _, _ = select.select([proc.stdout], [], [], remaining)
-            if ready:
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                if not chunk:
-                    raise RuntimeError(f"{what} closed stdout before listening")
-                line += chunk
-        # Keep draining stdout so that the process never blocks on a full pipe.
-        sink = open(proc.log_path, "ab")  # type: ignore[attr-defined]
-        threading.Thread(target=shutil.copyfileobj, args=(proc.stdout, sink), daemon=True).start()
-        return line.decode()
 
     def start_broker(self, *extra: str, pools: tuple[str, ...] = ("default",)) -> None:
         command = [str(binary("compass-broker")), "--frontend", self.frontend, "--backend", self.backend,
                    "--heartbeat-ms", "100", "--liveness", "3", *sum((["--pool", p] for p in pools), []), *extra]
         proc = self._spawn(command, "broker", stdout=subprocess.PIPE)
-        line = self._first_line(proc, 20, "compass-broker")
+        line = first_line(proc, 20, "compass-broker")
         assert line.startswith("compass-broker listening"), line
 
     def start_worker(self, pool: str = "default", *engine_args: str) -> subprocess.Popen[bytes]:
@@ -170,7 +116,7 @@ class Cluster:
         command = [str(binary("compass")), "gateway", "--broker", self.frontend, "--listen", "127.0.0.1:0",
                    "--data-dir", str(data), *extra]
         proc = self._spawn(command, "gateway", stdout=subprocess.PIPE)
-        line = self._first_line(proc, 20, "compass gateway")
+        line = first_line(proc, 20, "compass gateway")
         match = re.search(r"listening on (http://[0-9.]+:\d+)", line)
         assert match, line
         gateway = Gateway(proc, match.group(1), proc.log_path)  # type: ignore[attr-defined]
@@ -197,31 +143,7 @@ class Cluster:
     def stop(self) -> None:
         for c in self.clients:
             c.close()
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-            _CHILDREN.discard(proc)
-
-
-@pytest.fixture(autouse=True)
-def _watchdog() -> Iterator[None]:
-    """Bounds each test: on expiry, print every thread's stack, kill the children, exit."""
-
-    def expire() -> None:
-        sys.stderr.write(f"\nTEST WATCHDOG: the test ran over {TEST_WATCHDOG_S} s\n")
-        faulthandler.dump_traceback(all_threads=True)
-        for proc in list(_CHILDREN):
-            proc.kill()
-        os._exit(3)
-
-    timer = threading.Timer(TEST_WATCHDOG_S, expire)
-    timer.daemon = True
-    timer.start()
-    faulthandler.dump_traceback_later(TEST_WATCHDOG_S + 15, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
-    timer.cancel()
+        stop(list(reversed(self.procs)))
 
 
 def _new_cluster() -> tuple[Cluster, Path]:
