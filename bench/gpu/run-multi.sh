@@ -17,19 +17,11 @@ B=${BUNDLE:-/tmp/compass}
 OUT=${OUT:-/tmp/out-multi}
 WORK=${WORK:-/tmp/work-multi}
 MODEL=${MODEL:-/tmp/model-8b}  # an existing model directory is used as it is (a smoke run: MODEL=/tmp/model-1b)
-mkdir -p "$OUT" "$WORK"
-export PATH="$B/bin:$PATH" LD_LIBRARY_PATH="$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export COMPASS_ENGINES_DIR="$B/engines" COMPASS_PYTHON=python3 COMPASS_LOCK_DIR="$WORK/locks"
-# NVLink multicast must stay off on these hosts (KINDS.md): for every process, engines included.
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 VLLM_USE_FLASHINFER_SAMPLER=0
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-[ -d /tmp/site ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 NGPU=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 GPUS=$(seq -s, 0 $((NGPU - 1)))
 
-log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log" >&2; }
 mem() { nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits | tr -d ' ' | tr '\n' ';'; }
-now() { date +%s.%N; }
 
 make_model() {
   [ -f "$MODEL/config.json" ] && { log "model exists: $MODEL"; return; }
@@ -39,14 +31,6 @@ make_model() {
 }
 
 prompts() { [ -f "$WORK/prompts-$1.jsonl" ] || python3 "$B/gpu/prompts.py" "$WORK/prompts-$1.jsonl" "$1" --max-tokens 64 --ignore-eos; }
-
-wait_for() {  # FILE TEXT COUNT TIMEOUT: until FILE has COUNT lines with TEXT
-  local deadline=$(( $(date +%s) + $4 ))
-  while [ "$(grep -c "$2" "$1" 2>/dev/null)" -lt "$3" ]; do
-    [ "$(date +%s)" -ge "$deadline" ] && { log "timed out waiting for '$2' in $1"; return 1; }
-    sleep 0.5
-  done
-}
 
 status_json() { compass status --broker "$1" --json 2>/dev/null; }
 

@@ -16,16 +16,9 @@ B=${BUNDLE:-/tmp/compass}
 OUT=${OUT:-/tmp/out}
 MODEL=${MODEL:-/tmp/model-1b}
 WORK=${WORK:-/tmp/work}
-mkdir -p "$OUT" "$WORK"
-export PATH="$B/bin:$PATH" LD_LIBRARY_PATH="$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export COMPASS_ENGINES_DIR="$B/engines" COMPASS_PYTHON=python3 COMPASS_LOCK_DIR="$WORK/locks"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 VLLM_USE_FLASHINFER_SAMPLER=0
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-[ -d /tmp/site ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log" >&2; }
 gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null | tr -d ' '; }
-now() { date +%s.%N; }
 secs() { python3 -c "print(round($2 - $1, 2))"; }
 
 make_model() {
@@ -33,16 +26,6 @@ make_model() {
   log "making a random ~1B Llama (bf16) with a locally trained tokenizer in $MODEL"
   python3 "$B/engines/tools/make_tiny_model.py" "$MODEL" --layers 16 --hidden 2048 --heads 32 --kv-heads 8 \
     --intermediate 8192 --vocab 32000 --max-positions 4096 --dtype bfloat16 2>&1 | tail -3 | tee -a "$OUT/run.log"
-}
-
-# wait_for FILE TEXT COUNT TIMEOUT [PID]: until FILE has COUNT lines containing TEXT (fails early if PID dies).
-wait_for() {
-  local deadline=$(( $(date +%s) + $4 ))
-  while [ "$(grep -c "$2" "$1" 2>/dev/null)" -lt "$3" ]; do
-    [ "$(date +%s)" -ge "$deadline" ] && { log "timed out waiting for '$2' in $1"; return 1; }
-    if [ -n "${5:-}" ] && ! kill -0 "$5" 2>/dev/null; then log "process $5 exited while waiting for '$2' in $1"; return 1; fi
-    sleep 0.2
-  done
 }
 
 # One prompt set for every phase: 5,120 prompts, 64 tokens each (ignore_eos); a phase takes the first N.
