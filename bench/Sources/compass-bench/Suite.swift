@@ -57,6 +57,36 @@ final class Suite {
         return children
     }
 
+    /// A tcp broker named `tag`, `count` zero-latency workers of `kind`, and a raw producer that
+    /// has seen them register. `stop()` kills the workers, then the broker.
+    struct Cell {
+        let broker: BrokerProc
+        let workers: [Child]
+        let producer: RawProducer
+        func stop() {
+            for w in workers { w.stop(signal: SIGKILL) }
+            broker.stop()
+        }
+    }
+
+    func startCell(_ tag: String, kind: String = "null", count: Int = 4) throws -> Cell {
+        let broker = try BrokerProc(bin: bin, dir: dir, name: "\(tag)-broker", transport: "tcp")
+        do {
+            let workers = try startWorkers(kind, count: count, backend: broker.backend, latencyMs: 0, tag: tag)
+            do {
+                let producer = try RawProducer(ctx: ctx, frontend: broker.frontend)
+                try waitWorkers(producer, count)
+                return Cell(broker: broker, workers: workers, producer: producer)
+            } catch {
+                for w in workers { w.stop(signal: SIGKILL) }
+                throw error
+            }
+        } catch {
+            broker.stop()
+            throw error
+        }
+    }
+
     /// Waits until the broker's STATUS lists `count` workers.
     func waitWorkers(_ producer: RawProducer, _ count: Int, timeoutMs: UInt64 = 60_000) throws {
         let until = monoNs() + timeoutMs * 1_000_000
@@ -212,12 +242,9 @@ final class Suite {
         var rows: [[String: Any]] = []
         for size in [1024, 1 << 20] {
             let tag = "cl\(size)"
-            let broker = try BrokerProc(bin: bin, dir: dir, name: "\(tag)-broker", transport: "tcp")
-            defer { broker.stop() }
-            let ws = try startWorkers("null", count: 4, backend: broker.backend, latencyMs: 0, tag: tag)
-            defer { for w in ws { w.stop(signal: SIGKILL) } }
-            let probe = try RawProducer(ctx: ctx, frontend: broker.frontend)
-            try waitWorkers(probe, 4)
+            let cell = try startCell(tag)
+            defer { cell.stop() }
+            let broker = cell.broker
             let (payload, requests) = makePayload(bytes: size)
             let client = try CompassClient(options: ClientOptions(broker: broker.frontend, session: "bench-client-\(getpid())"))
             let window = 64, warmup = warm, duration = dur
@@ -261,12 +288,9 @@ final class Suite {
         let (payload, requests) = makePayload(bytes: 1024)
         let p = StaticBytes(payload), meta = StaticBytes(Wire.meta(requests: UInt32(requests)))
         do {
-            let broker = try BrokerProc(bin: bin, dir: dir, name: "lat-broker", transport: "tcp")
-            defer { broker.stop() }
-            let ws = try startWorkers("null", count: 4, backend: broker.backend, latencyMs: 0, tag: "lat")
-            defer { for w in ws { w.stop(signal: SIGKILL) } }
-            let producer = try RawProducer(ctx: ctx, frontend: broker.frontend)
-            try waitWorkers(producer, 4)
+            let cell = try startCell("lat")
+            defer { cell.stop() }
+            let broker = cell.broker, producer = cell.producer
             // Idle latency, interleaved in blocks with the raw libzmq echo (same payload, same
             // transport) so that both see the same interference from anything else on the machine.
             let echo = try Child([selfPath, "echo", "--bind", "tcp://127.0.0.1:*", "--max-seconds", "600"], name: "lat-echo", dir: dir)
@@ -309,12 +333,9 @@ final class Suite {
             log("overload at 150% (\(Int(1.5 * saturation))/s): \(Int(over.achieved)) results/s while offered; broker samples: \(samples.map { "\($0["queued"] ?? 0)q/\($0["completed"] ?? 0)c" }.joined(separator: " "))")
         }
         do {
-            let broker = try BrokerProc(bin: bin, dir: dir, name: "lat2-broker", transport: "tcp")
-            defer { broker.stop() }
-            let ws = try startWorkers("synthetic", count: 1, backend: broker.backend, latencyMs: 0, tag: "lat2")
-            defer { for w in ws { w.stop(signal: SIGKILL) } }
-            let producer = try RawProducer(ctx: ctx, frontend: broker.frontend)
-            try waitWorkers(producer, 1)
+            let cell = try startCell("lat2", kind: "synthetic", count: 1)
+            defer { cell.stop() }
+            let producer = cell.producer
             let idle = producer.pingPong(payload: p, meta: meta, count: quick ? 500 : 2000, warmup: 100)
             out["idle_synthetic_worker"] = summary(idle)
             log("latency idle, compass-worker synthetic: p50 \(idle.valueAtPercentile(50)) µs p99 \(idle.valueAtPercentile(99)) µs")
