@@ -217,9 +217,7 @@ public final class Broker {
 
     /// Handles waiting messages of both sockets in alternating rounds of up to 32 each (512 each
     /// at most per poll turn), so a flood of SUBMITs cannot hold back the RESULTs that complete
-    /// batches, nor the reverse.
-    /// Reads both sockets in alternating rounds of 32 messages, up to 512 each per turn.
-    /// Returns whether the backend has nothing more waiting.
+    /// batches, nor the reverse. Returns whether the backend has nothing more waiting.
     func drainBoth(frontendReady: Bool, backendReady: Bool) throws -> Bool {
         var frontendOpen = frontendReady, backendOpen = backendReady
         for _ in 0..<16 {

@@ -3,13 +3,8 @@ import ZMQ
 
 /// Reading and writing the fixed-width fields of the protocol.
 public enum Field {
-    public static func u32(_ value: UInt32) -> Frame {
-        Frame(bytes: [UInt8(value >> 24), UInt8(value >> 16 & 0xff), UInt8(value >> 8 & 0xff), UInt8(value & 0xff)])
-    }
-
+    /// A 1-byte frame (tests build hostile messages by hand with it; encoders write to a `MessageSink`).
     public static func u8(_ value: UInt8) -> Frame { Frame(bytes: [value]) }
-
-    public static func string(_ value: String) -> Frame { Frame(string: value) }
 
     static func readU32(_ frame: Frame, _ name: String) throws(ProtocolError) -> UInt32 {
         guard frame.count == 4 else { throw ProtocolError(.badFrame, "\(name) must be a 4-byte big-endian integer, got \(frame.count) bytes") }

@@ -67,23 +67,9 @@ public final class ZMQSocket {
     public func send(_ frames: [Frame], dontWait: Bool = false) throws -> Bool {
         precondition(!frames.isEmpty, "a message has at least one frame")
         let last = frames.count - 1
-        var tmp = zmq_msg_t()
-        for (index, frame) in frames.enumerated() {
-            var flags: Int32 = index < last ? ZMQ_SNDMORE : 0
-            if dontWait { flags |= ZMQ_DONTWAIT }
-            zmq_msg_init(&tmp)
-            _ = zmq_msg_copy(&tmp, frame.msg)
-            while true {
-                if zmq_msg_send(&tmp, handle, flags) != -1 { break }
-                let code = zmq_errno()
-                if code == EINTR { continue }
-                zmq_msg_close(&tmp)
-                // libzmq queues multipart messages atomically: only the first frame can be refused.
-                if code == EAGAIN && index == 0 { return false }
-                throw ZMQError(code: code, call: "zmq_msg_send")
-            }
+        return try send(dontWait: dontWait) { message in
+            for (index, frame) in frames.enumerated() { message.append(frame: frame, last: index == last) }
         }
-        return true
     }
 
     /// Receives one multipart message.
