@@ -12,6 +12,12 @@ An adapter implements `Backend` (load a model, generate a list of requests) and 
     if __name__ == "__main__":
         run(MyBackend())
 
+Requests come validated (compass_request.py, re-exported here: the rules of docs/protocol.md,
+Payloads, tested against spec/requests.json): generation requests (`prompt`, `prompt_token_ids`
+or `messages`, optionally asking for `logprobs` and `prompt_logprobs`) and scoring requests
+(`is_scoring`: a context and `continuations`), answered with `Result`s that carry `logprobs`,
+`prompt_logprobs` (TokenLogprobs) and `scores` (Score) where asked for.
+
 This module does the rest: it reads the worker's messages from fd COMPASS_ENGINE_IN (3) on a
 thread of its own, so a `cancel` reaches a running batch; writes events to fd COMPASS_ENGINE_OUT
 (4), one JSON object per line, under a lock; validates each request (an invalid one fails alone
@@ -40,6 +46,21 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, overload
 from collections.abc import Callable, Sequence
+
+# The request model lives in compass_request.py; its names are this module's too, so adapters
+# import everything from here.
+from compass_request import (  # noqa: F401 - re-exported
+    MAX_LOGPROBS,
+    MAX_TOKENS_LIMIT,
+    Request,
+    Result,
+    Score,
+    TokenLogprobs,
+    TopLogprob,
+    _is_int,
+    apply_stop,
+    parse_request,
+)
 
 # Engine-args the worker itself consumes; they are never errors here.
 HOST_ARGUMENTS = frozenset({"python", "command"})
@@ -78,137 +99,6 @@ def log(message: str) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
-
-
-# MARK: Requests and results
-
-
-@dataclass
-class Request:
-    """One request of a batch, validated. `messages` contents are flattened to strings."""
-
-    index: int
-    custom_id: str
-    prompt: str | None = None
-    messages: list[dict[str, str]] | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    ignore_eos: bool = False
-
-    @property
-    def flattened_prompt(self) -> str:
-        """The text for a model without a chat template: the prompt, or the contents joined."""
-        if self.prompt is not None:
-            return self.prompt
-        return "\n".join(m["content"] for m in self.messages or [])
-
-    @property
-    def greedy(self) -> bool:
-        """Greedy decoding when temperature is absent or 0 (the same rule in every engine)."""
-        return not self.temperature
-
-
-@dataclass
-class Result:
-    custom_id: str
-    text: str | None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    error: dict[str, str] | None = None
-
-    @classmethod
-    def failure(cls, custom_id: str, message: str, code: str = "bad_request") -> Result:
-        return cls(custom_id=custom_id, text=None, error={"code": code, "message": message})
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "custom_id": self.custom_id,
-            "text": self.text,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "finish_reason": self.finish_reason,
-            "error": self.error,
-        }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def parse_request(index: int, raw: Any) -> Request | Result:
-    """A validated request, or the `bad_request` result it gets instead (docs/protocol.md, Payloads)."""
-    if not isinstance(raw, dict):
-        return Result.failure(f"#{index}", f"request {index} is not a JSON object")
-    custom_id = raw.get("custom_id")
-    if not isinstance(custom_id, str):
-        return Result.failure(f"#{index}", f"request {index} has no string custom_id")
-
-    def bad(message: str) -> Result:
-        return Result.failure(custom_id, f"request {custom_id}: {message}")
-
-    prompt, messages = raw.get("prompt"), raw.get("messages")
-    if prompt is None and messages is None:
-        return bad("has neither prompt nor messages")
-    if prompt is not None and not isinstance(prompt, str):
-        return bad("prompt must be a string")
-    flat: list[dict[str, str]] | None = None
-    if messages is not None and prompt is None:
-        if not isinstance(messages, list) or not messages:
-            return bad("messages must be a non-empty list")
-        flat = []
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                return bad(f"messages[{i}] must be an object with a string role")
-            content = message.get("content")
-            if isinstance(content, list):  # OpenAI's list of parts: the text parts, joined
-                if not all(isinstance(p, dict) for p in content):
-                    return bad(f"messages[{i}].content parts must be objects")
-                content = "".join(p["text"] for p in content if isinstance(p.get("text"), str))
-            if not isinstance(content, str):
-                return bad(f"messages[{i}].content must be a string or a list of text parts")
-            flat.append({"role": message["role"], "content": content})
-    request = Request(index=index, custom_id=custom_id, prompt=prompt, messages=flat)
-
-    max_tokens = raw.get("max_tokens")
-    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 0):
-        return bad("max_tokens must be a non-negative integer")
-    request.max_tokens = max_tokens
-    for key in ("temperature", "top_p"):
-        value = raw.get(key)
-        if value is not None and (not _is_number(value) or value < 0):
-            return bad(f"{key} must be a non-negative number")
-        setattr(request, key, None if value is None else float(value))
-    if request.top_p is not None and not 0 < request.top_p <= 1:
-        return bad("top_p must be in (0, 1]")
-    stop = raw.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
-        return bad("stop must be a string or a list of strings")
-    request.stop = [s for s in stop or [] if s]
-    seed = raw.get("seed")
-    if seed is not None and not _is_int(seed):
-        return bad("seed must be an integer")
-    request.seed = seed
-    ignore_eos = raw.get("ignore_eos")
-    if ignore_eos is not None and not isinstance(ignore_eos, bool):
-        return bad("ignore_eos must be a boolean")
-    request.ignore_eos = bool(ignore_eos)
-    return request
-
-
-def apply_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """`text` cut before the earliest stop string, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 # MARK: Settings
@@ -391,7 +281,14 @@ class Backend(Protocol):
         ...
 
     def generate(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> list[Result]:
-        """One result per request, in order. Check `cancelled` between steps and raise Cancelled."""
+        """One result per request, in order. Check `cancelled` between steps and raise Cancelled.
+
+        Every request kind comes here, scoring ones (`request.is_scoring`) included. A result
+        carries `logprobs` only when the request asked for them (`request.logprobs` is not None),
+        `prompt_logprobs` likewise, and `scores` (one per continuation) for a scoring request,
+        whose result is `Result(custom_id, "", context_tokens, 0, "score", scores=[...])`. A
+        backend that cannot do what a request asks (scoring, logprobs, token-id prompts) fails
+        that request alone: `Result.failure(custom_id, "request ID: ...")`, never a guess."""
         ...
 
 

@@ -31,7 +31,7 @@ def test_ready_carries_the_settings(start_engine: StartEngine) -> None:
 def test_requests_are_validated_one_by_one(start_engine: StartEngine) -> None:
     engine = started(start_engine, args={"step_ms": "0"})
     good = {"custom_id": "good", "messages": [{"role": "user", "content": [{"type": "text", "text": "a "},
-                                                                          {"type": "image_url"}, {"type": "text", "text": "b"}]}],
+                                                                          {"type": "text", "text": "b"}]}],
             "max_tokens": 2, "temperature": 1, "top_p": 0.5, "stop": "\n", "seed": 9, "ignore_eos": True}
     requests = [
         good,
@@ -48,13 +48,16 @@ def test_requests_are_validated_one_by_one(start_engine: StartEngine) -> None:
         {"custom_id": "eos", "prompt": "x", "ignore_eos": "yes"},
         {"custom_id": "roles", "messages": [{"content": "no role"}]},
         {"custom_id": "no-messages", "messages": []},
+        {"custom_id": "image", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        {"custom_id": "scoring-chat", "messages": [{"role": "user", "content": "x"}], "continuations": ["y"]},
         {"custom_id": "plain", "prompt": "two words", "stop": ["", "z"]},
     ]
     engine.batch("v1", requests)
     answer = engine.answer("v1")
     results = answer["results"]
     assert [r["custom_id"] for r in results] == ["good", "#1", "#2", "empty", "neg", "str-max", "bool-max", "hot",
-                                                 "top-p", "stops", "seed", "eos", "roles", "no-messages", "plain"]
+                                                 "top-p", "stops", "seed", "eos", "roles", "no-messages", "image",
+                                                 "scoring-chat", "plain"]
     parsed = json.loads(results[0]["text"])
     assert parsed["messages"] == [{"role": "user", "content": "a b"}]  # the text parts, joined
     assert (parsed["max_tokens"], parsed["temperature"], parsed["top_p"], parsed["stop"], parsed["seed"],
@@ -63,9 +66,21 @@ def test_requests_are_validated_one_by_one(start_engine: StartEngine) -> None:
     for bad in results[1:-1]:
         assert bad["error"]["code"] == "bad_request" and bad["text"] is None and bad["finish_reason"] is None, bad
         assert bad["prompt_tokens"] == 0 and bad["completion_tokens"] == 0
-    assert "neither prompt nor messages" in results[3]["error"]["message"]
-    assert answer["stats"]["requests"] == 15 and answer["stats"]["failed_requests"] == 13
+    # The messages of spec/requests.json (test_request_rules.py checks them all).
+    assert results[3]["error"]["message"] == "request empty: give one of prompt, prompt_token_ids or messages"
+    assert results[1]["error"]["message"] == "request #1: a request must be a JSON object"
+    assert answer["stats"]["requests"] == 17 and answer["stats"]["failed_requests"] == 15
     assert answer["stats"]["completion_tokens"] == 2 + 3
+
+
+def test_the_backend_gets_the_new_request_fields(start_engine: StartEngine) -> None:
+    engine = started(start_engine, args={"step_ms": "0"})
+    requests = [{"custom_id": "score", "prompt": "Q: 2+2? A:", "continuations": [" 4", [5, 6]], "max_tokens": 0},
+                {"custom_id": "ids", "prompt_token_ids": [1, 2, 3], "max_tokens": 1, "logprobs": 2, "prompt_logprobs": 0}]
+    results = engine.result("fields", requests)
+    score, ids = (json.loads(r["text"]) for r in results)
+    assert (score["prompt"], score["continuations"], score["logprobs"]) == ("Q: 2+2? A:", [" 4", [5, 6]], None)
+    assert (ids["prompt"], ids["prompt_token_ids"], ids["logprobs"], ids["prompt_logprobs"]) == (None, [1, 2, 3], 2, 0)
 
 
 def test_batch_failures_are_classified_and_the_engine_goes_on(start_engine: StartEngine) -> None:
