@@ -26,7 +26,8 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import groupby
-from typing import Any
+from typing import Any, TypeVar
+from collections.abc import Callable
 
 # Never download: the model is a local directory. Set before transformers is imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,6 +43,9 @@ from compass_engine import (  # noqa: E402
     Progress,
     Request,
     Result,
+    Score,
+    TokenLogprobs,
+    TopLogprob,
     apply_stop,
     fatal_exit,
     is_out_of_memory,
@@ -52,6 +56,7 @@ from compass_engine import (  # noqa: E402
 ARGUMENTS = {
     "dtype": "bfloat16, float16, float32 or auto; default bfloat16 on CUDA, float32 on CPU",
     "batch_size": "requests per generate call, default 32",
+    "batch_tokens": "the most key/value positions (rows x padded length) one scoring or logprobs pass holds, default 65536",
     "max_tokens": "completion limit of requests without max_tokens, default 16",
     "device": "cuda or cpu; default cuda when available",
 }
@@ -168,10 +173,188 @@ def run_generate(model: Any, job: dict[str, Any], world: int, group: Any,
     if job["seed"] is not None:
         torch.manual_seed(job["seed"])  # the same on every rank, so sampled tokens agree
     hook = StepHook(world, group, cancelled, progress, job["eos"], len(job["input_ids"]))
-    with torch.inference_mode():
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                             stopping_criteria=StoppingCriteriaList([hook]), **job["generate"])
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                         stopping_criteria=StoppingCriteriaList([hook]), **job["generate"])
     return out[:, input_ids.shape[1]:].tolist(), hook.stopped
+
+
+# MARK: Scoring and logprob passes (every rank runs them, with the same job)
+
+# A job is plain lists (picklable: under tensor parallelism rank 0 sends it to the other ranks),
+# and every rank turns it into the same forward passes, so their collectives match.
+
+
+class TreeRows:
+    """Rows run through the model together over one KV cache, each token in a *segment*: 0 for
+    context tokens (seen by every later token of the row), s > 0 for continuation s (seen only by
+    later tokens of the same continuation), -1 for padding (seen by nobody). One forward pass can
+    so hold a context and all of its continuations side by side, each continuation attending to
+    the context and to itself only: continuations share the context's keys and values instead of
+    each recomputing (or copying) them.
+
+    The mask is built here as a 4D additive float mask (0 or the dtype's lowest value), which
+    transformers hands to the sdpa and eager attention kernels as it is; positions are explicit,
+    so padding may sit anywhere in a row. Every query sees at least itself, so no softmax row is
+    empty (a padding query's would be; what padding computes is never read)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.device = model.device
+        self.cache: Any = None
+        self.segments: Any = None  # [rows, cached keys]: each cached key's segment
+
+    def forward(self, ids: list[list[int]], positions: list[list[int]], segments: list[list[int]],
+                keep: int, cache: bool) -> Any:
+        """The logits of the last `keep` columns, [rows, keep, vocab]; `cache`: keep the keys and
+        values for a later call."""
+        import torch
+        from transformers import DynamicCache
+
+        device = self.device
+        query = torch.tensor(segments, dtype=torch.long, device=device)
+        width = query.shape[1]
+        cached = self.segments if self.segments is not None else query[:, :0]
+        past = cached.shape[1]
+        keys = torch.cat([cached, query], dim=1)
+        visible = (keys[:, None, :] >= 0) & ((keys[:, None, :] == 0) | (keys[:, None, :] == query[:, :, None]))
+        columns = torch.arange(past + width, device=device)
+        visible &= (columns[None, :] <= columns[past:, None])[None]  # causal, by column
+        diagonal = torch.arange(width, device=device)
+        visible[:, diagonal, past + diagonal] = True
+        dtype = self.model.dtype
+        mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, torch.finfo(dtype).min)
+        if cache and self.cache is None:
+            self.cache = DynamicCache()  # full-attention layers only: see sliding_window()
+        kwargs: dict[str, Any] = {"logits_to_keep": keep} if _takes_logits_to_keep(self.model) else {}
+        out = self.model(input_ids=torch.tensor(ids, device=device),
+                         position_ids=torch.tensor(positions, device=device),
+                         attention_mask=mask[:, None], past_key_values=self.cache, use_cache=self.cache is not None,
+                         **kwargs)
+        if self.cache is not None:
+            self.segments = keys
+        return out.logits[:, -keep:]
+
+    def select(self, rows: list[int], hidden: list[bool]) -> None:
+        """Makes row i a copy of cached row rows[i] (a prefix handed to the rows that share it);
+        rows with `hidden` set see none of the cached keys."""
+        import torch
+
+        index = torch.tensor(rows, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.segments = self.segments[index]
+        self.segments[torch.tensor(hidden, device=self.device)] = -1
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def run_score(model: Any, job: dict[str, Any], *_: Any) -> tuple[list[float], list[bool]]:
+    """One scoring micro-batch: every continuation's summed logprob and greedy flag, flattened in
+    row order.
+
+    job: `prefixes` (token ids shared by a group of rows, computed once per group), `group` (each
+    row's prefix index, or -1), `rest` (each row's context after its prefix, never empty) and
+    `conts` (each row's continuations as token ids). Two passes: the prefixes (rows = groups),
+    whose keys and values are then copied to the rows of each group; then one pass over every
+    row's context rest, left-padded (so that column L-1 holds every row's last context token),
+    followed by all its continuations minus their last token, packed side by side as segments
+    1, 2, ... The logits of the last context token score each continuation's first token; the
+    logits of a continuation's k-th token score its (k+1)-th.
+    """
+    import torch
+
+    prefixes, group, rest, conts = job["prefixes"], job["group"], job["rest"], job["conts"]
+    rows = TreeRows(model)
+    offset = [len(prefixes[g]) if g >= 0 else 0 for g in group]
+    if prefixes:
+        width = max(len(p) for p in prefixes)
+        rows.forward([p + [0] * (width - len(p)) for p in prefixes], [list(range(width))] * len(prefixes),
+                     [[0] * len(p) + [-1] * (width - len(p)) for p in prefixes], keep=1, cache=True)
+        rows.select([max(g, 0) for g in group], [g < 0 for g in group])
+    packed = [[t for c in row for t in c[:-1]] for row in conts]
+    left = max(len(r) for r in rest)
+    right = max(len(p) for p in packed)
+    ids, positions, segments = [], [], []
+    targets: list[tuple[int, int, int, int]] = []  # (row, logits column, token, continuation)
+    n = 0
+    for r, (context, row_conts) in enumerate(zip(rest, conts)):
+        pad, end = left - len(context), offset[r] + len(context)
+        row_ids, row_pos, row_seg = [0] * pad + context, [0] * pad + list(range(offset[r], end)), [-1] * pad + [0] * len(context)
+        for s, cont in enumerate(row_conts, start=1):
+            for k, token in enumerate(cont):
+                # Token k is scored by the logits of the token before it: the context's last (column
+                # 0 of the kept logits) or this continuation's token k-1 (packed after column 0).
+                targets.append((r, 0 if k == 0 else len(row_ids) - left + k, token, n))
+            row_ids += cont[:-1]
+            row_pos += list(range(end, end + len(cont) - 1))
+            row_seg += [s] * (len(cont) - 1)
+            n += 1
+        fill = left + right - len(row_ids)
+        ids.append(row_ids + [0] * fill)
+        positions.append(row_pos + [0] * fill)
+        segments.append(row_seg + [-1] * fill)
+    logits = rows.forward(ids, positions, segments, keep=right + 1, cache=rows.cache is not None)
+    r_, c_, t_, n_ = (torch.tensor(v, device=logits.device) for v in zip(*targets)) if targets else [None] * 4
+    sums = torch.zeros(n, dtype=torch.float64, device=logits.device)
+    misses = torch.zeros(n, dtype=torch.long, device=logits.device)
+    if targets:
+        chosen = logits[r_, c_].float()  # [targets, vocab]: only the positions that score a token
+        logprob = chosen.gather(1, t_[:, None])[:, 0] - torch.logsumexp(chosen, dim=-1)
+        sums.index_add_(0, n_, logprob.double())
+        misses.index_add_(0, n_, (chosen.argmax(dim=-1) != t_).long())
+    return sums.tolist(), (misses == 0).tolist()
+
+
+def run_logprobs(model: Any, job: dict[str, Any], *_: Any) -> list[tuple[list[float], list[list[int]], list[list[float]]]]:
+    """Teacher-forced logprobs: for each row, the logprob of every token from `start[r]` on
+    given the tokens before it, and the `k[r]` most likely tokens there (ids and logprobs).
+
+    job: `rows` (token ids), `start`, `k`, `chunk` (columns per forward pass: the rows run in
+    chunks of columns over a KV cache, so the logits held at once stay bounded whatever the
+    length). Rows are right-padded; columns before the earliest wanted one keep no logits.
+    """
+    import torch
+
+    seqs, start, k, chunk = job["rows"], job["start"], job["k"], job["chunk"]
+    width, top = max(len(s) for s in seqs), max(k)
+    rows = TreeRows(model)
+    first = min(start) - 1  # the first column whose logits score a wanted token
+    out: list[tuple[list[float], list[list[int]], list[list[float]]]] = [([], [], []) for _ in seqs]
+    for lo in range(0, width, chunk):
+        hi = min(width, lo + chunk)
+        ids = [(s + [0] * (width - len(s)))[lo:hi] for s in seqs]
+        segments = [[0 if c < len(s) else -1 for c in range(lo, hi)] for s in seqs]
+        keep = hi - max(lo, first)
+        logits = rows.forward(ids, [list(range(lo, hi))] * len(seqs), segments, keep=max(keep, 1), cache=hi < width)
+        if keep <= 0:
+            continue
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # [rows, keep, vocab], column j = hi - keep + j
+        nexts = torch.tensor([(s + [0] * (width + 1 - len(s)))[hi - keep + 1:hi + 1] for s in seqs], device=logits.device)
+        chosen = logprobs.gather(2, nexts[:, :, None])[:, :, 0].tolist()
+        if top:
+            values, indices = logprobs.topk(top, dim=-1)
+            top_values, top_ids = values.tolist(), indices.tolist()
+        for r, s in enumerate(seqs):
+            for j in range(keep):
+                token = hi - keep + j + 1  # the token these logits score
+                if start[r] <= token < len(s):
+                    out[r][0].append(chosen[r][j])
+                    out[r][1].append(top_ids[r][j][:k[r]] if top else [])
+                    out[r][2].append(top_values[r][j][:k[r]] if top else [])
+    return out
+
+
+JOBS: dict[str, Callable[..., Any]] = {"generate": run_generate, "score": run_score, "logprobs": run_logprobs}
+
+
+def run_job(model: Any, kind: str, job: dict[str, Any], world: int, group: Any, *extra: Any) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return JOBS[kind](model, job, world, group, *extra)
 
 
 def rank_main(rank: int, spec: ModelSpec, port: int, conn: Any, errors: Any) -> None:
@@ -189,7 +372,7 @@ def rank_main(rank: int, spec: ModelSpec, port: int, conn: Any, errors: Any) -> 
                 break  # rank 0 is gone
             if message[0] == "exit":
                 break
-            run_generate(model, message[1], spec.tp, group)
+            run_job(model, message[1], message[2], spec.tp, group)
     except BaseException as error:  # noqa: BLE001 - report any death to rank 0, then die
         import traceback
 
@@ -247,9 +430,9 @@ class Ranks:
     def wait_loaded(self) -> list[str]:
         return [f"rank {rank} pid {pid}" for _, rank, pid, _ in (c.recv() for c in self.conns)]
 
-    def send(self, job: dict[str, Any]) -> None:
+    def send(self, kind: str, job: dict[str, Any]) -> None:
         for conn in self.conns:
-            conn.send(("generate", job))
+            conn.send(("run", kind, job))
 
     def close(self) -> None:
         self.closing = True
@@ -266,6 +449,113 @@ class Ranks:
 
 # MARK: The backend (rank 0)
 
+# A scoring micro-batch shares a prefix only when it is at least this long: a shorter one saves
+# less than the extra forward pass costs.
+MIN_SHARED_PREFIX = 32
+# The most logits (positions x vocabulary) one scoring or logprobs forward pass keeps at once.
+LOGIT_ELEMENTS = 1 << 29
+
+
+@dataclass
+class GenerationItem:
+    pos: int  # the request's place in the batch
+    request: Request
+    ids: list[int]
+    limit: int
+
+
+@dataclass
+class ScoreItem:
+    pos: int
+    request: Request
+    context: list[int]
+    conts: list[list[int]]
+
+    @property
+    def packed(self) -> int:
+        """Tokens the continuations add to the scoring pass (each without its last token)."""
+        return sum(max(len(c) - 1, 0) for c in self.conts)
+
+
+@dataclass
+class LogprobItem:
+    pos: int
+    seq: list[int]  # the prompt, then the completion's tokens
+    start: int  # the first token whose logprob is wanted
+    k: int
+
+
+T = TypeVar("T")
+
+
+def micro_batches(items: list[T], shape: Callable[[T], tuple[int, ...]],
+                  fits: Callable[[int, tuple[int, ...]], bool]) -> list[list[T]]:
+    """`items` cut into consecutive runs, each as long as `fits(rows, widest)` allows (`widest`:
+    the run's largest `shape` in each dimension); a run has at least one item."""
+    batches: list[list[T]] = []
+    batch: list[T] = []
+    widest: tuple[int, ...] = ()
+    for item in items:
+        size = shape(item)
+        grown = tuple(map(max, widest, size)) if batch else size
+        if batch and not fits(len(batch) + 1, grown):
+            batches.append(batch)
+            batch, grown = [], size
+        batch.append(item)
+        widest = grown
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def prefix_groups(contexts: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> tuple[list[list[int]], list[int]]:
+    """Groups of consecutive contexts (sorted, so that contexts that share a prefix are
+    neighbours) that share a prefix of at least `minimum` tokens: the prefixes, and each
+    context's group (-1: none). A group grows while the prefix it shares stays at least half
+    as long as it was, so that a long preamble shared by a few (the five examples of a five-shot
+    prompt) is not given up for a short one shared by many. A prefix leaves at least one token
+    of every context of its group to the next pass."""
+    prefixes: list[list[int]] = []
+    group = [-1] * len(contexts)
+    i = 0
+    while i < len(contexts):
+        j, shared = i + 1, len(contexts[i])
+        while j < len(contexts):
+            common = common_prefix(contexts[i], contexts[j])
+            if common < minimum or 2 * common < shared:
+                break
+            shared, j = common, j + 1
+        shared = min([shared] + [len(c) - 1 for c in contexts[i:j]])
+        if j - i > 1 and shared >= minimum:
+            group[i:j] = [len(prefixes)] * (j - i)
+            prefixes.append(contexts[i][:shared])
+        i = j
+    return prefixes, group
+
+
+def score_job(items: list[ScoreItem]) -> dict[str, Any]:
+    prefixes, group = prefix_groups([item.context for item in items])
+    return {"prefixes": prefixes, "group": group,
+            "rest": [item.context[len(prefixes[g]) if g >= 0 else 0:] for item, g in zip(items, group)],
+            "conts": [item.conts for item in items]}
+
+
+def sliding_window(config: Any) -> int | None:
+    """The attention window of a model with sliding-window layers (None: full attention). The
+    scoring passes' mask does not slide, so they take only sequences within the window."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return None
+    return int(window)
+
 
 class HFBackend:
     name = "hf"
@@ -279,6 +569,7 @@ class HFBackend:
     def load(self, settings: EngineSettings) -> str:
         args = settings.args
         self.batch_size = args.integer("batch_size", 32, minimum=1)
+        self.batch_tokens = args.integer("batch_tokens", 65536, minimum=1)
         self.default_max_tokens = args.integer("max_tokens", 16, minimum=0)
         dtype = args.choice("dtype", ["bfloat16", "float16", "float32", "auto"])
         device = args.choice("device", ["cuda", "cpu"])
@@ -325,39 +616,113 @@ class HFBackend:
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos: list[int] = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
+        self.vocab = int(self.model.get_input_embeddings().num_embeddings)
+        # What an empty context is scored after (lm-evaluation-harness's prefix token).
+        self.start_token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.window = sliding_window(config)
+        # The scoring passes hand the attention a 4D mask, which these kernels take as it is.
+        attention = getattr(config, "_attn_implementation", None) or "sdpa"
+        self.tree_mask_error = None if attention in ("sdpa", "eager") else \
+            f"scoring and logprobs need sdpa or eager attention; this model runs {attention}"
         return (f"transformers {transformers.__version__}, torch {torch.__version__}, {device} {dtype}, "
                 f"tp={self.tp}{ranks}, max positions {self.max_positions}")
 
+    # MARK: Encoding
+
     def encode(self, request: Request) -> list[int]:
         tok = self.tokenizer
+        if request.prompt_token_ids is not None:
+            return list(request.prompt_token_ids)  # as they are: no special tokens added
         if request.messages is not None and getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
             # The template writes the special tokens (BOS) itself.
             return list(tok(text, add_special_tokens=False)["input_ids"])
         return list(tok(request.flattened_prompt)["input_ids"])
 
+    def encode_plain(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_scoring(self, request: Request) -> tuple[list[int], list[list[int]]]:
+        """The context's tokens and each continuation's (docs/protocol.md, "How a text continuation
+        is tokenized": lm-evaluation-harness's rule). The context's trailing whitespace moves to
+        the front of every text continuation, so the context is the same for all of them and is
+        computed once; a token-id continuation follows the context's tokens as it is, and a text
+        continuation of a token-id context is encoded on its own. An empty context is the
+        start token (BOS, else EOS)."""
+        assert request.continuations is not None
+        if request.prompt_token_ids is not None:
+            context = list(request.prompt_token_ids)
+            return context, [c if isinstance(c, list) else self.encode_plain(c) for c in request.continuations]
+        text = request.prompt or ""
+        stripped = text.rstrip()
+        context = self.encode_plain(stripped)
+        conts = [c if isinstance(c, list) else self.encode_plain(stripped + text[len(stripped):] + c)[len(context):]
+                 for c in request.continuations]
+        if not context:
+            if self.start_token is None:
+                raise ValueError("the model has neither a beginning- nor an end-of-sequence token to score "
+                                 "an empty context after")
+            context = [self.start_token]
+        return context, conts
+
+    def check(self, request: Request, tokens: list[int], length: int, what: str) -> str | None:
+        """Why these tokens cannot run (ids outside the vocabulary, too long), or None."""
+        bad = next((t for t in tokens if t >= self.vocab), None)
+        if bad is not None:
+            return f"token id {bad} is not in the model's vocabulary (ids 0 to {self.vocab - 1})"
+        if self.max_positions and length > self.max_positions:
+            return f"{what} too long: {length} positions; the model takes at most {self.max_positions}"
+        if self.window and length > self.window and (request.is_scoring or request.logprobs is not None
+                                                     or request.prompt_logprobs is not None):
+            return (f"{what} too long for scoring and logprobs: {length} positions; this model's sliding "
+                    f"attention window is {self.window}")
+        return None
+
+    # MARK: Batches
+
     def generate(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)
-        jobs: list[tuple[int, Request, list[int], int]] = []
+        scoring: list[ScoreItem] = []
+        jobs: list[GenerationItem] = []
+
+        def fail(pos: int, request: Request, message: str) -> None:
+            results[pos] = Result.failure(request.custom_id, f"request {request.custom_id}: {message}")
+            progress.add(done=1)
+
         for pos, request in enumerate(requests):
+            wants_tree = request.is_scoring or request.logprobs is not None or request.prompt_logprobs is not None
+            if wants_tree and self.tree_mask_error:
+                fail(pos, request, self.tree_mask_error)
+                continue
             try:
-                ids = self.encode(request)
+                if request.is_scoring:
+                    context, conts = self.encode_scoring(request)
+                else:
+                    ids = self.encode(request)
             except Exception as error:  # noqa: BLE001 - a template that rejects these messages, say
-                results[pos] = Result.failure(request.custom_id, f"cannot encode the request: {error}")
-                progress.add(done=1)
+                fail(pos, request, f"cannot encode the request: {error}")
+                continue
+            if request.is_scoring:
+                longest = len(context) + max(len(c) for c in conts) - 1  # the last token is never an input
+                if problem := self.check(request, context + [t for c in conts for t in c], longest, "context and continuation"):
+                    fail(pos, request, problem)
+                else:
+                    scoring.append(ScoreItem(pos, request, context, conts))
                 continue
             if self.max_positions and len(ids) >= self.max_positions:
-                results[pos] = Result.failure(
-                    request.custom_id,
-                    f"prompt too long: {len(ids)} tokens; the model takes at most {self.max_positions} "
-                    f"positions, so at most {self.max_positions - 1} prompt tokens")
-                progress.add(done=1)
+                fail(pos, request, f"prompt too long: {len(ids)} tokens; the model takes at most {self.max_positions} "
+                                   f"positions, so at most {self.max_positions - 1} prompt tokens")
                 continue
             limit = request.max_tokens if request.max_tokens is not None else self.default_max_tokens
             if self.max_positions:
                 limit = min(limit, self.max_positions - len(ids))
-            jobs.append((pos, request, ids, limit))
+            if problem := self.check(request, ids, len(ids) + limit - 1, "prompt and completion"):
+                fail(pos, request, problem)
+                continue
+            jobs.append(GenerationItem(pos, request, ids, limit))
 
+        for pos, result in self.score(scoring, progress, cancelled):
+            results[pos] = result
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start:start + self.batch_size]
             for _, group in groupby(sorted(chunk, key=self.sampling_key), key=self.sampling_key):
@@ -368,63 +733,105 @@ class HFBackend:
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]
 
-    @staticmethod
-    def sampling_key(job: tuple[int, Request, list[int], int]) -> tuple[Any, ...]:
-        # Requests that can share one generate call. (sorted() is stable: request order holds.)
-        r = job[1]
-        return (r.greedy, r.temperature or 0.0, r.top_p or 1.0, r.seed is None, r.seed or 0, r.ignore_eos)
-
-    def run_group(self, group: list[tuple[int, Request, list[int], int]], progress: Progress,
-                  cancelled: threading.Event) -> list[tuple[int, Result]]:
-        out: list[tuple[int, Result]] = []
-        live = []
-        for pos, request, ids, limit in group:
-            if limit <= 0:  # max_tokens 0: nothing to generate
-                out.append((pos, Result(request.custom_id, "", len(ids), 0, "length")))
-                progress.add(done=1)
-            else:
-                live.append((pos, request, ids, limit))
-        if not live:
-            return out
-        first = live[0][1]
-        longest = max(len(ids) for _, _, ids, _ in live)
-        pad = self.tokenizer.pad_token_id
-        max_new = max(limit for *_, limit in live)
-        settings: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": pad, "eos_token_id": self.eos}
-        if first.greedy:
-            settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:  # OpenAI semantics: temperature and top_p only, no top-k cut
-            settings.update(do_sample=True, temperature=first.temperature, top_p=first.top_p or 1.0, top_k=0)
-        if first.ignore_eos:
-            settings["min_new_tokens"] = max_new
-        seed = first.seed
-        if seed is None and self.tp > 1 and not first.greedy:
-            seed = random.getrandbits(31)  # ranks must draw the same samples
-        job = {
-            "input_ids": [[pad] * (longest - len(ids)) + ids for _, _, ids, _ in live],
-            "attention_mask": [[0] * (longest - len(ids)) + [1] * len(ids) for _, _, ids, _ in live],
-            "generate": settings, "seed": seed, "eos": self.eos,
-        }
+    def run_job(self, kind: str, job: dict[str, Any], cancelled: threading.Event | None = None,
+                progress: Progress | None = None) -> Any:
+        """Runs one job on every rank (rank 0 sends it to the others first)."""
         try:
             if self.ranks is not None:
-                self.ranks.send(job)
-            rows, stopped = run_generate(self.model, job, self.tp, self.group, cancelled, progress)
+                self.ranks.send(kind, job)
+            return run_job(self.model, kind, job, self.tp, self.group, *((cancelled, progress) if kind == "generate" else ()))
         except Exception as error:
             if self.tp > 1:  # the other ranks are now out of step: only a restart recovers
-                raise FatalEngineError(f"generate failed on rank 0: {type(error).__name__}: {error}",
+                raise FatalEngineError(f"{kind} failed on rank 0: {type(error).__name__}: {error}",
                                        "oom" if is_out_of_memory(error) else "engine_dead") from error
             if is_out_of_memory(error):
                 self.free_memory()
             raise
-        if stopped:
-            raise Cancelled()
-        for (pos, request, ids, limit), row in zip(live, rows, strict=True):
-            out.append((pos, self.finish(request, len(ids), row, limit)))
-            progress.add(done=1)
+
+    def split_on_oom(self, run: Callable[[list[Any]], list[Any]], items: list[Any]) -> list[Any]:
+        """`run(items)`, or on out-of-memory (tp=1) the two halves one after the other: a
+        micro-batch the budget let through but the device cannot hold still gets done."""
+        try:
+            return run(items)
+        except Exception as error:
+            if self.tp > 1 or len(items) < 2 or not is_out_of_memory(error):
+                raise
+            log(f"out of memory on a pass over {len(items)} rows; splitting it in two")
+            half = len(items) // 2
+            return self.split_on_oom(run, items[:half]) + self.split_on_oom(run, items[half:])
+
+    # MARK: Scoring
+
+    def score(self, items: list[ScoreItem], progress: Progress,
+              cancelled: threading.Event) -> list[tuple[int, Result]]:
+        """Scoring requests in micro-batches: sorted by context tokens (contexts that share a
+        prefix become neighbours), cut where a budget is reached: rows x (context + packed
+        continuations) key/value positions within `batch_tokens`, and the logits kept within
+        LOGIT_ELEMENTS."""
+        out: list[tuple[int, Result]] = []
+        ordered = sorted(items, key=lambda item: item.context)
+        for batch in micro_batches(ordered, lambda item: (len(item.context) + item.packed, item.packed + 1),
+                                   lambda rows, widest: rows * widest[0] <= self.batch_tokens
+                                   and rows * widest[1] * self.vocab <= LOGIT_ELEMENTS):
+            if cancelled.is_set():
+                raise Cancelled()
+            for item, scores in zip(batch, self.split_on_oom(self.run_scores, batch), strict=True):
+                out.append((item.pos, Result(item.request.custom_id, "", len(item.context), 0, "score", scores=scores)))
+            progress.add(done=len(batch))
         return out
 
-    def finish(self, request: Request, prompt_tokens: int, row: list[int], limit: int) -> Result:
-        """One row's result: cut at end-of-sequence, at the request's own limit, at stop strings."""
+    def run_scores(self, items: list[ScoreItem]) -> list[list[Score]]:
+        sums, greedy = self.run_job("score", score_job(items))
+        flat = iter(zip(sums, greedy))
+        return [[Score(s, len(c), g) for c, (s, g) in zip(item.conts, flat)] for item in items]
+
+    # MARK: Generation
+
+    @staticmethod
+    def sampling_key(job: GenerationItem) -> tuple[Any, ...]:
+        # Requests that can share one generate call. (sorted() is stable: request order holds.)
+        r = job.request
+        return (r.greedy, r.temperature or 0.0, r.top_p or 1.0, r.seed is None, r.seed or 0, r.ignore_eos)
+
+    def run_group(self, group: list[GenerationItem], progress: Progress,
+                  cancelled: threading.Event) -> list[tuple[int, Result]]:
+        done: list[tuple[GenerationItem, Result, list[int]]] = []
+        live = [job for job in group if job.limit > 0]
+        for job in group:
+            if job.limit <= 0:  # max_tokens 0: nothing to generate
+                done.append((job, Result(job.request.custom_id, "", len(job.ids), 0, "length"), []))
+        if live:
+            first = live[0].request
+            longest = max(len(job.ids) for job in live)
+            pad = self.tokenizer.pad_token_id
+            max_new = max(job.limit for job in live)
+            settings: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": pad, "eos_token_id": self.eos}
+            if first.greedy:
+                settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            else:  # OpenAI semantics: temperature and top_p only, no top-k cut
+                settings.update(do_sample=True, temperature=first.temperature, top_p=first.top_p or 1.0, top_k=0)
+            if first.ignore_eos:
+                settings["min_new_tokens"] = max_new
+            seed = first.seed
+            if seed is None and self.tp > 1 and not first.greedy:
+                seed = random.getrandbits(31)  # ranks must draw the same samples
+            job_spec = {
+                "input_ids": [[pad] * (longest - len(job.ids)) + job.ids for job in live],
+                "attention_mask": [[0] * (longest - len(job.ids)) + [1] * len(job.ids) for job in live],
+                "generate": settings, "seed": seed, "eos": self.eos,
+            }
+            rows, stopped = self.run_job("generate", job_spec, cancelled, progress)
+            if stopped:
+                raise Cancelled()
+            for job, row in zip(live, rows, strict=True):
+                done.append((job, *self.finish(job.request, len(job.ids), row, job.limit)))
+        self.add_logprobs(done, cancelled)
+        progress.add(done=len(done))
+        return [(job.pos, result) for job, result, _ in done]
+
+    def finish(self, request: Request, prompt_tokens: int, row: list[int], limit: int) -> tuple[Result, list[int]]:
+        """One row's result and its tokens: cut at end-of-sequence, at the request's own limit,
+        at stop strings."""
         tokens = row[:limit]
         reason = "length" if len(tokens) >= limit else "stop"
         if not request.ignore_eos:
@@ -447,7 +854,61 @@ class HFBackend:
                     else:
                         lo = mid + 1
                 tokens = tokens[:lo]
-        return Result(request.custom_id, text, prompt_tokens, len(tokens), reason)
+        return Result(request.custom_id, text, prompt_tokens, len(tokens), reason), tokens
+
+    # MARK: Logprobs
+
+    def add_logprobs(self, done: list[tuple[GenerationItem, Result, list[int]]], cancelled: threading.Event) -> None:
+        """Fills in `prompt_logprobs` and `logprobs` where asked for, from one teacher-forced pass
+        over the prompt and the completion as it was returned: the log-softmax of the model's raw
+        logits, whatever the sampling settings were (temperature, top_p and ignore_eos shape what
+        is generated, not the logprobs reported)."""
+        items: list[LogprobItem] = []
+        for index, (job, _, tokens) in enumerate(done):
+            r = job.request
+            if r.logprobs is None and r.prompt_logprobs is None:
+                continue
+            seq = job.ids + (tokens if r.logprobs is not None else [])
+            start = 1 if r.prompt_logprobs is not None else len(job.ids)
+            if start < len(seq):
+                items.append(LogprobItem(index, seq, start, max(r.logprobs or 0, r.prompt_logprobs or 0)))
+        values: dict[int, tuple[list[float], list[list[int]], list[list[float]]]] = {}
+        for batch in micro_batches(items, lambda item: (len(item.seq),),
+                                   lambda rows, widest: rows * widest[0] <= self.batch_tokens):
+            if cancelled.is_set():
+                raise Cancelled()
+            for item, value in zip(batch, self.split_on_oom(self.run_logprobs, batch), strict=True):
+                values[item.pos] = value
+        for index, (job, result, tokens) in enumerate(done):
+            r = job.request
+            lps, top_ids, top_lps = values.get(index, ([], [], []))
+            n = len(job.ids)
+            if r.prompt_logprobs is not None:  # rows then start at token 1
+                result.prompt_logprobs = self.token_logprobs(job.ids, [None] + lps[:n - 1], [None] + top_ids[:n - 1],
+                                                             [None] + top_lps[:n - 1], r.prompt_logprobs)
+                lps, top_ids, top_lps = lps[n - 1:], top_ids[n - 1:], top_lps[n - 1:]
+            if r.logprobs is not None:
+                result.logprobs = self.token_logprobs(tokens, list(lps), list(top_ids), list(top_lps), r.logprobs)
+
+    def run_logprobs(self, items: list[LogprobItem]) -> list[tuple[list[float], list[list[int]], list[list[float]]]]:
+        chunk = max(1, LOGIT_ELEMENTS // (len(items) * self.vocab))
+        return self.run_job("logprobs", {"rows": [i.seq for i in items], "start": [i.start for i in items],
+                                         "k": [i.k for i in items], "chunk": chunk})
+
+    def token_logprobs(self, ids: list[int], lps: list[float | None], top_ids: list[list[int] | None],
+                       top_lps: list[list[float] | None], k: int) -> TokenLogprobs:
+        texts = self.token_texts(ids + [t for row in top_ids if row for t in row[:k]])
+        it = iter(texts[len(ids):])
+        tops: list[list[TopLogprob] | None] = [
+            None if row is None or values is None else
+            [TopLogprob(token_id=t, token=next(it), logprob=v) for t, v in zip(row[:k], values[:k])]
+            for row, values in zip(top_ids, top_lps)]
+        return TokenLogprobs(ids, texts[:len(ids)], lps, tops)
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Each token decoded on its own (special tokens as their text)."""
+        return self.tokenizer.batch_decode([[t] for t in ids], skip_special_tokens=False,
+                                           clean_up_tokenization_spaces=False)
 
     def free_memory(self) -> None:
         import torch
