@@ -515,26 +515,38 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 def prefix_groups(contexts: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> tuple[list[list[int]], list[int]]:
     """Groups of consecutive contexts (sorted, so that contexts that share a prefix are
-    neighbours) that share a prefix of at least `minimum` tokens: the prefixes, and each
-    context's group (-1: none). A group grows while the prefix it shares stays at least half
-    as long as it was, so that a long preamble shared by a few (the five examples of a five-shot
-    prompt) is not given up for a short one shared by many. A prefix leaves at least one token
-    of every context of its group to the next pass."""
+    neighbours) whose shared prefix of at least `minimum` tokens is computed once: the prefixes,
+    and each context's group (-1: none).
+
+    The grouping saves the most recomputed tokens, (rows - 1) x prefix summed over the groups:
+    a run of contexts is either one group (its prefix: the shortest common prefix of neighbours)
+    or split where that common prefix is shortest, whichever saves more, so that a long preamble
+    shared by some (the five examples of a five-shot prompt) is not given up for a shorter one
+    shared by more. A prefix leaves at least one token of every context to the next pass."""
+    adjacent = [common_prefix(a, b) for a, b in zip(contexts, contexts[1:])]
+    plans: dict[tuple[int, int], tuple[int, list[tuple[int, int, int]]]] = {}  # (saved, [(i, j, shared)])
+    stack = [(0, len(contexts), False)]
+    while stack:  # post-order over runs [i, j), without recursion (a micro-batch may hold thousands)
+        i, j, children_done = stack.pop()
+        if j - i < 2:
+            plans[(i, j)] = (0, [])
+            continue
+        split = min(range(i, j - 1), key=adjacent.__getitem__) + 1
+        if not children_done:
+            stack += [(i, j, True), (i, split, False), (split, j, False)]
+            continue
+        shared = min(adjacent[split - 1], min(len(c) for c in contexts[i:j]) - 1)
+        whole = (j - i - 1) * shared if shared >= minimum else 0
+        left, right = plans.pop((i, split)), plans.pop((split, j))
+        if left[0] + right[0] >= whole:  # a tie goes to the longer prefixes
+            plans[(i, j)] = (left[0] + right[0], left[1] + right[1])
+        else:
+            plans[(i, j)] = (whole, [(i, j, shared)])
     prefixes: list[list[int]] = []
     group = [-1] * len(contexts)
-    i = 0
-    while i < len(contexts):
-        j, shared = i + 1, len(contexts[i])
-        while j < len(contexts):
-            common = common_prefix(contexts[i], contexts[j])
-            if common < minimum or 2 * common < shared:
-                break
-            shared, j = common, j + 1
-        shared = min([shared] + [len(c) - 1 for c in contexts[i:j]])
-        if j - i > 1 and shared >= minimum:
-            group[i:j] = [len(prefixes)] * (j - i)
-            prefixes.append(contexts[i][:shared])
-        i = j
+    for i, j, shared in plans[(0, len(contexts))][1] if contexts else []:
+        group[i:j] = [len(prefixes)] * (j - i)
+        prefixes.append(contexts[i][:shared])
     return prefixes, group
 
 

@@ -45,6 +45,22 @@ def texts(results: list[dict[str, Any]]) -> list[str]:
     return [r["text"] for r in results]
 
 
+def assert_close(got: Any, expected: Any, path: str = "") -> None:
+    """Equal JSON, floats within 1e-4 (two engines' arithmetic differs in the last bits)."""
+    if isinstance(expected, float):
+        assert isinstance(got, float) and abs(got - expected) <= 1e-4, (path, got, expected)
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), (path, got, expected)
+        for key in expected:
+            assert_close(got[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), (path, got, expected)
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert_close(g, e, f"{path}[{i}]")
+    else:
+        assert got == expected, (path, got, expected)
+
+
 def test_ready_reports_the_model(hf: Engine, tiny_model: str) -> None:
     ready = next(e for e in hf.events if e["type"] == "ready")
     assert ready["model"] == tiny_model
@@ -203,6 +219,16 @@ def test_tensor_parallel_two_ranks_on_gloo(hf: Engine, tiny_model: str, start_en
     assert "starting tensor-parallel ranks 1..1 with the spawn start method" in log
     assert "hf rank 0/2" in log and "hf rank 1/2" in log and ": loaded, q_proj 32x64" in log
     assert texts(engine.result("hf-tp", requests, timeout=120)) == expected
+    # Scoring (with a shared-prefix pass) and logprob passes run in lockstep too, and agree with tp=1.
+    scoring = [{"custom_id": "sc1", "prompt": "Two plus two equals ", "continuations": ["four", " 4 and more"]},
+               {"custom_id": "sc2", "prompt": "The sea. " * 8 + "Q: a", "continuations": [" b"]},
+               {"custom_id": "sc3", "prompt": "The sea. " * 8 + "Q: c", "continuations": [" d", [5, 6]]},
+               {"custom_id": "lp", "prompt": "Once upon a time", "max_tokens": 3, "ignore_eos": True,
+                "logprobs": 2, "prompt_logprobs": 1}]
+    scored = engine.result("hf-tp-score", scoring, timeout=120)
+    assert all(r["error"] is None for r in scored) and [len(r.get("scores", [])) for r in scored] == [2, 1, 2, 0]
+    assert len(scored[3]["logprobs"]["token_ids"]) == 3
+    assert_close(scored, hf.result("hf-tp-score-ref", scoring, timeout=60))
     # Cancel works in lockstep: both ranks stop at the same step and the engine stays usable.
     engine.batch("hf-tp-cancel", [{"custom_id": f"k{i}", "prompt": "x", "max_tokens": 200, "ignore_eos": True}
                                   for i in range(16)])
