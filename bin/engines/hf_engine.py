@@ -280,7 +280,7 @@ def run_score(model: Any, job: dict[str, Any], *_: Any) -> tuple[list[float], li
     ids, positions, segments = [], [], []
     targets: list[tuple[int, int, int, int]] = []  # (row, logits column, token, continuation)
     n = 0
-    for r, (context, row_conts) in enumerate(zip(rest, conts)):
+    for r, (context, row_conts) in enumerate(zip(rest, conts, strict=True)):
         pad, end = left - len(context), offset[r] + len(context)
         row_ids, row_pos, row_seg = [0] * pad + context, [0] * pad + list(range(offset[r], end)), [-1] * pad + [0] * len(context)
         for s, cont in enumerate(row_conts, start=1):
@@ -297,14 +297,14 @@ def run_score(model: Any, job: dict[str, Any], *_: Any) -> tuple[list[float], li
         positions.append(row_pos + [0] * fill)
         segments.append(row_seg + [-1] * fill)
     logits = rows.forward(ids, positions, segments, keep=right + 1, cache=rows.cache is not None)
-    r_, c_, t_, n_ = (torch.tensor(v, device=logits.device) for v in zip(*targets)) if targets else [None] * 4
     sums = torch.zeros(n, dtype=torch.float64, device=logits.device)
     misses = torch.zeros(n, dtype=torch.long, device=logits.device)
-    if targets:
-        chosen = logits[r_, c_].float()  # [targets, vocab]: only the positions that score a token
-        logprob = chosen.gather(1, t_[:, None])[:, 0] - torch.logsumexp(chosen, dim=-1)
-        sums.index_add_(0, n_, logprob.double())
-        misses.index_add_(0, n_, (chosen.argmax(dim=-1) != t_).long())
+    if targets:  # (none when every continuation tokenized to nothing: each then scores 0, greedy)
+        row, column, token, cont = (torch.tensor(v, device=logits.device) for v in zip(*targets, strict=True))
+        chosen = logits[row, column].float()  # [targets, vocab]: only the positions that score a token
+        logprob = chosen.gather(1, token[:, None])[:, 0] - torch.logsumexp(chosen, dim=-1)
+        sums.index_add_(0, cont, logprob.double())
+        misses.index_add_(0, cont, (chosen.argmax(dim=-1) != token).long())
     return sums.tolist(), (misses == 0).tolist()
 
 
@@ -523,7 +523,7 @@ def prefix_groups(contexts: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -
     or split where that common prefix is shortest, whichever saves more, so that a long preamble
     shared by some (the five examples of a five-shot prompt) is not given up for a shorter one
     shared by more. A prefix leaves at least one token of every context to the next pass."""
-    adjacent = [common_prefix(a, b) for a, b in zip(contexts, contexts[1:])]
+    adjacent = [common_prefix(a, b) for a, b in zip(contexts, contexts[1:], strict=False)]
     plans: dict[tuple[int, int], tuple[int, list[tuple[int, int, int]]]] = {}  # (saved, [(i, j, shared)])
     stack = [(0, len(contexts), False)]
     while stack:  # post-order over runs [i, j), without recursion (a micro-batch may hold thousands)
@@ -553,7 +553,7 @@ def prefix_groups(contexts: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -
 def score_job(items: list[ScoreItem]) -> dict[str, Any]:
     prefixes, group = prefix_groups([item.context for item in items])
     return {"prefixes": prefixes, "group": group,
-            "rest": [item.context[len(prefixes[g]) if g >= 0 else 0:] for item, g in zip(items, group)],
+            "rest": [item.context[len(prefixes[g]) if g >= 0 else 0:] for item, g in zip(items, group, strict=True)],
             "conts": [item.conts for item in items]}
 
 
@@ -794,8 +794,12 @@ class HFBackend:
 
     def run_scores(self, items: list[ScoreItem]) -> list[list[Score]]:
         sums, greedy = self.run_job("score", score_job(items))
-        flat = iter(zip(sums, greedy))
-        return [[Score(s, len(c), g) for c, (s, g) in zip(item.conts, flat)] for item in items]
+        out, first = [], 0  # the sums and flags come flat, in row order
+        for item in items:
+            end = first + len(item.conts)
+            out.append([Score(s, len(c), g) for s, g, c in zip(sums[first:end], greedy[first:end], item.conts, strict=True)])
+            first = end
+        return out
 
     # MARK: Generation
 
@@ -913,8 +917,8 @@ class HFBackend:
         it = iter(texts[len(ids):])
         tops: list[list[TopLogprob] | None] = [
             None if row is None or values is None else
-            [TopLogprob(token_id=t, token=next(it), logprob=v) for t, v in zip(row[:k], values[:k])]
-            for row, values in zip(top_ids, top_lps)]
+            [TopLogprob(token_id=t, token=next(it), logprob=v) for t, v in zip(row[:k], values[:k], strict=True)]
+            for row, values in zip(top_ids, top_lps, strict=True)]
         return TokenLogprobs(ids, texts[:len(ids)], lps, tops)
 
     def token_texts(self, ids: list[int]) -> list[str]:

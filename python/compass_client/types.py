@@ -23,7 +23,12 @@ class CompassError(Exception):
 
 @dataclass
 class Request:
-    """One request of a batch (a JSON object of the payload array)."""
+    """One request of a batch (a JSON object of the payload array; docs/protocol.md, Payloads).
+
+    Give exactly one input: ``prompt``, ``prompt_token_ids`` or ``messages``. With
+    ``continuations`` it is a scoring request: the prompt (or token ids) is the context, each
+    continuation is scored after it, and the result carries ``scores``.
+    """
 
     custom_id: str
     prompt: Optional[str] = None
@@ -35,18 +40,77 @@ class Request:
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = None
     ignore_eos: Optional[bool] = None
+    #: The input as token ids of the served model's tokenizer, fed as they are.
+    prompt_token_ids: Optional[list[int]] = None
+    #: 0 to 20: each generated token's logprob and that many most likely alternatives.
+    logprobs: Optional[int] = None
+    #: 0 to 20: each prompt token's logprob given the ones before it (perplexity: with max_tokens=0).
+    prompt_logprobs: Optional[int] = None
+    #: Scoring: texts or token-id lists, each scored after the context.
+    continuations: Optional[list[Union[str, list[int]]]] = None
     #: Further fields passed to the engine as they are.
     extra: dict[str, Any] = field(default_factory=dict)
+
+    _FIELDS = ("prompt", "prompt_token_ids", "messages", "max_tokens", "temperature", "top_p", "stop", "seed",
+               "ignore_eos", "logprobs", "prompt_logprobs", "continuations")
 
     def to_json(self) -> dict[str, Any]:
         """The payload object: fields that are None are left out."""
         out: dict[str, Any] = {"custom_id": self.custom_id}
-        for name in ("prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos"):
+        for name in self._FIELDS:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
         out.update(self.extra)
         return out
+
+
+@dataclass(frozen=True)
+class Score:
+    """One continuation's score: the sum of its tokens' logprobs (natural log), how many tokens
+    it has, and whether greedy decoding from the context would have produced exactly them."""
+
+    logprob: Optional[float]
+    tokens: int
+    greedy: bool
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Score:
+        obj = obj if isinstance(obj, dict) else {}
+        logprob = obj.get("logprob")
+        return cls(float(logprob) if isinstance(logprob, (int, float)) else None, int(obj.get("tokens") or 0),
+                   bool(obj.get("greedy")))
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass
+class Logprobs:
+    """Per token: its id, its text decoded on its own, its logprob, and the most likely tokens at
+    its position, best first. A prompt's first token has ``None`` for both."""
+
+    token_ids: list[int]
+    tokens: list[str]
+    token_logprobs: list[Optional[float]]
+    top_logprobs: list[Optional[list[TopLogprob]]]
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Optional[Logprobs]:
+        if not isinstance(obj, dict):
+            return None
+        return cls(
+            token_ids=list(obj.get("token_ids") or []),
+            tokens=list(obj.get("tokens") or []),
+            token_logprobs=list(obj.get("token_logprobs") or []),
+            top_logprobs=[None if top is None else
+                          [TopLogprob(int(t["token_id"]), str(t["token"]), float(t["logprob"])) for t in top]
+                          for top in obj.get("top_logprobs") or []],
+        )
 
 
 @dataclass(frozen=True)
@@ -69,6 +133,12 @@ class Result:
     error: Optional[RequestError] = None
     #: The batch that carried the request.
     batch_id: Optional[str] = None
+    #: Generated tokens' logprobs, when the request asked for ``logprobs``.
+    logprobs: Optional[Logprobs] = None
+    #: Prompt tokens' logprobs, when the request asked for ``prompt_logprobs``.
+    prompt_logprobs: Optional[Logprobs] = None
+    #: A scoring request's scores, one per continuation in order.
+    scores: Optional[list[Score]] = None
 
     @property
     def ok(self) -> bool:
@@ -90,6 +160,9 @@ class Result:
             error=RequestError(str(error.get("code", "")), str(error.get("message", "")))
             if isinstance(error, dict) else None,
             batch_id=batch_id,
+            logprobs=Logprobs.from_json(obj.get("logprobs")),
+            prompt_logprobs=Logprobs.from_json(obj.get("prompt_logprobs")),
+            scores=[Score.from_json(s) for s in obj["scores"]] if isinstance(obj.get("scores"), list) else None,
         )
 
 
