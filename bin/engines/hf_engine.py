@@ -1,20 +1,55 @@
 #!/usr/bin/env python3
-"""The `hf` engine: torch + transformers `generate` on a local model directory (docs/engines.md).
+"""The `hf` engine: torch + transformers on a local model directory (docs/engines.md).
 
-Requests are encoded one by one (chat messages through the tokenizer's chat template), split into
-micro-batches of `batch_size`, and each micro-batch into groups that share sampling settings (one
-`generate` call takes one generation config). Prompts are left-padded; every row's output is then
-cut at its own end-of-sequence, `max_tokens` and stop strings, so results do not depend on which
-other requests shared the call (for greedy decoding).
+Generation. Requests are encoded one by one (chat messages through the tokenizer's chat
+template; `prompt_token_ids` as they are, no special tokens added), split into micro-batches of
+`batch_size`, and each micro-batch into groups that share sampling settings (one `generate` call
+takes one generation config). Prompts are left-padded; every row's output is then cut at its own
+end-of-sequence, `max_tokens` and stop strings, so results do not depend on which other requests
+shared the call (for greedy decoding).
+
+Logprobs (`logprobs`, `prompt_logprobs`) are our own computation, not generate's scores: after a
+group is generated, one teacher-forced forward pass over prompt + returned completion gives the
+log-softmax (float32) of the model's raw logits at every position, whatever the sampling
+settings (temperature, top_p and ignore_eos's end-of-sequence ban shape what is generated, not
+what is reported). One pass serves both fields; it runs in chunks of columns over a KV cache
+(`run_logprobs`), so the logits held at once stay within LOGIT_ELEMENTS however long the text,
+and it keeps no logits before the first wanted position. Greedy decoding's chosen tokens are
+then the top-1 of these logprobs (up to float rounding between the incremental and the full pass).
+
+Scoring (`continuations`) computes each context once. Scoring requests are sorted by context
+tokens, so contexts that share a prefix are neighbours, and cut into micro-batches within
+`batch_tokens` key/value positions and LOGIT_ELEMENTS logits. A micro-batch is at most two
+forward passes (`run_score`):
+1. Prefixes (only where they pay): runs of neighbouring contexts that share at least
+   MIN_SHARED_PREFIX tokens (a five-shot preamble) form groups, chosen to save the most
+   recomputed tokens (`prefix_groups`); one pass computes each group's prefix once, and its keys
+   and values are copied to the group's rows.
+2. One pass over every row: the rest of its context, left-padded so that one column holds every
+   row's last context token, followed by all its continuations minus their last tokens, packed
+   side by side. A 4D attention mask makes it a tree (`TreeRows`): each continuation sees the
+   context and itself, never its siblings, with explicit positions, so no context is recomputed
+   or copied per continuation. Only the last context column and the continuation columns keep
+   logits (`logits_to_keep`); a continuation's logprob is the sum, over its tokens, of
+   log-softmax (float32) at the position before each, and it is greedy when every one of those
+   positions' argmax is its token.
+Single-token continuations (multiple choice) so cost one context pass and nothing else. A
+micro-batch that runs out of device memory is split in two and retried (tp=1). The mask goes to
+the sdpa or eager attention kernels as it is; the passes use full-attention caches, so a model
+with sliding-window layers takes only sequences within its window.
 
 Tensor parallelism (COMPASS_TP > 1): this process is rank 0. It starts ranks 1..tp-1 with the
 *spawn* start method (never fork: CUDA and our threads do not survive a fork), every rank joins a
 torch.distributed process group (NCCL on CUDA, gloo on CPU) and loads the model with transformers'
-tensor-parallel plan (`DistributedConfig(tp_size=tp)`). Rank 0 sends each group's padded inputs
-to the other ranks over a pipe and all ranks run `generate` in lockstep. A per-step all-reduce of
-a cancel flag keeps them in step when a batch is cancelled. A monitor thread turns the death of
-any rank into `fatal` (the worker then kills the process group and restarts the engine).
+tensor-parallel plan (`DistributedConfig(tp_size=tp)`). Every model call is a *job* of plain lists
+(`JOBS`: generate, score, logprobs) that rank 0 sends to the other ranks over a pipe before
+running it itself, so all ranks make the same forward passes in lockstep. A per-step all-reduce of
+a cancel flag keeps `generate` in step when a batch is cancelled; score and logprobs jobs are one
+micro-batch each and always run to their end (rank 0 checks cancel between them). A monitor thread
+turns the death of any rank into `fatal` (the worker then kills the process group and restarts
+the engine).
 """
+
 
 from __future__ import annotations
 
