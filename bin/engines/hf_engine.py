@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from itertools import groupby
 from typing import Any, TypeVar
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 # Never download: the model is a local directory. Set before transformers is imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -227,16 +227,18 @@ class TreeRows:
     the context and to itself only: continuations share the context's keys and values instead of
     each recomputing (or copying) them.
 
-    The mask is built here as a 4D additive float mask (0 or the dtype's lowest value), which
-    transformers hands to the sdpa and eager attention kernels as it is; positions are explicit,
-    so padding may sit anywhere in a row. Every query sees at least itself, so no softmax row is
-    empty (a padding query's would be; what padding computes is never read)."""
+    "Later" is by position, not by column: the mask is built here (a 4D additive float mask, 0 or
+    the dtype's lowest value, which transformers hands to the sdpa and eager attention kernels as
+    it is) from each token's segment and explicit position, so a row may hold its tokens in any
+    order of columns, with padding anywhere. Every query sees at least itself, so no softmax row
+    is empty (a padding query's would be; what padding computes is never read)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.device = model.device
         self.cache: Any = None
         self.segments: Any = None  # [rows, cached keys]: each cached key's segment
+        self.positions: Any = None  # [rows, cached keys]: and its position
 
     def forward(self, ids: list[list[int]], positions: list[list[int]], segments: list[list[int]],
                 keep: int, cache: bool) -> Any:
@@ -247,13 +249,13 @@ class TreeRows:
 
         device = self.device
         query = torch.tensor(segments, dtype=torch.long, device=device)
+        where = torch.tensor(positions, dtype=torch.long, device=device)
         width = query.shape[1]
-        cached = self.segments if self.segments is not None else query[:, :0]
-        past = cached.shape[1]
-        keys = torch.cat([cached, query], dim=1)
-        visible = (keys[:, None, :] >= 0) & ((keys[:, None, :] == 0) | (keys[:, None, :] == query[:, :, None]))
-        columns = torch.arange(past + width, device=device)
-        visible &= (columns[None, :] <= columns[past:, None])[None]  # causal, by column
+        past = 0 if self.segments is None else self.segments.shape[1]
+        keys = query if self.segments is None else torch.cat([self.segments, query], dim=1)
+        key_positions = where if self.positions is None else torch.cat([self.positions, where], dim=1)
+        key, seg = keys[:, None, :], query[:, :, None]
+        visible = (key >= 0) & ((key == 0) | (key == seg)) & (key_positions[:, None, :] <= where[:, :, None])
         diagonal = torch.arange(width, device=device)
         visible[:, diagonal, past + diagonal] = True
         dtype = self.model.dtype
@@ -261,12 +263,11 @@ class TreeRows:
         if cache and self.cache is None:
             self.cache = DynamicCache()  # full-attention layers only: see sliding_window()
         kwargs: dict[str, Any] = {"logits_to_keep": keep} if _takes_logits_to_keep(self.model) else {}
-        out = self.model(input_ids=torch.tensor(ids, device=device),
-                         position_ids=torch.tensor(positions, device=device),
+        out = self.model(input_ids=torch.tensor(ids, device=device), position_ids=where,
                          attention_mask=mask[:, None], past_key_values=self.cache, use_cache=self.cache is not None,
                          **kwargs)
         if self.cache is not None:
-            self.segments = keys
+            self.segments, self.positions = keys, key_positions
         return out.logits[:, -keep:]
 
     def select(self, rows: list[int], hidden: list[bool]) -> None:
@@ -276,7 +277,7 @@ class TreeRows:
 
         index = torch.tensor(rows, device=self.device)
         self.cache.batch_select_indices(index)
-        self.segments = self.segments[index]
+        self.segments, self.positions = self.segments[index], self.positions[index]
         self.segments[torch.tensor(hidden, device=self.device)] = -1
 
 
@@ -294,10 +295,9 @@ def run_score(model: Any, job: dict[str, Any], *_: Any) -> tuple[list[float], li
     row's prefix index, or -1), `rest` (each row's context after its prefix, never empty) and
     `conts` (each row's continuations as token ids). Two passes: the prefixes (rows = groups),
     whose keys and values are then copied to the rows of each group; then one pass over every
-    row's context rest, left-padded (so that column L-1 holds every row's last context token),
-    followed by all its continuations minus their last token, packed side by side as segments
-    1, 2, ... The logits of the last context token score each continuation's first token; the
-    logits of a continuation's k-th token score its (k+1)-th.
+    row's context rest with all its continuations minus their last token, packed side by side
+    as segments 1, 2, ... The logits of the last context token score each continuation's first
+    token; the logits of a continuation's k-th token score its (k+1)-th.
     """
     import torch
 
@@ -309,28 +309,31 @@ def run_score(model: Any, job: dict[str, Any], *_: Any) -> tuple[list[float], li
         rows.forward([p + [0] * (width - len(p)) for p in prefixes], [list(range(width))] * len(prefixes),
                      [[0] * len(p) + [-1] * (width - len(p)) for p in prefixes], keep=1, cache=True)
         rows.select([max(g, 0) for g in group], [g < 0 for g in group])
-    packed = [[t for c in row for t in c[:-1]] for row in conts]
-    left = max(len(r) for r in rest)
-    right = max(len(p) for p in packed)
+    # Each row is [padding, context but its last token, continuations packed, last context token]:
+    # as wide as its own tokens (rows pad only to the widest row), and the last `right + 1`
+    # columns, whose logits are kept, hold every continuation token and the last context token.
+    packed = [sum(max(len(c) - 1, 0) for c in row) for row in conts]
+    width = max(len(context) + size for context, size in zip(rest, packed, strict=True))
+    right = max(packed)
     ids, positions, segments = [], [], []
-    targets: list[tuple[int, int, int, int]] = []  # (row, logits column, token, continuation)
+    targets: list[tuple[int, int, int, int]] = []  # (row, kept logits column, token, continuation)
     n = 0
     for r, (context, row_conts) in enumerate(zip(rest, conts, strict=True)):
-        pad, end = left - len(context), offset[r] + len(context)
-        row_ids, row_pos, row_seg = [0] * pad + context, [0] * pad + list(range(offset[r], end)), [-1] * pad + [0] * len(context)
+        pad, end = width - len(context) - packed[r], offset[r] + len(context)
+        row_ids, row_pos = [0] * pad + context[:-1], [0] * pad + list(range(offset[r], end - 1))
+        row_seg = [-1] * pad + [0] * (len(context) - 1)
         for s, cont in enumerate(row_conts, start=1):
             for k, token in enumerate(cont):
-                # Token k is scored by the logits of the token before it: the context's last (column
-                # 0 of the kept logits) or this continuation's token k-1 (packed after column 0).
-                targets.append((r, 0 if k == 0 else len(row_ids) - left + k, token, n))
+                # Token k is scored by the logits of the token before it: the context's last (the
+                # last column) or this continuation's token k-1 (in the column row_ids is at + k-1).
+                targets.append((r, right if k == 0 else len(row_ids) + k - 1 - (width - right - 1), token, n))
             row_ids += cont[:-1]
             row_pos += list(range(end, end + len(cont) - 1))
             row_seg += [s] * (len(cont) - 1)
             n += 1
-        fill = left + right - len(row_ids)
-        ids.append(row_ids + [0] * fill)
-        positions.append(row_pos + [0] * fill)
-        segments.append(row_seg + [-1] * fill)
+        ids.append(row_ids + context[-1:])
+        positions.append(row_pos + [end - 1])
+        segments.append(row_seg + [0])
     logits = rows.forward(ids, positions, segments, keep=right + 1, cache=rows.cache is not None)
     sums = torch.zeros(n, dtype=torch.float64, device=logits.device)
     misses = torch.zeros(n, dtype=torch.long, device=logits.device)
@@ -487,6 +490,9 @@ class Ranks:
 # A scoring micro-batch shares a prefix only when it is at least this long: a shorter one saves
 # less than the extra forward pass costs.
 MIN_SHARED_PREFIX = 32
+# A scoring pass with at least this many token positions keeps a device busy: past it, a
+# micro-batch is cut rather than padded much.
+MIN_PASS_TOKENS = 8192
 # The most logits (positions x vocabulary) one scoring or logprobs forward pass keeps at once.
 LOGIT_ELEMENTS = 1 << 29
 
@@ -549,9 +555,9 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def prefix_groups(contexts: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> tuple[list[list[int]], list[int]]:
-    """Groups of consecutive contexts (sorted, so that contexts that share a prefix are
-    neighbours) whose shared prefix of at least `minimum` tokens is computed once: the prefixes,
-    and each context's group (-1: none).
+    """Groups of consecutive contexts (sorted, or at least with the contexts that share a prefix
+    next to each other) whose shared prefix of at least `minimum` tokens is computed once: the
+    prefixes, and each context's group (-1: none).
 
     The grouping saves the most recomputed tokens, (rows - 1) x prefix summed over the groups:
     a run of contexts is either one group (its prefix: the shortest common prefix of neighbours)
@@ -559,9 +565,28 @@ def prefix_groups(contexts: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -
     shared by some (the five examples of a five-shot prompt) is not given up for a shorter one
     shared by more. A prefix leaves at least one token of every context to the next pass."""
     adjacent = [common_prefix(a, b) for a, b in zip(contexts, contexts[1:], strict=False)]
-    plans: dict[tuple[int, int], tuple[int, list[tuple[int, int, int]]]] = {}  # (saved, [(i, j, shared)])
-    stack = [(0, len(contexts), False)]
-    while stack:  # post-order over runs [i, j), without recursion (a micro-batch may hold thousands)
+    chosen: list[tuple[int, int, int]] = []  # (first row, end row, shared tokens)
+    start = 0
+    for end in range(1, len(contexts) + 1):
+        # Neighbours that share fewer than `minimum` tokens are never in one group: a cut.
+        if end == len(contexts) or adjacent[end - 1] < minimum:
+            chosen += _best_groups(contexts, adjacent, start, end, minimum)
+            start = end
+    prefixes: list[list[int]] = []
+    group = [-1] * len(contexts)
+    for i, j, shared in chosen:
+        group[i:j] = [len(prefixes)] * (j - i)
+        prefixes.append(contexts[i][:shared])
+    return prefixes, group
+
+
+def _best_groups(contexts: list[list[int]], adjacent: list[int], first: int, end: int,
+                 minimum: int) -> list[tuple[int, int, int]]:
+    """prefix_groups' choice for the rows [first, end): a post-order walk of the splits, without
+    recursion (a run may hold thousands of rows)."""
+    plans: dict[tuple[int, int], tuple[int, list[tuple[int, int, int]]]] = {}  # (saved, groups)
+    stack = [(first, end, False)]
+    while stack:
         i, j, children_done = stack.pop()
         if j - i < 2:
             plans[(i, j)] = (0, [])
@@ -577,12 +602,66 @@ def prefix_groups(contexts: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -
             plans[(i, j)] = (left[0] + right[0], left[1] + right[1])
         else:
             plans[(i, j)] = (whole, [(i, j, shared)])
-    prefixes: list[list[int]] = []
-    group = [-1] * len(contexts)
-    for i, j, shared in plans[(0, len(contexts))][1] if contexts else []:
-        group[i:j] = [len(prefixes)] * (j - i)
-        prefixes.append(contexts[i][:shared])
-    return prefixes, group
+    return plans[(first, end)][1]
+
+
+def scoring_batches(items: list[ScoreItem], fits: Callable[[int, tuple[int, ...]], bool]) -> list[list[ScoreItem]]:
+    """Scoring micro-batches: the prefix groups of the sorted contexts (`prefix_groups`), whole
+    groups together while they fit, a group too large for one micro-batch cut into even parts
+    (each keeps the prefix); then the rows that share no prefix, apart (one such row would widen
+    a micro-batch of short context rests to its whole context). Rows are longest first within
+    each, so that rows of like length share a micro-batch and little of it is padding."""
+    def shape(item: ScoreItem) -> tuple[int, ...]:
+        return (len(item.context) + item.packed, item.packed + 1)
+
+    def longest_first(rows: Iterable[ScoreItem]) -> list[ScoreItem]:
+        return sorted(rows, key=lambda item: -len(item.context) - item.packed)
+
+    def fits_all(rows: list[ScoreItem]) -> bool:
+        return fits(len(rows), tuple(max(sizes) for sizes in zip(*map(shape, rows), strict=True)))
+
+    ordered = sorted(items, key=lambda item: item.context)
+    _, group = prefix_groups([item.context for item in ordered])
+    batches: list[list[ScoreItem]] = []
+    current: list[ScoreItem] = []
+    for g, pairs in groupby(zip(ordered, group, strict=True), key=lambda pair: pair[1]):
+        if g < 0:
+            continue
+        members = longest_first(item for item, _ in pairs)
+        if current and fits_all(current + members):
+            current += members
+            continue
+        if current:
+            batches.append(current)
+        parts = micro_batches(members, shape, fits)
+        if len(parts) > 1:  # even parts, so that no part is left with a single row (and no prefix)
+            size = -(-len(members) // len(parts))
+            even = [members[i:i + size] for i in range(0, len(members), size)]
+            parts = even if all(fits_all(part) for part in even) else parts
+        batches += parts[:-1]
+        current = parts[-1]
+    if current:
+        batches.append(current)
+    alone = longest_first(item for item, g in zip(ordered, group, strict=True) if g < 0)
+    return batches + [part for batch in micro_batches(alone, shape, fits) for part in _less_padding(batch, shape)]
+
+
+def _less_padding(batch: list[ScoreItem], shape: Callable[[ScoreItem], tuple[int, ...]]) -> list[list[ScoreItem]]:
+    """A micro-batch of rows, longest first, cut further where more than a tenth of a pass would
+    be padding, once a pass holds MIN_PASS_TOKENS (a budget that takes a whole batch of requests
+    at once would otherwise pad every row to the longest)."""
+    parts: list[list[ScoreItem]] = []
+    part: list[ScoreItem] = []
+    real = 0
+    for item in batch:
+        size = shape(item)[0]
+        if part and len(part) * shape(part[0])[0] >= MIN_PASS_TOKENS and \
+                (len(part) + 1) * shape(part[0])[0] > 1.1 * (real + size):
+            parts.append(part)
+            part, real = [], 0
+        part.append(item)
+        real += size
+    return parts + [part] if part else parts
 
 
 def score_job(items: list[ScoreItem]) -> dict[str, Any]:
@@ -811,15 +890,13 @@ class HFBackend:
 
     def score(self, items: list[ScoreItem], progress: Progress,
               cancelled: threading.Event) -> list[tuple[int, Result]]:
-        """Scoring requests in micro-batches: sorted by context tokens (contexts that share a
-        prefix become neighbours), cut where a budget is reached: rows x (context + packed
-        continuations) key/value positions within `batch_tokens`, and the logits kept within
+        """Scoring requests in micro-batches (`scoring_batches`) within two budgets: rows x
+        (context + packed continuations) key/value positions within `batch_tokens` (a shared
+        prefix's keys and values are copied to each of its rows), and the logits kept within
         LOGIT_ELEMENTS."""
         out: list[tuple[int, Result]] = []
-        ordered = sorted(items, key=lambda item: item.context)
-        for batch in micro_batches(ordered, lambda item: (len(item.context) + item.packed, item.packed + 1),
-                                   lambda rows, widest: rows * widest[0] <= self.batch_tokens
-                                   and rows * widest[1] * self.vocab <= LOGIT_ELEMENTS):
+        for batch in scoring_batches(items, lambda rows, widest: rows * widest[0] <= self.batch_tokens
+                                     and rows * widest[1] * self.vocab <= LOGIT_ELEMENTS):
             if cancelled.is_set():
                 raise Cancelled()
             for item, scores in zip(batch, self.split_on_oom(self.run_scores, batch), strict=True):

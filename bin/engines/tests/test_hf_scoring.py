@@ -247,5 +247,18 @@ def test_shared_prefixes_are_grouped() -> None:
     # A prefix always leaves a token of each of its contexts to the next pass.
     assert prefix_groups([shot, shot + [1]]) == ([shot[:-1]], [0, 0])
     assert prefix_groups([]) == ([], []) and prefix_groups([shot]) == ([], [-1])
+    # Micro-batches keep prefix groups whole (or cut in even parts) and apart from rows that share
+    # no prefix: every row once, every micro-batch within its budget.
+    from hf_engine import ScoreItem, prefix_groups as groups, scoring_batches
+
+    items = [ScoreItem(i, None, c, [[1], [2]]) for i, c in enumerate(
+        [shot + [i, 5] for i in range(9)] + [list(range(40)) + [i] for i in range(3)] + [[7] * n for n in (3, 90, 9)])]
+    batches = scoring_batches(items, lambda rows, widest: rows * widest[0] <= 4 * 62)
+    assert sorted(item.pos for batch in batches for item in batch) == list(range(len(items)))
+    for batch in batches:
+        assert len(batch) * max(len(item.context) for item in batch) <= 4 * 62 or len(batch) == 1
+        shared = groups([item.context for item in batch])[1]
+        assert all(g >= 0 for g in shared) or all(g < 0 for g in shared), [item.context for item in batch]
+    assert [len(b) for b in batches if len(b[0].context) == 62] == [3, 3, 3]  # 9 rows of 4 at most: 3 even parts
     assert micro_batches([3, 1, 4, 1, 5, 9, 2], lambda n: (n,), lambda rows, widest: rows * widest[0] <= 8) == \
         [[3, 1], [4, 1], [5], [9], [2]]
