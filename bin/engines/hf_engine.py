@@ -337,8 +337,10 @@ def run_score(model: Any, job: dict[str, Any], *_: Any) -> tuple[list[float], li
     logits = rows.forward(ids, positions, segments, keep=right + 1, cache=rows.cache is not None)
     sums = torch.zeros(n, dtype=torch.float64, device=logits.device)
     misses = torch.zeros(n, dtype=torch.long, device=logits.device)
-    if targets:  # (none when every continuation tokenized to nothing: each then scores 0, greedy)
-        row, column, token, cont = (torch.tensor(v, device=logits.device) for v in zip(*targets, strict=True))
+    step = max(1, LOGIT_ELEMENTS // 4 // logits.shape[-1])  # float32 rows at a time: a quarter of the budget
+    for first in range(0, len(targets), step):  # (no targets when every continuation encoded to nothing)
+        row, column, token, cont = (torch.tensor(v, device=logits.device)
+                                    for v in zip(*targets[first:first + step], strict=True))
         chosen = logits[row, column].float()  # [targets, vocab]: only the positions that score a token
         logprob = chosen.gather(1, token[:, None])[:, 0] - torch.logsumexp(chosen, dim=-1)
         sums.index_add_(0, cont, logprob.double())
@@ -494,7 +496,7 @@ MIN_SHARED_PREFIX = 32
 # micro-batch is cut rather than padded much.
 MIN_PASS_TOKENS = 8192
 # The most logits (positions x vocabulary) one scoring or logprobs forward pass keeps at once.
-LOGIT_ELEMENTS = 1 << 29
+LOGIT_ELEMENTS = 1 << 30
 
 
 @dataclass

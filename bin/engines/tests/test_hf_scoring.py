@@ -15,6 +15,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 TOLERANCE = 1e-4
+# Loading transformers twice (the engine and this process) takes a while on a busy machine.
+pytestmark = pytest.mark.timeout(240)
 FEW_SHOT = "".join(f"Q: What is {a} plus {b}?\nA: {a + b}\n\n" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 9)])
 
 # (context, continuations): trailing-space contexts, an empty and a whitespace-only context,
@@ -262,3 +264,32 @@ def test_shared_prefixes_are_grouped() -> None:
     assert [len(b) for b in batches if len(b[0].context) == 62] == [3, 3, 3]  # 9 rows of 4 at most: 3 even parts
     assert micro_batches([3, 1, 4, 1, 5, 9, 2], lambda n: (n,), lambda rows, widest: rows * widest[0] <= 8) == \
         [[3, 1], [4, 1], [5], [9], [2]]
+
+
+def test_passes_in_small_chunks(lm: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The score and logprobs passes, in this process, with a logits budget so small that scoring
+    gathers three targets at a time and logprobs run two columns per forward pass over the cache."""
+    sys.path.insert(0, str(ENGINES))
+    import hf_engine
+
+    tokenizer, model = lm
+    monkeypatch.setattr(hf_engine, "LOGIT_ELEMENTS", 12 * model.config.vocab_size)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    contexts = [encode(FEW_SHOT + "Q: 1?\nA:"), encode(FEW_SHOT + "Q: 22?\nA:"), encode("Hello there")]
+    conts = [[encode(" 1 and"), [5]], [encode(" twenty two")], [[7, 8, 9], encode(" x")]]
+    items = [hf_engine.ScoreItem(i, None, c, k) for i, (c, k) in enumerate(zip(contexts, conts, strict=True))]
+    job = hf_engine.score_job(items)
+    assert job["group"][:2] == [0, 0] and job["group"][2] == -1  # the five-shot pair shares its preamble
+    sums, greedy = hf_engine.run_job(model, "score", job, 1, None)
+    expected = [direct_score(model, c, k) for c, row in zip(contexts, conts, strict=True) for k in row]
+    assert [g for _, g in expected] == greedy
+    assert max(abs(s - e) for s, (e, _) in zip(sums, expected, strict=True)) <= TOLERANCE
+    start, k = [1, 30, 2], [2, 0, 5]
+    out = hf_engine.run_job(model, "logprobs", {"rows": contexts, "start": start, "k": k, "chunk": 2}, 1, None)
+    for row, first, top, (lps, top_ids, top_lps) in zip(contexts, start, k, out, strict=True):
+        logprobs = log_softmax(model, row)
+        assert len(lps) == len(row) - first
+        for j, token in enumerate(row[first:], start=first):
+            assert abs(lps[j - first] - float(logprobs[j - 1, token])) <= TOLERANCE
+            assert top_ids[j - first] == logprobs[j - 1].topk(top).indices.tolist() if top else top_ids[j - first] == []
+            assert len(top_lps[j - first]) == top
