@@ -210,7 +210,7 @@ enum SubmitJob {
                         continue
                     }
                     seen.insert(request.customID)
-                    if request.maxTokens == nil { request.maxTokens = settings.defaultMaxTokens }
+                    if request.maxTokens == nil && !request.isScoring { request.maxTokens = settings.defaultMaxTokens }
                     batch.append(request)
                     if batch.count >= settings.batchSize { try await launch() }
                 }
