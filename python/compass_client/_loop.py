@@ -189,10 +189,14 @@ class ClientLoop:
                 # A refused key looks like a broker that never answers: fail what waits, with why.
                 self._fail_all(CompassError("unauthorized", "the broker refused this client's CURVE key: "
                                             "is its public key in the broker's producer allowlist?"))
-            elif event["event"] in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL or (
+                    event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.options.curve is not None):
+                # Without CURVE of our own, a handshake that fails with no detail is a broker that
+                # went away mid-handshake (killed, restarting): reconnect below, as for a drop.
+                # A CURVE broker that a plaintext client reaches fails with a protocol error.
                 self._fail_all(CompassError("unauthorized", "the handshake with the broker failed: it may require CURVE "
                                             "(curve_server_key), or curve_server_key is not the broker's public key"))
-            elif event["event"] == zmq.EVENT_DISCONNECTED and self._replace_at is None:
+            elif event["event"] in (zmq.EVENT_DISCONNECTED, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL) and self._replace_at is None:
                 self._replace_at = max(time.monotonic(), self._last_replaced + MIN_REPLACE_INTERVAL_S)
 
     def _drain_wakeups(self) -> None:
