@@ -30,7 +30,7 @@ from vllm.logprobs import FlatLogprobs, Logprob
 
 BOS, EOS = 1, 2
 SPECIAL = {"<s>": BOS, "</s>": EOS}
-VOCAB = 256  # the toy distribution's token ids; words get ids from 12 up
+VOCAB = 1024  # the toy distribution's token ids; words get ids from 12 up
 GARBAGE = 123.0  # the logprob of prompt rows left unwritten (positions read from the prefix cache)
 
 

@@ -47,6 +47,11 @@ class LLM:
     def get_tokenizer(self) -> Any:
         return self._engine.get_tokenizer()
 
+    def reset_prefix_cache(self, reset_running_requests: bool = False) -> bool:
+        record("reset_prefix_cache")
+        self._engine.cache.clear()
+        return True
+
     def generate(self, prompts: Any, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                  use_tqdm: bool | Callable[..., Any] = True, lora_request: Any = None, priority: list[int] | None = None,
                  tokenization_kwargs: dict[str, Any] | None = None,

@@ -30,6 +30,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 F = TypeVar("F", bound=Callable[..., Any])
 BLOCK_SIZE = 4  # vLLM's default is 16; 4 keeps the tests' prompts short
 MAX_LOGPROBS = 20  # ModelConfig.max_logprobs' default
+MAX_NUM_BATCHED_TOKENS = 2048  # prompt tokens a step starts
 
 
 def exclusive(method: F) -> F:
@@ -117,7 +118,15 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         if self.step_delay:
             time.sleep(self.step_delay)
-        scheduled = list(self.sequences.values())[: self.max_num_seqs]
+        # A step starts prompts only while they fit its token budget (the first always does), as
+        # vLLM's scheduler does with max_num_batched_tokens: later prompts see earlier ones' blocks.
+        scheduled, budget = [], MAX_NUM_BATCHED_TOKENS
+        for seq in list(self.sequences.values())[: self.max_num_seqs]:
+            if seq.num_cached_tokens is None and not seq.held():
+                if budget < len(seq.ids) and budget < MAX_NUM_BATCHED_TOKENS:
+                    continue
+                budget -= len(seq.ids)
+            scheduled.append(seq)
         if all(seq.held() for seq in scheduled):
             time.sleep(0.002)  # a step's worth of time; nothing moves until the gate opens
             return []
