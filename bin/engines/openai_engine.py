@@ -313,7 +313,15 @@ class OpenAIBackend:
                 extra["logprobs"] = chat_logprobs(logprobs, sample_k or 0)
             else:
                 count = len(logprobs.get("tokens") or [])
-                prompt_count = count - completion_tokens if prompt_k is not None else 0
+                prompt_count = 0
+                if prompt_k is not None:
+                    # Echo puts the prompt's positions first. vLLM runs `max_tokens: 0` as 1 and counts
+                    # that token in usage but shows none of it: the prompt's own count says where it ends.
+                    nothing = request.max_tokens == 0
+                    prompt_count = (prompt_tokens if 0 < prompt_tokens <= count else
+                                    count if nothing else count - completion_tokens)
+                    if nothing:
+                        completion_tokens = 0
                 if prompt_k is not None:
                     ids = wants(request, "prompt_token_ids")
                     extra["prompt_logprobs"] = completion_logprobs(logprobs, 0, prompt_count, prompt_k, ids, True)

@@ -145,7 +145,8 @@ class Stub:
             choices.append({"index": index, "text": "".join(tokens), "finish_reason": "length",
                             "logprobs": {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
                                          "text_offset": offsets} if body.get("logprobs") is not None else None})
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count * len(prompts)}
+        # vLLM runs echo with max_tokens 0 as max_tokens 1 and counts that token, unshown, in usage.
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": max(count, 1 if body.get("echo") else 0) * len(prompts)}
         return 200, {"choices": choices, "usage": usage}, {}
 
 
