@@ -38,11 +38,13 @@ Prefix caching and scoring: vLLM never reads the prefix cache for a request with
 the rows of cached positions would have no logits. So by default every context+continuation prompt
 is computed in full (it still writes the cache). With the engine argument `score_prefix_cache=true`
 the adapter sets skip_reading_prefix_cache=False: vLLM then reuses the cached blocks of the shared
-context (a five-shot preamble, say) and computes only the rest, and the prompt logprob rows of the
-cached positions are left unwritten (vllm-project/vllm#42019). A continuation needs the rows from
-the context's last token on, so the adapter checks `num_cached_tokens` of each output: when the
-cache reached past the context's last token (or the output does not say), that continuation is run
-again without reading the cache. See bench/gpu/SCORING.md.
+context (a five-shot preamble, say) and computes only the rest. The prompt logprob rows of the
+cached positions are then not computed: the V2 model runner (0.24's default for Llama) leaves them
+out, so the list is shorter than the prompt and is read aligned at its end; the V1 runner returns
+them uninitialised (vllm-project/vllm#42019). A continuation needs the rows from the context's last
+token on, so the adapter checks `num_cached_tokens` of each output: when the cache reached past the
+context's last token (or the output does not say), that continuation is run again without reading
+the cache. See bench/gpu/SCORING.md.
 
 Continuous batching across batches: the adapter says `max_batches` (engine arg, 1..8, default 2),
 so the worker keeps that many batches inside at once and the next batch's requests join the

@@ -485,10 +485,11 @@ def test_perplexity_with_max_tokens_zero(start_engine: StartEngine, fake: Fake) 
     assert nothing["completion_tokens"] == 0 and nothing["finish_reason"] == "length"
 
 
-@pytest.mark.parametrize("stepwise", [True, False])
+@pytest.mark.parametrize("stepwise, runner", [(True, "v2"), (True, "v1"), (False, "v2")])
 def test_score_prefix_cache_reuses_the_context_and_reruns_what_it_spoilt(start_engine: StartEngine, fake: Fake,
-                                                                        stepwise: bool) -> None:
-    env = {} if stepwise else {"FAKE_VLLM_NO_STEP": "1"}
+                                                                        stepwise: bool, runner: str) -> None:
+    # The V2 runner leaves the cached rows out of prompt_logprobs; the V1 runner leaves them unwritten.
+    env = {"FAKE_VLLM_RUNNER": runner} | ({} if stepwise else {"FAKE_VLLM_NO_STEP": "1"})
     engine = start_scoring(start_engine, fake, args={"score_prefix_cache": "true"}, **env)
     assert "scoring reads the prefix cache" in engine.ready()["detail"]
     six, eight = "w1 w2 w3 w4 w5 w6", "c1 c2 c3 c4 c5 c6 c7 c8"

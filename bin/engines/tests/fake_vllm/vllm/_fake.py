@@ -128,15 +128,19 @@ class Sequence:
         self.sent_prompt_logprobs = False
 
     def compute_prompt_logprobs(self) -> None:
-        """Rows of positions read from the prefix cache are not computed: they hold GARBAGE."""
+        """Rows of positions read from the prefix cache are not computed. vLLM 0.24's V2 model runner
+        (the default for Llama) leaves them out, so the list is shorter than the prompt; the V1
+        runner (FAKE_VLLM_RUNNER=v1) returns them uninitialised: here they hold GARBAGE."""
         k = self.params.prompt_logprobs
         if k is None:
             return
+        v1 = os.environ.get("FAKE_VLLM_RUNNER", "v2") == "v1"
         out = container(self.params.flat_logprobs)
         out.append(None)
         for i in range(1, len(self.ids)):
             if i <= (self.num_cached_tokens or 0):
-                out.append({self.ids[i]: Logprob(GARBAGE, 1)})
+                if v1:
+                    out.append({self.ids[i]: Logprob(GARBAGE, 1)})
                 continue
             prefix = self.ids[:i]
             out.append(entries(logprobs_at(prefix, favoured_after(prefix)), self.ids[i], k))
