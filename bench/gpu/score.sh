@@ -72,7 +72,7 @@ stop() {
 
 log "scoring benchmark: paths ${PATHS[*]}, $N items, batches of $BATCH, $PASSES passes, budget ${BUDGET_S}s"
 make_model
-ITEMS_FILE="$WORK/score-items-$N.jsonl"
+ITEMS_FILE="$WORK/score-items-$N-$(basename "$MODEL").jsonl"  # calibrated to that model's tokenizer
 if [ ! -f "$ITEMS_FILE" ]; then
   "$PYTHON" "$G/score_items.py" "$ITEMS_FILE" "$N" --model "$MODEL" --target-tokens "${TARGET_TOKENS:-600}" 2>&1 \
     | tee -a "$OUT/run.log" >&2 || { log "making the items failed"; exit 1; }
