@@ -25,9 +25,10 @@ says what it refused):
   logprob is the top one's. Text is tokenized by the protocol's rule with the server's own
   tokenizer, through the `/tokenize` endpoint of vLLM and SGLang (POST {root}/tokenize, beside /v1);
   a server without it can score token-id contexts and continuations only.
-OpenAI's logprobs name tokens by their text, not their ids: `token_ids` holds an id only where it is
-known (a token-id prompt's positions, or a server that names tokens "token_id:N", as vLLM does with
---return-tokens-as-token-ids) and null elsewhere.
+OpenAI's logprobs name tokens by their text, not their ids: a token id is given where it is known (a
+token-id prompt's positions, or a server that names tokens "token_id:N", as vLLM does with
+--return-tokens-as-token-ids) and is UNKNOWN_ID (-1) elsewhere (compass's result model needs an
+integer there).
 """
 
 from __future__ import annotations
@@ -101,11 +102,14 @@ def make_result(custom_id: str, text: str, prompt_tokens: int, completion_tokens
                   **{k: v for k, v in extra.items() if v is not None})
 
 
-def token_id(token: str, known: int | None = None) -> int | None:
-    """A token's id where the server says it ("token_id:N") or the request did."""
+UNKNOWN_ID = -1  # a token the server named by its text only
+
+
+def token_id(token: str, known: int | None = None) -> int:
+    """A token's id where the server says it ("token_id:N") or the request did; else UNKNOWN_ID."""
     if token.startswith("token_id:") and token[9:].isdigit():
         return int(token[9:])
-    return known
+    return UNKNOWN_ID if known is None else known
 
 
 def top_list(top: Any, k: int) -> list[dict[str, Any]]:

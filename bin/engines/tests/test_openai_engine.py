@@ -63,6 +63,7 @@ class Stub:
         self.tok = ToyTokenizer()
         self.no_tokenize = False  # POST /tokenize answers 404 (a server without it)
         self.refuse_echo = False  # completions with echo and logprobs answer 400 (as OpenAI's do now)
+        self.ids_as_text = False  # name tokens "token_id:N" (vLLM's --return-tokens-as-token-ids)
 
     def answer(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
         if self.api_key and headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -118,8 +119,11 @@ class Stub:
         tok, k, count = self.tok, body.get("top_logprobs" if chat else "logprobs") or 0, body.get("max_tokens", 2)
         generated = [tok.encode(" yes")[0]] * count
 
+        def name(t: int) -> str:
+            return f"token_id:{t}" if self.ids_as_text else tok.token(t)
+
         def top(_: int) -> dict[str, float]:
-            return dict(TOP[:k])
+            return {name(tok.encode(w)[0]): v for w, v in TOP[:k]}
 
         if chat:
             content = [{"token": tok.token(t), "logprob": tok.logprob(t), "bytes": list(tok.token(t).encode()),
@@ -136,9 +140,9 @@ class Stub:
             ids = tok.encode(prompt) if isinstance(prompt, str) else list(prompt)
             prompt_tokens += len(ids)
             shown = (ids if body.get("echo") else []) + generated
-            tokens = [tok.token(t) for t in shown]
+            tokens = [name(t) for t in shown]
             values: list[float | None] = [tok.logprob(t) for t in shown]
-            tops: list[dict[str, float] | None] = [top(t) | {tok.token(t): tok.logprob(t)} for t in shown]
+            tops: list[dict[str, float] | None] = [top(t) | {name(t): tok.logprob(t)} for t in shown]
             if body.get("echo"):
                 values[0] = tops[0] = None
             offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
@@ -408,12 +412,13 @@ def test_completion_logprobs_and_echoed_prompt_logprobs(start_engine: StartEngin
     assert (bodies["[200, 201]"]["echo"], bodies["[200, 201]"]["logprobs"], bodies["[200, 201]"]["max_tokens"]) == (True, 0, 0)
     tok = state.tok
     there = tok.encode(" there")[0]
-    yes_no = [{"token_id": None, "token": " yes", "logprob": -0.1}, {"token_id": None, "token": " no", "logprob": -2.0}]
-    # The echoed prompt is cut off the text and reported as prompt_logprobs, top 1.
+    yes_no = [{"token_id": -1, "token": " yes", "logprob": -0.1}, {"token_id": -1, "token": " no", "logprob": -2.0}]
+    # The echoed prompt is cut off the text and reported as prompt_logprobs, top 1; the server names
+    # tokens by their text, so their ids are -1 (unknown).
     assert lp["text"] == " yes yes" and (lp["prompt_tokens"], lp["completion_tokens"]) == (2, 2)
-    assert lp["prompt_logprobs"] == {"token_ids": [None, None], "tokens": ["hello", " there"],
+    assert lp["prompt_logprobs"] == {"token_ids": [-1, -1], "tokens": ["hello", " there"],
                                      "token_logprobs": [None, tok.logprob(there)], "top_logprobs": [None, yes_no[:1]]}
-    assert lp["logprobs"] == {"token_ids": [None, None], "tokens": [" yes", " yes"], "token_logprobs": [-0.1, -0.1],
+    assert lp["logprobs"] == {"token_ids": [-1, -1], "tokens": [" yes", " yes"], "token_logprobs": [-0.1, -0.1],
                               "top_logprobs": [yes_no, yes_no]}
     # Token ids of a token-id prompt are known; k = 0 gives empty alternatives.
     assert ppl["text"] == "" and ppl["completion_tokens"] == 0 and "logprobs" not in ppl
@@ -429,5 +434,15 @@ def test_chat_logprobs(start_engine: StartEngine, stub: tuple[Stub, str]) -> Non
     (body,) = posts(state, "/v1/chat/completions")
     assert (body["logprobs"], body["top_logprobs"]) == (True, 1)
     assert result["text"] == " yes" and result["logprobs"] == {
-        "token_ids": [None], "tokens": [" yes"], "token_logprobs": [-0.1],
-        "top_logprobs": [[{"token_id": None, "token": " yes", "logprob": -0.1}]]}
+        "token_ids": [-1], "tokens": [" yes"], "token_logprobs": [-0.1],
+        "top_logprobs": [[{"token_id": -1, "token": " yes", "logprob": -0.1}]]}
+
+
+def test_token_ids_where_the_server_names_tokens_by_id(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.ids_as_text = True
+    engine = start_scoring(start_engine, url)
+    (result,) = engine.result("ids", [{"custom_id": "i", "prompt": "hello", "max_tokens": 1, "logprobs": 1}])
+    yes = state.tok.encode(" yes")[0]
+    assert result["logprobs"] == {"token_ids": [yes], "tokens": [f"token_id:{yes}"], "token_logprobs": [-0.1],
+                                  "top_logprobs": [[{"token_id": yes, "token": f"token_id:{yes}", "logprob": -0.1}]]}
