@@ -107,9 +107,14 @@ extension Scheduler {
             s.returnCredit(id)
             let pool = s.workers[id]!.pool
             if s.isCurrent(batchID, attempt, on: id) {
+                // A hand-back is free only from a worker that said BYE: it gets nothing new, so it
+                // can hand back each batch once. From a worker that is not draining it is a failure
+                // like any other, charged, or a worker that keeps handing back would have the
+                // broker re-dispatch to it forever, beyond max_attempts.
                 let handedBack = code == FailureCode.handedBack.rawValue
-                s.attemptFailed(batchID, code: code, message: message, retryable: retryable || handedBack,
-                                partial: partial, chargeAttempt: !handedBack, now)
+                let free = handedBack && s.workers[id]!.drainingSince != nil
+                s.attemptFailed(batchID, code: code, message: handedBack && !free ? "\(message) (handed back by a worker that is not draining: charged as an attempt)" : message,
+                                retryable: retryable || handedBack, partial: partial, chargeAttempt: !free, now)
             } else {
                 s.pools[pool]!.counters.staleDropped += 1
                 s.emit(.event(.staleDropped(batchID: batchID, worker: id, attempt: attempt)))

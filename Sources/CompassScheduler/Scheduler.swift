@@ -184,7 +184,11 @@ public struct Scheduler<Payload: BatchPayload> {
     mutating func attemptFailed(_ id: String, code: String, message: String, retryable: Bool, partial: Payload?,
                                 chargeAttempt: Bool, _ now: Timestamp) {
         guard let b = batches[id], case .running(let worker, _, _) = b.state else { return }
-        if !chargeAttempt { batches[id]!.charged -= 1 }
+        if !chargeAttempt {
+            // Not an attempt at all: neither counted against max_attempts nor reported as one.
+            batches[id]!.charged -= 1
+            batches[root(of: id)]!.totalDispatches -= 1
+        }
         let killed = retryable && config.killCodes.contains(code)
         if killed { batches[id]!.kills += 1 }
         let kills = batches[id]!.kills

@@ -4,16 +4,24 @@ import Testing
 
 @Suite("Dispatch by credit")
 struct DispatchTests {
-    @Test func unknownPoolIsRejected() {
+    @Test("A pool no worker has joined is unknown_pool with a retry hint and the known pools; a worker joining makes it accept")
+    func unknownPoolIsRejectedWithAHint() {
         var h = Harness()
         let out = h.submit("b1", pool: "nope")
         #expect(out.rejections.map(\.code) == [.unknownPool])
+        #expect(out.rejections.first!.retryAfter > 0)
+        let message = out.compactMap { if case .toProducer(_, .rejected(_, _, let m, _)) = $0 { return m }; return nil }.first ?? ""
+        #expect(message.contains("'nope'") && message.contains("known pools: p"))
         #expect(h.scheduler.batchCount == 0)
+        h.ready("w", pool: "nope")
+        #expect(h.submit("b1", pool: "nope").accepted == ["b1"])
     }
 
-    @Test func invalidPoolNameIsRejected() {
+    @Test func invalidPoolNameIsRejectedForGood() {
         var h = Harness()
-        #expect(h.submit("b1", pool: "has space").rejections.map(\.code) == [.unknownPool])
+        let out = h.submit("b1", pool: "has space")
+        #expect(out.rejections.map(\.code) == [.unknownPool])
+        #expect(out.rejections.first!.retryAfter == 0)
     }
 
     @Test func batchWaitsForAWorkerThenDispatchesAtOnce() {
