@@ -26,6 +26,9 @@ extension Broker {
             guard WireProtocol.isValidPoolName(caps.pool) else {
                 return refuseWorker(worker, ProtocolError(.unknownPool, "pool name '\(caps.pool)' is invalid"))
             }
+            guard caps.credit >= 0 else {
+                return refuseWorker(worker, ProtocolError(.badFrame, "READY credit must be 0 or more (at most \(options.scheduler.maxCredit) is used), got \(caps.credit)"))
+            }
             capabilities[worker] = caps
             heartbeatStats[worker] = nil
             logger.info("worker ready", metadata: [

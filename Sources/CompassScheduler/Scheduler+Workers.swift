@@ -51,7 +51,17 @@ extension Scheduler {
         return batches.values[slot].isRunning(attempt: attempt, on: worker)
     }
 
-    /// A RESULT or FAILED returns the worker's credit, whatever becomes of the batch.
+    /// A RESULT or FAILED for a dispatch the worker owes returns its credit, whatever becomes of
+    /// the batch; one for a dispatch of a removed worker too (the same process reconnected: its
+    /// READY counted the batch as held). Any other (a duplicate, an unknown batch, another
+    /// worker's dispatch) returns none: a worker never holds more than it asked for.
+    mutating func settle(_ id: PeerID, _ dispatch: Dispatch) {
+        if workers[id]!.owed.remove(dispatch) != nil || orphaned.remove(dispatch) != nil {
+            returnCredit(id)
+        }
+    }
+
+    /// One credit back to a worker.
     mutating func returnCredit(_ id: PeerID) {
         let maxCredit = config.maxCredit
         withWorker(id) { w in
@@ -86,7 +96,7 @@ extension Scheduler {
                 return
             }
             guard s.touch(id, now) else { return }
-            s.returnCredit(id)
+            s.settle(id, Dispatch(batchID: batchID, attempt: attempt))
             let pool = s.workers[id]!.pool
             if s.isCurrent(batchID, attempt, on: id) {
                 s.finish(batchID, .result(stats: stats, payload: payload), now)
@@ -104,7 +114,7 @@ extension Scheduler {
                                       message: String, partial: Payload?, now: Timestamp) -> [Action] {
         collect { s in
             guard s.touch(id, now) else { return }
-            s.returnCredit(id)
+            s.settle(id, Dispatch(batchID: batchID, attempt: attempt))
             let pool = s.workers[id]!.pool
             if s.isCurrent(batchID, attempt, on: id) {
                 // A hand-back is free only from a worker that said BYE: it gets nothing new, so it
@@ -158,6 +168,8 @@ extension Scheduler {
     mutating func removeWorker(_ id: PeerID) {
         guard let w = workers.removeValue(forKey: id) else { return }
         pools[w.pool]?.workers.remove(id)
+        for dispatch in w.owed where orphaned.insert(dispatch).inserted { orphanedOrder.append(dispatch) }
+        while orphanedOrder.count > config.maxOrphanedDispatches, let oldest = orphanedOrder.popFirst() { orphaned.remove(oldest) }
     }
 
     /// Declares a worker dead: every batch it held goes back to the front of its queue (or fails

@@ -30,6 +30,11 @@ public struct Scheduler<Payload: BatchPayload> {
     /// After a restart: the latest attempt of each unfinished batch made by the previous broker.
     /// A late RESULT for one of those attempts is accepted once.
     var recoveredAttempts: [String: UInt32] = [:]
+    /// Dispatches owed by workers that were removed (lost, drained, re-registered), oldest first,
+    /// bounded by `SchedulerConfig.maxOrphanedDispatches`: a worker that reconnects (under a new
+    /// id, or the same one) and then answers one gets its credit back, as its READY expects.
+    var orphaned: Set<Dispatch> = []
+    var orphanedOrder: Deque<Dispatch> = []
     var out: [SchedulerAction<Payload>] = []
     public internal(set) var accepting = true
 
@@ -150,6 +155,7 @@ public struct Scheduler<Payload: BatchPayload> {
             p.counters.dispatched += 1
         }
         workers[worker]!.running.insert(id)
+        workers[worker]!.owed.insert(Dispatch(batchID: id, attempt: b.attempt))
         if b.parent != nil { batches[root(of: id)]!.totalDispatches += 1 }
         journalAttempt(id)
         var meta = b.meta

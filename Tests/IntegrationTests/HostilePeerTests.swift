@@ -124,6 +124,53 @@ struct HostilePeerTests {
         #expect(counters.dispatched == 3)
     }
 
+    @Test("A worker's bogus RESULTs (batches never sent to it, a repeated answer) win it no credit; READY with negative credit is refused")
+    func noCreditInflation() async throws {
+        let dir = TempDir()
+        let broker = try BrokerProcess(in: dir)
+        let context = try ZMQContext()
+        let producer = try RawProducer(context, broker.frontend)
+        try producer.send(.hello(session: "s-credit"))
+        for i in 0..<6 { try producer.submit("s-credit-\(i)", Self.payload) }
+        #expect(try producer.sync().filter(\.isAccepted).count == 6)
+        let greedy = try RawWorker(context, broker.backend, credit: 3)
+        var batches: [(id: String, attempt: UInt32)] = []
+        let deadline = Date().addingTimeInterval(20)
+        while batches.count < 3, Date() < deadline {
+            if case .batch(let id, let attempt, _, _)? = try greedy.next() { batches.append((id, attempt)) }
+        }
+        try #require(batches.count == 3)
+        let empty = Frame(bytes: [UInt8]())
+        // Answers for what it was never sent, five times over, and one real answer twice.
+        for i in 0..<5 {
+            try greedy.send(.result(batchID: "never-sent-\(i)", attempt: 1, stats: Frame(string: "{}"), payload: Frame(string: "[]")))
+        }
+        try greedy.send(.result(batchID: batches[0].id, attempt: batches[0].attempt, stats: Frame(string: "{}"), payload: Frame(string: "[]")))
+        try greedy.send(.result(batchID: batches[0].id, attempt: batches[0].attempt, stats: Frame(string: "{}"), payload: Frame(string: "[]")))
+        try greedy.send(.heartbeat(stats: empty))
+        let client = try testClient(broker.frontend)
+        defer { client.close() }
+        // Once the broker has read all seven answers (six dropped as stale), count its dispatches.
+        try await eventually("the broker to drop six stale answers") {
+            try await status(client).scheduler.pools.first { $0.name == "default" }?.counters.staleDropped == 6
+        }
+        let s = try await status(client)
+        let pool = try #require(s.scheduler.pools.first { $0.name == "default" })
+        #expect(pool.counters.dispatched == 4, "one real answer, one more batch: \(pool.counters)")
+        #expect(s.scheduler.workers.first?.running.count == 3)
+
+        // A READY with negative credit is refused, with the reason.
+        let negative = try context.socket(.dealer)
+        try negative.set([.linger(milliseconds: 0), .receiveTimeout(milliseconds: 5000)])
+        try negative.connect(broker.backend)
+        let caps = WorkerCapabilities(pool: "default", tp: 1, gpus: [], model: "m", engine: "raw", maxBatch: 1, credit: -5,
+                                      pid: 1, host: "h", version: "0")
+        try negative.send(WorkerMessage.ready(capabilities: Frame(bytes: try JSONEncoder().encode(caps))).encode())
+        let reply = try BrokerWorkerMessage.decode(try #require(try negative.receive())[...])
+        guard case .disconnect(let reason) = reply else { Issue.record("expected DISCONNECT, got \(reply)"); return }
+        #expect(reason.contains("credit"), "\(reason)")
+    }
+
     @Test("The client answers session_required with HELLO and the same SUBMIT, and gets its outcome once")
     func clientSaysHelloOnSessionRequired() async throws {
         let dir = TempDir()
