@@ -15,6 +15,8 @@ final class ClientLoop {
     var monitor: SocketMonitor
     /// Why the last handshake failed; submits fail at once while it is set.
     var refused: String?
+    /// Handshakes failed in a row (an allowlist refusal fails at once instead).
+    var handshakeFailures = 0
     var incarnation = 0
     var lastHeard: UInt64 = 0
     var lastSent: UInt64 = 0
@@ -218,11 +220,16 @@ final class ClientLoop {
             switch event {
             case .handshakeSucceeded:
                 refused = nil
+                handshakeFailures = 0
             case .authenticationFailed(let status):
                 let key = options.curve.map { " \($0.keys.publicKey)" } ?? ""
                 refuse("the broker refused this producer's CURVE key\(key) (ZAP status \(status)): is that public key in a .pub file of "
                        + "the broker's producer allowlist? The broker logs the allowlist it read and the key it refused")
             case .handshakeFailed(let code):
+                // One failure can be a broker stopping or starting mid-handshake; a mechanism or
+                // server key mismatch fails every time.
+                handshakeFailures += 1
+                guard handshakeFailures >= 3 else { continue }
                 refuse(options.curve == nil
                     ? "the handshake with the broker failed (errno \(code)): it probably requires CURVE; pass --curve-server-key and --curve-key"
                     : "the CURVE handshake with the broker failed (errno \(code)): is --curve-server-key the broker's public key?")
