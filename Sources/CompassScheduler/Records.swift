@@ -83,6 +83,8 @@ struct WorkerRecord {
     /// Dispatches to this worker it has not answered yet, running or taken back (cancelled, lease
     /// expired): each answer to one of them returns one credit, any other answer none.
     var owed: Set<Dispatch> = []
+    /// The worker process beyond this connection (host and pid from READY; empty if unknown).
+    let process: String
 }
 
 /// One dispatch of a batch: the pair a worker's RESULT or FAILED names.

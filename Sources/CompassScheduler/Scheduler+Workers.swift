@@ -3,12 +3,16 @@ import CompassProtocol
 extension Scheduler {
     /// READY: registers a worker for `pool` with `credit`. A READY from a known id is a restart:
     /// what the old incarnation held is requeued first.
-    public mutating func workerReady(_ id: PeerID, pool: String, credit: Int, now: Timestamp) -> [Action] {
+    ///
+    /// - Parameter process: who the worker is beyond this connection (its READY's host and pid):
+    ///   a worker that reconnects under another routing id is the same process, and its late
+    ///   answers to what it was sent before return its credit.
+    public mutating func workerReady(_ id: PeerID, pool: String, credit: Int, process: String = "", now: Timestamp) -> [Action] {
         collect { s in
             if s.workers[id] != nil { s.loseWorker(id, reason: "re-registered (restarted)", now) }
             if s.pools[pool] == nil { s.pools[pool] = PoolState() }
             let record = WorkerRecord(id: id, pool: pool, registeredAt: now, credit: min(max(credit, 0), s.config.maxCredit),
-                                      lastSeen: now, lastSent: now, generation: s.nextGeneration)
+                                      lastSeen: now, lastSent: now, generation: s.nextGeneration, process: process)
             s.nextGeneration += 1
             s.workers[id] = record
             s.pools[pool]!.workers.insert(id)
@@ -52,11 +56,14 @@ extension Scheduler {
     }
 
     /// A RESULT or FAILED for a dispatch the worker owes returns its credit, whatever becomes of
-    /// the batch; one for a dispatch of a removed worker too (the same process reconnected: its
-    /// READY counted the batch as held). Any other (a duplicate, an unknown batch, another
-    /// worker's dispatch) returns none: a worker never holds more than it asked for.
+    /// the batch; one for a dispatch the same process owed under an earlier registration too (it
+    /// reconnected: its READY counted the batch as held). Any other (a duplicate, an unknown
+    /// batch, another worker's dispatch) returns none: a worker never holds more than it asked for.
     mutating func settle(_ id: PeerID, _ dispatch: Dispatch) {
-        if workers[id]!.owed.remove(dispatch) != nil || orphaned.remove(dispatch) != nil {
+        if workers[id]!.owed.remove(dispatch) != nil {
+            returnCredit(id)
+        } else if let owner = orphaned[dispatch], !owner.isEmpty, owner == workers[id]!.process {
+            orphaned[dispatch] = nil
             returnCredit(id)
         }
     }
@@ -168,8 +175,9 @@ extension Scheduler {
     mutating func removeWorker(_ id: PeerID) {
         guard let w = workers.removeValue(forKey: id) else { return }
         pools[w.pool]?.workers.remove(id)
-        for dispatch in w.owed where orphaned.insert(dispatch).inserted { orphanedOrder.append(dispatch) }
-        while orphanedOrder.count > config.maxOrphanedDispatches, let oldest = orphanedOrder.popFirst() { orphaned.remove(oldest) }
+        guard !w.process.isEmpty else { return }
+        for dispatch in w.owed where orphaned.updateValue(w.process, forKey: dispatch) == nil { orphanedOrder.append(dispatch) }
+        while orphanedOrder.count > config.maxOrphanedDispatches, let oldest = orphanedOrder.popFirst() { orphaned[oldest] = nil }
     }
 
     /// Declares a worker dead: every batch it held goes back to the front of its queue (or fails

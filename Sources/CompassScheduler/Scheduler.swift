@@ -30,10 +30,11 @@ public struct Scheduler<Payload: BatchPayload> {
     /// After a restart: the latest attempt of each unfinished batch made by the previous broker.
     /// A late RESULT for one of those attempts is accepted once.
     var recoveredAttempts: [String: UInt32] = [:]
-    /// Dispatches owed by workers that were removed (lost, drained, re-registered), oldest first,
-    /// bounded by `SchedulerConfig.maxOrphanedDispatches`: a worker that reconnects (under a new
-    /// id, or the same one) and then answers one gets its credit back, as its READY expects.
-    var orphaned: Set<Dispatch> = []
+    /// Dispatches owed by workers that were removed (lost, drained, re-registered), with the
+    /// process that owed each, bounded by `SchedulerConfig.maxOrphanedDispatches` (oldest go
+    /// first): that process, reconnected under any id, gets its credit back when it answers one,
+    /// as its READY expects.
+    var orphaned: [Dispatch: String] = [:]
     var orphanedOrder: Deque<Dispatch> = []
     var out: [SchedulerAction<Payload>] = []
     public internal(set) var accepting = true

@@ -113,14 +113,18 @@ struct DispatchTests {
         #expect(h.scheduler.snapshot(now: h.now).workers.map(\.credit) == [0, 0])
     }
 
-    @Test("A worker that reconnects under a new id and answers what it ran before gets that credit back")
+    @Test("A worker that reconnects under a new id and answers what it ran before gets that credit back; another process does not")
     func aReconnectedWorkersLateAnswerReturnsItsCredit() {
         var h = Harness()
-        h.ready("w-1", credit: 1)
+        h.ready("w-1", credit: 1, process: "gpu7:42")
         h.submit("a"); h.submit("b")
         // The broker loses w-1 (silent); it reconnects as w-2 and, still running "a", offers credit 0.
         h.record(h.scheduler.workerUnreachable(PeerID("w-1"), now: h.now))
-        h.ready("w-2", credit: 0)
+        h.ready("w-2", credit: 0, process: "gpu7:42")
+        // Another worker naming the dispatch it did not own gains nothing.
+        h.ready("other", credit: 0, process: "gpu8:7")
+        h.result("other", "a", attempt: 1)
+        #expect(h.log.dispatches.count == 1)
         #expect(h.log.dispatches.map { "\($0.worker):\($0.id)" } == ["w-1:a"])
         h.result("w-2", "a", attempt: 1)  // stale (attempt 1 was given up on), but owed
         #expect(h.log.dispatches.map { "\($0.worker):\($0.id):\($0.attempt)" } == ["w-1:a:1", "w-2:a:2"])

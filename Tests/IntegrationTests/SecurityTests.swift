@@ -115,7 +115,7 @@ struct SecurityTests {
         let brokerPub = "\(root)/\(brokerName).pub"
         #expect(brokerPub.count == 40 && "\(root)/producers/\(producerName).pub".count == 40)
         let broker = try BrokerProcess(in: dir, arguments: ["--curve-secret", "\(root)/\(brokerName).key", "--allow-producers", "\(root)/producers"])
-        #expect(broker.process.log().contains("\(root)/producers: 1 key (\(producerName).pub)"), "\(broker.process.log())")
+        try broker.process.waitForLog("\(root)/producers: 1 key (\(producerName).pub)")  // logged as its poll loop starts
         var options = ClientOptions(broker: broker.frontend)
         options.heartbeatMilliseconds = 100
         options.curve = try CurveClientKeys.load(serverKey: brokerPub, keyFile: "\(root)/producers/\(producerName).key")
