@@ -105,8 +105,9 @@ class Cluster:
         line = first_line(proc, 20, "compass-broker")
         assert line.startswith("compass-broker listening"), line
 
-    def start_worker(self, pool: str = "default", *engine_args: str) -> subprocess.Popen[bytes]:
-        command = [str(binary("compass-worker")), "--broker", self.backend, "--pool", pool]
+    def start_worker(self, pool: str = "default", *engine_args: str, engine: str = "synthetic",
+                     extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        command = [str(binary("compass-worker")), "--broker", self.backend, "--pool", pool, "--engine", engine, *extra]
         for arg in engine_args:
             command += ["--engine-arg", arg]
         return self._spawn(command, f"worker-{pool}")
