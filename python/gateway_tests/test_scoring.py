@@ -201,3 +201,12 @@ def test_a_pool_that_cannot_score_answers_400(cluster: Cluster) -> None:
         c.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}], logprobs=True)
     # max_retries=2, yet each request reached the pool once: a 400 is not retried.
     assert gateway.health()["batcher"]["requests"] - before == 2  # type: ignore[index]
+
+
+def test_no_remote_tokenizer_endpoints(shared: Shared) -> None:
+    """lm-eval's `tokenizer_backend=auto` probes /tokenizer_info and /tokenize beside the base URL:
+    the gateway has no tokenizer, so a prompt 404 sends it to its huggingface backend."""
+    status, _, data = http("GET", shared.gateway.url + "/tokenizer_info")
+    assert status == 404 and json.loads(data)["error"]["code"] == "unknown_url"
+    status, _, _ = http("POST", shared.gateway.url + "/tokenize", b'{"prompt": "test"}', {"Content-Type": "application/json"})
+    assert status == 404
