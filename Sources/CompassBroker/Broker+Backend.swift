@@ -26,12 +26,15 @@ extension Broker {
             guard WireProtocol.isValidPoolName(caps.pool) else {
                 return refuseWorker(worker, ProtocolError(.unknownPool, "pool name '\(caps.pool)' is invalid"))
             }
+            guard caps.credit >= 0 else {
+                return refuseWorker(worker, ProtocolError(.badFrame, "READY credit must be 0 or more (at most \(options.scheduler.maxCredit) is used), got \(caps.credit)"))
+            }
             capabilities[worker] = caps
             heartbeatStats[worker] = nil
             logger.info("worker ready", metadata: [
                 "worker": "\(worker)", "pool": "\(caps.pool)", "engine": "\(caps.engine)", "tp": "\(caps.tp)",
                 "gpus": "\(caps.gpus.map(\.index))", "host": "\(caps.host)", "pid": "\(caps.pid)", "credit": "\(caps.credit)"])
-            execute(scheduler.workerReady(worker, pool: caps.pool, credit: caps.credit, now: t))
+            execute(scheduler.workerReady(worker, pool: caps.pool, credit: caps.credit, process: "\(caps.host):\(caps.pid)", now: t))
         case .credit(let n):
             execute(scheduler.workerCredit(worker, n, now: t))
         case .progress(let id, let attempt, let done, let total):

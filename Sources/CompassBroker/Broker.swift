@@ -122,8 +122,13 @@ public final class Broker {
         let monitorIndex = backendMonitor.map { poller.add($0.socket) }
         if let zap {
             logger.info("CURVE on both sockets", metadata: [
-                "producer_allowlist": "\(zap.producers.map { "\($0.path) (\($0.keys.count) keys)" } ?? "none: any key")",
-                "worker_allowlist": "\(zap.workers.map { "\($0.path) (\($0.keys.count) keys)" } ?? "none: any key")"])
+                "producer_allowlist": "\(zap.producers?.summary ?? "none: any key")",
+                "worker_allowlist": "\(zap.workers?.summary ?? "none: any key")"])
+            for (role, list) in [("producer", zap.producers), ("worker", zap.workers)] {
+                guard let list else { continue }
+                if list.keys.isEmpty { logger.warning("the \(role) allowlist \(list.path) holds no key: every \(role) will be refused") }
+                for problem in list.skipped { logger.warning("\(role) allowlist \(list.path): ignored \(problem)") }
+            }
         }
         let tickMilliseconds = max(5, min(50, options.scheduler.heartbeatMilliseconds / 4))
         var nextTick = MonotonicClock.milliseconds() + tickMilliseconds

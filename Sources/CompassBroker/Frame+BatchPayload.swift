@@ -1,8 +1,17 @@
 import CompassScheduler
+import Foundation
 import ZMQ
 
 extension Frame: BatchPayload {
     public var byteCount: Int { count }
     public var payloadBytes: [UInt8] { bytes }
     public convenience init(payloadBytes: [UInt8]) { self.init(bytes: payloadBytes) }
+
+    /// Compares in place: no copy of either payload.
+    public func hasSameBytes(as other: Frame) -> Bool {
+        guard count == other.count else { return false }
+        return withUnsafeBytes { a in
+            other.withUnsafeBytes { b in a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0 }
+        }
+    }
 }

@@ -15,6 +15,8 @@ final class ClientLoop {
     var monitor: SocketMonitor
     /// Why the last handshake failed; submits fail at once while it is set.
     var refused: String?
+    /// Handshakes failed in a row (an allowlist refusal fails at once instead).
+    var handshakeFailures = 0
     var incarnation = 0
     var lastHeard: UInt64 = 0
     var lastSent: UInt64 = 0
@@ -25,7 +27,15 @@ final class ClientLoop {
         /// When to send SUBMIT again after `busy` (nil: not waiting).
         var retryAt: UInt64?
         var busyCount = 0
+        /// When the broker first answered `unknown_pool` for it (nil: not waiting for its pool).
+        var poolWaitSince: UInt64?
+        /// `session_required` answers so far: each is followed by a HELLO and a re-SUBMIT.
+        var sessionRetries = 0
     }
+    /// Pools batches are waiting for (their workers have not registered yet).
+    var waitingPools: Set<String> = []
+    /// Say HELLO before the next re-SUBMITs: the broker did not know this connection's session.
+    var helloBeforeRetry = false
     var outstanding: [String: Outstanding] = [:]
     var statusWaiters: [(continuation: CheckedContinuation<[UInt8], any Error>, deadline: UInt64)] = []
     /// The broker process we last heard from; a different one means it restarted.
@@ -153,6 +163,7 @@ final class ClientLoop {
         switch reply {
         case .accepted(let id):
             outstanding[id]?.accepted = true
+            if let pool = outstanding[id]?.submission.pool, !waitingPools.isEmpty { waitingPools.remove(pool) }
         case .rejected(let id, let code, let message, let retryAfter):
             guard var o = outstanding[id] else { return }
             if code == RejectCode.busy.rawValue && !options.retryBusy {
@@ -166,9 +177,23 @@ final class ClientLoop {
                 o.retryAt = now + wait
                 outstanding[id] = o
                 options.onBusy?(id, UInt32(clamping: wait))
+            } else if code == RejectCode.unknownPool.rawValue && retryAfter > 0 && options.unknownPoolWaitMilliseconds > 0
+                        && now.since(o.poolWaitSince ?? now) < options.unknownPoolWaitMilliseconds {
+                // A valid pool no worker has joined yet: wait for one, bounded.
+                if o.poolWaitSince == nil { o.poolWaitSince = now }
+                o.retryAt = now + min(UInt64(retryAfter), 1000) + UInt64.random(in: 0...50)
+                outstanding[id] = o
+                if waitingPools.insert(o.submission.pool).inserted { options.onWaitingForPool?(o.submission.pool, message) }
+            } else if code == RejectCode.sessionRequired.rawValue && o.sessionRetries < 3 {
+                // Our reconnected socket delivered this SUBMIT before a HELLO: say HELLO, then re-send.
+                o.sessionRetries += 1
+                o.retryAt = now
+                helloBeforeRetry = true
+                outstanding[id] = o
             } else {
                 outstanding[id] = nil
-                o.submission.continuation.resume(throwing: ClientError.rejected(code: code, message: message))
+                let waited = o.poolWaitSince.map { " (waited \(now.since($0) / 1000) s for a worker of pool '\(o.submission.pool)')" } ?? ""
+                o.submission.continuation.resume(throwing: ClientError.rejected(code: code, message: message + waited))
             }
         case .progress(let id, let done, let total):
             if outstanding[id] != nil { options.onProgress?(id, done, total) }
@@ -195,9 +220,16 @@ final class ClientLoop {
             switch event {
             case .handshakeSucceeded:
                 refused = nil
+                handshakeFailures = 0
             case .authenticationFailed(let status):
-                refuse("the broker refused this producer's CURVE key (ZAP status \(status)): is its public key in the broker's producer allowlist?")
+                let key = options.curve.map { " \($0.keys.publicKey)" } ?? ""
+                refuse("the broker refused this producer's CURVE key\(key) (ZAP status \(status)): is that public key in a .pub file of "
+                       + "the broker's producer allowlist? The broker logs the allowlist it read and the key it refused")
             case .handshakeFailed(let code):
+                // One failure can be a broker stopping or starting mid-handshake; a mechanism or
+                // server key mismatch fails every time.
+                handshakeFailures += 1
+                guard handshakeFailures >= 3 else { continue }
                 refuse(options.curve == nil
                     ? "the handshake with the broker failed (errno \(code)): it probably requires CURVE; pass --curve-server-key and --curve-key"
                     : "the CURVE handshake with the broker failed (errno \(code)): is --curve-server-key the broker's public key?")
@@ -237,6 +269,10 @@ final class ClientLoop {
 
     func timers() {
         let t = now
+        if helloBeforeRetry {
+            helloBeforeRetry = false
+            hello()
+        }
         for (id, o) in outstanding {
             if let at = o.retryAt, t >= at {
                 outstanding[id]?.retryAt = nil

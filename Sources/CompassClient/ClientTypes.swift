@@ -24,6 +24,13 @@ public struct ClientOptions: Sendable {
     /// Retry a SUBMIT the broker answers `busy` (with backoff) until it is accepted. When false,
     /// the submit throws `ClientError.busy` at once (a gateway answers 429 and lets its caller back off).
     public var retryBusy = true
+    /// How long a SUBMIT answered `unknown_pool` with a retry hint (the name is valid, but no worker
+    /// of the pool has registered yet: one may be starting, or the broker restarted) is re-sent
+    /// before it fails. 0: it fails at once.
+    public var unknownPoolWaitMilliseconds: UInt64 = 0
+    /// Called on the client's thread when a batch starts waiting for its pool (pool, the broker's
+    /// message), once per pool until a batch of it is accepted.
+    public var onWaitingForPool: (@Sendable (String, String) -> Void)?
 
     public init(broker: String, session: String = "s-" + UUID().uuidString.lowercased()) {
         self.broker = broker

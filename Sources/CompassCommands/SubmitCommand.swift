@@ -33,6 +33,8 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "Priority of these batches in their pool (higher first).") var priority: Int16 = 0
     @Option(help: "Milliseconds after which an unfinished batch fails as timeout (0: none).") var deadlineMs: UInt32 = 0
     @Option(help: "max_tokens for requests that do not set one.") var maxTokens: Int?
+    @Option(help: "Seconds to wait for a worker of the pool to register when the broker does not know the pool yet (0: fail at once).")
+    var waitForPool: UInt64 = 300
     @Flag(help: "No progress display.") var quiet = false
     @OptionGroup var curve: CurveClientOptions
 
@@ -42,6 +44,7 @@ struct SubmitCommand: AsyncParsableCommand {
         guard window >= 1 else { throw ValidationError("--window must be at least 1") }
         guard FileManager.default.isReadableFile(atPath: file) else { throw ValidationError("cannot read \(file)") }
         if let maxTokens, maxTokens < 0 { throw ValidationError("--max-tokens must not be negative") }
+        guard waitForPool <= 86_400 else { throw ValidationError("--wait-for-pool is in seconds, at most 86400") }
     }
 
     var outputPath: String {
@@ -65,6 +68,7 @@ struct SubmitCommand: AsyncParsableCommand {
         settings.defaultMaxTokens = maxTokens
         settings.showProgress = !quiet
         settings.resume = resume
+        settings.poolWaitMilliseconds = waitForPool * 1000
         settings.curve = try curve.load("compass submit")
         // Ctrl-C cancels the batches in flight on the broker (their requests get a 'cancelled'
         // line, so the results file still has one line per request) and exits 130.

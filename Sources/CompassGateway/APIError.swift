@@ -71,6 +71,9 @@ public struct APIError: Error, Sendable, CustomStringConvertible {
             return APIError(status: .badRequest, message: "The request is too large for the pool: \(message)", type: "invalid_request_error", code: "too_large")
         case FailureCode.badRequest.rawValue, RejectCode.badPayload.rawValue:
             return APIError(status: .badRequest, message: message, type: "invalid_request_error", code: "bad_request")
+        case CompassFailure.unsupportedCode:
+            // 400, not 5xx: the openai package retries 5xx, and asking again cannot help.
+            return APIError(status: .badRequest, message: message, type: "invalid_request_error", code: code)
         case FailureCode.timeout.rawValue, CompassFailure.deadlineCode:
             return APIError(status: .gatewayTimeout, message: "The request did not finish in time: \(message)", type: "timeout_error", code: "timeout")
         case RejectCode.shuttingDown.rawValue, CompassFailure.unavailableCode, CompassFailure.noWorkersCode:
@@ -105,6 +108,9 @@ public struct CompassFailure: Error, Sendable, Equatable, CustomStringConvertibl
     public static let unavailableCode = "broker_unavailable"
     /// The pool exists but no worker serves it.
     public static let noWorkersCode = "no_workers"
+    /// The engine cannot do what the request asks (an engine's per-request error code, and the
+    /// gateway's when an engine left out the logprobs a request asked for).
+    public static let unsupportedCode = "unsupported"
 }
 
 /// `HTTPField.Name`, reached through the Hummingbird re-export of `HTTPFields`.

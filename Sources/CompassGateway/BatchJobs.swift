@@ -342,8 +342,8 @@ final class BatchJobs: Sendable {
 
         func writeLine(_ line: ParsedLine, _ results: [Result<InferenceResult, CompassFailure>]) throws {
             var ok: [InferenceResult] = []
-            for r in results {
-                switch r {
+            for (i, r) in results.enumerated() {
+                switch r.flatMap({ line.call.check($0, i) }) {
                 case .success(let result): ok.append(result)
                 case .failure(let failure):
                     try writeError(line.customID, failure)

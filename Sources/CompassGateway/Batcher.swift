@@ -121,7 +121,8 @@ public final class Batcher: Sendable {
 
     /// What a request weighs in a batch payload, roughly (the bound only has to be approximate).
     static func weight(_ r: InferenceRequest) -> Int {
-        (r.prompt?.utf8.count ?? 0) + (r.messages ?? []).reduce(0) { $0 + $1.content.utf8.count + $1.role.utf8.count + 32 }
+        (r.prompt?.utf8.count ?? 0) + (r.promptTokenIDs?.count ?? 0) * 8
+            + (r.messages ?? []).reduce(0) { $0 + $1.content.utf8.count + $1.role.utf8.count + 32 }
             + (r.stop ?? []).reduce(0) { $0 + $1.utf8.count + 4 } + 160
     }
 

@@ -18,11 +18,17 @@ public struct Call: Sendable {
     public var stream = false
     /// `stream_options.include_usage`: a last chunk with the usage.
     public var includeUsage = false
-    /// Completions with `echo`: the prompt goes before each choice's text.
+    /// Completions with `echo`: the prompt goes before each choice's text (and its tokens before
+    /// the completion's in `logprobs`).
     public var echo = false
+    /// Whether the answer carries logprobs: completions `logprobs` (any k), chat `logprobs: true`.
+    public var wantsLogprobs = false
 
-    /// Reads a request body. Unknown fields are ignored (as vLLM does); fields the engine cannot
-    /// honour (`n` > 1, `logprobs`, token-id prompts, non-text content, tools) are a 400.
+    /// Reads a request body. The compass request is built as a JSON object from the body's fields
+    /// and checked by `RequestRules`, the one validator of requests (its messages, with `param`
+    /// naming the OpenAI field); only what is OpenAI's own (`model`, `n`, `stream`, `echo`, the
+    /// shapes of `prompt` and of chat `logprobs`, tools) is checked here. Unknown fields are
+    /// ignored (as vLLM does).
     public static func parse(_ body: JSON, endpoint: Endpoint) throws(APIError) -> Call {
         guard body.isObject else { throw .badRequest("The request body must be a JSON object") }
         let reader = FieldReader(body: body)
@@ -34,55 +40,101 @@ public struct Call: Sendable {
         if let bestOf = try reader.int("best_of"), bestOf != 1 {
             throw .badRequest("best_of=\(bestOf) is not supported", code: "unsupported_parameter", param: "best_of")
         }
-        var template = InferenceRequest(customID: "", prompt: "")
-        template.prompt = nil
-        template.temperature = try reader.double("temperature")
-        template.topP = try reader.double("top_p")
-        template.seed = try reader.int("seed")
-        template.ignoreEOS = try reader.bool("ignore_eos")
-        template.stop = try reader.stop()
-        var maxTokens = try reader.int("max_completion_tokens")
-        if maxTokens == nil { maxTokens = try reader.int("max_tokens") }
-        if let maxTokens, maxTokens < 0 { throw .badRequest("max_tokens must not be negative", param: "max_tokens") }
-        let stream = try reader.bool("stream") ?? false
-        var includeUsage = false
-        if let options = body["stream_options"], !options.isNull {
+        var call = Call(endpoint: endpoint, model: model, requests: [])
+        call.stream = try reader.bool("stream") ?? false
+        if let options = reader.value("stream_options") {
             guard options.isObject else { throw .badRequest("stream_options must be an object", param: "stream_options") }
-            let optionReader = FieldReader(body: options, prefix: "stream_options.")
-            includeUsage = try optionReader.bool("include_usage") ?? false
+            call.includeUsage = try FieldReader(body: options, prefix: "stream_options.").bool("include_usage") ?? false
         }
 
-        var call = Call(endpoint: endpoint, model: model, requests: [], stream: stream, includeUsage: includeUsage)
+        // The compass request's fields, copied as they are: RequestRules judges their values.
+        var fields: [(String, JSON)] = [("custom_id", "request")]
+        var origin: [String: String] = [:]  // compass field -> the OpenAI field it came from, where they differ
+        let maxTokensField = reader.value("max_completion_tokens") != nil ? "max_completion_tokens" : "max_tokens"
+        origin["max_tokens"] = maxTokensField
+        if let maxTokens = reader.value(maxTokensField) {
+            fields.append(("max_tokens", maxTokens))
+        } else if endpoint == .completions {
+            fields.append(("max_tokens", 16))  // OpenAI's default for completions
+        }
+        for key in ["temperature", "top_p", "stop", "seed", "ignore_eos"] {
+            if let value = reader.value(key) { fields.append((key, value)) }
+        }
+
+        let inputs: [(String, JSON)]
         switch endpoint {
         case .completions:
-            if let logprobs = body["logprobs"], !logprobs.isNull {
-                throw .badRequest("logprobs are not supported by compass engines (generation only: use generate_until-style evaluations)",
-                                  code: "unsupported_parameter", param: "logprobs")
-            }
             call.echo = try reader.bool("echo") ?? false
-            // OpenAI's default for completions is 16 tokens.
-            template.maxTokens = maxTokens ?? 16
-            for prompt in try reader.prompts() {
-                var request = template
-                request.prompt = prompt
-                call.requests.append(request)
+            inputs = try reader.prompts()
+            origin["prompt_token_ids"] = "prompt"
+            if let k = reader.value("logprobs") {
+                call.wantsLogprobs = true
+                fields.append(("logprobs", k))
+                // echo: the prompt's tokens come first, with their own logprobs.
+                if call.echo { fields.append(("prompt_logprobs", k)) }
+                origin["prompt_logprobs"] = "logprobs"
             }
         case .chat:
-            if let logprobs = body["logprobs"], logprobs != .bool(false), !logprobs.isNull {
-                throw .badRequest("logprobs are not supported by compass engines", code: "unsupported_parameter", param: "logprobs")
-            }
-            if let tools = body["tools"]?.array, !tools.isEmpty {
+            if let tools = reader.value("tools")?.array, !tools.isEmpty {
                 throw .badRequest("tools are not supported by compass engines", code: "unsupported_parameter", param: "tools")
             }
-            template.maxTokens = maxTokens
-            template.messages = try reader.messages()
-            call.requests = [template]
+            guard let messages = reader.value("messages") else {
+                throw .badRequest("Missing required field 'messages'", code: "missing_field", param: "messages")
+            }
+            inputs = [("messages", messages)]
+            call.wantsLogprobs = try reader.bool("logprobs") ?? false
+            if let k = reader.value("top_logprobs") {
+                guard case .int(let top) = k, (0...RequestRules.maxLogprobs).contains(top) else {
+                    throw .badRequest("top_logprobs must be an integer from 0 to \(RequestRules.maxLogprobs)", param: "top_logprobs")
+                }
+                guard call.wantsLogprobs else {
+                    throw .badRequest("top_logprobs needs logprobs: true", param: "top_logprobs")
+                }
+            }
+            if call.wantsLogprobs { fields.append(("logprobs", reader.value("top_logprobs") ?? 0)) }
+        }
+
+        for (key, value) in inputs {
+            var object = fields + [(key, value)]
+            // A token-id prompt has no text to echo: the engine's prompt tokens give it.
+            if call.echo && key == "prompt_token_ids" && !object.contains(where: { $0.0 == "prompt_logprobs" }) {
+                object.append(("prompt_logprobs", 0))
+            }
+            switch RequestRules.validate(.object(object)) {
+            case .success(let request): call.requests.append(request)
+            case .failure(let problem):
+                let field = RequestRules.field(of: problem) ?? key
+                throw .badRequest(problem.message, param: origin[field] ?? field)
+            }
         }
         return call
     }
+
+    /// `result` as the answer to request `index`, or the failure it is when the engine left out
+    /// the logprobs the request asked for (an engine that cannot score ignores the fields).
+    func check(_ result: InferenceResult, _ index: Int) -> Result<InferenceResult, CompassFailure> {
+        let request = requests[index]
+        let missing: String? =
+            if request.promptLogprobs != nil && result.promptLogprobs == nil { "prompt logprobs (which echo needs)" }
+            else if request.logprobs != nil && result.logprobs == nil && result.completionTokens > 0 { "logprobs" }
+            else { nil }
+        guard let missing else { return .success(result) }
+        return .failure(CompassFailure(code: CompassFailure.unsupportedCode,
+                                       message: "The engine of pool '\(model)' returned no \(missing): it cannot score (engines that score return them: synthetic, and hf with scoring support)"))
+    }
 }
 
-/// Reads typed fields of a JSON object, with messages that name the field.
+extension RequestRules {
+    /// The request field a problem names: its message starts with it (`max_tokens must be …`,
+    /// `messages[0].role must be …`); the two input messages name no single field (nil).
+    /// Tested against every message of spec/requests.json.
+    static func field(of problem: Problem) -> String? {
+        let head = problem.message.prefix { $0 != " " && $0 != "[" && $0 != "." }
+        return head == "give" ? nil : String(head)
+    }
+}
+
+/// Reads the OpenAI-only fields of a JSON object, with messages that name the field.
 struct FieldReader {
     let body: JSON
     var prefix = ""
@@ -104,80 +156,24 @@ struct FieldReader {
         return i
     }
 
-    func double(_ key: String) throws(APIError) -> Double? {
-        guard let v = value(key) else { return nil }
-        guard let d = v.double else { throw .badRequest("'\(prefix)\(key)' must be a number", param: key) }
-        return d
-    }
-
     func bool(_ key: String) throws(APIError) -> Bool? {
         guard let v = value(key) else { return nil }
         guard let b = v.bool else { throw .badRequest("'\(prefix)\(key)' must be true or false", param: key) }
         return b
     }
 
-    /// `stop`: a string or a list of strings.
-    func stop() throws(APIError) -> [String]? {
-        guard let v = value("stop") else { return nil }
-        if let s = v.string { return [s] }
-        if let list = v.array {
-            var out: [String] = []
-            for item in list {
-                guard let s = item.string else { throw .badRequest("'stop' must be a string or a list of strings", param: "stop") }
-                out.append(s)
-            }
-            return out.isEmpty ? nil : out
-        }
-        throw .badRequest("'stop' must be a string or a list of strings", param: "stop")
-    }
-
-    /// A completion's `prompt`: a string or a non-empty list of strings (token ids are not supported).
-    func prompts() throws(APIError) -> [String] {
+    /// A completion's `prompt`, one compass input per choice: a string, a list of strings, a list
+    /// of token ids (one prompt), or a list of token-id lists. The items' values are RequestRules'.
+    func prompts() throws(APIError) -> [(String, JSON)] {
         guard let v = value("prompt") else { throw .badRequest("Missing required field 'prompt'", code: "missing_field", param: "prompt") }
-        if let s = v.string { return [s] }
-        guard let list = v.array, !list.isEmpty else {
-            throw .badRequest("'prompt' must be a string or a non-empty list of strings", param: "prompt")
+        if v.string != nil { return [("prompt", v)] }
+        let shape = "'prompt' must be a string, a list of strings, a list of token ids or a list of token-id lists"
+        guard let list = v.array, let first = list.first else { throw .badRequest(shape, param: "prompt") }
+        switch first {
+        case .int, .double: return [("prompt_token_ids", v)]
+        case .string where list.allSatisfy({ $0.string != nil }): return list.map { ("prompt", $0) }
+        case .array where list.allSatisfy({ $0.array != nil }): return list.map { ("prompt_token_ids", $0) }
+        default: throw .badRequest(shape, param: "prompt")
         }
-        var out: [String] = []
-        for item in list {
-            guard let s = item.string else {
-                throw .badRequest("'prompt' must be text: token-id prompts are not supported (the gateway has no tokenizer)",
-                                  code: "unsupported_parameter", param: "prompt")
-            }
-            out.append(s)
-        }
-        return out
-    }
-
-    /// A chat request's `messages`: `{role, content}` with string content or text parts.
-    func messages() throws(APIError) -> [ChatMessage] {
-        guard let v = value("messages") else { throw .badRequest("Missing required field 'messages'", code: "missing_field", param: "messages") }
-        guard let list = v.array, !list.isEmpty else { throw .badRequest("'messages' must be a non-empty list", param: "messages") }
-        var out: [ChatMessage] = []
-        for (i, item) in list.enumerated() {
-            guard item.isObject else { throw .badRequest("messages[\(i)] must be an object", param: "messages") }
-            guard let role = item["role"]?.string, !role.isEmpty else {
-                throw .badRequest("messages[\(i)].role must be a non-empty string", param: "messages")
-            }
-            let content: String
-            switch item["content"] {
-            case .none, .null?: content = ""
-            case .string(let s)?: content = s
-            case .array(let parts)?:
-                var text = ""
-                for part in parts {
-                    if let s = part.string { text += s; continue }
-                    guard part["type"]?.string == "text", let s = part["text"]?.string else {
-                        throw .badRequest("messages[\(i)].content: only text parts are supported", code: "unsupported_parameter", param: "messages")
-                    }
-                    text += s
-                }
-                content = text
-            default:
-                throw .badRequest("messages[\(i)].content must be a string or a list of text parts", param: "messages")
-            }
-            out.append(ChatMessage(role: role, content: content))
-        }
-        return out
     }
 }

@@ -1,3 +1,4 @@
+import CompassProtocol
 import Foundation
 import Synchronization
 

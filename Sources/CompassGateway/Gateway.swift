@@ -274,17 +274,20 @@ public final class Gateway: Sendable {
         let batcher = batcher
         let deadline = options.deadlineMilliseconds
         do {
+            let results: [InferenceResult]
             if call.requests.count == 1 {
-                return [try await batcher.submit(call.requests[0], pool: call.model, deadlineMilliseconds: deadline)]
-            }
-            return try await withThrowingTaskGroup(of: (Int, InferenceResult).self) { group in
-                for (i, request) in call.requests.enumerated() {
-                    group.addTask { (i, try await batcher.submit(request, pool: call.model, deadlineMilliseconds: deadline)) }
+                results = [try await batcher.submit(call.requests[0], pool: call.model, deadlineMilliseconds: deadline)]
+            } else {
+                results = try await withThrowingTaskGroup(of: (Int, InferenceResult).self) { group in
+                    for (i, request) in call.requests.enumerated() {
+                        group.addTask { (i, try await batcher.submit(request, pool: call.model, deadlineMilliseconds: deadline)) }
+                    }
+                    var results = [InferenceResult?](repeating: nil, count: call.requests.count)
+                    for try await (i, result) in group { results[i] = result }
+                    return results.map { $0! }
                 }
-                var results = [InferenceResult?](repeating: nil, count: call.requests.count)
-                for try await (i, result) in group { results[i] = result }
-                return results.map { $0! }
             }
+            return try results.enumerated().map { i, result in try call.check(result, i).get() }
         } catch let failure as CompassFailure {
             throw APIError.from(failure)
         }

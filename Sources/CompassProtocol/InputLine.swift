@@ -1,55 +1,34 @@
-import Foundation
-
 /// Reads one line of a prompt file. Two shapes are accepted:
-/// - compass: `{"custom_id": "q1", "prompt": "...", "max_tokens": 32}` (or `messages` instead of `prompt`);
+/// - compass: a payload request, `{"custom_id": "q1", "prompt": "...", "max_tokens": 32}` (every
+///   field of docs/protocol.md, Payloads: messages, token ids, logprobs, scoring continuations);
 /// - OpenAI Batch API: `{"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}`,
-///   where `body` holds `messages` or `prompt`, `max_tokens` (or `max_completion_tokens`), `temperature`, ...
+///   where `body` holds `messages` or `prompt` (text or token ids), `max_tokens` (or
+///   `max_completion_tokens`), `temperature`, ...
+/// Either way the request is checked by `RequestRules`, the one validator of requests.
 public enum InputLine {
-    /// Why a line could not be read, for a message that names the line.
-    public struct Problem: Error, Sendable, Equatable, CustomStringConvertible {
-        public var customID: String?
-        public var message: String
-        public var description: String { message }
-    }
+    public typealias Problem = RequestRules.Problem
 
     public static func parse(_ line: [UInt8]) -> Result<InferenceRequest, Problem> {
-        guard let object = (try? JSONSerialization.jsonObject(with: Data(line))) as? [String: Any] else {
+        guard let object = try? JSON.parse(line), object.isObject else {
             return .failure(Problem(customID: nil, message: "not a JSON object"))
         }
-        guard let customID = object["custom_id"] as? String, !customID.isEmpty else {
-            return .failure(Problem(customID: nil, message: "missing \"custom_id\" (a non-empty string)"))
+        guard let body = object["body"], !body.isNull else { return RequestRules.validate(object) }
+        let customID = object["custom_id"]?.string
+        guard case .object(var fields) = body else {
+            return .failure(Problem(customID: customID, message: "\"body\" must be an object"))
         }
-        var fields = object
-        if let body = object["body"] {
-            guard let bodyObject = body as? [String: Any] else {
-                return .failure(Problem(customID: customID, message: "\"body\" must be an object"))
-            }
-            if let url = object["url"] as? String, url != "/v1/chat/completions", url != "/v1/completions" {
-                return .failure(Problem(customID: customID, message: "url \(url) is not supported (use /v1/chat/completions or /v1/completions)"))
-            }
-            fields = bodyObject
-            if fields["max_tokens"] == nil, let n = bodyObject["max_completion_tokens"] { fields["max_tokens"] = n }
+        if let url = object["url"]?.string, url != "/v1/chat/completions", url != "/v1/completions" {
+            return .failure(Problem(customID: customID, message: "url \(url) is not supported (use /v1/chat/completions or /v1/completions)"))
         }
-        fields["custom_id"] = customID
-        // Keep only what a request understands; model names and the like stay with the pool.
-        let known = ["custom_id", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos"]
-        fields = fields.filter { known.contains($0.key) && !($0.value is NSNull) }
-        do {
-            let data = try JSONSerialization.data(withJSONObject: fields)
-            return .success(try JSONDecoder().decode(InferenceRequest.self, from: data))
-        } catch let error as DecodingError {
-            return .failure(Problem(customID: customID, message: describe(error)))
-        } catch {
-            return .failure(Problem(customID: customID, message: "\(error)"))
+        func has(_ key: String) -> Bool { fields.contains { $0.0 == key } }
+        fields.removeAll { $0.0 == "custom_id" }
+        fields.append(("custom_id", object["custom_id"] ?? .null))
+        if !has("max_tokens"), let n = body["max_completion_tokens"] { fields.append(("max_tokens", n)) }
+        // A completion's prompt given as token ids.
+        if case .array(let items)? = body["prompt"], items.allSatisfy({ if case .int = $0 { true } else { false } }) {
+            fields.removeAll { $0.0 == "prompt" }
+            fields.append(("prompt_token_ids", .array(items)))
         }
-    }
-
-    static func describe(_ error: DecodingError) -> String {
-        switch error {
-        case .keyNotFound(let key, _): return "missing \"\(key.stringValue)\""
-        case .typeMismatch(let type, let ctx): return "\"\(ctx.codingPath.map(\.stringValue).joined(separator: "."))\" must be \(type)"
-        case .valueNotFound(_, let ctx), .dataCorrupted(let ctx): return ctx.debugDescription
-        @unknown default: return "\(error)"
-        }
+        return RequestRules.validate(.object(fields))
     }
 }

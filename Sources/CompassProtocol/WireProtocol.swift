@@ -123,6 +123,9 @@ public enum RejectCode: String, Sendable, CaseIterable {
     case duplicate = "duplicate"
     case unknownBatch = "unknown_batch"
     case shuttingDown = "shutting_down"
+    /// A connection that has not said HELLO re-submitted a batch id of a named session: say HELLO
+    /// with your session, then re-SUBMIT (a reconnected socket may deliver queued SUBMITs first).
+    case sessionRequired = "session_required"
 }
 
 /// Why a batch or a request failed (the `code` of FAILED and of a per-request error).

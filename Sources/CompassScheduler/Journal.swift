@@ -75,7 +75,7 @@ extension Scheduler {
             record.attempt = s.attempt
             record.charged = s.charged
             record.kills = s.kills
-            record.totalDispatches = s.attempt
+            record.totalDispatches = s.charged  // attempts reported to the producer: hand-backs are not
             sessions[s.session, default: SessionRecord()].batches.insert(s.id)
             pools[s.pool]!.heldBytes += s.payload.byteCount
             if let outcome = s.outcome {

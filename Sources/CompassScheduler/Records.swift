@@ -80,6 +80,17 @@ struct WorkerRecord {
     let generation: UInt64
     var completed = 0
     var progress: [String: (done: UInt32, total: UInt32)] = [:]
+    /// Dispatches to this worker it has not answered yet, running or taken back (cancelled, lease
+    /// expired): each answer to one of them returns one credit, any other answer none.
+    var owed: Set<Dispatch> = []
+    /// The worker process beyond this connection (host and pid from READY; empty if unknown).
+    let process: String
+}
+
+/// One dispatch of a batch: the pair a worker's RESULT or FAILED names.
+struct Dispatch: Hashable {
+    let batchID: String
+    let attempt: UInt32
 }
 
 struct SessionRecord {

@@ -15,8 +15,15 @@ extension Scheduler {
     /// reconnecting socket first) move into the session.
     public mutating func hello(from route: PeerID, session: String, now: Timestamp) -> [Action] {
         collect { s in
-            if let old = s.routeSessions[route], old != session {
-                if old.hasPrefix("anon:") { s.adopt(anonymous: old, into: session) } else { s.sessions[old]?.route = nil }
+            if let old = s.routeSessions[route] {
+                if old != session {
+                    if old.hasPrefix("anon:") { s.adopt(anonymous: old, into: session) } else { s.sessions[old]?.route = nil }
+                }
+            } else if s.sessions["anon:\(route)"] != nil {
+                // This connection's batches from before the binding was lost (a broker restart that
+                // restored them from its journal, or a send that failed while libzmq reconnected
+                // the same socket): the same routing id is the same connection.
+                s.adopt(anonymous: "anon:\(route)", into: session)
             }
             if let previous = s.sessions[session]?.route, previous != route { s.routeSessions[previous] = nil }
             s.routeSessions[route] = session
@@ -40,20 +47,25 @@ extension Scheduler {
                 s.emit(.event(.rejected(code: code, message: "\(batchID): \(message)")))
             }
             if let existing = s.batches[batchID] {
-                if existing.session != session && session.hasPrefix("anon:") && !existing.session.hasPrefix("anon:") {
-                    // A connection that has not said HELLO re-submits a batch of a named session: a
-                    // producer whose socket reconnected (to a restarted broker, say) before it could
-                    // say HELLO. It speaks for that session.
-                    s.adopt(anonymous: session, into: existing.session)
-                    s.routeSessions[route] = existing.session
-                    s.sessions[existing.session, default: SessionRecord()].route = route
-                } else if existing.session.hasPrefix("anon:") && !session.hasPrefix("anon:") {
-                    // The batch came from a connection that had not said HELLO, or whose session
-                    // the broker forgot while it was silent and held nothing (a suspended
-                    // producer): re-submitting it by id under its session name claims it.
-                    s.adopt(anonymous: existing.session, into: session)
-                } else if existing.session != session {
-                    return reject(.duplicate, "batch id \(batchID) belongs to another session; batch ids must be unique")
+                if existing.session != session {
+                    // No connection acts for another session's batch: it cannot collect, ACK or
+                    // cancel it. Only the session that holds a batch re-SUBMITs it.
+                    let anonymous = session.hasPrefix("anon:"), ownerAnonymous = existing.session.hasPrefix("anon:")
+                    if anonymous && !ownerAnonymous {
+                        // A connection without a HELLO: a thief guessing ids, or an honest producer
+                        // whose reconnected socket flushed its queued SUBMITs before its HELLO. Neither
+                        // is bound to the session; the honest one says HELLO and re-submits.
+                        return reject(.sessionRequired, "batch id \(batchID) belongs to a session and this connection has not said HELLO: "
+                                      + "say HELLO with your session, then re-SUBMIT")
+                    }
+                    guard ownerAnonymous && !anonymous && existing.parent == nil && existing.pool == pool && existing.payload.hasSameBytes(as: payload) else {
+                        return reject(.duplicate, "batch id \(batchID) belongs to another session; batch ids must be unique")
+                    }
+                    // A batch submitted by a connection that had not said HELLO (or whose session the
+                    // broker forgot while it was silent and held nothing), re-submitted by a session
+                    // with the same pool and payload: the producer reconnected with a new socket.
+                    // The identical payload is the proof: a thief who guesses an id does not know it.
+                    s.rebind(batchID, to: session)
                 }
                 // A re-SUBMIT after a reconnect: confirm, and re-send the outcome if there is one.
                 s.emit(.toProducer(route, .accepted(batchID: batchID)))
@@ -70,7 +82,13 @@ extension Scheduler {
             // Read the fields, not a copy of the pool: a copy alive while the queue is pushed below
             // would share the queue's storage and make every push copy it whole.
             guard let slot = s.pools.index(forKey: pool) else {
-                return reject(.unknownPool, "no pool named '\(pool)': declare it on the broker (--pool) or start a worker for it")
+                // Not final: a worker of this pool may still be starting, or the broker restarted
+                // before its workers registered again. The hint says a re-SUBMIT may succeed.
+                let known = s.pools.keys.sorted()
+                let list = known.isEmpty ? "none" : known.prefix(10).joined(separator: ", ") + (known.count > 10 ? ", …" : "")
+                return reject(.unknownPool, "no worker has joined pool '\(pool)' and the broker does not declare it (known pools: \(list)); "
+                              + "a worker may still be starting: re-SUBMIT after the hint, or declare the pool on the broker (--pool)",
+                              retryAfter: s.unknownPoolRetryMilliseconds)
             }
             let held = s.pools.values[slot].heldBytes, queued = s.pools.values[slot].queuedBatches
             let bytes = payload.byteCount
@@ -101,6 +119,21 @@ extension Scheduler {
             s.emit(.toProducer(route, .accepted(batchID: batchID)))
             s.dispatch(pool, now)
         }
+    }
+
+    /// Moves one batch into another session.
+    mutating func rebind(_ id: String, to session: String) {
+        guard let old = batches[id]?.session, old != session else { return }
+        batches[id]!.session = session
+        sessions[old]?.batches.remove(id)
+        if let record = sessions[old], record.batches.isEmpty, record.route == nil || old.hasPrefix("anon:") {
+            // An anonymous session left empty is forgotten with its binding; the connection, if
+            // it is still there, gets a fresh one with its next message.
+            sessions[old] = nil
+            if let route = record.route, routeSessions[route] == old { routeSessions[route] = nil }
+        }
+        sessions[session, default: SessionRecord()].batches.insert(id)
+        journal(.rebound(batchID: id, session: session))
     }
 
     /// Moves every batch of an anonymous session into a named one.
@@ -167,6 +200,10 @@ extension Scheduler {
         if sessions[session]?.route == route { sessions[session]?.route = nil }
         if let s = sessions[session], s.batches.isEmpty { sessions[session] = nil }
     }
+
+    /// The retry hint of `unknown_pool` for a valid pool name: a worker registers within about a
+    /// heartbeat of starting, so re-asking faster than that gains nothing.
+    var unknownPoolRetryMilliseconds: UInt32 { UInt32(clamping: max(250, config.heartbeatMilliseconds)) }
 
     /// Refuse new batches from now on (shutdown); batches already accepted continue.
     public mutating func stopAccepting() { accepting = false }

@@ -3,12 +3,16 @@ import CompassProtocol
 extension Scheduler {
     /// READY: registers a worker for `pool` with `credit`. A READY from a known id is a restart:
     /// what the old incarnation held is requeued first.
-    public mutating func workerReady(_ id: PeerID, pool: String, credit: Int, now: Timestamp) -> [Action] {
+    ///
+    /// - Parameter process: who the worker is beyond this connection (its READY's host and pid):
+    ///   a worker that reconnects under another routing id is the same process, and its late
+    ///   answers to what it was sent before return its credit.
+    public mutating func workerReady(_ id: PeerID, pool: String, credit: Int, process: String = "", now: Timestamp) -> [Action] {
         collect { s in
             if s.workers[id] != nil { s.loseWorker(id, reason: "re-registered (restarted)", now) }
             if s.pools[pool] == nil { s.pools[pool] = PoolState() }
             let record = WorkerRecord(id: id, pool: pool, registeredAt: now, credit: min(max(credit, 0), s.config.maxCredit),
-                                      lastSeen: now, lastSent: now, generation: s.nextGeneration)
+                                      lastSeen: now, lastSent: now, generation: s.nextGeneration, process: process)
             s.nextGeneration += 1
             s.workers[id] = record
             s.pools[pool]!.workers.insert(id)
@@ -51,7 +55,20 @@ extension Scheduler {
         return batches.values[slot].isRunning(attempt: attempt, on: worker)
     }
 
-    /// A RESULT or FAILED returns the worker's credit, whatever becomes of the batch.
+    /// A RESULT or FAILED for a dispatch the worker owes returns its credit, whatever becomes of
+    /// the batch; one for a dispatch the same process owed under an earlier registration too (it
+    /// reconnected: its READY counted the batch as held). Any other (a duplicate, an unknown
+    /// batch, another worker's dispatch) returns none: a worker never holds more than it asked for.
+    mutating func settle(_ id: PeerID, _ dispatch: Dispatch) {
+        if workers[id]!.owed.remove(dispatch) != nil {
+            returnCredit(id)
+        } else if let owner = orphaned[dispatch], !owner.isEmpty, owner == workers[id]!.process {
+            orphaned[dispatch] = nil
+            returnCredit(id)
+        }
+    }
+
+    /// One credit back to a worker.
     mutating func returnCredit(_ id: PeerID) {
         let maxCredit = config.maxCredit
         withWorker(id) { w in
@@ -86,7 +103,7 @@ extension Scheduler {
                 return
             }
             guard s.touch(id, now) else { return }
-            s.returnCredit(id)
+            s.settle(id, Dispatch(batchID: batchID, attempt: attempt))
             let pool = s.workers[id]!.pool
             if s.isCurrent(batchID, attempt, on: id) {
                 s.finish(batchID, .result(stats: stats, payload: payload), now)
@@ -104,12 +121,17 @@ extension Scheduler {
                                       message: String, partial: Payload?, now: Timestamp) -> [Action] {
         collect { s in
             guard s.touch(id, now) else { return }
-            s.returnCredit(id)
+            s.settle(id, Dispatch(batchID: batchID, attempt: attempt))
             let pool = s.workers[id]!.pool
             if s.isCurrent(batchID, attempt, on: id) {
+                // A hand-back is free only from a worker that said BYE: it gets nothing new, so it
+                // can hand back each batch once. From a worker that is not draining it is a failure
+                // like any other, charged, or a worker that keeps handing back would have the
+                // broker re-dispatch to it forever, beyond max_attempts.
                 let handedBack = code == FailureCode.handedBack.rawValue
-                s.attemptFailed(batchID, code: code, message: message, retryable: retryable || handedBack,
-                                partial: partial, chargeAttempt: !handedBack, now)
+                let free = handedBack && s.workers[id]!.drainingSince != nil
+                s.attemptFailed(batchID, code: code, message: handedBack && !free ? "\(message) (handed back by a worker that is not draining: charged as an attempt)" : message,
+                                retryable: retryable || handedBack, partial: partial, chargeAttempt: !free, now)
             } else {
                 s.pools[pool]!.counters.staleDropped += 1
                 s.emit(.event(.staleDropped(batchID: batchID, worker: id, attempt: attempt)))
@@ -153,6 +175,9 @@ extension Scheduler {
     mutating func removeWorker(_ id: PeerID) {
         guard let w = workers.removeValue(forKey: id) else { return }
         pools[w.pool]?.workers.remove(id)
+        guard !w.process.isEmpty else { return }
+        for dispatch in w.owed where orphaned.updateValue(w.process, forKey: dispatch) == nil { orphanedOrder.append(dispatch) }
+        while orphanedOrder.count > config.maxOrphanedDispatches, let oldest = orphanedOrder.popFirst() { orphaned[oldest] = nil }
     }
 
     /// Declares a worker dead: every batch it held goes back to the front of its queue (or fails

@@ -30,6 +30,12 @@ public struct Scheduler<Payload: BatchPayload> {
     /// After a restart: the latest attempt of each unfinished batch made by the previous broker.
     /// A late RESULT for one of those attempts is accepted once.
     var recoveredAttempts: [String: UInt32] = [:]
+    /// Dispatches owed by workers that were removed (lost, drained, re-registered), with the
+    /// process that owed each, bounded by `SchedulerConfig.maxOrphanedDispatches` (oldest go
+    /// first): that process, reconnected under any id, gets its credit back when it answers one,
+    /// as its READY expects.
+    var orphaned: [Dispatch: String] = [:]
+    var orphanedOrder: Deque<Dispatch> = []
     var out: [SchedulerAction<Payload>] = []
     public internal(set) var accepting = true
 
@@ -150,6 +156,7 @@ public struct Scheduler<Payload: BatchPayload> {
             p.counters.dispatched += 1
         }
         workers[worker]!.running.insert(id)
+        workers[worker]!.owed.insert(Dispatch(batchID: id, attempt: b.attempt))
         if b.parent != nil { batches[root(of: id)]!.totalDispatches += 1 }
         journalAttempt(id)
         var meta = b.meta
@@ -184,7 +191,11 @@ public struct Scheduler<Payload: BatchPayload> {
     mutating func attemptFailed(_ id: String, code: String, message: String, retryable: Bool, partial: Payload?,
                                 chargeAttempt: Bool, _ now: Timestamp) {
         guard let b = batches[id], case .running(let worker, _, _) = b.state else { return }
-        if !chargeAttempt { batches[id]!.charged -= 1 }
+        if !chargeAttempt {
+            // Not an attempt at all: neither counted against max_attempts nor reported as one.
+            batches[id]!.charged -= 1
+            batches[root(of: id)]!.totalDispatches -= 1
+        }
         let killed = retryable && config.killCodes.contains(code)
         if killed { batches[id]!.kills += 1 }
         let kills = batches[id]!.kills

@@ -25,8 +25,10 @@ public struct SchedulerConfig: Sendable {
     public var idleSessionMilliseconds: UInt64 = 60_000
     /// How long a result waits for its producer's ACK before it is dropped.
     public var resultRetentionMilliseconds: UInt64 = 3_600_000
-    /// Largest credit a worker may hold.
+    /// Largest credit a worker may hold (a READY or CREDIT beyond it is capped).
     public var maxCredit: Int = 1024
+    /// Dispatches of removed workers remembered so that their late answers return credit.
+    public var maxOrphanedDispatches: Int = 65_536
     /// Acknowledged batch ids remembered, so a late duplicate SUBMIT is refused instead of re-run.
     public var rememberedAcks: Int = 65_536
     /// Failure codes that mean "this batch may have killed its engine or worker".

@@ -41,17 +41,25 @@ public struct PeerID: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// What the scheduler needs of a payload it holds. It reads the bytes on one rare path only:
-/// splitting a batch that keeps killing engines (poison isolation).
+/// What the scheduler needs of a payload it holds. It reads the bytes on two rare paths only:
+/// splitting a batch that keeps killing engines (poison isolation), and comparing a re-SUBMIT
+/// that claims a batch of a connection that never said HELLO with the batch it claims.
 public protocol BatchPayload {
     var byteCount: Int { get }
     /// A copy of the bytes.
     var payloadBytes: [UInt8] { get }
     init(payloadBytes: [UInt8])
+    /// Whether `other` holds the same bytes.
+    func hasSameBytes(as other: Self) -> Bool
+}
+
+extension BatchPayload {
+    public func hasSameBytes(as other: Self) -> Bool { byteCount == other.byteCount && payloadBytes == other.payloadBytes }
 }
 
 extension Array: BatchPayload where Element == UInt8 {
     public var byteCount: Int { count }
     public var payloadBytes: [UInt8] { self }
     public init(payloadBytes: [UInt8]) { self = payloadBytes }
+    public func hasSameBytes(as other: [UInt8]) -> Bool { self == other }
 }

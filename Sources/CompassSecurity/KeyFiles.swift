@@ -64,14 +64,24 @@ public enum KeyFiles {
         return try CurveKeyPair(secretKey: secret)
     }
 
-    /// A public key given as a 40-character Z85 string, or as a certificate file holding one.
+    /// A public key given as a certificate file holding one, or as a 40-character Z85 string.
+    ///
+    /// A path that names a file is read as one, before anything else: a path can itself be 40 Z85
+    /// characters (letters, digits, `/`, `.` and `-` all are), and taking such a path for a key
+    /// made an allowlist hold the path instead of the key in the file.
     public static func loadPublic(_ keyOrPath: String) throws -> String {
+        if FileManager.default.fileExists(atPath: keyOrPath) { return try loadPublicFile(keyOrPath) }
         if CurveKey.decode(keyOrPath) != nil { return keyOrPath }
-        guard let text = try? String(contentsOfFile: keyOrPath, encoding: .utf8) else {
-            throw SecurityError("'\(keyOrPath)' is neither a 40-character Z85 key nor a readable key file")
+        throw SecurityError("'\(keyOrPath)' is neither a readable key file nor a 40-character Z85 key")
+    }
+
+    /// The public key of a certificate file (`NAME.pub`, or `NAME.key`, which holds it too).
+    public static func loadPublicFile(_ path: String) throws -> String {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw SecurityError("cannot read the key file \(path)")
         }
         guard let key = value("public-key", in: text), CurveKey.decode(key) != nil else {
-            throw SecurityError("\(keyOrPath) holds no public key (expected a 'public-key = \"…\"' line)")
+            throw SecurityError("\(path) holds no public key (expected a 'public-key = \"…\"' line of 40 Z85 characters)")
         }
         return key
     }

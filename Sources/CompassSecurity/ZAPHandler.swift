@@ -71,7 +71,9 @@ public final class ZAPHandler {
             return
         }
         decision.admitted = allowlist.admits(decision.publicKey)
-        decision.reason = decision.admitted ? "in the \(role) allowlist" : "key not in the \(role) allowlist \(allowlist.path)"
+        decision.reason = decision.admitted
+            ? "in the \(role) allowlist (\(allowlist.sources[decision.publicKey] ?? "?"))"
+            : "key \(decision.publicKey) is not among the \(role) allowlist's keys: \(allowlist.summary)"
     }
 
     /// Reads the allowlists again (SIGHUP, or a file changed). Returns a line per list for the log;
@@ -83,7 +85,7 @@ public final class ZAPHandler {
             guard var current = list, !onlyIfChanged || current.changed else { return }
             do {
                 try current.reload()
-                notes.append("\(role) allowlist \(current.path): \(current.keys.count) keys")
+                notes.append("\(role) allowlist \(current.summary)")
             } catch {
                 notes.append("\(role) allowlist not reloaded, keeping \(current.keys.count) keys: \(error)")
             }

@@ -26,6 +26,29 @@ struct SyntheticEngineTests {
         #expect(r.finishReason == "stop")
     }
 
+    @Test func scoringFollowsTheModelsCompletion() {
+        // The completion of "a bb ccc" is "ccc bb a": " ccc bb" is greedy, "bb" is not.
+        let r = SyntheticModel.complete(InferenceRequest(customID: "s", prompt: "a bb ccc ",
+                                                         continuations: [.text(" ccc bb"), .text("bb"), .tokens([7, 8])]))
+        #expect(r.finishReason == "score" && r.text == "" && r.completionTokens == 0 && r.promptTokens == 3)
+        #expect(r.scores == [ContinuationScore(logprob: -0.25, tokens: 2, greedy: true),
+                             ContinuationScore(logprob: -2, tokens: 1, greedy: false),
+                             ContinuationScore(logprob: -4, tokens: 2, greedy: false)])
+    }
+
+    @Test func promptAndCompletionLogprobs() throws {
+        let r = SyntheticModel.complete(InferenceRequest(customID: "l", maxTokens: 1, promptTokenIDs: [5, 60], logprobs: 2, promptLogprobs: 0))
+        #expect(r.text == "t60")
+        let prompt = try #require(r.promptLogprobs)
+        #expect(prompt.tokenIDs == [5, 60] && prompt.tokens == ["t5", "t60"])
+        #expect(prompt.tokenLogprobs == [nil, -3])
+        #expect(prompt.topLogprobs == [nil, []])
+        let generated = try #require(r.logprobs)
+        #expect(generated.tokenIDs == [60] && generated.tokenLogprobs == [-0.125])
+        #expect(generated.topLogprobs.first??.map(\.token) == ["t60", "<alt1>"])
+        #expect(generated.topLogprobs.first??.map(\.logprob) == [-0.125, -1.125])
+    }
+
     @Test func latencyModelAddsItsParts() {
         let results = [InferenceResult(customID: "a", text: "", promptTokens: 10, completionTokens: 4, finishReason: nil),
                        InferenceResult(customID: "b", text: "", promptTokens: 6, completionTokens: 9, finishReason: nil)]

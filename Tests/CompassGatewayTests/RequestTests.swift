@@ -33,17 +33,44 @@ struct RequestTests {
         #expect(try parse(#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#, .chat).requests[0].maxTokens == nil)
     }
 
+    @Test func tokenIDPromptsEchoAndLogprobs() throws {
+        let one = try parse(#"{"model":"m","prompt":[1,2,3],"max_tokens":0,"echo":true,"logprobs":1}"#, .completions)
+        #expect(one.requests.count == 1 && one.echo && one.wantsLogprobs)
+        #expect(one.requests[0].promptTokenIDs == [1, 2, 3] && one.requests[0].prompt == nil)
+        #expect(one.requests[0].maxTokens == 0 && one.requests[0].logprobs == 1 && one.requests[0].promptLogprobs == 1)
+        let two = try parse(#"{"model":"m","prompt":[[5],[6,7]],"logprobs":0}"#, .completions)
+        #expect(two.requests.map(\.promptTokenIDs) == [[5], [6, 7]])
+        #expect(two.requests.allSatisfy { $0.logprobs == 0 && $0.promptLogprobs == nil && $0.maxTokens == 16 })
+        // echo of a token-id prompt without logprobs still asks for the prompt's tokens: they are its text.
+        let echo = try parse(#"{"model":"m","prompt":[9],"echo":true}"#, .completions)
+        #expect(echo.requests[0].promptLogprobs == 0 && echo.requests[0].logprobs == nil && !echo.wantsLogprobs)
+        #expect(try parse(#"{"model":"m","prompt":"x","echo":true}"#, .completions).requests[0].promptLogprobs == nil)
+    }
+
+    @Test func chatLogprobs() throws {
+        let chat = #""model":"m","messages":[{"role":"user","content":"x"}]"#
+        let top = try parse("{\(chat),\"logprobs\":true,\"top_logprobs\":2}", .chat)
+        #expect(top.wantsLogprobs && top.requests[0].logprobs == 2)
+        #expect(try parse("{\(chat),\"logprobs\":true}", .chat).requests[0].logprobs == 0)
+        let off = try parse("{\(chat),\"logprobs\":false}", .chat)
+        #expect(!off.wantsLogprobs && off.requests[0].logprobs == nil)
+        #expect(problem("{\(chat),\"top_logprobs\":2}", .chat)?.param == "top_logprobs")
+        #expect(problem("{\(chat),\"logprobs\":true,\"top_logprobs\":21}", .chat)?.param == "top_logprobs")
+        #expect(problem("{\(chat),\"logprobs\":1}", .chat)?.param == "logprobs")
+    }
+
     @Test func unsupportedAndMalformedFieldsAre400WithTheParameter() {
         let cases: [(String, Endpoint, String)] = [
             (#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#, .chat, "n"),
-            (#"{"model":"m","prompt":[1,2]}"#, .completions, "prompt"),
-            (#"{"model":"m","prompt":"x","logprobs":1}"#, .completions, "logprobs"),
+            (#"{"model":"m","prompt":[1,"a"]}"#, .completions, "prompt"),
+            (#"{"model":"m","prompt":[]}"#, .completions, "prompt"),
+            (#"{"model":"m","prompt":[[1],"a"]}"#, .completions, "prompt"),
             (#"{"prompt":"x"}"#, .completions, "model"),
             (#"{"model":"m"}"#, .completions, "prompt"),
+            (#"{"model":"m"}"#, .chat, "messages"),
             (#"{"model":"m","messages":[{"content":"x"}]}"#, .chat, "messages"),
-            (#"{"model":"m","prompt":"x","stop":[1]}"#, .completions, "stop"),
-            (#"{"model":"m","prompt":"x","temperature":"hot"}"#, .completions, "temperature"),
-            (#"{"model":"m","prompt":"x","max_tokens":-1}"#, .completions, "max_tokens"),
+            (#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#, .chat, "tools"),
+            (#"{"model":"m","prompt":"x","echo":"yes"}"#, .completions, "echo"),
         ]
         for (body, endpoint, param) in cases {
             let error = problem(body, endpoint)
@@ -51,6 +78,65 @@ struct RequestTests {
             #expect(error?.param == param, "\(body)")
         }
         #expect(problem("[1]", .chat)?.status == .badRequest)
+    }
+
+    /// The values are RequestRules': the table's message, `param` the OpenAI field it came from.
+    @Test func valuesAreJudgedByRequestRules() {
+        let cases: [(String, Endpoint, String, String)] = [
+            (#""temperature":-5"#, .completions, "temperature", "temperature must be a number from 0 to 100"),
+            (#""temperature":"hot""#, .chat, "temperature", "temperature must be a number from 0 to 100"),
+            (#""top_p":7"#, .completions, "top_p", "top_p must be a number above 0 and at most 1"),
+            (#""max_tokens":9223372036854775807"#, .completions, "max_tokens", "max_tokens must be an integer from 0 to 1048576"),
+            (#""max_tokens":-1"#, .chat, "max_tokens", "max_tokens must be an integer from 0 to 1048576"),
+            (#""max_completion_tokens":1.5"#, .chat, "max_completion_tokens", "max_tokens must be an integer from 0 to 1048576"),
+            (#""stop":[1]"#, .completions, "stop", "stop must be a string or a list of strings"),
+            (#""seed":1.5"#, .completions, "seed", "seed must be an integer"),
+            (#""ignore_eos":"yes""#, .completions, "ignore_eos", "ignore_eos must be true or false"),
+            (#""logprobs":21"#, .completions, "logprobs", "logprobs must be an integer from 0 to 20"),
+            (#""logprobs":true"#, .completions, "logprobs", "logprobs must be an integer from 0 to 20"),
+        ]
+        for (field, endpoint, param, message) in cases {
+            let input = endpoint == .chat ? #""messages":[{"role":"user","content":"x"}]"# : #""prompt":"x""#
+            let error = problem("{\"model\":\"m\",\(input),\(field)}", endpoint)
+            #expect(error?.status == .badRequest, "\(field)")
+            #expect(error?.param == param, "\(field)")
+            #expect(error?.message == message, "\(field)")
+        }
+        let ids = problem(#"{"model":"m","prompt":[[1],[2,-3]]}"#, .completions)
+        #expect(ids?.param == "prompt" && ids?.message == "prompt_token_ids must be a non-empty list of non-negative integers")
+        let part = problem(#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#, .chat)
+        #expect(part?.param == "messages" && part?.message == "messages[0].content must be a string or a list of text parts")
+    }
+
+    /// Every message of the shared table names its field first, which is how the gateway finds `param`.
+    @Test func everyRuleMessageNamesItsField() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../spec/requests.json")
+        let table = try JSON.parse(Array(try Data(contentsOf: url)))
+        let cases = try #require(table["invalid"]?.array)
+        #expect(cases.count > 20)
+        let fields: Set = ["custom_id", "prompt", "prompt_token_ids", "messages", "max_tokens", "temperature", "top_p", "stop", "seed",
+                           "ignore_eos", "logprobs", "prompt_logprobs", "continuations"]
+        // The gateway always builds an object with a custom_id: only the other messages reach it.
+        for c in cases where c["request"]?["custom_id"]?.string?.isEmpty == false {
+            let message = try #require(c["error"]?.string)
+            if let field = RequestRules.field(of: RequestRules.Problem(customID: "a", message: message)) {
+                #expect(fields.contains(field) && c["request"]?[field] != nil, "\(message): names \(field)")
+            } else {
+                #expect(message.hasPrefix("give "), "\(message)")
+            }
+        }
+    }
+
+    @Test func anEngineThatLeavesOutLogprobsCannotScore() throws {
+        let call = try parse(#"{"model":"m","prompt":["a b","c"],"max_tokens":1,"echo":true,"logprobs":1}"#, .completions)
+        let plain = InferenceResult(customID: "g1", text: "b", promptTokens: 2, completionTokens: 1, finishReason: "length")
+        guard case .failure(let failure) = call.check(plain, 0) else { Issue.record("no logprobs passed"); return }
+        #expect(failure.code == "unsupported" && failure.message.contains("pool 'm'"))
+        #expect(APIError.from(failure).status == .badRequest)
+        var scored = plain
+        scored.promptLogprobs = TokenLogprobs(tokenIDs: [1, 2], tokens: ["a", "b"], tokenLogprobs: [nil, -1], topLogprobs: [nil, []])
+        scored.logprobs = TokenLogprobs(tokenIDs: [2], tokens: ["b"], tokenLogprobs: [-0.125], topLogprobs: [[]])
+        #expect(try call.check(scored, 0).get() == scored)
     }
 
     @Test func compassCodesMapToHTTPStatuses() {
@@ -62,6 +148,7 @@ struct RequestTests {
         #expect(status("timeout") == 504)
         #expect(status(CompassFailure.deadlineCode) == 504)
         #expect(status(CompassFailure.noWorkersCode) == 503)
+        #expect(status("unsupported") == 400)
         #expect(status("engine_dead") == 500)
     }
 

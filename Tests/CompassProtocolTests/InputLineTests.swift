@@ -27,7 +27,7 @@ struct InputLineTests {
     @Test(arguments: [
         ("not json", nil as String?, "not a JSON object"),
         (#"{"prompt":"x"}"#, nil, "custom_id"),
-        (#"{"custom_id":"a"}"#, "a", "neither prompt nor messages"),
+        (#"{"custom_id":"a"}"#, "a", "give one of prompt, prompt_token_ids or messages"),
         (#"{"custom_id":"a","prompt":3}"#, "a", "prompt"),
         (#"{"custom_id":"a","url":"/v1/embeddings","body":{"input":"x"}}"#, "a", "not supported"),
     ])

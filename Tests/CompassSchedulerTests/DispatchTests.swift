@@ -4,16 +4,24 @@ import Testing
 
 @Suite("Dispatch by credit")
 struct DispatchTests {
-    @Test func unknownPoolIsRejected() {
+    @Test("A pool no worker has joined is unknown_pool with a retry hint and the known pools; a worker joining makes it accept")
+    func unknownPoolIsRejectedWithAHint() {
         var h = Harness()
         let out = h.submit("b1", pool: "nope")
         #expect(out.rejections.map(\.code) == [.unknownPool])
+        #expect(out.rejections.first!.retryAfter > 0)
+        let message = out.compactMap { if case .toProducer(_, .rejected(_, _, let m, _)) = $0 { return m }; return nil }.first ?? ""
+        #expect(message.contains("'nope'") && message.contains("known pools: p"))
         #expect(h.scheduler.batchCount == 0)
+        h.ready("w", pool: "nope")
+        #expect(h.submit("b1", pool: "nope").accepted == ["b1"])
     }
 
-    @Test func invalidPoolNameIsRejected() {
+    @Test func invalidPoolNameIsRejectedForGood() {
         var h = Harness()
-        #expect(h.submit("b1", pool: "has space").rejections.map(\.code) == [.unknownPool])
+        let out = h.submit("b1", pool: "has space")
+        #expect(out.rejections.map(\.code) == [.unknownPool])
+        #expect(out.rejections.first!.retryAfter == 0)
     }
 
     @Test func batchWaitsForAWorkerThenDispatchesAtOnce() {
@@ -85,5 +93,42 @@ struct DispatchTests {
         h.ready("w")
         h.result("w", "b")
         #expect(h.scheduler.snapshot(now: h.now).pools[0].counters.completedRequests == 16)
+    }
+
+    @Test("Only an answer to a dispatch the worker owes returns credit: not an unknown batch, a duplicate, or another worker's batch")
+    func creditIsNotInflatedByBogusAnswers() {
+        var h = Harness()
+        h.ready("w1", credit: 1)
+        h.ready("w2", credit: 1)
+        for i in 0..<5 { h.submit("b\(i)") }
+        #expect(h.log.dispatches.map { "\($0.worker):\($0.id)" } == ["w1:b0", "w2:b1"])
+        h.result("w1", "nope")      // no such batch
+        h.result("w1", "b1")        // w2's batch
+        h.result("w1", "b0", attempt: 7)  // an attempt never made
+        #expect(h.log.dispatches.count == 2)
+        h.result("w1", "b0")        // its own: one credit, one more batch
+        #expect(h.log.dispatches.count == 3)
+        h.result("w1", "b0")        // the same answer again: nothing
+        #expect(h.log.dispatches.count == 3)
+        #expect(h.scheduler.snapshot(now: h.now).workers.map(\.credit) == [0, 0])
+    }
+
+    @Test("A worker that reconnects under a new id and answers what it ran before gets that credit back; another process does not")
+    func aReconnectedWorkersLateAnswerReturnsItsCredit() {
+        var h = Harness()
+        h.ready("w-1", credit: 1, process: "gpu7:42")
+        h.submit("a"); h.submit("b")
+        // The broker loses w-1 (silent); it reconnects as w-2 and, still running "a", offers credit 0.
+        h.record(h.scheduler.workerUnreachable(PeerID("w-1"), now: h.now))
+        h.ready("w-2", credit: 0, process: "gpu7:42")
+        // Another worker naming the dispatch it did not own gains nothing.
+        h.ready("other", credit: 0, process: "gpu8:7")
+        h.result("other", "a", attempt: 1)
+        #expect(h.log.dispatches.count == 1)
+        #expect(h.log.dispatches.map { "\($0.worker):\($0.id)" } == ["w-1:a"])
+        h.result("w-2", "a", attempt: 1)  // stale (attempt 1 was given up on), but owed
+        #expect(h.log.dispatches.map { "\($0.worker):\($0.id):\($0.attempt)" } == ["w-1:a:1", "w-2:a:2"])
+        h.result("w-2", "a", attempt: 1)  // once only
+        #expect(h.log.dispatches.count == 2)
     }
 }

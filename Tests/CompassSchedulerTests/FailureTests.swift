@@ -94,6 +94,30 @@ struct FailureTests {
         #expect(h.log.dispatches.map(\.worker).last == "w2")
         h.result("w2", "b", attempt: 2)
         #expect(h.log.results.map(\.id) == ["b"])
+        // The hand-back was no attempt: the producer hears of one.
+        #expect(h.log.compactMap { if case .toProducer(_, .result(_, let attempts, _, _)) = $0 { return attempts }; return nil } == [UInt32(1)])
+    }
+
+    @Test("handed_back from a worker that is not draining is charged: no endless re-dispatch, attempts within max_attempts")
+    func handedBackWithoutByeIsCharged() {
+        var h = Harness()
+        h.submit("b", maxAttempts: 3)
+        h.ready("w1")
+        // A worker that never said BYE keeps handing the batch back. Each answer returns its credit,
+        // so it gets the batch again at once: without a charge this would never end.
+        var rounds = 0
+        while let last = h.log.dispatches.last, h.log.failures.isEmpty, rounds < 100 {
+            h.failed("w1", "b", attempt: last.attempt, code: .handedBack, retryable: true)
+            rounds += 1
+        }
+        #expect(rounds == 3)
+        #expect(h.log.dispatches.count == 3)
+        #expect(h.log.failures.map(\.code) == ["handed_back"])
+        let attempts = h.log.compactMap { if case .toProducer(_, .failed(_, let attempts, _, _, _)) = $0 { return attempts }; return nil }
+        #expect(attempts == [UInt32(3)])
+        // The worker itself is still registered and served (a failure, not a drain).
+        h.submit("c")
+        #expect(h.log.dispatches.last?.id == "c")
     }
 
     @Test func heartbeatsGoToEveryWorkerEachInterval() {

@@ -38,8 +38,8 @@ struct Harness {
     }
 
     @discardableResult
-    mutating func ready(_ worker: String, pool: String = "p", credit: Int = 1) -> [SchedulerAction<[UInt8]>] {
-        record(scheduler.workerReady(PeerID(worker), pool: pool, credit: credit, now: now))
+    mutating func ready(_ worker: String, pool: String = "p", credit: Int = 1, process: String? = nil) -> [SchedulerAction<[UInt8]>] {
+        record(scheduler.workerReady(PeerID(worker), pool: pool, credit: credit, process: process ?? worker, now: now))
     }
 
     @discardableResult

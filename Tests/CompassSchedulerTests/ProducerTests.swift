@@ -196,17 +196,77 @@ struct SessionBindingTests {
         #expect(replay.results.map(\.id) == ["b1"])
     }
 
-    @Test("A connection that has not said HELLO re-submitting a named session's batch speaks for that session")
-    func resubmitBeforeHelloAdoptsTheSession() {
+    @Test("A connection that has not said HELLO re-submitting a named session's batch is refused; after HELLO it is the session's")
+    func resubmitBeforeHelloIsRefusedUntilHello() {
         var h = Harness()
         h.record(h.scheduler.hello(from: PeerID("old"), session: "sess", now: h.now))
         h.submit("b1", from: "old")
         h.scheduler.producerUnreachable(PeerID("old"))
-        let again = h.submit("b1", from: "new")
-        #expect(again.accepted == ["b1"])
-        #expect(again.rejections.isEmpty)
+        // The reconnected socket flushed its queued SUBMIT before its HELLO.
+        let early = h.submit("b1", from: "new")
+        #expect(early.rejections.map(\.code) == [.sessionRequired])
+        #expect(early.accepted.isEmpty)
         h.ready("w")
-        #expect(h.result("w", "b1").results.map { "\($0.route):\($0.id)" } == ["new:b1"])
+        #expect(h.result("w", "b1").results.isEmpty)  // nobody of the session is connected
+        let hello = h.record(h.scheduler.hello(from: PeerID("new"), session: "sess", now: h.now))
+        #expect(hello.results.map { "\($0.route):\($0.id)" } == ["new:b1"])
+        let again = h.submit("b1", from: "new")
+        #expect(again.accepted == ["b1"] && again.rejections.isEmpty)
+        h.record(h.scheduler.ack(from: PeerID("new"), batchID: "b1", now: h.now))
+        #expect(h.scheduler.batchCount == 0)
+    }
+
+    @Test("A connection without HELLO cannot collect, ACK or cancel a batch of a connected session")
+    func noTheftOfANamedSessionsBatch() {
+        var h = Harness()
+        h.record(h.scheduler.hello(from: PeerID("owner"), session: "sess", now: h.now))
+        h.submit("running", from: "owner")
+        h.submit("done", from: "owner")
+        h.ready("w", credit: 1)
+        // The thief re-submits both ids, ACKs and cancels them.
+        let steal = h.submit("running", from: "thief") + h.submit("done", from: "thief")
+        #expect(steal.rejections.map(\.code) == [.sessionRequired, .sessionRequired])
+        h.record(h.scheduler.ack(from: PeerID("thief"), batchID: "running", now: h.now))
+        let cancel = h.record(h.scheduler.cancel(from: PeerID("thief"), batchID: "done", now: h.now))
+        #expect(cancel.rejections.map(\.code) == [.unknownBatch])
+        #expect(cancel.failures.isEmpty)
+        // Results go to the owner only; the thief's ACK changed nothing.
+        var out = h.result("w", "running")
+        out += h.result("w", "done", attempt: 1)
+        #expect(out.results.map { "\($0.route):\($0.id)" } == ["owner:running", "owner:done"])
+        h.record(h.scheduler.ack(from: PeerID("thief"), batchID: "done", now: h.now))
+        #expect(h.scheduler.batchCount == 2)
+        // Another named session gets `duplicate` and nothing else.
+        h.record(h.scheduler.hello(from: PeerID("other"), session: "other", now: h.now))
+        let named = h.submit("done", from: "other")
+        #expect(named.rejections.map(\.code) == [.duplicate] && named.results.isEmpty)
+        // The owner still has both, once each, on its HELLO.
+        let replay = h.record(h.scheduler.hello(from: PeerID("owner2"), session: "sess", now: h.now))
+        #expect(replay.results.map(\.id) == ["done", "running"])
+    }
+
+    @Test("A session claims a batch of a connection that never said HELLO only with the same payload")
+    func claimingAnAnonymousBatchNeedsItsPayload() {
+        var h = Harness()
+        h.submit("b", from: "anon1", bytes: 10)
+        h.record(h.scheduler.hello(from: PeerID("guess"), session: "guesser", now: h.now))
+        #expect(h.submit("b", from: "guess", bytes: 11).rejections.map(\.code) == [.duplicate])
+        // The owner reconnected with a new socket, said HELLO, and re-sends what it awaits.
+        h.record(h.scheduler.hello(from: PeerID("anon1-again"), session: "owner", now: h.now))
+        #expect(h.submit("b", from: "anon1-again", bytes: 10).accepted == ["b"])
+        h.ready("w")
+        #expect(h.result("w", "b").results.map { "\($0.route):\($0.id)" } == ["anon1-again:b"])
+    }
+
+    @Test("A HELLO on the connection that submitted before its binding was lost takes its batches")
+    func helloOnTheSameConnectionAdoptsItsAnonymousBatches() {
+        var h = Harness()
+        h.submit("b", from: "conn")
+        h.scheduler.producerUnreachable(PeerID("conn"))  // a send failed while libzmq reconnected it
+        h.record(h.scheduler.hello(from: PeerID("conn"), session: "s", now: h.now))
+        h.ready("w")
+        #expect(h.result("w", "b").results.map { "\($0.route):\($0.id)" } == ["conn:b"])
+        #expect(h.scheduler.snapshot(now: h.now).sessions.map(\.session) == ["s"])
     }
 
     @Test("Another named session's batch id is still refused")

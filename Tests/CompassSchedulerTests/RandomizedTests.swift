@@ -27,6 +27,18 @@ struct RandomizedTests {
         var paused: Set<String> = []
         // What each worker currently holds: (batch, attempt).
         var holding: [String: [(String, UInt32)]] = [:]
+        // The credit each worker declared: it may never hold more than that.
+        var declared: [String: Int] = [:]
+        // Three producers with sessions; a thief that never says HELLO and a rival session try to
+        // collect, acknowledge or cancel their batches by id.
+        for i in 0..<3 { h.record(h.scheduler.hello(from: PeerID("prod\(i)"), session: "sess\(i)", now: h.now)) }
+        h.record(h.scheduler.hello(from: PeerID("rival"), session: "rival-session", now: h.now))
+        func checkCredit() {
+            for (w, limit) in declared {
+                guard let record = h.scheduler.workers[PeerID(w)] else { continue }
+                #expect(record.credit + record.owed.count <= limit, "seed \(seed): \(w) holds \(record.owed.count) with credit \(record.credit), declared \(limit)")
+            }
+        }
 
         func absorb(_ actions: [SchedulerAction<[UInt8]>]) {
             for case .toWorker(let w, .batch(let id, let attempt, _, _)) in actions {
@@ -44,7 +56,9 @@ struct RandomizedTests {
             case 15..<22 where alive.count < 6:
                 let w = "w\(nextWorker)"; nextWorker += 1
                 alive.append(w)
-                absorb(h.ready(w, credit: Int.random(in: 1...3, using: &rng)))
+                let credit = Int.random(in: 1...3, using: &rng)
+                declared[w] = credit
+                absorb(h.ready(w, credit: credit))
             case 22..<25 where !alive.isEmpty:
                 // SIGKILL: the worker vanishes with what it holds.
                 let w = alive.remove(at: Int.random(in: 0..<alive.count, using: &rng))
@@ -64,6 +78,20 @@ struct RandomizedTests {
                 } else {
                     absorb(h.result(w, id, attempt: attempt))
                 }
+            case 70..<74 where submitted > 0:
+                let id = "b\(Int.random(in: 0..<submitted, using: &rng))"
+                switch Int.random(in: 0..<4, using: &rng) {
+                case 0: absorb(h.submit(id, from: "thief"))
+                case 1: absorb(h.record(h.scheduler.ack(from: PeerID("thief"), batchID: id, now: h.now)))
+                case 2: absorb(h.record(h.scheduler.cancel(from: PeerID("thief"), batchID: id, now: h.now)))
+                default: absorb(h.submit(id, from: "rival"))
+                }
+            case 74..<77 where !alive.isEmpty:
+                // A stray answer: a RESULT naming any batch and attempt, sent to it or not.
+                let w = alive[Int.random(in: 0..<alive.count, using: &rng)]
+                let id = "b\(Int.random(in: 0..<max(1, submitted), using: &rng))"
+                absorb(h.result(w, id, attempt: UInt32.random(in: 1...3, using: &rng)))
+                checkCredit()
             default:
                 absorb(h.advance(UInt64.random(in: 1...60, using: &rng)))
                 for w in alive where !paused.contains(w) {
@@ -75,9 +103,18 @@ struct RandomizedTests {
             if alive.filter({ !paused.contains($0) }).isEmpty {
                 let w = "w\(nextWorker)"; nextWorker += 1
                 alive.append(w)
+                declared[w] = 2
                 absorb(h.ready(w, credit: 2))
             }
         }
+        checkCredit()
+        let routes = Set(h.log.compactMap { action -> String? in
+            switch action {
+            case .toProducer(let route, .result), .toProducer(let route, .failed): route.description
+            default: nil
+            }
+        })
+        #expect(routes.isSubset(of: ["prod0", "prod1", "prod2"]), "seed \(seed): outcomes went to \(routes)")
         #expect(submitted == batchCount, "seed \(seed)")
         #expect(h.scheduler.unfinishedCount == 0, "seed \(seed): \(h.scheduler.unfinishedCount) batches unfinished after \(steps) steps")
         var answers: [String: Int] = [:]

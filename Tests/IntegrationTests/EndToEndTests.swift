@@ -27,6 +27,47 @@ struct EndToEndTests {
         print("end-to-end: 2000 requests via compass submit (debug build, 2 workers) in \(String(format: "%.2f", seconds)) s, process start included")
     }
 
+    @Test("Scoring and generation requests mixed in batches through compass submit: each scored once, exactly")
+    func scoringThroughSubmit() async throws {
+        let dir = TempDir()
+        let broker = try BrokerProcess(in: dir)
+        let workers = try startWorkers(2, broker.backend, in: dir, prefix: "worker")
+        // Item i: context "w0 .. w<i%5> q<i>", choices: the greedy one (the context's last two
+        // words, reversed: the start of the synthetic model's completion, -0.125 a word) and two
+        // that are not (minus their length).
+        var lines: [String] = []
+        var expected: [String: [ContinuationScore]] = [:]
+        for i in 0..<300 {
+            let words = (0...(i % 5)).map { "w\($0)" } + ["q\(i)"]
+            if i % 3 == 0 {  // a generation request between the scoring ones
+                lines.append(#"{"custom_id":"g\#(i)","prompt":"\#(words.joined(separator: " "))","max_tokens":2,"logprobs":1}"#)
+                continue
+            }
+            let greedy = " " + words.reversed().prefix(2).joined(separator: " ")
+            lines.append(#"{"custom_id":"s\#(i)","prompt":"\#(words.joined(separator: " ")) ","continuations":["\#(greedy)","zz","\#(i)"]}"#)
+            expected["s\(i)"] = [ContinuationScore(logprob: -0.25, tokens: 2, greedy: true),
+                                  ContinuationScore(logprob: -2, tokens: 1, greedy: false),
+                                  ContinuationScore(logprob: -Double(String(i).count), tokens: 1, greedy: false)]
+        }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: dir.file("in.jsonl"), atomically: true, encoding: .utf8)
+        let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--pool", "default", "--broker", broker.frontend,
+                                             "--batch-size", "16", "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
+        #expect(try submit.waitForExit().isSuccess, "\(submit.log())")
+        var seen: Set<String> = []
+        for line in try String(contentsOfFile: dir.file("out.jsonl"), encoding: .utf8).split(separator: "\n") {
+            let result = try JSONDecoder().decode(InferenceResult.self, from: Data(line.utf8))
+            #expect(seen.insert(result.customID).inserted, "\(result.customID) answered twice")
+            #expect(result.error == nil, "\(line)")
+            if result.customID.hasPrefix("g") {
+                #expect(result.logprobs?.tokenLogprobs == [-0.125, -0.125] && result.scores == nil, "\(line)")
+            } else {
+                #expect(result.finishReason == "score" && result.scores == expected[result.customID], "\(line)")
+            }
+        }
+        #expect(seen.count == 300)
+        _ = workers
+    }
+
     @Test("A worker started after submission receives the queued work at once")
     func horizontalScale() async throws {
         let dir = TempDir()

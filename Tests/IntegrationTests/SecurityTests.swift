@@ -3,6 +3,7 @@ import CompassProtocol
 import CompassSecurity
 import Foundation
 import Testing
+import ZMQ
 
 #if canImport(Glibc)
 import Glibc
@@ -85,6 +86,54 @@ struct SecurityTests {
         let after = try startWorker(broker.backend, in: dir, name: "after", arguments: args)
         #expect(try after.waitForExit(timeout: 20) == .exited(4))
         #expect(after.log().contains("refused this worker's CURVE key"))
+    }
+
+    @Test("Key files whose absolute paths are 40 characters of Z85 (allowlist .pub, broker .pub) are read as files; a refusal names the key and the allowlist")
+    func fortyCharacterKeyPaths() async throws {
+        // Every character of a path like /tmp/c-1a2b3c4d/producers/alice-0001.pub is in the Z85
+        // alphabet: at 40 characters it decodes as a key. The broker took such a .pub path for the
+        // key itself and refused the producer the file lists (issue 20, item 13).
+        var root = ""
+        var producerName = "", brokerName = ""
+        for _ in 0..<50 {
+            let candidate = "/tmp/c-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+            producerName = "p" + String(repeating: "x", count: 40 - "\(candidate)/producers/".count - ".pub".count - 1)
+            brokerName = "b" + String(repeating: "y", count: 40 - "\(candidate)/".count - ".pub".count - 1)
+            if CurveKey.decode("\(candidate)/producers/\(producerName).pub") != nil, CurveKey.decode("\(candidate)/\(brokerName).pub") != nil,
+               !FileManager.default.fileExists(atPath: candidate) {
+                root = candidate
+                break
+            }
+        }
+        try #require(!root.isEmpty, "no 40-character Z85 path found")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let dir = TempDir()  // logs
+        for (name, sub) in [(brokerName, ""), (producerName, "/producers"), ("mallory", "/others")] {
+            let run = try Spawned("compass", ["keys", "new", name, "--dir", root + sub], in: dir, name: "keys-\(name)")
+            #expect(try run.waitForExit(timeout: 20).isSuccess, "\(run.log())")
+        }
+        let brokerPub = "\(root)/\(brokerName).pub"
+        #expect(brokerPub.count == 40 && "\(root)/producers/\(producerName).pub".count == 40)
+        let broker = try BrokerProcess(in: dir, arguments: ["--curve-secret", "\(root)/\(brokerName).key", "--allow-producers", "\(root)/producers"])
+        try broker.process.waitForLog("\(root)/producers: 1 key (\(producerName).pub)")  // logged as its poll loop starts
+        var options = ClientOptions(broker: broker.frontend)
+        options.heartbeatMilliseconds = 100
+        options.curve = try CurveClientKeys.load(serverKey: brokerPub, keyFile: "\(root)/producers/\(producerName).key")
+        let allowed = try CompassClient(options: options)
+        defer { allowed.close() }
+        #expect(try await status(allowed).security == "curve")
+
+        let malloryKey = try KeyFiles.loadPublic("\(root)/others/mallory.pub")
+        options.curve = try CurveClientKeys.load(serverKey: brokerPub, keyFile: "\(root)/others/mallory.key")
+        let refused = try CompassClient(options: options)
+        defer { refused.close() }
+        do {
+            _ = try await refused.status(timeoutSeconds: 10)
+            Issue.record("an unlisted key was admitted")
+        } catch let error as ClientError {
+            #expect("\(error)".contains(malloryKey), "\(error)")
+        }
+        try broker.process.waitForLog("key \(malloryKey) is not among the producer allowlist's keys: \(root)/producers: 1 key (\(producerName).pub)")
     }
 
     @Test("A non-loopback endpoint without CURVE is warned about at start")

@@ -11,6 +11,14 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log" >&2; }
 now() { date +%s.%N; }
 
+# make_model: the random ~1.1B Llama (bf16, locally trained tokenizer) in $MODEL, unless it is there.
+make_model() {
+  if [ -f "$MODEL/config.json" ]; then log "model exists: $MODEL"; return; fi
+  log "making a random ~1B Llama (bf16) with a locally trained tokenizer in $MODEL"
+  "${PYTHON:-python3}" "$B/engines/tools/make_tiny_model.py" "$MODEL" --layers 16 --hidden 2048 --heads 32 --kv-heads 8 \
+    --intermediate 8192 --vocab 32000 --max-positions 4096 --dtype bfloat16 2>&1 | tail -3 | tee -a "$OUT/run.log"
+}
+
 # wait_for FILE TEXT COUNT TIMEOUT [PID]: until FILE has COUNT lines containing TEXT (fails early if PID dies).
 wait_for() {
   local deadline=$(( $(date +%s) + $4 ))

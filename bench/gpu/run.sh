@@ -21,13 +21,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null | tr -d ' '; }
 secs() { python3 -c "print(round($2 - $1, 2))"; }
 
-make_model() {
-  if [ -f "$MODEL/config.json" ]; then log "model exists: $MODEL"; return; fi
-  log "making a random ~1B Llama (bf16) with a locally trained tokenizer in $MODEL"
-  python3 "$B/engines/tools/make_tiny_model.py" "$MODEL" --layers 16 --hidden 2048 --heads 32 --kv-heads 8 \
-    --intermediate 8192 --vocab 32000 --max-positions 4096 --dtype bfloat16 2>&1 | tail -3 | tee -a "$OUT/run.log"
-}
-
 # One prompt set for every phase: 5,120 prompts, 64 tokens each (ignore_eos); a phase takes the first N.
 PROMPTS="$WORK/prompts.jsonl"
 [ -f "$PROMPTS" ] || python3 "$B/gpu/prompts.py" "$PROMPTS" 5120 --max-tokens 64 --ignore-eos

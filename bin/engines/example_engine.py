@@ -2,6 +2,10 @@
 """A complete compass engine in standard-library Python: it answers every request with its prompt
 upper-cased. Copy it to write your own `--engine exec` engine; docs/engines.md is the protocol.
 
+Scoring requests (`continuations`), `logprobs`, `prompt_logprobs` and `prompt_token_ids` (see
+docs/protocol.md, Payloads) fail alone with code `unsupported`: an engine answers what it cannot do
+per request, and the rest of the batch runs.
+
 Test markers in a prompt: `@@crash` exits at once (status 3), `@@hang` stops making progress
 until cancelled, `@@oom` reports `fatal oom` and exits. Engine args: startup_ms=N delays `ready`,
 never_ready=1 never sends it, stuck_after_eof=1 keeps the process alive after the worker is gone
@@ -44,7 +48,15 @@ def read_requests():
     batches.put(None)  # shutdown, or end of file: the worker is gone
 
 
+UNSUPPORTED = ("continuations", "logprobs", "prompt_logprobs", "prompt_token_ids")
+
+
 def answer(request, key):
+    asked = [name for name in UNSUPPORTED if request.get(name) is not None]
+    if asked:
+        return {"custom_id": request["custom_id"], "text": None, "prompt_tokens": 0, "completion_tokens": 0,
+                "finish_reason": None, "error": {"code": "unsupported", "message":
+                f"request {request['custom_id']}: {', '.join(asked)}: not supported by this engine (it upper-cases text)"}}
     text = request.get("prompt")
     if text is None:
         text = "\n".join(m["content"] for m in request.get("messages") or [])

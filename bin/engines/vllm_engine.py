@@ -3,19 +3,48 @@
 
 Written against vLLM 0.24 (vllm/entrypoints/llm.py, vllm/entrypoints/offline_utils.py,
 vllm/v1/engine/llm_engine.py, vllm/v1/engine/input_processor.py, vllm/v1/engine/output_processor.py,
-vllm/v1/engine/core_client.py, vllm/inputs/engine.py, vllm/sampling_params.py, vllm/outputs.py of
-the 0.24.0 wheel).
+vllm/v1/engine/logprobs.py, vllm/v1/engine/core_client.py, vllm/inputs/engine.py,
+vllm/sampling_params.py, vllm/logprobs.py, vllm/outputs.py of the 0.24.0 wheel).
 
 How it drives vLLM, and why: `LLM.generate` runs a whole list to the end with no way to report
 progress or to stop, so this adapter does what `LLM.generate` does inside (offline_utils.py:
 `_add_request` then `_run_engine`) itself, on `LLM(...).llm_engine`: `add_request` for every
-request, then `step()` while any is unfinished. Each step reports generated tokens and finished
+prompt, then `step()` while any is unfinished. Each step reports generated tokens and finished
 requests, and cancel calls `abort_request` on what is still running, so nothing is left behind.
-Outputs are requested as DELTA (each step returns only the new tokens), so a long completion is
-not copied at every step. Prompts are tokenized here (chat messages through the tokenizer's chat
-template, as `LLM.chat` does) and passed as token ids (`vllm.inputs.tokens_input`), so the length
-check against max_model_len is exact and a prompt that is too long fails alone before it reaches
-the engine.
+Generation outputs are requested as DELTA (each step returns only the new tokens), so a long
+completion is not copied at every step. Prompts are tokenized here (chat messages through the
+tokenizer's chat template, as `LLM.chat` does; `prompt_token_ids` as given) and passed as token ids
+(`vllm.inputs.tokens_input`), so the length check against max_model_len is exact and a prompt that
+is too long fails alone before it reaches the engine.
+
+Logprobs (docs/protocol.md, Payloads): `logprobs` and `prompt_logprobs` map onto SamplingParams'
+fields of the same names. vLLM gives, per position, a dict token id -> Logprob(logprob, rank,
+decoded_token) holding the position's own token (with its rank in the vocabulary) and the top k;
+the adapter turns that into the protocol's logprobs object, top k most likely first, each token
+decoded on its own with the engine's tokenizer. `max_tokens: 0` with `prompt_logprobs` (perplexity)
+runs with max_tokens 1, as vLLM needs, and drops the generated token.
+
+Scoring requests (`continuations`): each continuation becomes one prompt, the context's tokens
+followed by the continuation's (tokenized by the protocol's rule, the same as
+lm-evaluation-harness), run with max_tokens 1 and prompt_logprobs 1; its score is the sum of the
+prompt logprobs at the continuation's positions, and it is greedy when the continuation's token is
+the most likely one (rank 1: the top-1 entry) at each of them. Every continuation of the batch is
+handed to vLLM at once, so the engine batches them. detokenize=False keeps vLLM from decoding every
+prompt position's tokens (nobody reads them), and flat_logprobs (where this vLLM has it) keeps the
+prompt logprobs in a few flat lists instead of a dict per position.
+
+Prefix caching and scoring: vLLM never reads the prefix cache for a request with prompt_logprobs
+(SamplingParams derives skip_reading_prefix_cache=True from it; vllm-project/vllm#17251, #28194):
+the rows of cached positions would have no logits. So by default every context+continuation prompt
+is computed in full (it still writes the cache). With the engine argument `score_prefix_cache=true`
+the adapter sets skip_reading_prefix_cache=False: vLLM then reuses the cached blocks of the shared
+context (a five-shot preamble, say) and computes only the rest. The prompt logprob rows of the
+cached positions are then not computed: the V2 model runner (0.24's default for Llama) leaves them
+out, so the list is shorter than the prompt and is read aligned at its end; the V1 runner returns
+them uninitialised (vllm-project/vllm#42019). A continuation needs the rows from the context's last
+token on, so the adapter checks `num_cached_tokens` of each output: when the cache reached past the
+context's last token (or the output does not say), that continuation is run again without reading
+the cache. See bench/gpu/SCORING.md.
 
 Continuous batching across batches: the adapter says `max_batches` (engine arg, 1..8, default 2),
 so the worker keeps that many batches inside at once and the next batch's requests join the
@@ -23,22 +52,26 @@ running ones instead of waiting for the slowest request of the current batch. On
 stepper (`Stepper`), owns `llm_engine`: it alone calls `add_request`, `step`, `abort_request` and
 `has_unfinished_requests` (the engine is not thread-safe, and a single owner needs no lock around
 a step that blocks on the GPU). Each batch's `generate` (on the host's thread for that batch)
-tokenizes its requests, hands them to the stepper and waits for its own requests to finish. The
-stepper adds handed-over requests between steps, routes each step's outputs to the batch that
-owns their request id (ids are unique, `compass-N`; vLLM's RequestOutput carries the id passed to
-`add_request`), reports progress on that batch's Progress, aborts the running requests of a batch
-whose cancel event is set (that batch's only), and wakes a batch when its last request finished.
+tokenizes its requests, hands their prompts (`Part`s) to the stepper and waits for its own to
+finish. The stepper adds handed-over prompts between steps, routes each step's outputs to the
+batch and request that own their request id (ids are unique, `compass-N`; vLLM's RequestOutput
+carries the id passed to `add_request`), reports progress on that batch's Progress, aborts the
+running prompts of a batch whose cancel event is set (that batch's only), and wakes a batch when
+its last prompt finished. The batch's thread then builds the results (decoding tokens there, never
+on the stepper, so that the tokenizer is used by one thread at a time).
 
 If an older or newer vLLM lacks that engine API, the adapter falls back to `LLM.generate` on
-micro-batches of `batch_size` requests, with progress and cancel checks between them, one batch
+micro-batches of `batch_size` prompts, with progress and cancel checks between them, one batch
 at a time (max_batches 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,42 +97,265 @@ ARGUMENTS = {
     "max_num_seqs": "most sequences in one engine step (int)",
     "seed": "the engine's random seed (int)",
     "max_tokens": "completion limit of requests without max_tokens, default 16",
-    "batch_size": "requests per LLM.generate call when the step API is missing, default 256",
+    "batch_size": "prompts per LLM.generate call when the step API is missing, default 256",
     "max_batches": "batches inside the engine at once, 1 to 8, default 2 (1 without the step API)",
+    "score_prefix_cache": "scoring reads vLLM's prefix cache for the shared context (bool, default false; "
+                          "see bench/gpu/SCORING.md)",
 }
 MAX_BATCHES_DEFAULT, MAX_BATCHES_LIMIT = 2, 8
 
-# (position in the batch, the request, its prompt token ids, its SamplingParams)
-Job = tuple[int, Request, list[int], Any]
+Decode = Callable[[int], str]
 
 
-@dataclass
-class Running:
-    """A request inside the engine: its place in the batch and what came back so far."""
+# MARK: What a request asks for, in the request model of docs/protocol.md
 
-    pos: int
-    request: Request
-    prompt_tokens: int
-    text: list[str] = field(default_factory=list)
-    tokens: int = 0
+
+def wants(request: Request, name: str) -> Any:
+    """A field of the scoring request model (prompt_token_ids, logprobs, prompt_logprobs,
+    continuations); None where this compass_engine's Request predates it."""
+    return getattr(request, name, None)
+
+
+def is_scoring(request: Request) -> bool:
+    return bool(wants(request, "continuations"))
+
+
+def score_tokens(tok: Any, request: Request) -> tuple[list[int], list[list[int]]]:
+    """The context's token ids and each continuation's, by the rule of docs/protocol.md ("How a text
+    continuation is tokenized", as lm-evaluation-harness does): whitespace at the end of the context
+    moves to the front of each text continuation, whose tokens are those of encode(context +
+    continuation) after the first len(encode(context)); encode adds no special tokens. An empty
+    context (empty once its trailing whitespace moved) is the model's BOS token (EOS without one).
+    A token-id context takes a text continuation encoded on its own; token-id continuations are taken
+    as they are."""
+
+    def encode(text: str) -> list[int]:
+        return list(tok.encode(text, add_special_tokens=False))
+
+    ids = wants(request, "prompt_token_ids")
+    if ids is not None:
+        context = list(ids)
+        return context, [list(c) if isinstance(c, list) else encode(c) for c in request.continuations]
+    text = request.prompt or ""
+    stripped = text.rstrip()
+    moved = text[len(stripped):]
+    if stripped:
+        context = encode(stripped)
+    else:
+        start = getattr(tok, "bos_token_id", None)
+        if start is None:
+            start = getattr(tok, "eos_token_id", None)
+        if start is None:
+            raise ValueError("scoring after an empty context needs the model's BOS or EOS token; its tokenizer has neither")
+        context = [int(start)]
+    continuations = []
+    for c in request.continuations:
+        if isinstance(c, list):
+            continuations.append(list(c))
+        elif stripped:
+            continuations.append(encode(stripped + moved + c)[len(context):])
+        else:
+            continuations.append(encode(moved + c))
+    return context, continuations
+
+
+# MARK: vLLM's logprobs, read
+
+
+def position(logprobs: Any, index: int, length: int) -> dict[int, Any] | None:
+    """Position `index` (of a prompt of `length` tokens) of vLLM's prompt logprobs: a list (or
+    FlatLogprobs) of dicts token id -> Logprob, None first. A list shorter than the prompt (vLLM
+    leaves out rows it did not compute) is aligned at its end."""
+    if logprobs is None:
+        return None
+    at = index - (length - len(logprobs))
+    if at < 0 or at >= len(logprobs):
+        return None
+    return logprobs[at]
+
+
+def top_entries(entries: dict[int, Any], k: int) -> list[tuple[int, Any]]:
+    """The k most likely entries of a position, most likely first. vLLM's dict holds the position's
+    own token (with its rank in the vocabulary) and the top k (ranks 1..k)."""
+    def key(item: tuple[int, Any]) -> tuple[bool, int, float]:
+        rank = getattr(item[1], "rank", None)
+        return (rank is None, rank or 0, -item[1].logprob)
+    return sorted(entries.items(), key=key)[:k]
+
+
+def is_top(entries: dict[int, Any], token: int) -> bool:
+    """Whether `token` is the most likely at this position (greedy decoding would choose it)."""
+    best = top_entries(entries, 1)
+    return bool(best) and best[0][0] == token
+
+
+def logprobs_object(token_ids: Sequence[int], positions: Sequence[dict[int, Any] | None], k: int,
+                    decode: Decode, first_is_none: bool) -> dict[str, Any]:
+    """The protocol's logprobs object (docs/protocol.md, Payloads) for these tokens."""
+    values: list[float | None] = []
+    tops: list[list[dict[str, Any]] | None] = []
+    for i, (token, entries) in enumerate(zip(token_ids, positions, strict=True)):
+        if (i == 0 and first_is_none) or entries is None:
+            values.append(None)
+            tops.append(None)
+            continue
+        own = entries.get(token)
+        values.append(None if own is None else float(own.logprob))
+        tops.append([{"token_id": int(t), "token": decode(int(t)), "logprob": float(lp.logprob)}
+                     for t, lp in top_entries(entries, k)])
+    return {"token_ids": [int(t) for t in token_ids], "tokens": [decode(int(t)) for t in token_ids],
+            "token_logprobs": values, "top_logprobs": tops}
+
+
+def make_result(custom_id: str, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str,
+                **extra: Any) -> Result:
+    """A Result; the scoring model's fields (logprobs, prompt_logprobs, scores) only when set, so that
+    generation results stay what they were with a compass_engine that predates them."""
+    return Result(custom_id, text, prompt_tokens, completion_tokens, finish_reason,
+                  **{k: v for k, v in extra.items() if v is not None})
+
+
+# MARK: Prompts in the engine, and what becomes of their outputs
+
+
+@dataclass(eq=False)
+class Part:
+    """One prompt handed to vLLM: a generation request, or one continuation of a scoring request."""
+
+    pos: int  # the request's place in the batch
+    ids: list[int]
+    params: Any
+    index: int = 0  # which continuation
+    start: int = 0  # where the continuation begins in `ids`
+    fallback: Any = None  # params to run it again with when the prefix cache reached into the continuation
+
+
+class Generation:
+    """A generation request's outputs, gathered as they come (one DELTA output per step, or one final
+    output from LLM.generate)."""
+
+    def __init__(self, request: Request, prompt_ids: list[int], drop_completion: bool) -> None:
+        self.request, self.prompt_ids, self.drop_completion = request, prompt_ids, drop_completion
+        self.text: list[str] = []
+        self.token_ids: list[int] = []
+        self.sample_logprobs: list[Any] = []
+        self.prompt_logprobs: Any = None
+        self.finish_reason = "stop"
+        self.parts_left = 1
+
+    def take(self, part: Part, output: Any) -> int:
+        completion = output.outputs[0]
+        self.text.append(completion.text or "")
+        self.token_ids.extend(completion.token_ids)
+        if completion.logprobs:
+            self.sample_logprobs.extend(completion.logprobs)
+        if self.prompt_logprobs is None and output.prompt_logprobs:
+            self.prompt_logprobs = output.prompt_logprobs  # the first output has them all
+        return len(completion.token_ids)
+
+    def close(self, part: Part, output: Any) -> Part | None:
+        reason = output.outputs[0].finish_reason
+        self.finish_reason = reason if reason in ("stop", "length") else "stop"
+        self.parts_left = 0
+        return None
+
+    def result(self, decode: Decode) -> Result:
+        request, ids = self.request, self.prompt_ids
+        prompt_k = wants(request, "prompt_logprobs")
+        sample_k = wants(request, "logprobs")
+        prompt_object = None
+        if prompt_k is not None:
+            positions = [position(self.prompt_logprobs, i, len(ids)) for i in range(len(ids))]
+            prompt_object = logprobs_object(ids, positions, prompt_k, decode, first_is_none=True)
+        if self.drop_completion:  # max_tokens 0: run for the prompt's logprobs only
+            empty = logprobs_object([], [], 0, decode, False) if sample_k is not None else None
+            return make_result(request.custom_id, "", len(ids), 0, "length",
+                               logprobs=empty, prompt_logprobs=prompt_object)
+        sample_object = None
+        if sample_k is not None:
+            entries = list(self.sample_logprobs)[: len(self.token_ids)]
+            entries += [None] * (len(self.token_ids) - len(entries))
+            sample_object = logprobs_object(self.token_ids, entries, sample_k, decode, first_is_none=False)
+        return make_result(request.custom_id, "".join(self.text), len(ids), len(self.token_ids), self.finish_reason,
+                           logprobs=sample_object, prompt_logprobs=prompt_object)
+
+
+class Scoring:
+    """A scoring request: one Part per continuation, each answered by its prompt logprobs."""
+
+    def __init__(self, request: Request, context: list[int], continuations: list[list[int]]) -> None:
+        self.request, self.context, self.continuations = request, context, continuations
+        self.outputs: list[Any] = [None] * len(continuations)
+        self.parts_left = len(continuations)
+        self.retried = 0  # continuations run again because the prefix cache reached into them
+
+    def parts(self, pos: int, params: Any, fallback: Any) -> list[Part]:
+        return [Part(pos, self.context + c, params, i, len(self.context), fallback)
+                for i, c in enumerate(self.continuations)]
+
+    def take(self, part: Part, output: Any) -> int:
+        return 0  # nothing is generated that anyone reads
+
+    def close(self, part: Part, output: Any) -> Part | None:
+        if part.fallback is not None:
+            # The prompt logprob rows from the context's last token on must have been computed:
+            # rows of positions read from the prefix cache are left unwritten.
+            cached = getattr(output, "num_cached_tokens", None)
+            if cached is None or cached > part.start - 1:
+                self.retried += 1
+                return Part(part.pos, part.ids, part.fallback, part.index, part.start)
+        self.outputs[part.index] = output.prompt_logprobs
+        self.parts_left -= 1
+        return None
+
+    def result(self, decode: Decode) -> Result:
+        scores = []
+        for cont, logprobs in zip(self.continuations, self.outputs, strict=True):
+            ids = self.context + cont
+            total, greedy = 0.0, True
+            for i in range(len(self.context), len(ids)):
+                entries = position(logprobs, i, len(ids))
+                own = None if entries is None else entries.get(ids[i])
+                if own is None:
+                    return Result.failure(self.request.custom_id,
+                                          f"request {self.request.custom_id}: vLLM returned no prompt logprob for "
+                                          f"position {i} of a continuation", code="engine_error")
+                total += float(own.logprob)
+                greedy = greedy and is_top(entries, ids[i])
+            scores.append({"logprob": total, "tokens": len(cont), "greedy": greedy})
+        return make_result(self.request.custom_id, "", len(self.context), 0, "score", scores=scores)
+
+
+Answer = Generation | Scoring
 
 
 @dataclass(eq=False)  # compared by identity: the stepper's lists hold each batch once
 class BatchRun:
-    """One batch's requests on their way through the stepper.
+    """One batch's prompts on their way through the stepper.
 
-    The batch's thread fills `jobs` and `results` (requests answered before the engine) and then
-    only waits for `finished`; from then on the stepper alone writes here, and `finished.set()`
-    hands everything back (an Event orders the writes before the batch thread's reads)."""
+    The batch's thread fills `parts`, `answers` and `results` (requests answered before the engine)
+    and then only waits for `finished`; from then on the stepper alone writes here, and
+    `finished.set()` hands everything back (an Event orders the writes before the batch thread's
+    reads)."""
 
-    jobs: list[Job]
+    parts: list[Part]
+    answers: dict[int, Answer]  # position in the batch -> what its outputs become
     results: list[Result | None]
     progress: Progress
     cancelled: threading.Event
-    running: dict[str, Running] = field(default_factory=dict)  # request id -> state, while in the engine
+    running: dict[str, Part] = field(default_factory=dict)  # request id -> part, while in the engine
+    failed: dict[int, str] = field(default_factory=dict)  # position -> why vLLM refused one of its parts
     finished: threading.Event = field(default_factory=threading.Event)
     aborted: bool = False  # stopped by its cancel event
     error: BaseException | None = None  # the engine failed under it
+
+    def refused(self, part: Part, message: str) -> None:
+        """vLLM refused a part (its own validation): the request fails alone; its other parts run out."""
+        self.failed.setdefault(part.pos, message)
+        answer = self.answers[part.pos]
+        answer.parts_left -= 1
+        if answer.parts_left == 0:
+            self.progress.add(done=1)
 
 
 class Stepper:
@@ -128,7 +384,7 @@ class Stepper:
             self.cond.notify()
 
     def wait(self, batch: BatchRun) -> None:
-        """Until the batch's requests are all finished (or aborted, or failed)."""
+        """Until the batch's prompts are all finished (or aborted, or failed)."""
         while not batch.finished.wait(1.0):
             if not self.thread.is_alive():  # it never ends while batches are in it but by a bug
                 raise RuntimeError("the vLLM stepper thread ended")
@@ -183,22 +439,24 @@ class Stepper:
             self.finish(batch)
             return
         try:
-            for pos, request, ids, params in batch.jobs:
-                self.counter += 1
-                request_id = f"compass-{self.counter}"
-                try:
-                    self.engine.add_request(request_id, self.engine_input(ids), params)
-                except ValueError as error:  # vLLM's own validation of this one request
-                    batch.results[pos] = Result.failure(request.custom_id, str(error))
-                    batch.progress.add(done=1)
-                    continue
-                batch.running[request_id] = Running(pos, request, len(ids))
-                self.owners[request_id] = batch
+            for part in batch.parts:
+                self.add_part(batch, part)
         except Exception as error:  # noqa: BLE001 - this batch fails; the others go on
             self.fail(batch, error)
             return
         if not batch.running:
             self.finish(batch)
+
+    def add_part(self, batch: BatchRun, part: Part) -> None:
+        self.counter += 1
+        request_id = f"compass-{self.counter}"
+        try:
+            self.engine.add_request(request_id, self.engine_input(part.ids), part.params)
+        except ValueError as error:  # vLLM's own validation of this one prompt
+            batch.refused(part, str(error))
+            return
+        batch.running[request_id] = part
+        self.owners[request_id] = batch
 
     def abort_cancelled(self) -> None:
         for batch in list(self.active):
@@ -212,20 +470,20 @@ class Stepper:
             batch = self.owners.get(output.request_id)
             if batch is None:  # aborted a moment ago
                 continue
-            state = batch.running[output.request_id]
-            completion = output.outputs[0]
-            state.text.append(completion.text)
-            state.tokens += len(completion.token_ids)
-            batch.progress.add(tokens=len(completion.token_ids))
-            if output.finished:
-                del batch.running[output.request_id]
-                del self.owners[output.request_id]
-                reason = completion.finish_reason if completion.finish_reason in ("stop", "length") else "stop"
-                batch.results[state.pos] = Result(state.request.custom_id, "".join(state.text),
-                                                  state.prompt_tokens, state.tokens, reason)
+            part = batch.running[output.request_id]
+            answer = batch.answers[part.pos]
+            batch.progress.add(tokens=answer.take(part, output))
+            if not output.finished:
+                continue
+            del batch.running[output.request_id]
+            del self.owners[output.request_id]
+            again = answer.close(part, output)
+            if again is not None:
+                self.add_part(batch, again)
+            elif answer.parts_left == 0:
                 batch.progress.add(done=1)
-                if not batch.running:
-                    self.finish(batch)
+            if not batch.running:
+                self.finish(batch)
 
     def abort(self, batch: BatchRun) -> None:
         """Takes what still runs of `batch` out of the engine (and out of `owners`)."""
@@ -250,6 +508,14 @@ class Stepper:
         batch.finished.set()
 
 
+def struct_fields(cls: Any) -> set[str]:
+    """The field names of SamplingParams (a msgspec.Struct in vLLM; a dataclass in the tests' fake)."""
+    names = getattr(cls, "__struct_fields__", None)
+    if names is not None:
+        return set(names)
+    return {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+
+
 class VLLMBackend:
     name = "vllm"
     arguments = ARGUMENTS
@@ -258,7 +524,7 @@ class VLLMBackend:
         self.start_method = "spawn"
         self.max_batches = 1
         self.stepper: Stepper | None = None
-        self.tokenizer_lock = threading.Lock()  # batch threads tokenize one at a time
+        self.tokenizer_lock = threading.Lock()  # batch threads use the tokenizer one at a time
 
     def load(self, settings: EngineSettings) -> str:
         args = settings.args
@@ -276,6 +542,7 @@ class VLLMBackend:
         max_batches = args.integer("max_batches", MAX_BATCHES_DEFAULT, minimum=1)
         if max_batches > MAX_BATCHES_LIMIT:
             raise EngineConfigError(f"--engine-arg max_batches={max_batches}: expected 1 to {MAX_BATCHES_LIMIT}")
+        score_prefix_cache = args.boolean("score_prefix_cache", False)
         if not settings.model:
             raise EngineConfigError("no model: pass --model with a local model directory")
         if not os.path.isdir(settings.model):
@@ -291,12 +558,14 @@ class VLLMBackend:
         from vllm import LLM, SamplingParams
 
         self.SamplingParams = SamplingParams
+        self.param_names = struct_fields(SamplingParams)
         try:
             from vllm.sampling_params import RequestOutputKind
 
             self.delta: Any = RequestOutputKind.DELTA
+            self.final_only: Any = RequestOutputKind.FINAL_ONLY
         except ImportError:
-            self.delta = None
+            self.delta = self.final_only = None
         try:  # 0.24: an engine input of token ids (add_request warns about raw prompts)
             from vllm.inputs import tokens_input
 
@@ -314,6 +583,10 @@ class VLLMBackend:
         self.tokenizer = self.llm.get_tokenizer()
         model_config = getattr(self.engine, "model_config", None) or self.llm.model_config
         self.max_model_len = int(model_config.max_model_len)
+        self.score_prefix_cache = score_prefix_cache and "skip_reading_prefix_cache" in self.param_names
+        if score_prefix_cache and not self.score_prefix_cache:
+            log("score_prefix_cache=true needs SamplingParams.skip_reading_prefix_cache, which this vLLM lacks: "
+                "scoring computes every prompt in full")
         if self.stepwise:
             self.max_batches = max_batches
             self.stepper = Stepper(self.engine, engine_input)
@@ -323,17 +596,28 @@ class VLLMBackend:
                 log(f"max_batches={max_batches} needs vLLM's step API, which this vLLM lacks: 1 batch at a time")
             self.max_batches = 1
             loop = f"LLM.generate in chunks of {self.batch_size}"
-        return f"vllm {vllm.__version__}, tp={settings.tp}, max_model_len {self.max_model_len}, {loop}"
+        scoring = "scoring reads the prefix cache" if self.score_prefix_cache else "scoring computes prompts in full"
+        return f"vllm {vllm.__version__}, tp={settings.tp}, max_model_len {self.max_model_len}, {loop}, {scoring}"
+
+    # Requests into prompts
 
     def encode(self, request: Request) -> list[int]:
+        ids = wants(request, "prompt_token_ids")
+        if ids is not None:
+            return list(ids)
         tok = self.tokenizer
         if request.messages is not None and getattr(tok, "chat_template", None) is not None:
             text = tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
             return list(tok.encode(text, add_special_tokens=False))  # the template wrote BOS
         return list(tok.encode(request.flattened_prompt))
 
-    def sampling(self, request: Request, limit: int, kind: Any) -> Any:
-        params: dict[str, Any] = {
+    def params(self, values: dict[str, Any], kind: Any) -> Any:
+        if kind is not None and self.stepwise:
+            values["output_kind"] = kind
+        return self.SamplingParams(**values)
+
+    def sampling(self, request: Request, limit: int) -> Any:
+        values: dict[str, Any] = {
             "max_tokens": limit,
             "temperature": 0.0 if request.greedy else request.temperature,  # absent: greedy, as in hf
             "top_p": request.top_p if request.top_p is not None else 1.0,
@@ -341,58 +625,111 @@ class VLLMBackend:
             "seed": request.seed,
             "ignore_eos": request.ignore_eos,
         }
-        if kind is not None:
-            params["output_kind"] = kind
-        return self.SamplingParams(**params)
+        for name in ("logprobs", "prompt_logprobs"):
+            if wants(request, name) is not None:
+                values[name] = wants(request, name)
+        return self.params(values, self.delta)
+
+    def scoring_params(self, read_cache: bool) -> Any:
+        values: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1, "detokenize": False}
+        if "flat_logprobs" in self.param_names:
+            values["flat_logprobs"] = True
+        if read_cache:
+            values["skip_reading_prefix_cache"] = False
+        return self.params(values, self.final_only)
+
+    def check_length(self, length: int) -> None:
+        if length >= self.max_model_len:
+            raise ValueError(f"prompt too long: {length} tokens; max_model_len is {self.max_model_len}, "
+                             f"so at most {self.max_model_len - 1} prompt tokens")
+
+    def prepare(self, pos: int, request: Request) -> tuple[Answer, list[Part]] | Result:
+        """What one request becomes: its answer and the prompts to run, or its result at once."""
+        if is_scoring(request):
+            context, continuations = score_tokens(self.tokenizer, request)
+            for cont in continuations:
+                if not cont:
+                    raise ValueError("a continuation has no tokens of its own (it encodes into the context)")
+                self.check_length(len(context) + len(cont))
+            scoring = Scoring(request, context, continuations)
+            plain = self.scoring_params(False)
+            if self.score_prefix_cache:
+                return scoring, scoring.parts(pos, self.scoring_params(True), plain)
+            return scoring, scoring.parts(pos, plain, None)
+        ids = self.encode(request)
+        self.check_length(len(ids))
+        limit = request.max_tokens if request.max_tokens is not None else self.default_max_tokens
+        if limit == 0 and wants(request, "prompt_logprobs") is None:  # vLLM wants max_tokens >= 1; nothing to run
+            empty = logprobs_object([], [], 0, self.decode, False) if wants(request, "logprobs") is not None else None
+            return make_result(request.custom_id, "", len(ids), 0, "length", logprobs=empty)
+        generation = Generation(request, ids, drop_completion=limit == 0)
+        return generation, [Part(pos, ids, self.sampling(request, max(limit, 1)))]
+
+    def decode(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+    # Batches
 
     def generate(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)
-        jobs: list[Job] = []
+        answers: dict[int, Answer] = {}
+        parts: list[Part] = []
         with self.tokenizer_lock:
             for pos, request in enumerate(requests):
                 try:
-                    ids = self.encode(request)
-                    if len(ids) >= self.max_model_len:
-                        raise ValueError(f"prompt too long: {len(ids)} tokens; max_model_len is {self.max_model_len}, "
-                                         f"so at most {self.max_model_len - 1} prompt tokens")
-                    limit = request.max_tokens if request.max_tokens is not None else self.default_max_tokens
-                    if limit == 0:  # vLLM wants max_tokens >= 1; there is nothing to generate
-                        results[pos] = Result(request.custom_id, "", len(ids), 0, "length")
-                        progress.add(done=1)
-                        continue
-                    params = self.sampling(request, limit, self.delta if self.stepwise else None)
+                    prepared = self.prepare(pos, request)
                 except Exception as error:  # noqa: BLE001 - bad sampling values, a template error: this request only
-                    results[pos] = Result.failure(request.custom_id, str(error))
+                    prepared = Result.failure(request.custom_id, str(error))
+                if isinstance(prepared, Result):
+                    results[pos] = prepared
                     progress.add(done=1)
                     continue
-                jobs.append((pos, request, ids, params))
+                answers[pos], new = prepared
+                parts.extend(new)
+        batch = BatchRun(parts, answers, results, progress, cancelled)
         try:
             if self.stepper is not None:
-                batch = BatchRun(jobs, results, progress, cancelled)
                 self.stepper.submit(batch)
                 self.stepper.wait(batch)
             else:
-                self.run_chunks(jobs, results, progress, cancelled)
+                self.run_chunks(batch)
         except Exception as error:
             if type(error).__name__ == "EngineDeadError":  # vLLM's engine core died: restart us
                 raise FatalEngineError(f"vLLM engine died: {error}") from error
             raise
+        retried = 0
+        with self.tokenizer_lock:
+            for pos, answer in answers.items():
+                if pos in batch.failed:
+                    results[pos] = Result.failure(requests[pos].custom_id, batch.failed[pos])
+                else:
+                    results[pos] = answer.result(self.decode)
+                retried += answer.retried if isinstance(answer, Scoring) else 0
+        if retried:
+            log(f"scoring: {retried} continuations ran again in full: the prefix cache reached past their context")
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]
 
-    def run_chunks(self, jobs: list[Job], results: list[Result | None],
-                   progress: Progress, cancelled: threading.Event) -> None:
-        for start in range(0, len(jobs), self.batch_size):
-            if cancelled.is_set():
+    def run_chunks(self, batch: BatchRun) -> None:
+        """The fallback without the step API: LLM.generate on chunks of `batch_size` prompts, and
+        again on those the prefix cache spoilt."""
+        pending = list(batch.parts)
+        while pending:
+            chunk, pending = pending[: self.batch_size], pending[self.batch_size:]
+            if batch.cancelled.is_set():
                 raise Cancelled()
-            chunk = jobs[start:start + self.batch_size]
-            outputs = self.llm.generate([self.generate_input(ids) for _, _, ids, _ in chunk],
-                                        [params for *_, params in chunk], use_tqdm=False)
-            for (pos, request, ids, _), output in zip(chunk, outputs, strict=True):
-                completion = output.outputs[0]
-                reason = completion.finish_reason if completion.finish_reason in ("stop", "length") else "stop"
-                results[pos] = Result(request.custom_id, completion.text, len(ids), len(completion.token_ids), reason)
-            progress.add(done=len(chunk), tokens=sum(len(o.outputs[0].token_ids) for o in outputs))
+            outputs = self.llm.generate([self.generate_input(p.ids) for p in chunk], [p.params for p in chunk],
+                                        use_tqdm=False)
+            tokens = 0
+            for part, output in zip(chunk, outputs, strict=True):
+                answer = batch.answers[part.pos]
+                tokens += answer.take(part, output)
+                again = answer.close(part, output)
+                if again is not None:
+                    pending.append(again)
+                elif answer.parts_left == 0:
+                    batch.progress.add(done=1)
+            batch.progress.add(tokens=tokens)
 
     def close(self) -> None:
         if self.stepper is not None:

@@ -35,6 +35,8 @@ log = logging.getLogger("compass_client")
 RESOLVED_MEMORY = 1_000_000
 #: Messages read per turn, so that commands and timers are served during a flood of results.
 RECEIVE_BURST = 1000
+#: Handshake failures in a row (other than an allowlist refusal) after which the client gives up.
+HANDSHAKE_FAILURES_FATAL = 3
 #: How long close() lets queued ACKs reach the broker.
 CLOSE_LINGER_MS = 500
 #: Least time between two sockets made because a connection dropped (a CURVE handshake that keeps
@@ -51,6 +53,8 @@ class _Outstanding:
     retry_at: Optional[float] = None
     busy_count: int = 0
     cancel_requested: bool = False
+    #: ``session_required`` answers so far: each is followed by HELLO and the same SUBMIT.
+    session_retries: int = 0
 
 
 class ClientLoop:
@@ -83,6 +87,10 @@ class ClientLoop:
         self._broker_id: Optional[str] = None
         #: True between a reconnect (which re-submitted everything) and the first broker id heard.
         self._fresh_connection = False
+        #: Say HELLO before the next re-SUBMITs: the broker answered session_required.
+        self._hello_before_retry = False
+        #: Handshakes failed in a row (not refused by the broker's allowlist: those fail at once).
+        self._handshake_failures = 0
         self._running = True
         self._close_linger_ms = 0
         now = time.monotonic()
@@ -162,7 +170,7 @@ class ClientLoop:
         self._socket = make_socket(self.context, self.options, self._incarnation)
         self._monitor = self._socket.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
     def _close_socket(self, linger_ms: int) -> None:
         if self._monitor is not None:
@@ -189,7 +197,14 @@ class ClientLoop:
                 # A refused key looks like a broker that never answers: fail what waits, with why.
                 self._fail_all(CompassError("unauthorized", "the broker refused this client's CURVE key: "
                                             "is its public key in the broker's producer allowlist?"))
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_failures = 0
             elif event["event"] in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                # One failure can be a broker stopping or starting mid-handshake; a mismatch of
+                # mechanism or server key fails every time.
+                self._handshake_failures += 1
+                if self._handshake_failures < HANDSHAKE_FAILURES_FATAL:
+                    continue
                 self._fail_all(CompassError("unauthorized", "the handshake with the broker failed: it may require CURVE "
                                             "(curve_server_key), or curve_server_key is not the broker's public key"))
             elif event["event"] == zmq.EVENT_DISCONNECTED and self._replace_at is None:
@@ -381,6 +396,13 @@ class ClientLoop:
             wait_ms = min(base, self.options.max_busy_backoff_ms) + random.uniform(0, 20)
             o.retry_at = time.monotonic() + wait_ms / 1000
             o.accepted = False
+        elif reply.code == p.RejectCode.SESSION_REQUIRED.value and o.session_retries < 3:
+            # This connection reached the broker without our session (a SUBMIT delivered before
+            # the HELLO): say HELLO, then send the batch again.
+            o.session_retries += 1
+            o.retry_at = time.monotonic()
+            o.accepted = False
+            self._hello_before_retry = True
         elif reply.code == p.RejectCode.UNKNOWN_BATCH.value:
             # The answer to a CANCEL, never to a SUBMIT: the broker no longer has the batch.
             if o.cancel_requested:
@@ -421,6 +443,9 @@ class ClientLoop:
 
     def _timers(self) -> None:
         now = time.monotonic()
+        if self._hello_before_retry:
+            self._hello_before_retry = False
+            self._hello()
         for o in self._outstanding.values():
             if o.retry_at is not None and now >= o.retry_at:
                 o.retry_at = None

@@ -31,7 +31,8 @@ def certificate_value(path: str, field: str) -> Optional[str]:
 def z85_key(value: Key, what: str, field: str = "public-key") -> bytes:
     """The 40-byte Z85 form of a CURVE key given as Z85 text, 32 raw bytes, or a certificate file."""
     if isinstance(value, str):
-        if len(value) != 40 and os.path.exists(value):
+        # A file first: a path can itself be 40 Z85 characters ("/", ".", "-" and letters all are).
+        if os.path.isfile(value):
             found = certificate_value(value, field)
             if found is None:
                 raise ValueError(f"{what}: {value} has no '{field} = \"...\"' line (is it the right file?)")

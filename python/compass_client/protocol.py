@@ -67,6 +67,7 @@ class RejectCode(str, Enum):
     DUPLICATE = "duplicate"
     UNKNOWN_BATCH = "unknown_batch"
     SHUTTING_DOWN = "shutting_down"
+    SESSION_REQUIRED = "session_required"
 
 
 class FailureCode(str, Enum):

@@ -105,8 +105,9 @@ class Cluster:
         line = first_line(proc, 20, "compass-broker")
         assert line.startswith("compass-broker listening"), line
 
-    def start_worker(self, pool: str = "default", *engine_args: str) -> subprocess.Popen[bytes]:
-        command = [str(binary("compass-worker")), "--broker", self.backend, "--pool", pool]
+    def start_worker(self, pool: str = "default", *engine_args: str, engine: str = "synthetic",
+                     extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        command = [str(binary("compass-worker")), "--broker", self.backend, "--pool", pool, "--engine", engine, *extra]
         for arg in engine_args:
             command += ["--engine-arg", arg]
         return self._spawn(command, f"worker-{pool}")
@@ -123,9 +124,11 @@ class Cluster:
         wait_for(gateway.health, 10, "the gateway to reach the broker")
         return gateway
 
-    def wait_for_workers(self, gateway: Gateway, pools: dict[str, int], api_key: Optional[str] = None) -> None:
-        """Waits until the broker's STATUS (through the gateway) shows at least these workers per pool."""
-        wait_for(lambda: all(gateway.models(api_key).get(p, -1) >= n for p, n in pools.items()), 20,
+    def wait_for_workers(self, gateway: Gateway, pools: dict[str, int], api_key: Optional[str] = None,
+                         timeout: float = 20) -> None:
+        """Waits until the broker's STATUS (through the gateway) shows at least these workers per
+        pool (a worker registers once its engine is ready: give a model's load time in `timeout`)."""
+        wait_for(lambda: all(gateway.models(api_key).get(p, -1) >= n for p, n in pools.items()), timeout,
                  f"workers {pools} in GET /v1/models")
 
     def client(self) -> Client:

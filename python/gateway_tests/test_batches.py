@@ -90,6 +90,30 @@ def test_completions_batch_with_failing_requests(shared: Shared, tmp_path: Path)
         assert line["response"]["body"]["error"]["message"]
 
 
+def test_completions_batch_with_logprobs_and_token_ids(shared: Shared, tmp_path: Path) -> None:
+    """The Batch API reads bodies as the online API does: echo, logprobs, token-id prompts, and
+    the request rules' 400 with the field named."""
+    c = client(shared)
+    lines = [{"custom_id": "ids", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "default", "prompt": [[4, 55]], "max_tokens": 1, "echo": True, "logprobs": 1}},
+             {"custom_id": "text", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "default", "prompt": "ab c", "max_tokens": 0, "echo": True, "logprobs": 0}},
+             {"custom_id": "bad-top-p", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "default", "prompt": "x", "top_p": 7}}]
+    batch = run_batch(c, write_jsonl(tmp_path / "logprobs.jsonl", lines), "/v1/completions")
+    assert batch.status == "completed"
+    output = {line["custom_id"]: line["response"]["body"]["choices"][0] for line in read_lines(c, batch.output_file_id)}
+    assert output["ids"]["text"] == "t4t55t55"
+    assert output["ids"]["logprobs"]["token_logprobs"] == [None, -3, -0.125]
+    assert output["ids"]["logprobs"]["top_logprobs"] == [None, {"t55": -3}, {"t55": -0.125}]
+    assert output["text"]["text"] == "ab c"
+    assert output["text"]["logprobs"]["tokens"] == ["ab", "c"] and output["text"]["logprobs"]["token_logprobs"] == [None, -1]
+    errors = read_lines(c, batch.error_file_id)
+    assert [line["custom_id"] for line in errors] == ["bad-top-p"]
+    assert errors[0]["response"]["status_code"] == 400
+    assert errors[0]["response"]["body"]["error"]["param"] == "top_p"
+
+
 def test_batch_that_fails_validation(shared: Shared, tmp_path: Path) -> None:
     c = client(shared)
     lines = [{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",

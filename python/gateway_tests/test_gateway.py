@@ -149,9 +149,9 @@ def test_bad_requests_through_the_openai_client_are_400(shared: Shared) -> None:
         c.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}], n=3)
     assert "n=3 is not supported" in info.value.message
     with pytest.raises(openai.BadRequestError):
-        c.completions.create(model="default", prompt=[1, 2, 3])
+        c.completions.create(model="default", prompt=[1, -2, 3])
     with pytest.raises(openai.BadRequestError):
-        c.completions.create(model="default", prompt="x", logprobs=2)
+        c.completions.create(model="default", prompt="x", temperature=-5)
 
 
 def test_invalid_json_is_400(shared: Shared) -> None:

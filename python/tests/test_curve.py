@@ -5,6 +5,8 @@ The compass broker does not speak CURVE yet, so the server here is a small ROUTE
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -145,3 +147,19 @@ def test_real_broker_admits_a_listed_key_and_refuses_an_unknown_one_cleanly(clus
     with pytest.raises(Exception) as failed:
         plain.submit([{"custom_id": "p", "prompt": "no keys"}], timeout=30)
     assert "handshake" in str(failed.value)
+
+
+def test_a_forty_character_path_is_read_as_a_file() -> None:
+    """Every character of a path like /tmp/cab12/kkkk.pub is in the Z85 alphabet: at 40 characters
+    it also reads as a key. The file must win, or the path itself becomes the "key"."""
+    server_public, _ = zmq.curve_keypair()
+    base = tempfile.mkdtemp(dir="/tmp", prefix="c")
+    try:
+        path = os.path.join(base, "k" * (40 - len(base) - 1 - len(".pub")) + ".pub")
+        assert len(path) == 40
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f'curve\n    public-key = "{server_public.decode()}"\n')
+        keys = CurveKeys.from_options(path, None, None)
+        assert keys is not None and keys.server_key == server_public
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -20,6 +20,8 @@ struct SubmitSettings: Sendable {
     /// Continue a run whose state file and results exist: same session, same batches, same ids.
     var resume = false
     var curve: CurveClientKeys?
+    /// How long to wait for a worker of the pool when the broker does not know it yet.
+    var poolWaitMilliseconds: UInt64 = 300_000
 }
 
 /// What a submit run did.
@@ -92,6 +94,11 @@ enum SubmitJob {
         clientOptions.curve = settings.curve
         clientOptions.onProgress = { id, done, _ in progress.counts.withLock { $0.partial[id] = Int(done) } }
         clientOptions.onBusy = { _, _ in progress.counts.withLock { $0.busy += 1 } }
+        clientOptions.unknownPoolWaitMilliseconds = settings.poolWaitMilliseconds
+        let waitSeconds = settings.poolWaitMilliseconds / 1000
+        clientOptions.onWaitingForPool = { pool, message in
+            FileHandle.standardError.write(Data("compass submit: waiting up to \(waitSeconds) s for a worker of pool '\(pool)' to register (--wait-for-pool): \(message)\n".utf8))
+        }
         let client = try CompassClient(options: clientOptions)
         defer { client.close() }
         let reader = try LineReader(path: input)
@@ -210,7 +217,7 @@ enum SubmitJob {
                         continue
                     }
                     seen.insert(request.customID)
-                    if request.maxTokens == nil { request.maxTokens = settings.defaultMaxTokens }
+                    if request.maxTokens == nil && !request.isScoring { request.maxTokens = settings.defaultMaxTokens }
                     batch.append(request)
                     if batch.count >= settings.batchSize { try await launch() }
                 }

@@ -1,22 +1,31 @@
 import Foundation
 
-/// The compass wire protocol, version 1, as docs/protocol.md gives it (the bench speaks it with
-/// its own code: the main package's CompassWire module is not a product).
+import CompassProtocol
+
+/// The compass wire protocol's bytes, from the project's own `CompassProtocol` (spec/protocol.json
+/// is what both are tested against). The bench frames messages with its own thin libzmq layer
+/// (ZMQLite.swift) rather than CompassWire, which is not a product of the main package.
 enum Wire {
-    static let header = StaticBytes(Array("compass".utf8) + [1])
+    static let header = StaticBytes(WireProtocol.header)
     static let emptyJSON = StaticBytes(Array("{}".utf8))
 
     // producer -> broker
-    static let hello: UInt8 = 0x01, submit: UInt8 = 0x02, ack: UInt8 = 0x04, status: UInt8 = 0x05, pHeartbeat: UInt8 = 0x06
+    static let hello = ProducerCommand.hello.rawValue, submit = ProducerCommand.submit.rawValue
+    static let ack = ProducerCommand.ack.rawValue, status = ProducerCommand.status.rawValue
+    static let pHeartbeat = ProducerCommand.heartbeat.rawValue
     // broker -> producer
-    static let welcome: UInt8 = 0x81, accepted: UInt8 = 0x82, rejected: UInt8 = 0x83, progress: UInt8 = 0x84
-    static let result: UInt8 = 0x85, failed: UInt8 = 0x86, statusReply: UInt8 = 0x87, bHeartbeat: UInt8 = 0x88
+    static let welcome = BrokerReply.welcome.rawValue, accepted = BrokerReply.accepted.rawValue
+    static let rejected = BrokerReply.rejected.rawValue, progress = BrokerReply.progress.rawValue
+    static let result = BrokerReply.result.rawValue, failed = BrokerReply.failed.rawValue
+    static let statusReply = BrokerReply.status.rawValue, bHeartbeat = BrokerReply.heartbeat.rawValue
     // worker -> broker
-    static let ready: UInt8 = 0x11, credit: UInt8 = 0x12, wResult: UInt8 = 0x14, wFailed: UInt8 = 0x15
-    static let wHeartbeat: UInt8 = 0x16, bye: UInt8 = 0x17
+    static let ready = WorkerCommand.ready.rawValue, credit = WorkerCommand.credit.rawValue
+    static let wResult = WorkerCommand.result.rawValue, wFailed = WorkerCommand.failed.rawValue
+    static let wHeartbeat = WorkerCommand.heartbeat.rawValue, bye = WorkerCommand.bye.rawValue
     // broker -> worker
-    static let wWelcome: UInt8 = 0x91, batch: UInt8 = 0x92, cancel: UInt8 = 0x93, toWorkerHeartbeat: UInt8 = 0x94
-    static let disconnect: UInt8 = 0x95
+    static let wWelcome = BrokerToWorker.welcome.rawValue, batch = BrokerToWorker.batch.rawValue
+    static let cancel = BrokerToWorker.cancel.rawValue, toWorkerHeartbeat = BrokerToWorker.heartbeat.rawValue
+    static let disconnect = BrokerToWorker.disconnect.rawValue
 
     /// u32 request_count, u16 max_attempts, i16 priority, u32 deadline_ms, u32 flags.
     static func meta(requests: UInt32, maxAttempts: UInt16 = 0) -> [UInt8] {

@@ -96,3 +96,19 @@ def test_unknown_engine_arg_is_fatal(start_engine: StartEngine) -> None:
     fatal = engine.wait_for("fatal", "ready")
     assert fatal["type"] == "fatal" and fatal["code"] == "startup_failed" and "colour" in fatal["message"]
     assert engine.wait_exit() == 1
+
+
+def test_scoring_and_logprobs_fail_alone_as_unsupported(start_engine: StartEngine) -> None:
+    engine = start_engine("example_engine.py")
+    engine.ready()
+    results = engine.result("s1", [
+        {"custom_id": "score", "prompt": "Q: A:", "continuations": [" yes", " no"]},
+        {"custom_id": "lp", "prompt": "hi", "logprobs": 2, "prompt_logprobs": 0},
+        {"custom_id": "ids", "prompt_token_ids": [1, 2, 3]},
+        {"custom_id": "plain", "prompt": "still fine", "logprobs": None},
+    ])
+    for result, asked in zip(results, ["continuations", "logprobs, prompt_logprobs", "prompt_token_ids"]):
+        assert result["text"] is None and result["error"]["code"] == "unsupported"
+        assert result["error"]["message"] == (f"request {result['custom_id']}: {asked}: not supported by this engine "
+                                              "(it upper-cases text)")
+    assert results[3]["text"] == "STILL FINE" and results[3]["error"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -15,6 +16,35 @@ import pytest
 from conftest import StartEngine
 
 NO_PROXY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+# The stub's toy model for logprobs: at every position the top tokens are these, most likely first;
+# any other token is less likely than all of them.
+TOP = [(" yes", -0.1), (" no", -2.0), (" maybe", -3.0), (" perhaps", -4.0), (" never", -5.0)]
+
+
+class ToyTokenizer:
+    """Words with their leading space, as byte-level BPE makes them (" is" is one token), and runs of
+    spaces of their own; ids from 10 up, BOS 1. Whitespace placement changes the tokens, which is
+    what the protocol's continuation rule is about."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {"<s>": 1}
+        self.words: dict[int, str] = {1: "<s>"}
+
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        out = [1] if special else []
+        for token in re.findall(r" ?\S+| +", text):
+            if token not in self.ids:
+                self.ids[token] = len(self.ids) + 9
+                self.words[self.ids[token]] = token
+            out.append(self.ids[token])
+        return out
+
+    def token(self, token_id: int) -> str:
+        return self.words.get(token_id, f"<{token_id}>")
+
+    def logprob(self, token_id: int) -> float:
+        return dict(TOP).get(self.token(token_id), -6.0 - (token_id % 5) * 0.5)
 
 
 class Stub:
@@ -30,6 +60,10 @@ class Stub:
         self.seen: dict[str, int] = {}
         self.release = threading.Event()  # @slow requests wait for this (or 0.3 s)
         self.api_key: str | None = None  # when set, requests without it get 401
+        self.tok = ToyTokenizer()
+        self.no_tokenize = False  # POST /tokenize answers 404 (a server without it)
+        self.refuse_echo = False  # completions with echo and logprobs answer 400 (as OpenAI's do now)
+        self.ids_as_text = False  # name tokens "token_id:N" (vLLM's --return-tokens-as-token-ids)
 
     def answer(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
         if self.api_key and headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -41,7 +75,18 @@ class Stub:
                     self.models_failures -= 1
                     return 503, {"error": {"message": "warming up"}}, {}
             return 200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]}, {}
+        if path == "/tokenize":
+            with self.lock:
+                self.calls.append({"path": path, "body": body, "headers": headers})
+                if self.no_tokenize:
+                    return 404, {"detail": "Not Found"}, {}
+                tokens = self.tok.encode(body["prompt"], body.get("add_special_tokens", True))
+            return 200, {"tokens": tokens, "count": len(tokens), "max_model_len": 2048}, {}
         chat = path == "/v1/chat/completions"
+        if body.get("logprobs") is not None or not isinstance(body.get("prompt", ""), str):
+            with self.lock:
+                self.calls.append({"path": path, "body": body, "headers": headers})
+                return self.logprobs_answer(body, chat)
         text = body["messages"][-1]["content"] if chat else body["prompt"]
         with self.lock:
             self.calls.append({"path": path, "body": body, "headers": headers})
@@ -63,6 +108,50 @@ class Stub:
             choice["text"] = text.upper()
         return 200, {"choices": [choice], "usage": {"prompt_tokens": words + (10 if chat else 0),
                                                     "completion_tokens": words, "total_tokens": 2 * words}}, {}
+
+
+    def logprobs_answer(self, body: dict[str, Any], chat: bool) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Token-id prompts, batches of prompts, echo and logprobs: the stub's toy model generates
+        " yes" max_tokens times (default 2)."""
+        if self.refuse_echo and body.get("echo") and body.get("logprobs") is not None:
+            return 400, {"error": {"message": "Setting 'echo' and 'logprobs' at the same time is not supported "
+                                              "for this model."}}, {}
+        tok, k, count = self.tok, body.get("top_logprobs" if chat else "logprobs") or 0, body.get("max_tokens", 2)
+        generated = [tok.encode(" yes")[0]] * count
+
+        def name(t: int) -> str:
+            return f"token_id:{t}" if self.ids_as_text else tok.token(t)
+
+        def top(_: int) -> dict[str, float]:
+            return {name(tok.encode(w)[0]): v for w, v in TOP[:k]}
+
+        if chat:
+            content = [{"token": tok.token(t), "logprob": tok.logprob(t), "bytes": list(tok.token(t).encode()),
+                        "top_logprobs": [{"token": w, "logprob": v, "bytes": list(w.encode())} for w, v in TOP[:k]]}
+                       for t in generated]
+            choice = {"index": 0, "finish_reason": "length", "logprobs": {"content": content},
+                      "message": {"role": "assistant", "content": "".join(tok.token(t) for t in generated)}}
+            return 200, {"choices": [choice], "usage": {"prompt_tokens": 3, "completion_tokens": count}}, {}
+        prompts = body["prompt"]
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        choices, prompt_tokens = [], 0
+        for index, prompt in enumerate(prompts):
+            ids = tok.encode(prompt) if isinstance(prompt, str) else list(prompt)
+            prompt_tokens += len(ids)
+            shown = (ids if body.get("echo") else []) + generated
+            tokens = [name(t) for t in shown]
+            values: list[float | None] = [tok.logprob(t) for t in shown]
+            tops: list[dict[str, float] | None] = [top(t) | {name(t): tok.logprob(t)} for t in shown]
+            if body.get("echo"):
+                values[0] = tops[0] = None
+            offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+            choices.append({"index": index, "text": "".join(tokens), "finish_reason": "length",
+                            "logprobs": {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
+                                         "text_offset": offsets} if body.get("logprobs") is not None else None})
+        # vLLM runs echo with max_tokens 0 as max_tokens 1 and counts that token, unshown, in usage.
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": max(count, 1 if body.get("echo") else 0) * len(prompts)}
+        return 200, {"choices": choices, "usage": usage}, {}
 
 
 @pytest.fixture
@@ -230,3 +319,130 @@ def test_wrong_api_key_is_fatal_at_once(start_engine: StartEngine, stub: tuple[S
     assert fatal["type"] == "fatal" and fatal["code"] == "startup_failed"
     assert "HTTP 401" in fatal["message"] and "Incorrect API key" in fatal["message"]
     assert time.monotonic() - began < 10  # no waiting out the 60 s startup deadline
+
+
+# MARK: Logprobs and scoring (docs/protocol.md, Payloads)
+
+
+def start_scoring(start_engine: StartEngine, url: str, **extra: str) -> Any:
+    """The adapter with the request model of docs/protocol.md (scoring_shim.py supplies it while
+    compass_engine predates it)."""
+    engine = start_engine("tests/scoring_shim.py", env={**NO_PROXY, "SHIM_ADAPTER": "openai_engine.py"},
+                          args=engine_args(url, **extra))
+    engine.ready()
+    return engine
+
+
+def posts(state: Stub, path: str) -> list[dict[str, Any]]:
+    return [c["body"] for c in state.calls if c["path"] == path]
+
+
+def test_scoring_tokenizes_with_the_server_and_echoes(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    engine = start_scoring(start_engine, url)
+    requests = [{"custom_id": "s", "prompt": "Q: is it? A: ", "continuations": ["yes", "no", "yes yes"]},
+                {"custom_id": "ids", "prompt_token_ids": [5, 6], "continuations": [[7], [8, 9]]}]
+    text, ids = engine.result("sc", requests)
+    tok = state.tok
+    # The context's trailing space moved onto the continuations: " yes" is one token of the server's.
+    context = tok.encode("Q: is it? A:")
+    yes, no = tok.encode(" yes")[0], tok.encode(" no")[0]
+    assert {(b["prompt"], b["add_special_tokens"]) for b in posts(state, "/tokenize")} == {
+        ("Q: is it? A:", False), ("Q: is it? A: yes", False), ("Q: is it? A: no", False),
+        ("Q: is it? A: yes yes", False)}
+    bodies = {json.dumps(b["prompt"]): b for b in posts(state, "/v1/completions")}
+    scoring = bodies[json.dumps([context + [yes], context + [no], context + [yes, yes]])]
+    assert (scoring["echo"], scoring["logprobs"], scoring["max_tokens"], scoring["temperature"]) == (True, 1, 1, 0)
+    assert text == {"custom_id": "s", "text": "", "prompt_tokens": 4, "completion_tokens": 0, "finish_reason": "score",
+                    "error": None, "scores": [{"logprob": -0.1, "tokens": 1, "greedy": True},
+                                              {"logprob": -2.0, "tokens": 1, "greedy": False},
+                                              {"logprob": -0.2, "tokens": 2, "greedy": True}]}
+    assert json.dumps([[5, 6, 7], [5, 6, 8, 9]]) in bodies
+    assert ids["scores"] == [{"logprob": -7.0, "tokens": 1, "greedy": False},
+                             {"logprob": -7.5 - 8.0, "tokens": 2, "greedy": False}] and ids["prompt_tokens"] == 2
+
+
+def test_scoring_an_empty_context_starts_with_the_servers_bos(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    engine = start_scoring(start_engine, url)
+    (result,) = engine.result("e", [{"custom_id": "e", "prompt": "", "continuations": ["yes"]}])
+    assert ("", True) in {(b["prompt"], b["add_special_tokens"]) for b in posts(state, "/tokenize")}
+    (body,) = posts(state, "/v1/completions")
+    assert body["prompt"] == [[1] + state.tok.encode("yes")]
+    assert result["prompt_tokens"] == 1 and result["scores"][0]["tokens"] == 1
+
+
+def test_what_the_server_cannot_do_fails_alone_as_unsupported(start_engine: StartEngine,
+                                                              stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.no_tokenize = True
+    engine = start_scoring(start_engine, url)
+    requests = [{"custom_id": "text", "prompt": "Q: A:", "continuations": [" yes"]},
+                {"custom_id": "ids", "prompt_token_ids": [5], "continuations": [[7]]},
+                {"custom_id": "chat", "messages": [{"role": "user", "content": "hi"}], "prompt_logprobs": 0},
+                {"custom_id": "plain", "prompt": "fine"}]
+    text, ids, chat, plain = engine.result("u1", requests)
+    assert text["error"]["code"] == "unsupported"
+    assert "/tokenize answered HTTP 404" in text["error"]["message"] and "prompt_token_ids" in text["error"]["message"]
+    assert ids["error"] is None and ids["scores"][0]["logprob"] == -7.0  # token ids need no tokenizer
+    assert chat["error"]["code"] == "unsupported" and "cannot echo" in chat["error"]["message"]
+    assert not posts(state, "/v1/chat/completions")  # refused without asking the server
+    assert plain["text"] == "FINE"
+    # A server that refuses echo with logprobs (OpenAI's do now): scoring and prompt logprobs fail alone.
+    state.no_tokenize, state.refuse_echo = False, True
+    scored, prompt, generated = engine.result("u2", [
+        {"custom_id": "s", "prompt_token_ids": [5], "continuations": [[7]]},
+        {"custom_id": "p", "prompt": "hello", "max_tokens": 0, "prompt_logprobs": 0},
+        {"custom_id": "g", "prompt": "hello", "max_tokens": 1, "logprobs": 0}])
+    for result in (scored, prompt):
+        assert result["error"]["code"] == "unsupported", result
+        assert "echo and logprobs" in result["error"]["message"] and "not supported for this model" in result["error"]["message"]
+    assert generated["error"] is None and generated["logprobs"]["token_logprobs"] == [-0.1]
+
+
+def test_completion_logprobs_and_echoed_prompt_logprobs(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    engine = start_scoring(start_engine, url)
+    requests = [{"custom_id": "lp", "prompt": "hello there", "max_tokens": 2, "logprobs": 2, "prompt_logprobs": 1},
+                {"custom_id": "ppl", "prompt_token_ids": [200, 201], "max_tokens": 0, "prompt_logprobs": 0}]
+    lp, ppl = engine.result("lp", requests)
+    bodies = {b["prompt"] if isinstance(b["prompt"], str) else json.dumps(b["prompt"]): b
+              for b in posts(state, "/v1/completions")}
+    assert (bodies["hello there"]["echo"], bodies["hello there"]["logprobs"]) == (True, 2)
+    assert (bodies["[200, 201]"]["echo"], bodies["[200, 201]"]["logprobs"], bodies["[200, 201]"]["max_tokens"]) == (True, 0, 0)
+    tok = state.tok
+    there = tok.encode(" there")[0]
+    yes_no = [{"token_id": -1, "token": " yes", "logprob": -0.1}, {"token_id": -1, "token": " no", "logprob": -2.0}]
+    # The echoed prompt is cut off the text and reported as prompt_logprobs, top 1; the server names
+    # tokens by their text, so their ids are -1 (unknown).
+    assert lp["text"] == " yes yes" and (lp["prompt_tokens"], lp["completion_tokens"]) == (2, 2)
+    assert lp["prompt_logprobs"] == {"token_ids": [-1, -1], "tokens": ["hello", " there"],
+                                     "token_logprobs": [None, tok.logprob(there)], "top_logprobs": [None, yes_no[:1]]}
+    assert lp["logprobs"] == {"token_ids": [-1, -1], "tokens": [" yes", " yes"], "token_logprobs": [-0.1, -0.1],
+                              "top_logprobs": [yes_no, yes_no]}
+    # Token ids of a token-id prompt are known; k = 0 gives empty alternatives.
+    assert ppl["text"] == "" and ppl["completion_tokens"] == 0 and "logprobs" not in ppl
+    assert ppl["prompt_logprobs"] == {"token_ids": [200, 201], "tokens": ["<200>", "<201>"],
+                                      "token_logprobs": [None, -6.5], "top_logprobs": [None, []]}
+
+
+def test_chat_logprobs(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    engine = start_scoring(start_engine, url)
+    (result,) = engine.result("c", [{"custom_id": "c", "messages": [{"role": "user", "content": "hi"}],
+                                     "max_tokens": 1, "logprobs": 1}])
+    (body,) = posts(state, "/v1/chat/completions")
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 1)
+    assert result["text"] == " yes" and result["logprobs"] == {
+        "token_ids": [-1], "tokens": [" yes"], "token_logprobs": [-0.1],
+        "top_logprobs": [[{"token_id": -1, "token": " yes", "logprob": -0.1}]]}
+
+
+def test_token_ids_where_the_server_names_tokens_by_id(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.ids_as_text = True
+    engine = start_scoring(start_engine, url)
+    (result,) = engine.result("ids", [{"custom_id": "i", "prompt": "hello", "max_tokens": 1, "logprobs": 1}])
+    yes = state.tok.encode(" yes")[0]
+    assert result["logprobs"] == {"token_ids": [yes], "tokens": [f"token_id:{yes}"], "token_logprobs": [-0.1],
+                                  "top_logprobs": [[{"token_id": yes, "token": f"token_id:{yes}", "logprob": -0.1}]]}

@@ -5,6 +5,8 @@ aborts) and how it maps vLLM's outputs back onto the protocol."""
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ import pytest
 from conftest import TESTS, Engine, StartEngine
 
 FAKE = TESTS / "fake_vllm"
+sys.path.insert(0, str(FAKE))
+from vllm import _fake as toy  # noqa: E402 - the fake's toy model, to compute expected logprobs
 
 
 class Fake:
@@ -41,6 +45,13 @@ def fake(tmp_path: Path) -> Fake:
 def start(start_engine: StartEngine, fake: Fake, tp: int = 1, args: dict[str, str] | None = None, **env: str) -> Engine:
     engine = start_engine("vllm_engine.py", model=str(fake.model), tp=tp, args=args, env=fake.env(**env))
     return engine
+
+
+def start_scoring(start_engine: StartEngine, fake: Fake, args: dict[str, str] | None = None, **env: str) -> Engine:
+    """The adapter with the request model of docs/protocol.md (scoring_shim.py supplies it while
+    compass_engine predates it)."""
+    return start_engine("tests/scoring_shim.py", model=str(fake.model), args=args,
+                        env=fake.env(SHIM_ADAPTER="vllm_engine.py", **env))
 
 
 def test_engine_arguments_are_converted_and_passed(start_engine: StartEngine, fake: Fake) -> None:
@@ -337,3 +348,234 @@ def test_max_batches_eight_and_the_fallback_runs_one(start_engine: StartEngine, 
     assert start(start_engine, fake, args={"max_batches": "8"}).ready()["max_batches"] == 8
     fallback = start(start_engine, fake, args={"max_batches": "4"}, FAKE_VLLM_NO_STEP="1").ready()
     assert "max_batches" not in fallback and "LLM.generate" in fallback["detail"]
+
+
+# MARK: Logprobs and scoring (docs/protocol.md, Payloads)
+
+
+def best(values: list[float], k: int) -> list[int]:
+    """The toy model's k most likely token ids, most likely first."""
+    return sorted(range(len(values)), key=lambda t: (-values[t], t))[:k]
+
+
+def expected_score(ids: list[int], start: int) -> tuple[float, bool]:
+    """The toy model's log-likelihood of ids[start:] after ids[:start], and whether it is greedy."""
+    total, greedy = 0.0, True
+    for i in range(start, len(ids)):
+        values = toy.logprobs_at(ids[:i], toy.favoured_after(ids[:i]))
+        total += values[ids[i]]
+        greedy = greedy and best(values, 1) == [ids[i]]
+    return total, greedy
+
+
+def check_scores(scores: list[dict[str, Any]], prompts: list[list[int]], start: int) -> None:
+    assert len(scores) == len(prompts)
+    for score, ids in zip(scores, prompts, strict=True):
+        logprob, greedy = expected_score(ids, start)
+        assert score["tokens"] == len(ids) - start and score["greedy"] is greedy
+        assert math.isclose(score["logprob"], logprob, rel_tol=1e-9), (score, logprob)
+
+
+def scoring_calls(fake: Fake) -> list[dict[str, Any]]:
+    return [c for c in fake.calls("add_request") if c["params"]["prompt_logprobs"] == 1 and c["params"]["max_tokens"] == 1]
+
+
+def test_scoring_sums_the_continuation_positions_in_one_engine_batch(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start_scoring(start_engine, fake)
+    assert "scoring computes prompts in full" in engine.ready()["detail"]
+    requests = [
+        # Trailing whitespace moves to the continuations; " gamma gamma" is what greedy decoding says.
+        {"custom_id": "s", "prompt": "alpha beta gamma ", "continuations": ["gamma gamma", "delta", "gamma delta"]},
+        {"custom_id": "g", "prompt": "one two", "max_tokens": 2},  # generation in the same batch
+    ]
+    results = engine.result("sc", requests)
+    calls = scoring_calls(fake)
+    assert [c["prompt_text"] for c in calls] == ["alpha beta gamma gamma gamma", "alpha beta gamma delta",
+                                                 "alpha beta gamma gamma delta"]
+    for call in calls:
+        params = call["params"]
+        assert (params["temperature"], params["detokenize"], params["flat_logprobs"], params["output_kind"],
+                params["skip_reading_prefix_cache"]) == (0.0, False, True, "FINAL_ONLY", True)
+    # Every continuation was handed to vLLM before the step that ran them: one engine batch.
+    first_step = fake.calls("step")[0]
+    assert {c["request_id"] for c in calls} <= set(first_step["scheduled"])
+    score = results[0]
+    scores = score.pop("scores")
+    check_scores(scores, [c["prompt_token_ids"] for c in calls], start=3)
+    assert [s["greedy"] for s in scores] == [True, False, False] and [s["tokens"] for s in scores] == [2, 1, 2]
+    assert score == {"custom_id": "s", "text": "", "prompt_tokens": 3, "completion_tokens": 0,
+                     "finish_reason": "score", "error": None}
+    assert results[1] == {"custom_id": "g", "text": "two one", "prompt_tokens": 3, "completion_tokens": 2,
+                          "finish_reason": "length", "error": None}
+
+
+def test_scoring_greedy_flags_token_id_and_empty_contexts(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start_scoring(start_engine, fake)
+    engine.ready()
+    requests = [
+        {"custom_id": "ids", "prompt_token_ids": [20, 21, 22], "continuations": [[22], [23, 22], "word"]},
+        {"custom_id": "empty", "prompt": "", "continuations": ["start here"]},
+    ]
+    ids_result, empty = engine.result("sc-ids", requests)
+    prompts = {tuple(c["prompt_token_ids"]) for c in scoring_calls(fake)}
+    word = next(p for p in prompts if p[:3] == (20, 21, 22) and len(p) == 4 and p[3] not in (22, 23))
+    assert {(20, 21, 22, 22), (20, 21, 22, 23, 22)} <= prompts
+    check_scores(ids_result["scores"], [[20, 21, 22, 22], [20, 21, 22, 23, 22], list(word)], start=3)
+    assert [s["greedy"] for s in ids_result["scores"]] == [True, False, False]
+    assert ids_result["prompt_tokens"] == 3
+    # An empty context is scored after BOS.
+    (after_bos,) = [p for p in prompts if p[0] == toy.BOS]
+    assert len(after_bos) == 3 and empty["prompt_tokens"] == 1
+    check_scores(empty["scores"], [list(after_bos)], start=1)
+
+
+def test_generation_logprobs_and_prompt_logprobs(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start_scoring(start_engine, fake)
+    engine.ready()
+    requests = [
+        {"custom_id": "lp", "prompt": "red green blue", "max_tokens": 3, "logprobs": 2, "prompt_logprobs": 1},
+        {"custom_id": "ids", "prompt_token_ids": [1, 40, 41], "max_tokens": 1},
+    ]
+    lp, ids = engine.result("lp", requests)
+    by_text = {c["prompt_text"]: c for c in fake.calls("add_request")}
+    call = by_text["<s> red green blue"]
+    assert (call["params"]["logprobs"], call["params"]["prompt_logprobs"], call["params"]["max_tokens"]) == (2, 1, 3)
+    assert by_text["<s> <40> <41>"]["prompt_token_ids"] == [1, 40, 41]  # token ids as given: no BOS added
+    assert "logprobs" not in ids and "prompt_logprobs" not in ids and ids["prompt_tokens"] == 3
+    prompt = call["prompt_token_ids"]
+    generated = lp["logprobs"]["token_ids"]
+    assert lp["text"] == "blue green red" and lp["completion_tokens"] == 3 and len(generated) == 3
+
+    def decode(t: int) -> str:
+        return {1: "<s>", 2: "</s>", prompt[1]: "red", prompt[2]: "green", prompt[3]: "blue"}.get(t, f"<{t}>")
+
+    # The prompt: no logprob for the first token; each later one given the tokens before it, top 1.
+    expected_prompt: dict[str, Any] = {"token_ids": prompt, "tokens": ["<s>", "red", "green", "blue"],
+                                       "token_logprobs": [None], "top_logprobs": [None]}
+    for i in range(1, len(prompt)):
+        values = toy.logprobs_at(prompt[:i], toy.favoured_after(prompt[:i]))
+        expected_prompt["token_logprobs"].append(values[prompt[i]])
+        expected_prompt["top_logprobs"].append([{"token_id": t, "token": decode(t), "logprob": values[t]}
+                                                for t in best(values, 1)])
+    assert lp["prompt_logprobs"] == expected_prompt
+    # The generated tokens: greedy, so each is its position's most likely; top 2, most likely first.
+    assert generated == [prompt[3], prompt[2], prompt[1]] and lp["logprobs"]["tokens"] == ["blue", "green", "red"]
+    for j, token in enumerate(generated):
+        values = toy.logprobs_at(prompt + generated[:j], token)
+        assert lp["logprobs"]["token_logprobs"][j] == values[token]
+        assert lp["logprobs"]["top_logprobs"][j] == [{"token_id": t, "token": decode(t), "logprob": values[t]}
+                                                     for t in best(values, 2)]
+        assert lp["logprobs"]["top_logprobs"][j][0]["token_id"] == token
+
+
+def test_perplexity_with_max_tokens_zero(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start_scoring(start_engine, fake)
+    engine.ready()
+    requests = [{"custom_id": "ppl", "prompt": "one two three", "max_tokens": 0, "prompt_logprobs": 0},
+                {"custom_id": "nothing", "prompt": "x", "max_tokens": 0, "logprobs": 3}]
+    ppl, nothing = engine.result("ppl", requests)
+    (call,) = fake.calls("add_request")  # `nothing` generates nothing and never reaches vLLM
+    assert (call["params"]["max_tokens"], call["params"]["prompt_logprobs"]) == (1, 0)  # vLLM wants max_tokens >= 1
+    logprobs = ppl.pop("prompt_logprobs")
+    assert ppl == {"custom_id": "ppl", "text": "", "prompt_tokens": 4, "completion_tokens": 0,
+                   "finish_reason": "length", "error": None}
+    assert logprobs["top_logprobs"] == [None, [], [], []] and logprobs["token_logprobs"][0] is None
+    assert all(isinstance(v, float) and v < 0 for v in logprobs["token_logprobs"][1:])
+    assert nothing["logprobs"] == {"token_ids": [], "tokens": [], "token_logprobs": [], "top_logprobs": []}
+    assert nothing["completion_tokens"] == 0 and nothing["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("stepwise, runner", [(True, "v2"), (True, "v1"), (False, "v2")])
+def test_score_prefix_cache_reuses_the_context_and_reruns_what_it_spoilt(start_engine: StartEngine, fake: Fake,
+                                                                        stepwise: bool, runner: str) -> None:
+    # The V2 runner leaves the cached rows out of prompt_logprobs; the V1 runner leaves them unwritten.
+    env = {"FAKE_VLLM_RUNNER": runner} | ({} if stepwise else {"FAKE_VLLM_NO_STEP": "1"})
+    engine = start_scoring(start_engine, fake, args={"score_prefix_cache": "true"}, **env)
+    assert "scoring reads the prefix cache" in engine.ready()["detail"]
+    six, eight = "w1 w2 w3 w4 w5 w6", "c1 c2 c3 c4 c5 c6 c7 c8"
+    # The first batch computes the contexts (blocks of 4 tokens go into the cache) ...
+    warm = engine.result("warm", [{"custom_id": "a", "prompt": six, "continuations": [" w6"]},
+                                  {"custom_id": "b", "prompt": eight, "continuations": [" c8"]}])
+    assert [r["error"] for r in warm] == [None, None]
+    # ... the second reads them. A 6-token context: the cache holds 4 of them, so the rows the
+    # continuation needs are computed. An 8-token one: the cache holds all 8, the row of the
+    # context's last token was not computed, and the adapter runs that continuation again in full.
+    results = engine.result("read", [{"custom_id": "a2", "prompt": six, "continuations": [" w6 w6", " x"]},
+                                     {"custom_id": "b2", "prompt": eight, "continuations": [" zz"]}])
+    assert [r["error"] for r in results] == [None, None]
+    calls = scoring_calls(fake)
+    reads = [c for c in calls if c["params"]["skip_reading_prefix_cache"] is False]
+    rerun = [c for c in calls if c["params"]["skip_reading_prefix_cache"] is True]
+    assert len(reads) == 5 and [c["prompt_text"] for c in rerun] == [eight + " zz"]
+    cached = {}
+    for step in fake.calls("step"):
+        cached.update(step["cached"])
+    by_text = {c["prompt_text"]: c for c in reads}
+    assert cached.get(by_text[six + " w6 w6"]["request_id"], 0) == 4 or not stepwise
+    check_scores(results[0]["scores"], [by_text[six + " w6 w6"]["prompt_token_ids"],
+                                        by_text[six + " x"]["prompt_token_ids"]], start=6)
+    check_scores(results[1]["scores"], [rerun[0]["prompt_token_ids"]], start=8)  # not the cache's garbage rows
+    assert all(abs(s["logprob"]) < 50 for r in results for s in r["scores"])
+
+
+def test_scoring_errors_and_cancel(start_engine: StartEngine, fake: Fake) -> None:
+    engine = start_scoring(start_engine, fake, args={"max_model_len": "16"})
+    engine.ready()
+    results = engine.result("bad", [{"custom_id": "long", "prompt": " ".join(["w"] * 14), "continuations": [" a b"]},
+                                    {"custom_id": "ok", "prompt": "w", "continuations": [" a"]}])
+    assert results[0]["error"]["code"] == "bad_request" and "too long" in results[0]["error"]["message"]
+    assert results[1]["error"] is None and len(results[1]["scores"]) == 1
+    # Cancel aborts every continuation of the batch still inside.
+    engine.batch("held", [{"custom_id": "q", "prompt": "quick"},
+                          {"custom_id": "s", "prompt": "gated context", "continuations": [" one", " two"]}])
+    while not any(p["done"] for p in engine.progress("held")):
+        engine.wait_for("progress")
+    engine.cancel("held")
+    assert engine.answer("held")["code"] == "cancelled"
+    (abort,) = fake.calls("abort_request")
+    assert sorted(abort["request_ids"]) == sorted(ids_of(fake, "gated"))
+    assert len(abort["request_ids"]) == 2
+
+
+class MergingTokenizer:
+    """Characters as tokens, except that a space merges with the character after it (" b" is one
+    token, as byte-level BPE tokenizers make it): the case the whitespace rule is for."""
+
+    def __init__(self, bos: int | None = 1, eos: int | None = 2) -> None:
+        self.bos_token_id, self.eos_token_id = bos, eos
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        out = [1] if add_special_tokens else []
+        i = 0
+        while i < len(text):
+            if text[i] == " " and i + 1 < len(text) and text[i + 1] != " ":
+                out.append(1000 + ord(text[i + 1]))
+                i += 2
+            else:
+                out.append(ord(text[i]))
+                i += 1
+        return out
+
+
+def test_continuations_are_tokenized_by_the_protocol_rule() -> None:
+    sys.path.insert(0, str(TESTS.parent))
+    from types import SimpleNamespace
+
+    import vllm_engine
+
+    def split(tok: Any, **request: Any) -> tuple[list[int], list[list[int]]]:
+        fields = {"prompt": None, "prompt_token_ids": None}
+        return vllm_engine.score_tokens(tok, SimpleNamespace(**(fields | request)))
+
+    tok = MergingTokenizer()
+    # The context's trailing space joins the continuation's first token, as in encode("ab c").
+    assert split(tok, prompt="ab ", continuations=["c", "cd", [7, 8]]) == ([97, 98], [[1099], [1099, 100], [7, 8]])
+    assert split(tok, prompt="ab", continuations=[" c"]) == ([97, 98], [[1099]])
+    # Nothing but whitespace is an empty context: BOS, else EOS, then the continuation on its own.
+    assert split(tok, prompt="", continuations=["hi"]) == ([1], [[104, 105]])
+    assert split(tok, prompt="  ", continuations=["x"]) == ([1], [[32, 1120]])
+    assert split(MergingTokenizer(bos=None), prompt="", continuations=["x"]) == ([2], [[120]])
+    with pytest.raises(ValueError, match="BOS or EOS"):
+        split(MergingTokenizer(bos=None, eos=None), prompt="", continuations=["x"])
+    # A token-id context: token-id continuations as they are, text ones encoded on their own.
+    assert split(tok, prompt_token_ids=[5, 6], continuations=[[7], " c"]) == ([5, 6], [[7], [1099]])

@@ -1,5 +1,6 @@
 """vllm/sampling_params.py (0.24): SamplingParams and RequestOutputKind, with the real validation
-of the fields the adapter sets (the real class is a msgspec.Struct; keyword construction is the same)."""
+of the fields the adapter sets (the real class is a msgspec.Struct; keyword construction is the same)
+and the real derivation of skip_reading_prefix_cache from prompt_logprobs (vllm-project/vllm#28194)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,13 @@ class SamplingParams:
     max_tokens: int | None = 16
     min_tokens: int = 0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    flat_logprobs: bool = False
     detokenize: bool = True
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    skip_reading_prefix_cache: bool | None = None
 
     def __post_init__(self) -> None:
         if self.stop is None:
@@ -54,6 +58,10 @@ class SamplingParams:
             raise VLLMValidationError(f"max_tokens must be at least 1, got {self.max_tokens}.")
         if any(not s for s in self.stop):
             raise ValueError("stop cannot contain an empty string.")
+        if self.skip_reading_prefix_cache is None:
+            # If prefix caching is enabled, the output of prompt logprobs may be less than
+            # n_prompt_tokens: skip reading the cache for this request (it still writes it).
+            self.skip_reading_prefix_cache = self.prompt_logprobs is not None
 
     def clone(self) -> SamplingParams:
         return SamplingParams(**{k: v for k, v in asdict(self).items()})

@@ -36,7 +36,8 @@ class LLM:
                VLLM_WORKER_MULTIPROC_METHOD=os.environ.get("VLLM_WORKER_MULTIPROC_METHOD"))
         if os.path.exists(os.path.join(model, "FAKE_OOM")):
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB total capacity)")
-        engine = LLMEngine(int(kwargs.get("max_model_len") or 64), int(kwargs.get("max_num_seqs") or 256))
+        engine = LLMEngine(int(kwargs.get("max_model_len") or 64), int(kwargs.get("max_num_seqs") or 256),
+                           bool(kwargs.get("enable_prefix_caching", True)))
         self.model_config = engine.model_config
         self._engine = engine
         # $FAKE_VLLM_NO_STEP=1 plays a vLLM whose engine lacks the step API (the adapter's fallback).
@@ -45,6 +46,11 @@ class LLM:
 
     def get_tokenizer(self) -> Any:
         return self._engine.get_tokenizer()
+
+    def reset_prefix_cache(self, reset_running_requests: bool = False) -> bool:
+        record("reset_prefix_cache")
+        self._engine.cache.clear()
+        return True
 
     def generate(self, prompts: Any, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                  use_tqdm: bool | Callable[..., Any] = True, lora_request: Any = None, priority: list[int] | None = None,

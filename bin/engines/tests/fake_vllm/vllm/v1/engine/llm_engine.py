@@ -3,7 +3,12 @@
 Like the real one, requests added while others run join them at the next step and each finishes
 on its own; `add_request` returns vLLM's internal id (the given id plus a random suffix), while
 outputs and `abort_request` use the given one. It is not thread-safe, and says so: a call made
-while another thread is inside the engine raises RuntimeError (and is logged as `concurrent`)."""
+while another thread is inside the engine raises RuntimeError (and is logged as `concurrent`).
+
+Prefix caching as vLLM v1 does it, in blocks of BLOCK_SIZE tokens: a request's first step reads
+the longest run of full blocks of its prompt that earlier steps computed (at most prompt length - 1
+tokens; none with skip_reading_prefix_cache), reported as `num_cached_tokens`, and writes its own
+blocks whatever it read. Requests starting in the same step do not see each other's blocks."""
 
 from __future__ import annotations
 
@@ -17,12 +22,15 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 from collections.abc import Callable, Mapping
 
-from vllm._fake import FakeTokenizer, Sequence, record
+from vllm._fake import FakeTokenizer, Sequence, container, record
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.exceptions import EngineDeadError
 
 F = TypeVar("F", bound=Callable[..., Any])
+BLOCK_SIZE = 4  # vLLM's default is 16; 4 keeps the tests' prompts short
+MAX_LOGPROBS = 20  # ModelConfig.max_logprobs' default
+MAX_NUM_BATCHED_TOKENS = 2048  # prompt tokens a step starts
 
 
 def exclusive(method: F) -> F:
@@ -46,8 +54,10 @@ def exclusive(method: F) -> F:
 class LLMEngine:
     """Legacy LLMEngine for backwards compatibility."""
 
-    def __init__(self, max_model_len: int, max_num_seqs: int) -> None:
+    def __init__(self, max_model_len: int, max_num_seqs: int, prefix_caching: bool = True) -> None:
         self.model_config = SimpleNamespace(max_model_len=max_model_len)
+        self.prefix_caching = prefix_caching
+        self.cache: set[tuple[int, ...]] = set()  # the prompt prefixes, in full blocks, computed so far
         self.max_num_seqs = max_num_seqs
         self.tokenizer = FakeTokenizer()
         self.sequences: OrderedDict[str, Sequence] = OrderedDict()  # waiting and running, FIFO
@@ -94,6 +104,10 @@ class LLMEngine:
             raise ValueError("The decoder prompt cannot be empty")
         if len(ids) >= max_len:
             raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of {max_len}.")
+        for name, what in (("logprobs", "sample"), ("prompt_logprobs", "prompt")):  # InputProcessor._validate_logprobs
+            value = getattr(params, name)
+            if value is not None and value > MAX_LOGPROBS:
+                raise ValueError(f"Requested {what} logprobs of {value}, which is greater than max allowed: {MAX_LOGPROBS}")
         params = params.clone()
         if params.max_tokens is None:
             params.max_tokens = max_len - len(ids)
@@ -104,7 +118,15 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         if self.step_delay:
             time.sleep(self.step_delay)
-        scheduled = list(self.sequences.values())[: self.max_num_seqs]
+        # A step starts prompts only while they fit its token budget (the first always does), as
+        # vLLM's scheduler does with max_num_batched_tokens: later prompts see earlier ones' blocks.
+        scheduled, budget = [], MAX_NUM_BATCHED_TOKENS
+        for seq in list(self.sequences.values())[: self.max_num_seqs]:
+            if seq.num_cached_tokens is None and not seq.held():
+                if budget < len(seq.ids) and budget < MAX_NUM_BATCHED_TOKENS:
+                    continue
+                budget -= len(seq.ids)
+            scheduled.append(seq)
         if all(seq.held() for seq in scheduled):
             time.sleep(0.002)  # a step's worth of time; nothing moves until the gate opens
             return []
@@ -116,6 +138,14 @@ class LLMEngine:
                     self.dead = True
                     raise EngineDeadError()
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        starting = [seq for seq in scheduled if not seq.held() and seq.num_cached_tokens is None]
+        for seq in starting:
+            read = self.prefix_caching and not seq.params.skip_reading_prefix_cache
+            seq.num_cached_tokens = self.cached_prefix(seq.ids) if read else 0
+            seq.compute_prompt_logprobs()
+        for seq in starting:
+            for end in range(BLOCK_SIZE, len(seq.ids) + 1, BLOCK_SIZE):
+                self.cache.add(tuple(seq.ids[:end]))
         outputs = []
         for seq in scheduled:
             if seq.held():
@@ -127,12 +157,38 @@ class LLMEngine:
             if kind == RequestOutputKind.DELTA:
                 text, tokens = seq.delta_text(), seq.out[seq.sent_tokens:]
                 seq.sent_tokens = len(seq.out)
+                prompt_logprobs = None if seq.sent_prompt_logprobs else seq.prompt_logprobs
+                seq.sent_prompt_logprobs = True
+                sample_logprobs = self.tail(seq.sample_logprobs, seq.sent_logprobs, seq.params.flat_logprobs)
+                seq.sent_logprobs = len(seq.out)
             else:
                 text, tokens = seq.text, list(seq.out)
-            completion = CompletionOutput(0, text, tokens, None, None, finish_reason=seq.finish_reason)
-            outputs.append(RequestOutput(seq.request_id, None, seq.ids, None, [completion], seq.finish_reason is not None))
+                prompt_logprobs, sample_logprobs = seq.prompt_logprobs, seq.sample_logprobs
+            if not seq.params.detokenize:
+                text = ""
+            completion = CompletionOutput(0, text, tokens, None, sample_logprobs, finish_reason=seq.finish_reason)
+            outputs.append(RequestOutput(seq.request_id, None, seq.ids, prompt_logprobs, [completion],
+                                         seq.finish_reason is not None, num_cached_tokens=seq.num_cached_tokens))
             if seq.finish_reason:
                 del self.sequences[seq.request_id]
         record("step", scheduled=[seq.request_id for seq in scheduled], outputs=[o.request_id for o in outputs],
-               finished=[o.request_id for o in outputs if o.finished])
+               finished=[o.request_id for o in outputs if o.finished],
+               cached={seq.request_id: seq.num_cached_tokens for seq in starting})
         return outputs
+
+    def cached_prefix(self, ids: list[int]) -> int:
+        """How many of the prompt's tokens the cache holds: full blocks, at most all but the last token."""
+        n = 0
+        while n + BLOCK_SIZE <= len(ids) - 1 and tuple(ids[: n + BLOCK_SIZE]) in self.cache:
+            n += BLOCK_SIZE
+        return n
+
+    @staticmethod
+    def tail(logprobs: Any, start: int, flat: bool) -> Any:
+        """The positions of a sample logprobs container from `start` on (a DELTA output's)."""
+        if logprobs is None:
+            return None
+        out = container(flat)
+        for i in range(start, len(logprobs)):
+            out.append(logprobs[i])
+        return out

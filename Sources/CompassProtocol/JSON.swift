@@ -1,6 +1,6 @@
 import Foundation
 
-/// A JSON value: what the gateway reads from request bodies and writes in responses. Objects keep
+/// A JSON value: what request validation and the gateway read, and what the gateway writes. Objects keep
 /// their keys in the order they were written, so responses look like OpenAI's.
 public enum JSON: Sendable, Equatable {
     case null
@@ -68,7 +68,7 @@ public enum JSON: Sendable, Equatable {
 
     public var text: String { String(decoding: bytes, as: UTF8.self) }
 
-    func write(into out: inout [UInt8]) {
+    public func write(into out: inout [UInt8]) {
         switch self {
         case .null: out += Array("null".utf8)
         case .bool(let b): out += Array((b ? "true" : "false").utf8)
@@ -99,7 +99,7 @@ public enum JSON: Sendable, Equatable {
         }
     }
 
-    static func writeString(_ s: String, into out: inout [UInt8]) {
+    public static func writeString(_ s: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         for byte in s.utf8 {
             switch byte {
@@ -127,8 +127,8 @@ extension JSON: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Express
 
 extension JSON {
     /// `.string(s)`, or `.null` for nil.
-    static func optional(_ s: String?) -> JSON { s.map { .string($0) } ?? .null }
-    static func optional(_ i: Int?) -> JSON { i.map { .int($0) } ?? .null }
+    public static func optional(_ s: String?) -> JSON { s.map { .string($0) } ?? .null }
+    public static func optional(_ i: Int?) -> JSON { i.map { .int($0) } ?? .null }
 }
 
 extension JSON: Codable {

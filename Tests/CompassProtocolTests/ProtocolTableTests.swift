@@ -1,0 +1,109 @@
+import CompassProtocol
+import CompassWire
+import Foundation
+import Testing
+import ZMQ
+
+/// The Swift side of the protocol against its one machine-readable statement, `spec/protocol.json`
+/// (the Python client, the engine adapters and the bench are tested against the same file): every
+/// command byte, every message's fields as the codecs read them, every code and limit.
+@Suite("Protocol table (spec/protocol.json)")
+struct ProtocolTableTests {
+    static let table: JSON = {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../spec/protocol.json")
+        return (try? Data(contentsOf: url)).flatMap { try? JSON.parse([UInt8]($0)) } ?? .null
+    }()
+
+    struct Message: Sendable, CustomTestStringConvertible {
+        var direction: String
+        var name: String
+        var byte: UInt8
+        var fields: [(name: String, type: String)]
+        var testDescription: String { "\(direction) \(name)" }
+    }
+
+    static let messages: [Message] = ["producer_to_broker", "broker_to_producer", "worker_to_broker", "broker_to_worker"].flatMap { direction in
+        (table["messages"]?[direction]?.array ?? []).map { m in
+            Message(direction: direction, name: m["name"]?.string ?? "", byte: UInt8(m["byte"]?.int ?? 0),
+                    fields: (m["fields"]?.array ?? []).map { ($0.array?[0].string ?? "", $0.array?[1].string ?? "") })
+        }
+    }
+
+    /// The command bytes of a direction, by the table's names (Swift case names upper-cased).
+    static func swiftCommands(_ direction: String) -> [String: UInt8] {
+        func named<E: CaseIterable & RawRepresentable>(_: E.Type) -> [String: UInt8] where E.RawValue == UInt8 {
+            Dictionary(uniqueKeysWithValues: E.allCases.map { (String(describing: $0).uppercased(), $0.rawValue) })
+        }
+        switch direction {
+        case "producer_to_broker": return named(ProducerCommand.self)
+        case "broker_to_producer": return named(BrokerReply.self)
+        case "worker_to_broker": return named(WorkerCommand.self)
+        default: return named(BrokerToWorker.self)
+        }
+    }
+
+    @Test func everyCommandByteIsTheTables() {
+        #expect(Self.messages.count == 26)
+        for direction in ["producer_to_broker", "broker_to_producer", "worker_to_broker", "broker_to_worker"] {
+            let table = Dictionary(uniqueKeysWithValues: Self.messages.filter { $0.direction == direction }.map { ($0.name, $0.byte) })
+            #expect(Self.swiftCommands(direction) == table, "\(direction)")
+        }
+    }
+
+    /// A message with a sample value of each field's type.
+    static func frames(_ m: Message, dropping: Int = 0) -> [Frame] {
+        var frames = [WireProtocol.headerFrame(), Frame(bytes: [m.byte])]
+        for field in m.fields.dropLast(dropping) {
+            switch field.type {
+            case "string": frames.append(Frame(bytes: Array("x".utf8)))
+            case "u8": frames.append(Frame(bytes: [1]))
+            case "u32": frames.append(Frame(bytes: [0, 0, 0, 7]))
+            case "meta": frames.append(Frame(bytes: [UInt8](repeating: 0, count: 16)))
+            case "json": frames.append(Frame(bytes: Array("{}".utf8)))
+            default: frames.append(Frame(bytes: Array("[]".utf8)))
+            }
+        }
+        return frames
+    }
+
+    /// Decodes with the codec of the message's direction and encodes the value again.
+    static func roundTrip(_ m: Message, _ frames: [Frame]) throws(ProtocolError) -> Int {
+        switch m.direction {
+        case "producer_to_broker": try ProducerRequest.decode(frames[...]).encode().count
+        case "broker_to_producer": try ProducerReply.decode(frames[...]).encode().count
+        case "worker_to_broker": try WorkerMessage.decode(frames[...]).encode().count
+        default: try BrokerWorkerMessage.decode(frames[...]).encode().count
+        }
+    }
+
+    @Test(arguments: messages)
+    func theCodecReadsAndWritesTheTablesFields(_ m: Message) throws {
+        #expect(try Self.roundTrip(m, Self.frames(m)) == 2 + m.fields.count)
+        if !m.fields.isEmpty {
+            #expect(throws: ProtocolError.self) { _ = try Self.roundTrip(m, Self.frames(m, dropping: 1)) }
+        }
+    }
+
+    @Test func codesAndLimits() {
+        #expect(Self.table["reject_codes"]?.array?.compactMap(\.string) == RejectCode.allCases.map(\.rawValue))
+        let failures = Self.table["failure_codes"]?.array ?? []
+        #expect(failures.compactMap { $0["code"]?.string }.sorted() == FailureCode.allCases.map(\.rawValue).sorted())
+        for entry in failures {
+            let code = FailureCode(rawValue: entry["code"]?.string ?? "")
+            #expect(code?.retryableByDefault == entry["retryable"]?.bool, "\(entry.text)")
+        }
+        let limits = Self.table["limits"]
+        #expect(Self.table["signature"]?.string.map { Array($0.utf8) } == WireProtocol.signature)
+        #expect(Self.table["version"]?.int == Int(WireProtocol.version))
+        #expect(limits?["batch_id_bytes"]?.int == WireProtocol.maxBatchIDBytes)
+        #expect(limits?["pool_name_bytes"]?.int == WireProtocol.maxPoolNameBytes)
+        #expect(limits?["session_bytes"]?.int == WireProtocol.maxSessionBytes)
+        #expect(limits?["code_bytes"]?.int == WireProtocol.maxCodeBytes)
+        #expect(limits?["message_text_bytes"]?.int == WireProtocol.maxMessageTextBytes)
+        #expect(limits?["default_max_payload_bytes"]?.int == WireProtocol.defaultMaxPayloadBytes)
+        #expect(limits?["default_max_attempts"]?.int == Int(WireProtocol.defaultMaxAttempts))
+        #expect(limits?["default_heartbeat_ms"]?.int == Int(WireProtocol.defaultHeartbeatMilliseconds))
+        #expect(limits?["default_liveness"]?.int == Int(WireProtocol.defaultLiveness))
+        #expect(limits?["meta_bytes"]?.int == BatchMeta.byteCount)
+    }
+}
