@@ -288,7 +288,9 @@ class Backend(Protocol):
         `prompt_logprobs` likewise, and `scores` (one per continuation) for a scoring request,
         whose result is `Result(custom_id, "", context_tokens, 0, "score", scores=[...])`. A
         backend that cannot do what a request asks (scoring, logprobs, token-id prompts) fails
-        that request alone: `Result.failure(custom_id, "request ID: ...")`, never a guess."""
+        that request alone with code `unsupported`, never a guess:
+        `Result.failure(custom_id, "request ID: ...", "unsupported")`. The fields may be given
+        as TokenLogprobs and Score objects or as their JSON shape (dicts)."""
         ...
 
 

@@ -141,9 +141,11 @@ class Result:
     completion_tokens: int = 0
     finish_reason: str | None = None
     error: dict[str, str] | None = None
-    logprobs: TokenLogprobs | None = None
-    prompt_logprobs: TokenLogprobs | None = None
-    scores: list[Score] | None = None
+    # The typed objects, or their JSON shape as plain dicts (what an adapter that relays another
+    # server's answer has at hand); either way sent as JSON.
+    logprobs: TokenLogprobs | dict[str, Any] | None = None
+    prompt_logprobs: TokenLogprobs | dict[str, Any] | None = None
+    scores: list[Score] | list[dict[str, Any]] | None = None
 
     @classmethod
     def failure(cls, custom_id: str, message: str, code: str = "bad_request") -> Result:
@@ -159,13 +161,21 @@ class Result:
             "error": self.error,
         }
         # Only what the request asked for: results of plain requests stay as they always were.
-        if self.logprobs is not None:
-            out["logprobs"] = self.logprobs.to_json()
-        if self.prompt_logprobs is not None:
-            out["prompt_logprobs"] = self.prompt_logprobs.to_json()
-        if self.scores is not None:
-            out["scores"] = [s.to_json() for s in self.scores]
+        for name in ("logprobs", "prompt_logprobs", "scores"):
+            if (value := getattr(self, name)) is not None:
+                out[name] = _to_json(value)
         return out
+
+
+def _to_json(value: Any) -> Any:
+    """`value` as JSON: typed objects through their to_json, floats made finite (see _json_float)."""
+    if isinstance(value, (TokenLogprobs, Score)):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    return _json_float(value) if isinstance(value, float) else value
 
 
 # MARK: Validation
@@ -201,8 +211,11 @@ def _messages(raw: Any) -> list[dict[str, str]]:
         if not isinstance(message.get("role"), str):
             raise _Invalid(f"messages[{i}].role must be a string")
         content = message.get("content")
-        if isinstance(content, list) and all(
-                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        if content is None:
+            content = ""  # an assistant turn that only called tools, say
+        elif isinstance(content, list) and all(
+                isinstance(p, dict) and p.get("type") in (None, "text") and isinstance(p.get("text"), str)
+                for p in content):
             content = "".join(p["text"] for p in content)  # OpenAI's list of parts: the texts, joined
         if not isinstance(content, str):
             raise _Invalid(f"messages[{i}].content must be a string or a list of text parts")
@@ -249,7 +262,7 @@ def _validate(index: int, custom_id: str, raw: dict[str, Any]) -> Request:
             raise _Invalid("stop must be a string or a list of strings")
         request.stop = [s for s in stops if s]  # an empty stop string would stop everything at once
     if (seed := get("seed")) is not None:
-        if not _is_int(seed):
+        if not _int_in(seed, -(1 << 63), (1 << 63) - 1):  # a 64-bit integer, as every validator reads it
             raise _Invalid("seed must be an integer")
         request.seed = seed
     if (ignore_eos := get("ignore_eos")) is not None:

@@ -793,17 +793,18 @@ class HFBackend:
             context = [self.start_token]
         return context, conts
 
-    def check(self, request: Request, tokens: list[int], length: int, what: str) -> str | None:
-        """Why these tokens cannot run (ids outside the vocabulary, too long), or None."""
+    def check(self, request: Request, tokens: list[int], length: int, what: str) -> tuple[str, str] | None:
+        """Why these tokens cannot run, as (code, message): ids outside the vocabulary or too long
+        for the model (`bad_request`), too long for this engine's scoring passes (`unsupported`)."""
         bad = next((t for t in tokens if t >= self.vocab), None)
         if bad is not None:
-            return f"token id {bad} is not in the model's vocabulary (ids 0 to {self.vocab - 1})"
+            return "bad_request", f"token id {bad} is not in the model's vocabulary (ids 0 to {self.vocab - 1})"
         if self.max_positions and length > self.max_positions:
-            return f"{what} too long: {length} positions; the model takes at most {self.max_positions}"
+            return "bad_request", f"{what} too long: {length} positions; the model takes at most {self.max_positions}"
         if self.window and length > self.window and (request.is_scoring or request.logprobs is not None
                                                      or request.prompt_logprobs is not None):
-            return (f"{what} too long for scoring and logprobs: {length} positions; this model's sliding "
-                    f"attention window is {self.window}")
+            return "unsupported", (f"{what} too long for scoring and logprobs here: {length} positions; this "
+                                   f"model's sliding attention window is {self.window}")
         return None
 
     # MARK: Batches
@@ -813,14 +814,14 @@ class HFBackend:
         scoring: list[ScoreItem] = []
         jobs: list[GenerationItem] = []
 
-        def fail(pos: int, request: Request, message: str) -> None:
-            results[pos] = Result.failure(request.custom_id, f"request {request.custom_id}: {message}")
+        def fail(pos: int, request: Request, message: str, code: str = "bad_request") -> None:
+            results[pos] = Result.failure(request.custom_id, f"request {request.custom_id}: {message}", code)
             progress.add(done=1)
 
         for pos, request in enumerate(requests):
             wants_tree = request.is_scoring or request.logprobs is not None or request.prompt_logprobs is not None
             if wants_tree and self.tree_mask_error:
-                fail(pos, request, self.tree_mask_error)
+                fail(pos, request, self.tree_mask_error, "unsupported")
                 continue
             try:
                 if request.is_scoring:
@@ -832,8 +833,9 @@ class HFBackend:
                 continue
             if request.is_scoring:
                 longest = len(context) + max(len(c) for c in conts) - 1  # the last token is never an input
-                if problem := self.check(request, context + [t for c in conts for t in c], longest, "context and continuation"):
-                    fail(pos, request, problem)
+                if problem := self.check(request, context + [t for c in conts for t in c], longest,
+                                         "context and continuation"):
+                    fail(pos, request, problem[1], problem[0])
                 else:
                     scoring.append(ScoreItem(pos, request, context, conts))
                 continue
@@ -845,7 +847,7 @@ class HFBackend:
             if self.max_positions:
                 limit = min(limit, self.max_positions - len(ids))
             if problem := self.check(request, ids, len(ids) + limit - 1, "prompt and completion"):
-                fail(pos, request, problem)
+                fail(pos, request, problem[1], problem[0])
                 continue
             jobs.append(GenerationItem(pos, request, ids, limit))
 

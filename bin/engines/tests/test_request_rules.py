@@ -68,3 +68,9 @@ def test_result_fields_only_when_asked_for() -> None:
     assert out["prompt_logprobs"]["top_logprobs"][0] is None
     assert out["prompt_logprobs"]["top_logprobs"][1][0]["logprob"] == -1.7976931348623157e308
     assert "logprobs" not in out
+    # An adapter may hand over the JSON shape itself (relaying another server's answer).
+    relayed = Result("c", "", 2, 0, "score", scores=[{"logprob": float("-inf"), "tokens": 1, "greedy": False}],
+                     logprobs={"token_ids": [1], "tokens": ["a"], "token_logprobs": [-0.5], "top_logprobs": [[]]})
+    out = json.loads(json.dumps(relayed.to_json(), allow_nan=False))
+    assert out["scores"] == [{"logprob": -1.7976931348623157e308, "tokens": 1, "greedy": False}]
+    assert out["logprobs"] == {"token_ids": [1], "tokens": ["a"], "token_logprobs": [-0.5], "top_logprobs": [[]]}
