@@ -59,7 +59,7 @@ def write_datasets(directory: Path, gen_rows: int = 24, ppl_rows: int = 20, seed
         for i in range(gen_rows):
             question = " ".join(rng.choice(words) for _ in range(rng.randint(2, 7))) + f" q{i}"
             answer = " ".join(question.split()[::-1]) if i % 5 else question
-            f.write(json.dumps({"question": question, "answer": answer}) + "\n")
+            f.write(json.dumps({"question": question, "answer": [answer]}) + "\n")  # EMEvaluator: a list
     with open(ppl_path, "w") as f:
         for i in range(ppl_rows):
             question = " ".join(rng.choice(words) for _ in range(rng.randint(1, 6)))

@@ -35,7 +35,7 @@ def check_generation(work_dir: Path, gen_path: Path, model: str = "compass") -> 
     rows = read_jsonl(gen_path)
     got = predictions(work_dir, model, "reverse")
     assert [p["prediction"] for p in got] == [expected_text(r["question"]) for r in rows]
-    right = sum(expected_text(r["question"]) == r["answer"] for r in rows)
+    right = sum(expected_text(r["question"]) == r["answer"][0] for r in rows)
     scores = result(work_dir, model, "reverse")
     assert scores is not None and scores["score"] == pytest.approx(100 * right / len(rows))
 
