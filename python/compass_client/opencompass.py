@@ -231,7 +231,10 @@ class CompassModel(BaseModel):
             raise CompassEvaluationError(f"no answer from the compass broker at {self.broker} within {timeout:g} s: "
                                          "is compass-broker running there (and the CURVE keys right)?") from None
         pools = {p.get("name"): p for p in status.get("scheduler", {}).get("pools", [])}
-        if self.pool in pools and not pools[self.pool].get("workers"):
+        if self.pool not in pools:
+            self.logger.warning(f"the compass broker at {self.broker} does not know pool {self.pool!r} yet: start a "
+                                f"worker for it (or the broker with --pool {self.pool}), else requests are refused")
+        elif not pools[self.pool].get("workers"):
             self.logger.warning(f"compass pool {self.pool!r} has no worker yet: requests wait until one joins")
 
     def _client_or_make(self) -> Client:

@@ -19,8 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from compass_client import _opencompass_scoring as scoring
 from conftest import ENGINES, Cluster, opencompass_env, run_opencompass
 from evaluation import compass_model, predictions, read_jsonl, result, write_config, write_datasets
+
+scoring.keep_raw_results()  # results decoded from here on keep scores and prompt_logprobs
 
 #: Perplexities and log-likelihoods agree to this (float32 on CPU, differently batched).
 TOLERANCE = dict(rel=1e-4, abs=1e-4)
@@ -64,9 +67,6 @@ def hf_pool(cluster: Cluster, tiny_model: Path) -> Iterator[Cluster]:
     probe = [{"custom_id": "score", "prompt": "The quick brown", "continuations": [" fox"]},
              {"custom_id": "ppl", "prompt": "The quick brown fox", "max_tokens": 0, "prompt_logprobs": 0}]
     results = cluster.client().submit(probe, cluster.pool, timeout=120)
-    from compass_client import _opencompass_scoring as scoring
-
-    scoring.keep_raw_results()
     missing = [r.custom_id + (f" ({r.error.code}: {r.error.message})" if r.error else "") for r, field in
                zip(results, ("scores", "prompt_logprobs")) if not r.ok or scoring.result_field(r, field) is None]
     if missing:
@@ -96,7 +96,9 @@ def test_datasets_score_as_with_huggingface_causal_lm(hf_pool: Cluster, opencomp
     config = write_config(tmp_path / "eval_parity.py", gen_path, ppl_path, models, imports=imports)
     work = tmp_path / "outputs"
 
-    run = run_opencompass(opencompass_python, config, work, "--max-num-workers", "2")
+    # --debug: the tasks run one after the other in the opencompass process itself (several task
+    # processes are test_synthetic_pool's business; here they would only add minutes of imports).
+    run = run_opencompass(opencompass_python, config, work, "--debug")
 
     assert run.returncode == 0 and "failed with code" not in run.stdout, run.stdout[-3000:]
     assert len(predictions(work, "hf", "reverse")) == len(read_jsonl(gen_path))

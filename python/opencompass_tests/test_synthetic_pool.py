@@ -7,7 +7,9 @@ is the prompt's words reversed, and a prompt token sent as id ``n`` has the logp
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cluster, run_opencompass
+from conftest import Cluster, opencompass_env, run_opencompass
 from evaluation import (CHOICE_TEMPLATES, compass_model, predictions, read_jsonl, result, run_dir, write_config,
                         write_datasets)
 from testsupport import expected_text
@@ -176,3 +178,62 @@ def test_a_failed_batch_fails_the_task_and_reuse_finishes_it(
     assert "failed with code" not in resumed.stdout
     check_generation(work, gen_path)
     assert pool_counters(cluster)["completed_requests"] - before == len(read_jsonl(gen_path)) - len(done)
+
+
+MODEL_SCRIPT = """
+import json, sys
+from compass_client.opencompass import CompassModel
+
+frontend, tokenizer = sys.argv[1:3]
+out = {}
+
+def catch(action):
+    try:
+        action()
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+out["no_tokenizer"] = catch(lambda: CompassModel(pool="oc", broker=frontend))
+out["unknown_kwargs"] = catch(lambda: CompassModel(pool="oc", broker=frontend, tokenizer_path=tokenizer,
+                                                   generation_kwargs=dict(top_k=5)))
+out["unknown_pool"] = catch(lambda: CompassModel(pool="nope", broker=frontend, tokenizer_path=tokenizer).generate(["a b"], 4))
+model = CompassModel(pool="oc", broker=frontend, tokenizer_path=tokenizer, stop_words=["gamma"])
+out["bad_request"] = catch(lambda: model.generate(["a b"], -1))
+out["generate"] = model.generate(["alpha beta", "beta gamma delta"], 8)
+out["loglikelihood"] = model.get_loglikelihood(["hello world foo", "x"], [" foo", "x"]).tolist()
+out["token_len"] = model.get_token_len("hello world foo")
+print(json.dumps(out))
+"""
+
+
+def synthetic_score(context: list[int], continuation: list[int]) -> float:
+    """SyntheticModel.score for token ids: the model predicts the context's tokens reversed."""
+    predicted = [f"t{t}" for t in reversed(context)]
+    words = [f"t{t}" for t in continuation]
+    return sum(-0.125 if i < len(predicted) and w == predicted[i] else -float(len(w)) for i, w in enumerate(words))
+
+
+def test_model_api_answers_and_errors(cluster: Cluster, opencompass_python: Path, tiny_model: Path,
+                                      tokenizer: Any) -> None:
+    cluster.start_broker()
+    cluster.start_worker()
+    cluster.wait_for_workers(1, timeout=30)
+    run = subprocess.run([str(opencompass_python), "-c", MODEL_SCRIPT, cluster.frontend, str(tiny_model)],
+                         capture_output=True, text=True, timeout=300, env=opencompass_env())
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["no_tokenizer"].startswith("ValueError: CompassModel needs tokenizer_path")
+    assert "generation_kwargs ['top_k'] are not compass request fields" in out["unknown_kwargs"]
+    assert out["unknown_pool"].startswith("CompassEvaluationError: compass refused the generation requests on pool "
+                                          "'nope': unknown_pool")
+    assert out["bad_request"].startswith("CompassEvaluationError: 1 of 1 generation requests failed on pool 'oc'")
+    assert "bad_request" in out["bad_request"] and "max_tokens" in out["bad_request"]
+    assert out["generate"] == ["beta alpha", "delta "]  # the stop word cuts the second completion
+    expected = []
+    for text, cont in (("hello world foo", " foo"), ("x", "x")):
+        full = tokenizer(text)["input_ids"]
+        context = len(tokenizer(text.replace(cont, ""))["input_ids"])
+        expected.append(synthetic_score(full[:context], full[context:]))
+    assert out["loglikelihood"] == pytest.approx(expected, rel=1e-12)
+    assert out["token_len"] == len(tokenizer("hello world foo")["input_ids"])
