@@ -21,7 +21,7 @@ N_GEN=${N_GEN:-1024} N_PPL=${N_PPL:-512} MAX_OUT=${MAX_OUT:-128}
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/common.sh"
 export PYTHONPATH="/tmp/site-oc${PYTHONPATH:+:$PYTHONPATH}" HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-export VLLM_WORKER_MULTIPROC_METHOD=${VLLM_WORKER_MULTIPROC_METHOD_FOR_OPENCOMPASS:-fork}  # OpenCompass's own default
+unset VLLM_WORKER_MULTIPROC_METHOD  # OpenCompass's VLLM runs as users run it; the worker sets spawn itself
 OC_PYTHON=${OC_PYTHON:-python3}
 BENCH="$OC_PYTHON $HERE/opencompass_bench.py"
 rm -rf "$WORK/compass" "$WORK/vllm"
@@ -34,7 +34,8 @@ printf '{"tp": %s, "engine": "%s", "model": "%s", "n_gen": %s, "n_ppl": %s, "max
 $BENCH prepare "$WORK" --model "$MODEL" --tp "$TP" --frontend "$FE" --n-gen "$N_GEN" --n-ppl "$N_PPL" --max-out "$MAX_OUT" || exit 1
 "$OC_PYTHON" -c "import opencompass, compass_client.opencompass" || { log "OpenCompass or compass_client is not importable"; exit 1; }
 
-# evaluate NAME CONFIG: the opencompass command, timed, its process tree watched for forks.
+# evaluate NAME CONFIG: the opencompass command, timed, its process tree (and $EXTRA_WATCH's) watched
+# for forks until it ends.
 evaluate() {
   local name=$1 config=$2 t0 t1 status
   t0=$(now)

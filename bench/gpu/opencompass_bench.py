@@ -2,7 +2,7 @@
 """Helpers of bench/gpu/opencompass.sh: the datasets and configs, a fork watcher, the report.
 
     opencompass_bench.py prepare WORK --model DIR --tp N --frontend EP [--n-gen N --n-ppl N --max-out K]
-    opencompass_bench.py watch FILE PID...      # samples the process trees under PIDs until they exit
+    opencompass_bench.py watch FILE PID...      # samples the process trees under PIDs until the first ends
     opencompass_bench.py report OUT WORK        # OUT/opencompass.json and OUT/opencompass.md
 
 Both evaluations run the same two local datasets: ``choice`` (perplexity: 4 labels per question)
@@ -113,15 +113,24 @@ def _tree(roots: set[int]) -> dict[int, dict[str, Any]]:
     return keep
 
 
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its parent)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def watch(args: argparse.Namespace) -> None:
-    """Samples every 0.2 s; a process is *forked after CUDA* when it runs its parent's command line
+    """Samples every 0.2 s until the first PID ends; a process is *forked after CUDA* when it runs its parent's command line
     (no exec) and the parent held a GPU device before the child started."""
     roots = {int(p) for p in args.pids}
     seen: dict[int, dict[str, Any]] = {}
     cuda_since: dict[int, int] = {}  # pid -> earliest sample tick at which it held /dev/nvidia*
     tick = os.sysconf("SC_CLK_TCK")
     boot = time.time() - float(open("/proc/uptime").read().split()[0])
-    while any(os.path.exists(f"/proc/{p}") for p in roots):
+    first = int(args.pids[0])
+    while _alive(first):
         now_ticks = int((time.time() - boot) * tick)
         for pid, info in _tree(roots).items():
             key = pid * 10**12 + info["start"]
@@ -199,7 +208,7 @@ def report(args: argparse.Namespace) -> None:
                 f["processes"], f["with_gpu"], f["forked_after_cuda"]
         doc[name] = r
     json.dump(doc, open(out / "opencompass.json", "w"), indent=1)
-    rows = ["| | compass (CompassModel → broker → vLLM worker) | OpenCompass VLLM |", "| --- | --- | --- |"]
+    rows = [f"| | compass (CompassModel → broker → {setup['engine']} worker) | OpenCompass VLLM |", "| --- | --- | --- |"]
     for key in ("wall_seconds", "ppl_seconds", "ppl_prompt_tokens_per_second", "gen_seconds", "gen_tokens_per_second",
                 "accuracy_choice", "processes", "processes_with_gpu", "forked_after_cuda", "exit_status", "error"):
         rows.append(f"| {key} | {doc['compass'].get(key, '')} | {doc['vllm'].get(key, '')} |")
