@@ -35,9 +35,13 @@ WHEELS=(opencompass==0.5.4 mmengine-lite==0.11.0rc3 addict==2.4.0 datasets==3.6.
   importlib-metadata==8.7.0 zipp==3.21.0 rich==14.0.0 markdown-it-py==3.0.0 mdurl==0.1.2 pygments==2.19.1
   regex==2024.11.6 einops==0.8.1 json5==0.12.0 immutabledict==4.2.1 sacrebleu==2.5.1 portalocker==3.1.1 lxml==5.4.0)
 python3 -m pip download -q "${PLAT[@]}" -d "$DIR/dl" "${WHEELS[@]}"
-# Pure-Python packages published only as source: build their wheels here.
+# Pure-Python packages published only as source, and compass_client (from a copy: setuptools builds
+# in the source tree): build their wheels here.
+SRC="$(mktemp -d)"
+trap 'rm -rf "$SRC"' EXIT
+cp -r "$ROOT/python/pyproject.toml" "$ROOT/python/README.md" "$ROOT/python/compass_client" "$SRC/"
 python3 -m pip wheel -q --no-deps -w "$DIR/dl" jieba==0.42.1 rouge==1.0.1 rouge-chinese==1.0.3 fuzzywuzzy==0.18.0 \
-  func-timeout==4.3.5 timeout-decorator==0.5.0 rouge-score==0.1.2 "$ROOT/python" 2>&1 | grep -v "^$" || true
+  func-timeout==4.3.5 timeout-decorator==0.5.0 rouge-score==0.1.2 "$SRC"
 rm -rf "$DIR"/c[0-9]* "$DIR/parts"
 mkdir -p "$DIR/parts"
 cp "$DIR"/dl/*.whl "$DIR/parts/"
