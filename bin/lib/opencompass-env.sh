@@ -9,7 +9,8 @@
 # Not the project's .venv: OpenCompass 0.5.4 needs NumPy < 2, which would downgrade what the engines
 # and their tests run on. Installs python/requirements-opencompass.txt (every package pinned) only
 # when that file changed since the last install (a stamp inside the venv holds its hash). A first
-# install downloads about 500 MB and takes 5 to 10 minutes; the venv takes about 2.2 GB.
+# install downloads a few hundred MB (torch's +cpu wheel comes from the local wheel directory) and
+# took 11 to 18 minutes on the busy 2-core development machine; the venv takes about 2.1 GB.
 
 ensure_opencompass_env() {
   local venv="${COMPASS_OPENCOMPASS_VENV:-$ROOT/.venv-opencompass}"
