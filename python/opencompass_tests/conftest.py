@@ -9,6 +9,7 @@ Binaries come from $COMPASS_BIN_DIR or .build/debug, as for python/tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -111,9 +112,10 @@ class Cluster:
         stop([*self.workers, *([self.broker] if self.broker else [])])
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    """A broker (--pool oc) with nothing else started; ipc paths need a short directory."""
+@contextlib.contextmanager
+def cluster_in_temp_dir() -> Iterator[Cluster]:
+    """A Cluster in a fresh short directory (ipc paths are limited to ~100 bytes), stopped and
+    removed on the way out."""
     directory = Path(tempfile.mkdtemp(prefix="cpoc-", dir="/tmp"))
     c = Cluster(directory)
     try:
@@ -121,6 +123,13 @@ def cluster() -> Iterator[Cluster]:
     finally:
         c.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A broker (--pool oc) with nothing else started."""
+    with cluster_in_temp_dir() as c:
+        yield c
 
 
 def opencompass_env() -> dict[str, str]:

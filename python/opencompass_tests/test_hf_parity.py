@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from compass_client import _opencompass_scoring as scoring
-from conftest import ENGINES, Cluster, opencompass_env, run_opencompass
+from conftest import ENGINES, Cluster, cluster_in_temp_dir, opencompass_env, run_opencompass
 from evaluation import compass_model, predictions, read_jsonl, result, write_config, write_datasets
 
 scoring.keep_raw_results()  # results decoded from here on keep scores and prompt_logprobs
@@ -67,22 +67,25 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture
-def hf_pool(cluster: Cluster, tiny_model: Path) -> Iterator[Cluster]:
-    """A broker and one hf worker on CPU serving the tiny model; skips when that engine cannot score."""
-    cluster.start_broker()
-    env = {"COMPASS_PYTHON": sys.executable, "COMPASS_ENGINES_DIR": os.environ.get("COMPASS_ENGINES_DIR", str(ENGINES))}
-    cluster.start_worker("--engine", "hf", "--model", str(tiny_model), engine_args=("device=cpu",), env=env)
-    cluster.wait_for_workers(1, timeout=120)
-    probe = [{"custom_id": "score", "prompt": "The quick brown", "continuations": [" fox"]},
-             {"custom_id": "ppl", "prompt": "The quick brown fox", "max_tokens": 0, "prompt_logprobs": 0}]
-    results = cluster.client().submit(probe, cluster.pool, timeout=120)
-    missing = [r.custom_id + (f" ({r.error.code}: {r.error.message})" if r.error else "") for r, field in
-               zip(results, ("scores", "prompt_logprobs")) if not r.ok or scoring.result_field(r, field) is None]
-    if missing:
-        pytest.skip(f"the hf engine in {env['COMPASS_ENGINES_DIR']} does not answer scoring or prompt_logprobs "
-                    f"requests ({'; '.join(missing)}): needs the hf engine's scoring (branch py-scoring)")
-    yield cluster
+@pytest.fixture(scope="module")
+def hf_pool(tiny_model: Path) -> Iterator[Cluster]:
+    """A broker and one hf worker on CPU serving the tiny model, shared by this module's tests (an hf
+    engine takes a while to start); skips them when that engine cannot score."""
+    with cluster_in_temp_dir() as cluster:
+        cluster.start_broker()
+        engines = os.environ.get("COMPASS_ENGINES_DIR", str(ENGINES))
+        cluster.start_worker("--engine", "hf", "--model", str(tiny_model), engine_args=("device=cpu",),
+                             env={"COMPASS_PYTHON": sys.executable, "COMPASS_ENGINES_DIR": engines})
+        cluster.wait_for_workers(1, timeout=120)
+        probe = [{"custom_id": "score", "prompt": "The quick brown", "continuations": [" fox"]},
+                 {"custom_id": "ppl", "prompt": "The quick brown fox", "max_tokens": 0, "prompt_logprobs": 0}]
+        results = cluster.client().submit(probe, cluster.pool, timeout=120)
+        missing = [r.custom_id + (f" ({r.error.code}: {r.error.message})" if r.error else "") for r, field in
+                   zip(results, ("scores", "prompt_logprobs")) if not r.ok or scoring.result_field(r, field) is None]
+        if missing:
+            pytest.skip(f"the hf engine in {engines} does not answer scoring or prompt_logprobs requests "
+                        f"({'; '.join(missing)}): needs the hf engine's scoring (branch py-scoring)")
+        yield cluster
 
 
 def test_model_api_matches_huggingface_causal_lm(hf_pool: Cluster, opencompass_python: Path,
