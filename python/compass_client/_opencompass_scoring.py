@@ -1,0 +1,148 @@
+"""What ``compass_client.opencompass`` sends and computes, kept free of OpenCompass, torch and numpy.
+
+The numbers follow OpenCompass's own ``HuggingFaceCausalLM`` (``opencompass/models/huggingface.py``,
+0.5.x, one sample at a time as with its default ``batch_padding=False``), so that an evaluation
+through compass scores what OpenCompass computes on the model directly:
+
+- ``get_ppl``: the prompt is tokenized with special tokens (the tokenizer's BOS), cut at
+  ``max_seq_len``; each token after the first has a cross-entropy ``-logprob(token | before)``;
+  tokens equal to the pad token count nothing; positions before ``mask_length`` (the context) are
+  masked out; the sum is divided by the number of non-pad tokens minus ``mask_length`` (the first
+  token included, as OpenCompass does).
+- ``get_loglikelihood``: the input is tokenized whole; the context is the input with every
+  occurrence of the continuation removed, tokenized the same way; the score is the sum of the
+  logprobs of the input's tokens from the context's length on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+from .types import Result
+
+Prompt = Union[str, Sequence[Mapping[str, Any]]]
+
+#: OpenCompass's roles as chat roles (``_convert_chat_messages`` in huggingface_above_v4_33.py).
+CHAT_ROLES = {"HUMAN": "user", "BOT": "assistant", "SYSTEM": "system"}
+
+
+def perplexity(token_ids: Sequence[int], token_logprobs: Sequence[Optional[float]], mask_length: int = 0,
+               pad_token_id: Optional[int] = None) -> float:
+    """Mean cross-entropy of a prompt's tokens, as ``HuggingFaceCausalLM._get_ppl`` computes it.
+
+    ``token_logprobs[t]`` is the logprob of ``token_ids[t]`` given the tokens before it (the first is
+    None). NaN where nothing is left to average (OpenCompass divides 0 by 0 there too).
+    """
+    if len(token_ids) != len(token_logprobs):
+        raise ValueError(f"{len(token_logprobs)} logprobs for {len(token_ids)} tokens")
+    total = 0.0
+    for t in range(max(1, mask_length), len(token_ids)):
+        if token_ids[t] == pad_token_id:
+            continue  # CrossEntropyLoss(ignore_index=pad_token_id)
+        value = token_logprobs[t]
+        if value is None:
+            raise ValueError(f"no logprob for prompt token {t}")
+        total -= value
+    count = sum(1 for token in token_ids if token != pad_token_id) - mask_length
+    return total / count if count else math.nan
+
+
+def ppl_request(custom_id: str, token_ids: Sequence[int]) -> dict[str, Any]:
+    """A request for every prompt token's logprob, generating nothing (docs/protocol.md)."""
+    return {"custom_id": custom_id, "prompt_token_ids": list(token_ids), "max_tokens": 0, "prompt_logprobs": 0}
+
+
+def score_request(custom_id: str, context_ids: Sequence[int], continuation_ids: Sequence[int]) -> dict[str, Any]:
+    """A scoring request for one continuation given as token ids after a token-id context."""
+    return {"custom_id": custom_id, "prompt_token_ids": list(context_ids), "continuations": [list(continuation_ids)]}
+
+
+def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
+    """OpenCompass's prompt (a string, or a PromptList of ``{"role", "prompt"}`` rounds from its
+    API template parser) as chat messages: empty rounds dropped, adjacent rounds of one role merged
+    with a newline, as ``HuggingFacewithChatTemplate`` does."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages: list[dict[str, str]] = []
+    for item in prompt:
+        text = item.get("prompt") or ""
+        if not text:
+            continue
+        role = CHAT_ROLES.get(str(item.get("role")))
+        if role is None:
+            raise ValueError(f"prompt round with role {item.get('role')!r}: expected HUMAN, BOT or SYSTEM")
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n" + text
+        else:
+            messages.append({"role": role, "content": text})
+    return messages
+
+
+def plain_text(prompt: Prompt) -> str:
+    """A PromptList's rounds joined as they are (how OpenCompass's base models read them)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "".join(str(item.get("prompt") or "") for item in prompt)
+
+
+# MARK: Reading results
+
+def result_field(result: Result, name: str) -> Any:
+    """A result's ``scores`` or ``prompt_logprobs``: the attribute where the client's ``Result``
+    has it, else the raw JSON kept by ``keep_raw_results``."""
+    value = getattr(result, name, None)
+    if value is None:
+        raw = getattr(result, "_raw_json", None)
+        if isinstance(raw, Mapping):
+            value = raw.get(name)
+    return value
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+
+def continuation_logprob(result: Result) -> float:
+    """The summed logprob of a scoring request's single continuation."""
+    scores = result_field(result, "scores")
+    if not scores:
+        raise ValueError(f"request {result.custom_id}: the result has no scores (finish_reason "
+                         f"{result.finish_reason!r}); does this pool's engine support scoring?")
+    value = _get(scores[0], "logprob")
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"request {result.custom_id}: score without a logprob: {scores[0]!r}")
+    return float(value)
+
+
+def prompt_token_logprobs(result: Result) -> tuple[list[int], list[Optional[float]]]:
+    """The token ids and their logprobs of a ``prompt_logprobs`` result."""
+    block = result_field(result, "prompt_logprobs")
+    if block is None:
+        raise ValueError(f"request {result.custom_id}: the result has no prompt_logprobs; does this pool's "
+                         "engine support them?")
+    ids, values = _get(block, "token_ids"), _get(block, "token_logprobs")
+    if not isinstance(ids, list) or not isinstance(values, list):
+        raise ValueError(f"request {result.custom_id}: malformed prompt_logprobs: {block!r}")
+    return [int(t) for t in ids], [None if v is None else float(v) for v in values]
+
+
+def keep_raw_results() -> None:
+    """Makes every decoded ``Result`` keep its JSON object as ``_raw_json``, when the client's
+    ``Result`` has no ``scores`` field yet to carry scoring results. A no-op once it has."""
+    names = getattr(Result, "__dataclass_fields__", {})
+    if "scores" in names and "prompt_logprobs" in names:
+        return
+    current = Result.__dict__["from_json"].__func__
+    if getattr(current, "_keeps_raw_json", False):
+        return
+
+    def from_json(cls: type[Result], obj: Any, batch_id: Optional[str] = None) -> Result:
+        result = current(cls, obj, batch_id)
+        if isinstance(obj, dict):
+            result._raw_json = obj  # type: ignore[attr-defined]
+        return result
+
+    from_json._keeps_raw_json = True  # type: ignore[attr-defined]
+    Result.from_json = classmethod(from_json)  # type: ignore[method-assign,assignment]
