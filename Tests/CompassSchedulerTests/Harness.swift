@@ -38,8 +38,13 @@ struct Harness {
     }
 
     @discardableResult
-    mutating func ready(_ worker: String, pool: String = "p", credit: Int = 1) -> [SchedulerAction<[UInt8]>] {
-        record(scheduler.workerReady(PeerID(worker), pool: pool, credit: credit, now: now))
+    mutating func ready(_ worker: String, pool: String = "p", credit: Int = 1, creditMode: CreditMode = .implicit) -> [SchedulerAction<[UInt8]>] {
+        record(scheduler.workerReady(PeerID(worker), pool: pool, credit: credit, creditMode: creditMode, now: now))
+    }
+
+    @discardableResult
+    mutating func credit(_ worker: String, _ n: UInt32) -> [SchedulerAction<[UInt8]>] {
+        record(scheduler.workerCredit(PeerID(worker), n, now: now))
     }
 
     @discardableResult
