@@ -73,4 +73,67 @@ struct AdmissionTests {
             """)
         #expect(occupancy >= 0.9, "occupancy \(occupancy): \(steady)")
     }
+
+    /// An engine process that declares `capacity` 16 in its `ready` and answers only once it holds
+    /// 16 batches at once (or 5 s passed): each result's `stats.engine` says how many it held.
+    static let probeEngine = #"""
+    import json, os, select, sys, time
+    IN, OUT, CAP = int(os.environ["COMPASS_ENGINE_IN"]), int(os.environ["COMPASS_ENGINE_OUT"]), 16
+    def send(m):
+        os.write(OUT, (json.dumps(m) + "\n").encode())
+    send({"type": "ready", "model": "", "detail": "capacity probe", "start_method": "none", "capacity": CAP, "capacity_tokens": 4096})
+    held, buf, steps, seq, deadline = [], b"", 0, 0, 0.0
+    while True:
+        r, _, _ = select.select([IN], [], [], max(0.0, deadline - time.monotonic()) if held else None)
+        if r:
+            data = os.read(IN, 1 << 16)
+            if not data:
+                sys.exit(0)
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                m = json.loads(line) if line.strip() else {}
+                if m.get("type") == "batch":
+                    deadline = deadline if held else time.monotonic() + 5
+                    held.append(m)
+                elif m.get("type") == "shutdown":
+                    sys.exit(0)
+        if held and (len(held) >= CAP or time.monotonic() >= deadline):
+            steps, seq = steps + 1, seq + len(held)
+            for b in held:
+                results = [{"custom_id": q["custom_id"], "text": "ok", "prompt_tokens": 1, "completion_tokens": 1,
+                            "finish_reason": "stop", "error": None} for q in b["requests"]]
+                send({"type": "result", "batch_id": b["batch_id"], "attempt": b["attempt"], "results": results,
+                      "stats": {"engine_ms": 1.0, "engine": {"capacity": CAP, "steps": steps, "sequence_steps": seq,
+                                                              "occupancy": len(held) / CAP}}})
+            held = []
+    """#
+
+    @Test("An engine process that declares capacity 16 gets 16 one-request batches at once; its counts reach the producer")
+    func aProcessEngineDeclaresItsCapacity() async throws {
+        let dir = TempDir()
+        try Self.probeEngine.write(toFile: dir.file("probe.py"), atomically: true, encoding: .utf8)
+        let broker = try BrokerProcess(in: dir)
+        let worker = try startWorker(broker.backend, in: dir, name: "w", arguments: [
+            "--engine", "exec", "--engine-arg", "command=python3 \(dir.file("probe.py"))"])
+        try worker.waitForLog("registered with broker")
+        let client = try testClient(broker.frontend)
+        defer { client.close() }
+        let caps = try #require(try await status(client).workers.first?.capabilities)
+        #expect(caps.capacity == 16 && caps.capacityTokens == 4096 && caps.creditMode == .explicit, "\(caps)")
+        let outcomes = try await withThrowingTaskGroup(of: BatchOutcome.self) { group in
+            for i in 0..<64 {
+                group.addTask { try await client.submit([InferenceRequest(customID: "p\(i)", prompt: "x")], pool: "default", batchID: "probe-\(i)") }
+            }
+            var all: [BatchOutcome] = []
+            for try await o in group { all.append(o) }
+            return all
+        }
+        #expect(outcomes.count == 64)
+        #expect(try outcomes.allSatisfy { try $0.results().first?.text == "ok" })
+        // A worker that admitted batch by batch would give this engine 1 (or max_batches) at a time,
+        // and every answer would come after the 5 s wait with occupancy 1/16.
+        let full = outcomes.filter { ($0.stats()?.engine?.occupancy ?? 0) >= 1 }.count
+        #expect(full >= 48, "\(full) of 64 batches were answered in a round of 16 or more: \(outcomes.map { $0.stats()?.engine?.occupancy ?? -1 })")
+    }
 }
