@@ -65,9 +65,10 @@ let package = Package(
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // The worker: registration, credits, heartbeats, reconnects, GPU claims, engine supervision.
+        // The worker: its decisions as a pure state machine (registration, credit, admission into
+        // the engine, engine supervision), the socket loop around it, GPU claims.
         .target(name: "CompassWorker", dependencies: [
-            "CompassEngines", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
+            "CompassEngines", "CompassProtocol", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -108,6 +109,7 @@ let package = Package(
         .testTarget(name: "CompassProtocolTests", dependencies: ["CompassProtocol", "CompassWire", "ZMQ"]),
         .testTarget(name: "CompassSchedulerTests", dependencies: ["CompassScheduler", "CompassProtocol"]),
         .testTarget(name: "CompassEnginesTests", dependencies: ["CompassEngines", "CompassProtocol"]),
+        .testTarget(name: "CompassWorkerTests", dependencies: ["CompassWorker", "CompassEngines", "CompassProtocol"]),
         .testTarget(name: "CompassTopologyTests", dependencies: ["CompassTopology", "CompassLauncher", "CompassSystem", "Yams"]),
         .testTarget(name: "CompassJournalTests", dependencies: ["CompassJournal", "CompassScheduler", "CompassProtocol"]),
         .testTarget(name: "CompassGatewayTests", dependencies: ["CompassGateway", "CompassProtocol", "CompassTopology", "CompassLauncher"]),

@@ -194,6 +194,19 @@ def build(doc):
         table("5. Recovery: SIGKILL of a busy compass-worker until its batch reaches another worker, and until the producer has the result",
               ["heartbeat ms", "kills", "re-dispatch min ms", "median", "max", "result median ms", "max"], rows, out)
 
+    # 5b. admission
+    rows = []
+    for r in c.get("admission", []):
+        rows.append([r["capacity"], f"{r['step_us']} + {r['seq_us']}/seq", fmt(r["requests"]), r["window"], fmt(r["occupancy_steady"], 3),
+                     fmt(r["occupancy_whole_run"], 3), fmt(r["steady_steps"]), fmt(r["requests_per_s"]), fmt(r["ideal_requests_per_s"]),
+                     fmt(ratio(r["requests_per_s"], r["ideal_requests_per_s"]), 3)])
+    if rows:
+        table("5b. Admission: synthetic continuous engine behind compass submit --batch-size 1 (occupancy from the engine's own step counts)",
+              ["capacity", "step us", "requests", "window", "occupancy steady", "whole run", "steps", "requests/s", "ideal/s", "ratio"],
+              rows, out)
+    if "admission_error" in c:
+        out.append(f"\nadmission: FAILED {c['admission_error']}")
+
     # 6. peers
     rows = []
     peers = {}
@@ -256,6 +269,9 @@ def build(doc):
         ("p99 added latency < 1 ms on an idle cluster", derived.get("added_latency_p99_us"), lambda v: v < 1000, lambda v: f"{v} us"),
         (">= 10x Celery's throughput (no-op, 1 KiB, 4 workers)", celery_x, lambda v: v >= 10, lambda v: f"{v:.1f}x"),
     ]
+    adm = min((r["occupancy_steady"] for r in c.get("admission", [])), default=None)
+    checks.append(("continuous engine (256 sequences) behind compass submit --batch-size 1 keeps >= 90% of its capacity occupied",
+                   adm, lambda v: v >= 0.9, lambda v: f"{v * 100:.1f}% (steady state, lowest window)"))
     derived["targets"] = []
     for label, v, ok, show in checks:
         status = "-" if v is None else ("MET" if ok(v) else "MISSED")

@@ -64,10 +64,11 @@ extension Broker {
 
     func encode(_ output: WorkerOutput<Frame>) -> BrokerWorkerMessage {
         switch output {
-        case .welcome(let workerID):
+        case .welcome(let workerID, let creditMode):
+            // `credit_mode` is said only when explicit: an implicit WELCOME stays as it always was.
             return .welcome(settings: jsonFrame(WorkerWelcome(
                 workerID: workerID, heartbeatMilliseconds: UInt32(options.scheduler.heartbeatMilliseconds),
-                liveness: UInt32(options.scheduler.liveness))))
+                liveness: UInt32(options.scheduler.liveness), creditMode: creditMode == .explicit ? .explicit : nil)))
         case .batch(let id, let attempt, let meta, let payload):
             return .batch(batchID: id, attempt: attempt, meta: meta, payload: payload)
         case .cancel(let id, let attempt):

@@ -34,7 +34,8 @@ extension Broker {
             logger.info("worker ready", metadata: [
                 "worker": "\(worker)", "pool": "\(caps.pool)", "engine": "\(caps.engine)", "tp": "\(caps.tp)",
                 "gpus": "\(caps.gpus.map(\.index))", "host": "\(caps.host)", "pid": "\(caps.pid)", "credit": "\(caps.credit)"])
-            execute(scheduler.workerReady(worker, pool: caps.pool, credit: caps.credit, process: "\(caps.host):\(caps.pid)", now: t))
+            execute(scheduler.workerReady(worker, pool: caps.pool, credit: caps.credit, creditMode: caps.creditMode ?? .implicit,
+                                          process: "\(caps.host):\(caps.pid)", now: t))
         case .credit(let n):
             execute(scheduler.workerCredit(worker, n, now: t))
         case .progress(let id, let attempt, let done, let total):

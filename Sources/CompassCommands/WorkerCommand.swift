@@ -29,7 +29,14 @@ public struct WorkerCommand: ParsableCommand {
     @Option(help: "Model path or name for the engine.") var model = ""
     @Option(name: .customLong("engine-arg"), help: "An engine setting as key=value (repeatable).")
     var engineArgs: [String] = []
-    @Option(help: "Batches the broker may send ahead (one runs, the rest wait).") var credit = 2
+    @Option(help: "Batches the broker may send ahead (one runs, the rest wait); with an engine that declares its capacity in sequences, the least window: the worker asks for as many batches as keep the engine full.")
+    var credit = 2
+    @Option(help: "Requests held beyond an engine's sequence capacity, so a freed slot is filled without waiting for the broker (default: a quarter of the capacity).")
+    var readAhead: Int?
+    @Option(help: "Requests handed to an engine beyond its sequence capacity, so it starts the next one the step a sequence ends (default: a sixteenth of the capacity).")
+    var engineQueue: Int?
+    @Option(help: "Milliseconds between log lines of the engine's occupancy, from its own step counts (0: never).")
+    var statsIntervalMs: UInt64 = 10_000
     @Option(help: "Largest batch (requests) to ask for; reported to the broker.") var maxBatch = 256
     @Option(help: "Milliseconds SIGTERM waits for the running batch before handing it back.") var drainMs: UInt64 = 30_000
     @Option(help: "Milliseconds the engine may take to become ready.") var startupTimeoutMs: UInt64 = 600_000
@@ -54,6 +61,7 @@ public struct WorkerCommand: ParsableCommand {
         guard WireProtocol.isValidPoolName(pool) else { throw ValidationError("--pool '\(pool)' is not a valid pool name") }
         guard tp >= 1 else { throw ValidationError("--tp must be at least 1") }
         guard credit >= 1 else { throw ValidationError("--credit must be at least 1") }
+        guard (readAhead ?? 0) >= 0, (engineQueue ?? 0) >= 0 else { throw ValidationError("--read-ahead and --engine-queue must be 0 or more") }
         for arg in engineArgs where !arg.contains("=") || arg.hasPrefix("=") {
             throw ValidationError("--engine-arg '\(arg)' must be key=value")
         }
@@ -84,6 +92,9 @@ public struct WorkerCommand: ParsableCommand {
         options.model = model
         options.engineArguments = engineArguments
         options.credit = credit
+        options.readAhead = readAhead
+        options.engineQueue = engineQueue
+        options.statsIntervalMilliseconds = statsIntervalMs
         options.maxBatch = maxBatch
         options.drainMilliseconds = drainMs
         options.startupTimeoutMilliseconds = startupTimeoutMs

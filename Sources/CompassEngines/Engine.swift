@@ -1,7 +1,7 @@
 import CompassProtocol
 
 /// One batch handed to an engine.
-public struct EngineJob: Sendable {
+public struct EngineJob: Sendable, Equatable {
     public var batchID: String
     public var attempt: UInt32
     public var meta: BatchMeta
@@ -18,9 +18,8 @@ public struct EngineJob: Sendable {
 
 /// What an engine reports to the worker that hosts it.
 public enum EngineEvent: Sendable {
-    /// Loaded and able to take jobs (after start or restart); `maxBatches` is how many batches the
-    /// engine takes at once (vLLM batches continuously across them; most engines take 1).
-    case ready(detail: String, maxBatches: Int)
+    /// Loaded and able to take jobs (after start or restart), and how much work it takes at once.
+    case ready(detail: String, capacity: EngineCapacity)
     /// Requests of the job completed so far: the watchdog's proof of forward progress.
     case progress(batchID: String, attempt: UInt32, done: UInt32, total: UInt32)
     /// The job finished: `payload` is a JSON array of `InferenceResult`, in request order.
@@ -40,7 +39,7 @@ public protocol Engine: AnyObject {
     var eventFD: Int32 { get }
     /// Starts (or restarts) the engine; `.ready` follows when it can take jobs.
     func start() throws
-    /// Gives the engine a job. The worker keeps at most `maxBatches` (from `.ready`) in the engine.
+    /// Gives the engine a job. The worker keeps the engine's work within its `EngineCapacity`.
     func submit(_ job: EngineJob)
     /// Asks the engine to abandon a job; it answers with `.failed(code: .cancelled)` or its result.
     func cancel(batchID: String, attempt: UInt32)

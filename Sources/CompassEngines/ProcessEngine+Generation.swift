@@ -170,7 +170,9 @@ extension ProcessEngine {
             gen.ready = true
             let detail = [object["detail"], object["model"], (object["start_method"] as? String).map { "start method \($0)" }]
                 .compactMap { $0 as? String }.joined(separator: ", ")
-            post(.ready(detail: detail, maxBatches: max(1, min(8, object["max_batches"] as? Int ?? 1))), gen)
+            let capacity = EngineCapacity(maxBatches: object["max_batches"] as? Int ?? 1, sequences: object["capacity"] as? Int,
+                                          tokens: object["capacity_tokens"] as? Int)
+            post(.ready(detail: detail, capacity: capacity), gen)
         case "progress":
             post(.progress(batchID: batchID, attempt: attempt, done: UInt32(clamping: object["done"] as? Int ?? 0),
                            total: UInt32(clamping: object["total"] as? Int ?? 0)), gen)
@@ -182,7 +184,8 @@ extension ProcessEngine {
                 requests: dicts.count, failedRequests: dicts.filter { !($0["error"] is NSNull) && $0["error"] != nil }.count,
                 promptTokens: dicts.reduce(0) { $0 + ($1["prompt_tokens"] as? Int ?? 0) },
                 completionTokens: dicts.reduce(0) { $0 + ($1["completion_tokens"] as? Int ?? 0) },
-                engineMilliseconds: ((object["stats"] as? [String: Any])?["engine_ms"] as? Double) ?? 0, worker: name)
+                engineMilliseconds: ((object["stats"] as? [String: Any])?["engine_ms"] as? Double) ?? 0, worker: name,
+                engine: Self.stepStats((object["stats"] as? [String: Any])?["engine"]))
             post(.finished(batchID: batchID, attempt: attempt, payload: payload, stats: stats), gen)
         case "failed":
             let code = FailureCode(rawValue: object["code"] as? String ?? "") ?? .engineError
@@ -193,6 +196,13 @@ extension ProcessEngine {
         default:
             logger.warning("engine sent an unknown message type", metadata: ["type": "\(type)"])
         }
+    }
+
+    /// A continuously batching engine's `stats.engine` (capacity, steps, sequence_steps, occupancy), as sent.
+    static func stepStats(_ value: Any?) -> EngineStepStats? {
+        guard let object = value as? [String: Any], let capacity = object["capacity"] as? Int,
+              let steps = object["steps"] as? Int, let sequenceSteps = object["sequence_steps"] as? Int else { return nil }
+        return EngineStepStats(capacity: capacity, steps: steps, sequenceSteps: sequenceSteps, occupancy: object["occupancy"] as? Double)
     }
 
     /// The engine's event pipe closed: make sure the group is gone, then say why it died.

@@ -6,6 +6,11 @@ import Foundation
 /// The default engine: runs in the worker's process on a thread of its own, needs no GPU, and is
 /// deterministic (see `SyntheticModel`). A latency profile makes it behave like a GPU for benchmarks.
 ///
+/// Two modes. By default it runs one batch at a time (`SyntheticEngine+Batch.swift`). With
+/// `capacity=N` it batches continuously as vLLM does (`SyntheticEngine+Continuous.swift`): up to N
+/// sequences run at once, each step advances every one of them by a token, requests of any batch
+/// join between steps, and each result carries the engine's own occupancy count.
+///
 /// Markers in a prompt inject faults, for tests and chaos runs:
 /// `@@crash` the engine dies mid-batch (as a crashed engine process would), `@@hang` it stops making
 /// progress until cancelled or stopped, `@@fail` that request alone fails with `bad_request`,
@@ -15,23 +20,28 @@ public final class SyntheticEngine: Engine, @unchecked Sendable {
     // @unchecked: every mutable field below is read and written only with `condition` held.
     public let name = "synthetic"
     public let profile: LatencyProfile
+    /// The continuous-batching mode's settings; nil: one batch at a time.
+    public let stepping: StepProfile?
     public let startupMilliseconds: UInt64
-    private let condition = NSCondition()
-    private var jobs: Deque<EngineJob> = []
-    private var cancelled: Set<String> = []
-    private var generation = 0
+    let condition = NSCondition()
+    var jobs: Deque<EngineJob> = []
+    var cancelled: Set<String> = []
+    var generation = 0
     private var events: [EngineEvent] = []
     private let wakeup: WakeupEvent
     public let workerLabel: String
 
-    public init(profile: LatencyProfile = LatencyProfile(), startupMilliseconds: UInt64 = 0, workerLabel: String = "") throws {
+    public init(profile: LatencyProfile = LatencyProfile(), stepping: StepProfile? = nil, startupMilliseconds: UInt64 = 0,
+                workerLabel: String = "") throws {
         self.profile = profile
+        self.stepping = stepping
         self.startupMilliseconds = startupMilliseconds
         self.workerLabel = workerLabel
         wakeup = try WakeupEvent()
     }
 
-    /// Builds the engine from `--engine-arg` values: `batch_ms`, `prefill_us`, `decode_us`, `startup_ms`.
+    /// Builds the engine from `--engine-arg` values: `batch_ms` (or `batch_us`), `prefill_us`,
+    /// `decode_us` and `startup_ms`; `capacity`, `step_us` and `seq_us` for the continuous mode.
     public convenience init(arguments: [String: String], workerLabel: String) throws {
         func number(_ key: String) throws -> UInt64 {
             guard let text = arguments[key] else { return 0 }
@@ -40,14 +50,29 @@ public final class SyntheticEngine: Engine, @unchecked Sendable {
             }
             return UInt64(value)
         }
-        let known: Set<String> = ["batch_ms", "batch_us", "prefill_us", "decode_us", "startup_ms"]
-        if let unknown = arguments.keys.first(where: { !known.contains($0) }) {
+        let known: Set<String> = ["batch_ms", "batch_us", "prefill_us", "decode_us", "startup_ms", "capacity", "step_us", "seq_us"]
+        if let unknown = arguments.keys.sorted().first(where: { !known.contains($0) }) {
             throw EngineConfigurationError(message: "the synthetic engine has no argument '\(unknown)' (it takes \(known.sorted().joined(separator: ", ")))")
+        }
+        var stepping: StepProfile?
+        if arguments["capacity"] != nil {
+            let capacity = try number("capacity")
+            guard capacity >= 1, capacity <= UInt64(EngineCapacity.sequencesLimit) else {
+                throw EngineConfigurationError(message: "--engine-arg capacity=\(arguments["capacity"]!): expected 1 to \(EngineCapacity.sequencesLimit) sequences")
+            }
+            // A step's cost replaces the batch's: a continuous engine has no per-batch cost.
+            if let batchOnly = ["batch_ms", "batch_us", "decode_us"].first(where: { arguments[$0] != nil }) {
+                throw EngineConfigurationError(message: "--engine-arg \(batchOnly) applies to one batch at a time; with capacity= give step_us (per step) and seq_us (per running sequence per step)")
+            }
+            stepping = StepProfile(capacity: Int(capacity), stepMicroseconds: try number("step_us"),
+                                   sequenceMicroseconds: try number("seq_us"), prefillMicrosecondsPerToken: try number("prefill_us"))
+        } else if let stepOnly = ["step_us", "seq_us"].first(where: { arguments[$0] != nil }) {
+            throw EngineConfigurationError(message: "--engine-arg \(stepOnly) needs capacity=N (the continuous-batching mode)")
         }
         let profile = LatencyProfile(batchMicroseconds: try number("batch_ms") * 1000 + number("batch_us"),
                                      prefillMicrosecondsPerToken: try number("prefill_us"),
                                      decodeMicrosecondsPerStep: try number("decode_us"))
-        try self.init(profile: profile, startupMilliseconds: try number("startup_ms"), workerLabel: workerLabel)
+        try self.init(profile: profile, stepping: stepping, startupMilliseconds: try number("startup_ms"), workerLabel: workerLabel)
     }
 
     public var eventFD: Int32 { wakeup.fd }
@@ -59,7 +84,10 @@ public final class SyntheticEngine: Engine, @unchecked Sendable {
         jobs.removeAll()
         cancelled.removeAll()
         condition.unlock()
-        let thread = Thread { [self] in self.loop(generation: mine) }
+        let thread = Thread { [self] in
+            if startupMilliseconds > 0 { Thread.sleep(forTimeInterval: Double(startupMilliseconds) / 1000) }
+            if let stepping { runSteps(stepping, generation: mine) } else { runBatches(generation: mine) }
+        }
         thread.name = "synthetic-engine"
         thread.start()
     }
@@ -73,7 +101,7 @@ public final class SyntheticEngine: Engine, @unchecked Sendable {
 
     public func cancel(batchID: String, attempt: UInt32) {
         condition.lock()
-        cancelled.insert("\(batchID)#\(attempt)")
+        cancelled.insert(Self.key(batchID, attempt))
         condition.broadcast()
         condition.unlock()
     }
@@ -95,9 +123,11 @@ public final class SyntheticEngine: Engine, @unchecked Sendable {
         condition.unlock()
     }
 
-    // MARK: The engine thread
+    // MARK: Shared by both modes, on the engine thread
 
-    private func post(_ event: EngineEvent, generation mine: Int) {
+    static func key(_ batchID: String, _ attempt: UInt32) -> String { "\(batchID)#\(attempt)" }
+
+    func post(_ event: EngineEvent, generation mine: Int) {
         condition.lock()
         let current = generation == mine
         if current { events.append(event) }
@@ -106,8 +136,8 @@ public final class SyntheticEngine: Engine, @unchecked Sendable {
     }
 
     /// Sleeps up to `microseconds`; returns false if the job was cancelled or the engine stopped.
-    private func pause(_ microseconds: UInt64, job: EngineJob, generation mine: Int) -> Bool {
-        let key = "\(job.batchID)#\(job.attempt)"
+    func pause(_ microseconds: UInt64, job: EngineJob, generation mine: Int) -> Bool {
+        let key = Self.key(job.batchID, job.attempt)
         let until = Date().addingTimeInterval(Double(microseconds) / 1e6)
         condition.lock()
         defer { condition.unlock() }
@@ -117,82 +147,82 @@ public final class SyntheticEngine: Engine, @unchecked Sendable {
         return generation == mine && !cancelled.contains(key)
     }
 
-    private func loop(generation mine: Int) {
-        if startupMilliseconds > 0 { Thread.sleep(forTimeInterval: Double(startupMilliseconds) / 1000) }
-        post(.ready(detail: "synthetic engine, latency \(profile)", maxBatches: 1), generation: mine)
-        while true {
-            condition.lock()
-            while generation == mine && jobs.isEmpty { condition.wait() }
-            guard generation == mine else { condition.unlock(); return }
-            let job = jobs.removeFirst()
-            condition.unlock()
-            if !run(job, generation: mine) { return }
-        }
+    /// A job ended by cancel or stop: report it as cancelled (if the engine is still current).
+    func finishCancelled(_ job: EngineJob, generation mine: Int) -> Bool {
+        post(.failed(batchID: job.batchID, attempt: job.attempt, code: .cancelled, retryable: false, message: "cancelled"), generation: mine)
+        condition.lock()
+        defer { condition.unlock() }
+        return generation == mine
     }
 
-    /// Runs one job; returns false when the engine "died" and its thread must end.
-    private func run(_ job: EngineJob, generation mine: Int) -> Bool {
-        let started = MonotonicClock.nanoseconds()
+    /// What a job asks of the engine, markers applied in request order.
+    enum Prepared {
+        /// Not a JSON array: the batch fails as a whole.
+        case invalid(String)
+        /// A `@@crash` request: the engine dies (request id).
+        case crash(String)
+        /// A `@@hang` request: no progress until cancelled.
+        case hang
+        /// Results in request order; `requests[i]` is nil for a request answered already (it failed alone).
+        case run(results: [InferenceResult], requests: [InferenceRequest?])
+    }
+
+    func prepare(_ job: EngineJob) -> Prepared {
         let items: [RequestDecoding.Item]
         switch RequestDecoding.decode(job.payload) {
-        case .failure(let error):
-            post(.failed(batchID: job.batchID, attempt: job.attempt, code: .badRequest, retryable: false, message: error.message), generation: mine)
-            return true
-        case .success(let decoded):
-            items = decoded
+        case .failure(let error): return .invalid(error.message)
+        case .success(let decoded): items = decoded
         }
         var results: [InferenceResult] = []
-        var requests: [InferenceRequest] = []
+        var requests: [InferenceRequest?] = []
         results.reserveCapacity(items.count)
         for item in items {
             switch item {
             case .invalid(let customID, let message):
                 results.append(.failure(customID, code: FailureCode.badRequest.rawValue, message: message))
+                requests.append(nil)
             case .request(let request):
                 let prompt = request.flattenedPrompt
                 let first = job.attempt == 1
                 if prompt.contains("@@exit") { exit(137) }
-                if prompt.contains("@@crash") && (first || !prompt.contains("@@crash1")) {
-                    post(.died(code: .engineDead, message: "synthetic engine crashed on request \(request.customID) (@@crash)"), generation: mine)
-                    return false
-                }
-                if prompt.contains("@@hang") && (first || !prompt.contains("@@hang1")) {
-                    _ = pause(.max, job: job, generation: mine)
-                    return finishCancelled(job, generation: mine)
-                }
+                if prompt.contains("@@crash") && (first || !prompt.contains("@@crash1")) { return .crash(request.customID) }
+                if prompt.contains("@@hang") && (first || !prompt.contains("@@hang1")) { return .hang }
                 if prompt.contains("@@fail") {
                     results.append(.failure(request.customID, code: FailureCode.badRequest.rawValue, message: "request rejected by @@fail marker"))
+                    requests.append(nil)
                 } else {
-                    requests.append(request)
                     results.append(SyntheticModel.complete(request))
+                    requests.append(request)
                 }
             }
         }
-        let total = UInt32(results.count)
-        if !profile.isZero {
-            let micros = SyntheticModel.latencyMicroseconds(requests, results: results, profile: profile)
-            // Report progress in a few steps, as a real engine finishing requests one by one would.
-            let steps = UInt64(min(4, max(1, results.count)))
-            for step in 1...steps {
-                guard pause(micros / steps, job: job, generation: mine) else { return finishCancelled(job, generation: mine) }
-                post(.progress(batchID: job.batchID, attempt: job.attempt, done: UInt32(UInt64(total) * step / steps), total: total), generation: mine)
-            }
-        }
-        let payload = (try? JSONEncoder().encode(results)).map { [UInt8]($0) } ?? Array("[]".utf8)
-        let stats = ResultStats(
-            requests: results.count, failedRequests: results.filter { $0.error != nil }.count,
-            promptTokens: results.reduce(0) { $0 + $1.promptTokens }, completionTokens: results.reduce(0) { $0 + $1.completionTokens },
-            engineMilliseconds: Double(MonotonicClock.nanoseconds() - started) / 1e6, worker: workerLabel)
-        post(.finished(batchID: job.batchID, attempt: job.attempt, payload: payload, stats: stats), generation: mine)
-        return true
+        return .run(results: results, requests: requests)
     }
 
-    /// A job ended by cancel or stop: report it as cancelled (if the engine is still current).
-    private func finishCancelled(_ job: EngineJob, generation mine: Int) -> Bool {
-        post(.failed(batchID: job.batchID, attempt: job.attempt, code: .cancelled, retryable: false, message: "cancelled"), generation: mine)
-        condition.lock()
-        defer { condition.unlock() }
-        return generation == mine
+    /// The figures of a result, counted from its requests' results.
+    func stats(_ results: [InferenceResult], since started: UInt64, engine: EngineStepStats? = nil) -> ResultStats {
+        ResultStats(requests: results.count, failedRequests: results.filter { $0.error != nil }.count,
+                    promptTokens: results.reduce(0) { $0 + $1.promptTokens }, completionTokens: results.reduce(0) { $0 + $1.completionTokens },
+                    engineMilliseconds: Double(MonotonicClock.nanoseconds() - started) / 1e6, worker: workerLabel, engine: engine)
+    }
+}
+
+/// The continuous-batching mode's settings (`--engine-arg capacity=N step_us= seq_us= prefill_us=`).
+public struct StepProfile: Sendable, Equatable {
+    /// Sequences that run at once.
+    public var capacity: Int
+    /// Fixed cost of every step (a GPU's kernel launches and weight reads).
+    public var stepMicroseconds: UInt64
+    /// Cost per running sequence per step.
+    public var sequenceMicroseconds: UInt64
+    /// Cost per prompt token of a sequence in the step it joins.
+    public var prefillMicrosecondsPerToken: UInt64
+
+    public init(capacity: Int, stepMicroseconds: UInt64 = 0, sequenceMicroseconds: UInt64 = 0, prefillMicrosecondsPerToken: UInt64 = 0) {
+        self.capacity = capacity
+        self.stepMicroseconds = stepMicroseconds
+        self.sequenceMicroseconds = sequenceMicroseconds
+        self.prefillMicrosecondsPerToken = prefillMicrosecondsPerToken
     }
 }
 

@@ -42,18 +42,22 @@ public struct ResultStats: Codable, Sendable, Equatable {
     public var completionTokens: Int
     public var engineMilliseconds: Double
     public var worker: String
+    /// How full a continuously batching engine was (absent for engines that run a batch at a time).
+    public var engine: EngineStepStats?
 
-    public init(requests: Int, failedRequests: Int, promptTokens: Int, completionTokens: Int, engineMilliseconds: Double, worker: String) {
+    public init(requests: Int, failedRequests: Int, promptTokens: Int, completionTokens: Int, engineMilliseconds: Double, worker: String,
+                engine: EngineStepStats? = nil) {
         self.requests = requests
         self.failedRequests = failedRequests
         self.promptTokens = promptTokens
         self.completionTokens = completionTokens
         self.engineMilliseconds = engineMilliseconds
         self.worker = worker
+        self.engine = engine
     }
 
     enum CodingKeys: String, CodingKey {
         case requests, failedRequests = "failed_requests", promptTokens = "prompt_tokens"
-        case completionTokens = "completion_tokens", engineMilliseconds = "engine_ms", worker
+        case completionTokens = "completion_tokens", engineMilliseconds = "engine_ms", worker, engine
     }
 }

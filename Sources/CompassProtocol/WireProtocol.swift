@@ -30,6 +30,9 @@ public enum WireProtocol {
     public static let defaultMaxPayloadBytes = 64 << 20
     /// Default per-batch attempt limit when neither the SUBMIT nor the pool sets one.
     public static let defaultMaxAttempts: UInt16 = 3
+    /// The most credit a worker may hold at the broker (batches sent ahead of its next CREDIT).
+    /// The broker clamps at it, so a worker that grants credit explicitly never grants past it.
+    public static let maxCredit = 1024
 
     /// Whether `name` is a valid pool name: 1-64 bytes of `[A-Za-z0-9._-]`.
     public static func isValidPoolName(_ name: String) -> Bool {

@@ -22,6 +22,16 @@ public struct GPUInfo: Codable, Sendable, Equatable {
     }
 }
 
+/// How a worker's credit comes back to it (docs/protocol.md, Worker rules).
+public enum CreditMode: String, Codable, Sendable, CaseIterable {
+    /// Protocol 1 as first written: every RESULT or FAILED returns one credit; CREDIT(n) adds more.
+    /// A worker's window can grow but never shrink. A READY without `credit_mode` means this.
+    case implicit
+    /// RESULT and FAILED return nothing: the worker grants every batch slot with CREDIT, so it can
+    /// keep hundreds of one-request batches while they are small and few when they are large.
+    case explicit
+}
+
 /// The READY frame: what a worker offers.
 public struct WorkerCapabilities: Codable, Sendable, Equatable {
     public var pool: String
@@ -30,12 +40,21 @@ public struct WorkerCapabilities: Codable, Sendable, Equatable {
     public var model: String
     public var engine: String
     public var maxBatch: Int
+    /// The credit granted with READY: batches the broker may send before the next CREDIT.
     public var credit: Int
     public var pid: Int32
     public var host: String
     public var version: String
+    /// `explicit` asks the broker not to return credit with RESULT and FAILED; the broker's WELCOME
+    /// says whether it does. Absent: `implicit`.
+    public var creditMode: CreditMode?
+    /// Sequences the worker's engine runs at once, when the engine says (informational).
+    public var capacity: Int?
+    /// KV-cache tokens of the worker's engine, when the engine says (informational).
+    public var capacityTokens: Int?
 
-    public init(pool: String, tp: Int, gpus: [GPUInfo], model: String, engine: String, maxBatch: Int, credit: Int, pid: Int32, host: String, version: String) {
+    public init(pool: String, tp: Int, gpus: [GPUInfo], model: String, engine: String, maxBatch: Int, credit: Int, pid: Int32, host: String,
+                version: String, creditMode: CreditMode? = nil, capacity: Int? = nil, capacityTokens: Int? = nil) {
         self.pool = pool
         self.tp = tp
         self.gpus = gpus
@@ -46,10 +65,14 @@ public struct WorkerCapabilities: Codable, Sendable, Equatable {
         self.pid = pid
         self.host = host
         self.version = version
+        self.creditMode = creditMode
+        self.capacity = capacity
+        self.capacityTokens = capacityTokens
     }
 
     enum CodingKeys: String, CodingKey {
         case pool, tp, gpus, model, engine, maxBatch = "max_batch", credit, pid, host, version
+        case creditMode = "credit_mode", capacity, capacityTokens = "capacity_tokens"
     }
 }
 
@@ -58,15 +81,19 @@ public struct WorkerWelcome: Codable, Sendable, Equatable {
     public var workerID: String
     public var heartbeatMilliseconds: UInt32
     public var liveness: UInt32
+    /// The credit mode the broker applies to this worker: `explicit` only when the READY asked for
+    /// it and the broker honours it. Absent (a broker that predates it): `implicit`.
+    public var creditMode: CreditMode?
 
-    public init(workerID: String, heartbeatMilliseconds: UInt32, liveness: UInt32) {
+    public init(workerID: String, heartbeatMilliseconds: UInt32, liveness: UInt32, creditMode: CreditMode? = nil) {
         self.workerID = workerID
         self.heartbeatMilliseconds = heartbeatMilliseconds
         self.liveness = liveness
+        self.creditMode = creditMode
     }
 
     enum CodingKeys: String, CodingKey {
-        case workerID = "worker_id", heartbeatMilliseconds = "heartbeat_ms", liveness
+        case workerID = "worker_id", heartbeatMilliseconds = "heartbeat_ms", liveness, creditMode = "credit_mode"
     }
 }
 

@@ -69,6 +69,8 @@ struct WorkerRecord {
     let pool: String
     let registeredAt: Timestamp
     var credit: Int
+    /// `.explicit`: RESULT and FAILED return no credit; the worker grants every slot with CREDIT.
+    var creditMode: CreditMode = .implicit
     var running: Set<String> = []
     var lastSeen: Timestamp
     var lastSent: Timestamp

@@ -2,21 +2,25 @@ import CompassProtocol
 
 extension Scheduler {
     /// READY: registers a worker for `pool` with `credit`. A READY from a known id is a restart:
-    /// what the old incarnation held is requeued first.
+    /// what the old incarnation held is requeued first. `creditMode` is what the READY asked for
+    /// (`implicit` when it did not say); WELCOME confirms it, so a worker can tell this broker
+    /// from one that predates explicit credit.
     ///
     /// - Parameter process: who the worker is beyond this connection (its READY's host and pid):
     ///   a worker that reconnects under another routing id is the same process, and its late
     ///   answers to what it was sent before return its credit.
-    public mutating func workerReady(_ id: PeerID, pool: String, credit: Int, process: String = "", now: Timestamp) -> [Action] {
+    public mutating func workerReady(_ id: PeerID, pool: String, credit: Int, creditMode: CreditMode = .implicit,
+                                     process: String = "", now: Timestamp) -> [Action] {
         collect { s in
             if s.workers[id] != nil { s.loseWorker(id, reason: "re-registered (restarted)", now) }
             if s.pools[pool] == nil { s.pools[pool] = PoolState() }
-            let record = WorkerRecord(id: id, pool: pool, registeredAt: now, credit: min(max(credit, 0), s.config.maxCredit),
+            var record = WorkerRecord(id: id, pool: pool, registeredAt: now, credit: min(max(credit, 0), s.config.maxCredit),
                                       lastSeen: now, lastSent: now, generation: s.nextGeneration, process: process)
+            record.creditMode = creditMode
             s.nextGeneration += 1
             s.workers[id] = record
             s.pools[pool]!.workers.insert(id)
-            s.sendWorker(id, .welcome(workerID: id.description), now)
+            s.sendWorker(id, .welcome(workerID: id.description, creditMode: creditMode), now)
             s.emit(.event(.workerRegistered(worker: id, pool: pool, credit: record.credit)))
             s.offer(id)
             s.dispatch(pool, now)
@@ -68,11 +72,12 @@ extension Scheduler {
         }
     }
 
-    /// One credit back to a worker.
+    /// One credit back to a worker, unless it grants its credit explicitly (it sends CREDIT for
+    /// each slot it wants filled).
     mutating func returnCredit(_ id: PeerID) {
         let maxCredit = config.maxCredit
         withWorker(id) { w in
-            w.credit = min(w.credit + 1, maxCredit)
+            if w.creditMode == .implicit { w.credit = min(w.credit + 1, maxCredit) }
             w.completed += 1
         }
         offer(id)

@@ -11,7 +11,8 @@ public enum SchedulerAction<Payload> {
 }
 
 public enum WorkerOutput<Payload> {
-    case welcome(workerID: String)
+    /// `creditMode`: whether RESULT and FAILED return this worker's credit (the mode its READY asked for).
+    case welcome(workerID: String, creditMode: CreditMode)
     case batch(batchID: String, attempt: UInt32, meta: BatchMeta, payload: Payload)
     case cancel(batchID: String, attempt: UInt32)
     case heartbeat

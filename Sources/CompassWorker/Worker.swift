@@ -2,15 +2,14 @@ import CompassEngines
 import CompassProtocol
 import CompassSystem
 import CompassWire
-import DequeModule
 import Foundation
 import Logging
 import ZMQ
 
 /// A worker: owns one engine (one TP group), registers it with the broker, and runs the batches
-/// the broker sends, one at a time, with `credit - 1` more waiting so the engine never idles.
-///
-/// One thread, one poll loop over the broker socket, the engine's event fd and the signal pipe.
+/// the broker sends. Every decision is `WorkerStateMachine`'s; this is its I/O: one thread, one
+/// poll loop over the broker socket, the engine's event fd and the signal pipe, feeding events
+/// and the clock to the machine and carrying out the actions it returns.
 /// Create it on the thread that calls `run`.
 public final class Worker {
     public let options: WorkerOptions
@@ -19,41 +18,13 @@ public final class Worker {
     let engine: any Engine
     let host: String
     let gpuInfo: () -> [GPUInfo]
+    var machine: WorkerStateMachine
 
-    // Connection
+    // The connection the machine asked for (`.connect`), with a new identity each time.
     var socket: ZMQSocket?
     var monitor: SocketMonitor?
     var incarnation = 0
     var identity = ""
-    var registered = false
-    var lastHeard: UInt64 = 0
-    var lastSent: UInt64 = 0
-    var heartbeatMilliseconds: UInt64
-    var liveness: UInt64
-    var reconnectDelay: UInt64
-    var connectAt: UInt64?
-
-    // Work
-    var queue: Deque<EngineJob> = []
-    /// Batches inside the engine, oldest first (at most `engineCapacity`).
-    var running: [EngineJob] = []
-    var engineCapacity = 1
-    /// Forward progress of the engine: the last progress, result or failure while it had work.
-    var lastProgress: UInt64 = 0
-    var lastProgressSent: UInt64 = 0
-    var completed = 0
-
-    // Engine
-    var engineReady = false
-    var engineStartedAt: UInt64 = 0
-    var restartAt: UInt64?
-    var restartDelay: UInt64
-    var startFailures = 0
-    var restarts = 0
-
-    // Shutdown
-    var drainingSince: UInt64?
-    var exitCode: Int32?
 
     public init(options: WorkerOptions, context: ZMQContext, engine: any Engine, logger: Logger,
                 gpuInfo: @escaping () -> [GPUInfo] = { [] }) {
@@ -62,10 +33,7 @@ public final class Worker {
         self.engine = engine
         self.logger = logger
         self.gpuInfo = gpuInfo
-        heartbeatMilliseconds = options.heartbeatMilliseconds
-        liveness = options.liveness
-        reconnectDelay = options.reconnectMinMilliseconds
-        restartDelay = options.restartMinMilliseconds
+        machine = WorkerStateMachine(options: options)
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count)
         host = String(decoding: name.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -75,8 +43,8 @@ public final class Worker {
 
     /// Runs until drained (SIGTERM/SIGINT) or until the engine cannot be started; returns the exit code.
     public func run(signals: SignalWatcher?) throws -> Int32 {
-        try startEngine()
-        while exitCode == nil {
+        try perform(machine.start(now: now))
+        while machine.exitCode == nil {
             let poller = ZMQPoller()
             let engineIndex = poller.add(fd: engine.eventFD)
             let signalIndex = signals.map { poller.add(fd: $0.fd) }
@@ -84,136 +52,78 @@ public final class Worker {
             let monitorIndex = monitor.map { poller.add($0.socket) }
             let current = socket
             // Poll until the socket changes (connect, reconnect) or the worker is done.
-            while exitCode == nil && socket === current {
+            while machine.exitCode == nil && socket === current {
                 try poller.poll(timeoutMilliseconds: 50)
                 if let signalIndex, poller.isReadable(signalIndex), let signals {
-                    for sig in signals.drain() where sig == SIGTERM || sig == SIGINT { handleSignal(sig) }
+                    for sig in signals.drain() where sig == SIGTERM || sig == SIGINT {
+                        try perform(machine.signal(signalName(sig), now: now))
+                    }
                 }
                 if poller.isReadable(engineIndex) {
-                    for event in engine.takeEvents() { handleEngine(event) }
+                    for event in engine.takeEvents() { try handleEngine(event) }
                 }
                 if let socketIndex, poller.isReadable(socketIndex) { try receiveFromBroker() }
-                if let monitorIndex, poller.isReadable(monitorIndex) { watchHandshakes() }
-                try timers()
+                if let monitorIndex, poller.isReadable(monitorIndex) { try watchHandshakes() }
+                try perform(machine.tick(now: now))
             }
         }
         shutdown()
-        return exitCode ?? 0
+        return machine.exitCode ?? 0
     }
 
-    // MARK: Connection
-
-    func connect() throws {
-        incarnation += 1
-        identity = "w-\(host)-\(getpid())-\(incarnation)"
-        let s = try context.socket(.dealer)
-        try s.set([
-            .routingID(Array(identity.utf8)),
-            .linger(milliseconds: 0),
-            .reconnectInterval(milliseconds: 100),
-            .reconnectIntervalMax(milliseconds: Int32(options.reconnectMaxMilliseconds)),
-            .receiveHighWaterMark(10_000),
-            .sendHighWaterMark(10_000),
-        ])
-        if let curve = options.curve { try s.set(curve.socketOptions) }
-        monitor = try SocketMonitor(s, context: context)
-        try s.connect(options.broker)
-        socket = s
-        registered = false
-        lastHeard = now
-        connectAt = nil
-        sendReady()
-        logger.info("connecting to broker", metadata: ["broker": "\(options.broker)", "worker": "\(identity)", "pool": "\(options.pool)"])
-    }
-
-    /// Batches the broker may send ahead: enough to keep the engine full plus one waiting.
-    var credit: Int { max(options.credit, engineCapacity + 1) }
-
-    /// READY announces the credit still free: batches still running from before count as held.
-    func sendReady() {
-        let caps = WorkerCapabilities(
-            pool: options.pool, tp: options.tp, gpus: gpuInfo(), model: options.model, engine: engine.name,
-            maxBatch: options.maxBatch, credit: max(0, credit - running.count), pid: getpid(),
-            host: host, version: compassVersion)
-        send(.ready(capabilities: Frame(bytes: (try? JSONEncoder().encode(caps)) ?? Data("{}".utf8))))
-    }
-
-    /// A refused handshake will not get better by retrying: say why and exit (status 4).
-    func watchHandshakes() {
-        for event in (try? monitor?.events()) ?? [] {
-            let reason: String
-            switch event {
-            case .authenticationFailed(let status):
-                reason = "the broker refused this worker's CURVE key (ZAP status \(status)): is its public key in the broker's worker allowlist?"
-            case .handshakeFailed(let code):
-                reason = options.curve == nil
-                    ? "the handshake with the broker failed (errno \(code)): it probably requires CURVE; pass --curve-server-key and --curve-key"
-                    : "the CURVE handshake with the broker failed (errno \(code)): is --curve-server-key the broker's public key?"
-            default:
-                continue
+    /// Carries out the machine's actions, in order.
+    func perform(_ actions: [WorkerAction]) throws {
+        for action in actions {
+            switch action {
+            case .connect:
+                try connect()
+            case .disconnect:
+                socket = nil
+                monitor = nil
+            case .send(let output):
+                send(message(output))
+            case .startEngine:
+                logger.info("starting engine", metadata: ["engine": "\(engine.name)", "model": "\(options.model)"])
+                do {
+                    try engine.start()
+                } catch {
+                    try perform(machine.engineStartFailed(reason: "\(error)", now: now))
+                }
+            case .stopEngine:
+                engine.stop()
+            case .submit(let job):
+                engine.submit(job)
+            case .cancel(let batchID, let attempt):
+                engine.cancel(batchID: batchID, attempt: attempt)
+            case .event(let event):
+                log(event)
             }
-            logger.critical("\(reason)")
-            exitCode = 4
         }
     }
 
-    /// Drops the connection and plans a new one after the backoff delay. Batches not started are
-    /// dropped (the broker requeues them); a running one finishes and its result is sent later.
-    func reconnect(_ reason: String) {
-        logger.warning("lost the broker; reconnecting", metadata: ["reason": "\(reason)", "in_ms": "\(reconnectDelay)"])
-        socket = nil
-        monitor = nil
-        registered = false
-        queue.removeAll()
-        connectAt = now + reconnectDelay
-        reconnectDelay = min(reconnectDelay * 2, options.reconnectMaxMilliseconds)
-    }
-
-    func send(_ message: WorkerMessage) {
-        guard let socket else { return }
-        do {
-            if try socket.send(message.encode(), dontWait: true) { lastSent = now }
-        } catch {
-            logger.error("send to broker failed", metadata: ["error": "\(error)"])
-        }
-    }
-
-    // MARK: Timers
-
-    func timers() throws {
+    func handleEngine(_ event: EngineEvent) throws {
         let t = now
-        if let connectAt, t >= connectAt, engineReady || !running.isEmpty, drainingSince == nil { try connect() }
-        if socket != nil {
-            if t.since(lastSent) >= heartbeatMilliseconds {
-                let stats = WorkerHeartbeatStats(gpus: options.gpus.isEmpty ? nil : gpuInfo(), engineRestarts: restarts)
-                send(.heartbeat(stats: Frame(bytes: (try? JSONEncoder().encode(stats)) ?? Data())))
-            }
-            if t.since(lastHeard) > heartbeatMilliseconds * liveness {
-                reconnect("no message from the broker for \(t.since(lastHeard)) ms")
-            }
+        switch event {
+        case .ready(let detail, let capacity):
+            try perform(machine.engineReady(detail: detail, capacity: capacity, now: t))
+        case .progress(let id, let attempt, let done, let total):
+            try perform(machine.engineProgress(batchID: id, attempt: attempt, done: done, total: total, now: t))
+        case .finished(let id, let attempt, let payload, let stats):
+            try perform(machine.engineFinished(batchID: id, attempt: attempt, payload: payload, stats: stats, now: t))
+        case .failed(let id, let attempt, let code, let retryable, let message):
+            try perform(machine.engineFailed(batchID: id, attempt: attempt, code: code, retryable: retryable, message: message, now: t))
+        case .died(let code, let message):
+            try perform(machine.engineDied(code: code, message: message, now: t))
         }
-        if !engineReady, restartAt == nil, t.since(engineStartedAt) > options.startupTimeoutMilliseconds {
-            engineFailedToStart("the engine was not ready within \(options.startupTimeoutMilliseconds) ms")
+    }
+
+    /// Stops the engine and lets the last messages (results, BYE) leave before the socket closes.
+    func shutdown() {
+        engine.stop()
+        if let socket {
+            try? socket.set(.linger(milliseconds: 2000))
         }
-        if let restartAt, t >= restartAt {
-            self.restartAt = nil
-            try startEngine()
-        }
-        if let job = running.first, engineReady, options.progressTimeoutMilliseconds > 0,
-           t.since(lastProgress) > options.progressTimeoutMilliseconds {
-            logger.error("engine made no progress; killing it", metadata: [
-                "batch": "\(job.batchID)", "stalled_ms": "\(t.since(lastProgress))"])
-            engine.stop()
-            engineDied(code: .timeout, message: "no progress for \(options.progressTimeoutMilliseconds) ms (watchdog)")
-        }
-        if let since = drainingSince {
-            if running.isEmpty {
-                exitCode = 0
-            } else if t.since(since) > options.drainMilliseconds {
-                logger.warning("drain time over; handing back the running batch")
-                handBackRunning()
-                exitCode = 0
-            }
-        }
+        socket = nil
+        logger.info("worker stopped", metadata: ["completed": "\(machine.completed)", "engine_restarts": "\(machine.restarts)"])
     }
 }

@@ -16,7 +16,17 @@ public struct WorkerOptions: Sendable {
     /// `--engine-arg key=value` settings passed to the engine.
     public var engineArguments: [String: String] = [:]
     /// Batches the broker may send ahead: 1 runs, the rest wait here so the engine never idles.
+    /// With an engine that declares a sequence capacity this is the least window in batches; the
+    /// worker asks for as many more as keep the engine full (`WorkerStateMachine`).
     public var credit = 2
+    /// Requests held in the worker beyond what the engine takes, so a slot that frees is filled
+    /// without waiting for the broker (nil: a quarter of the engine's capacity, at least 2).
+    public var readAhead: Int?
+    /// Requests handed to the engine beyond its capacity, so it starts one the step a sequence ends
+    /// instead of after a round trip through the worker (nil: a sixteenth of capacity, at least 1).
+    public var engineQueue: Int?
+    /// How often the worker logs its engine's occupancy (from the engine's own step counts; 0: never).
+    public var statsIntervalMilliseconds: UInt64 = 10_000
     /// Largest batch (requests) this worker wants; reported to the broker.
     public var maxBatch = 256
     /// Heartbeat interval and liveness until the broker's WELCOME says otherwise.

@@ -134,3 +134,82 @@ struct SyntheticEngineTests {
         #expect(throws: EngineConfigurationError.self) { try SyntheticEngine(arguments: ["batch_ms": "-1"], workerLabel: "") }
     }
 }
+
+@Suite("Synthetic engine, continuous batching", .timeLimit(.minutes(1)))
+struct SyntheticContinuousTests {
+    func payload(_ requests: [InferenceRequest]) -> [UInt8] { [UInt8](try! JSONEncoder().encode(requests)) }
+
+    /// Events until `done` holds, waiting on the engine's fd (deadline 10 s).
+    func events(_ engine: SyntheticEngine, until done: ([EngineEvent]) -> Bool) -> [EngineEvent] {
+        var all: [EngineEvent] = []
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline && !done(all) {
+            var p = pollfd(fd: engine.eventFD, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, 100)
+            all += engine.takeEvents()
+        }
+        return all
+    }
+
+    func finishedIDs(_ events: [EngineEvent]) -> [String] {
+        events.compactMap { if case .finished(let id, _, _, _) = $0 { return id }; return nil }
+    }
+
+    @Test func capacityArgumentsMakeASteppingEngineAndBadOnesAreRefused() throws {
+        let engine = try SyntheticEngine(arguments: ["capacity": "16", "step_us": "100", "seq_us": "2"], workerLabel: "")
+        #expect(engine.stepping == StepProfile(capacity: 16, stepMicroseconds: 100, sequenceMicroseconds: 2))
+        #expect(throws: EngineConfigurationError.self) { try SyntheticEngine(arguments: ["step_us": "100"], workerLabel: "") }
+        #expect(throws: EngineConfigurationError.self) { try SyntheticEngine(arguments: ["capacity": "8", "batch_ms": "5"], workerLabel: "") }
+        #expect(throws: EngineConfigurationError.self) { try SyntheticEngine(arguments: ["capacity": "0"], workerLabel: "") }
+    }
+
+    @Test func readySaysTheCapacityAndBatchesRunSideBySide() throws {
+        let engine = try SyntheticEngine(stepping: StepProfile(capacity: 4, stepMicroseconds: 1_000))
+        try engine.start()
+        defer { engine.stop() }
+        let ready = events(engine) { !$0.isEmpty }
+        guard case .ready(_, let capacity)? = ready.first else { Issue.record("\(ready)"); return }
+        #expect(capacity.sequences == 4)
+        // A long batch first, then a short one: the short one joins and finishes first.
+        engine.submit(EngineJob(batchID: "long", attempt: 1, meta: BatchMeta(), payload: payload([
+            InferenceRequest(customID: "l", prompt: (0..<40).map { "w\($0)" }.joined(separator: " "), maxTokens: 30)])))
+        engine.submit(EngineJob(batchID: "short", attempt: 1, meta: BatchMeta(), payload: payload([
+            InferenceRequest(customID: "s1", prompt: "a b c", maxTokens: 2), InferenceRequest(customID: "s2", prompt: "d e @@fail")])))
+        let seen = events(engine) { finishedIDs($0).count == 2 }
+        #expect(finishedIDs(seen) == ["short", "long"])
+        for case .finished(let id, _, let data, let stats) in seen {
+            let results = try JSONDecoder().decode([InferenceResult].self, from: Data(data))
+            let engineStats = try #require(stats.engine)
+            #expect(engineStats.capacity == 4)
+            if id == "short" {
+                #expect(results.map(\.text) == ["c b", nil] && results[1].error?.code == "bad_request")
+                #expect(engineStats.occupancy == 0.5, "two steps with the long and the short request: 2 of 4 slots")
+            } else {
+                #expect(results.first?.completionTokens == 30)
+                #expect(engineStats.steps == 30 && engineStats.sequenceSteps == 32)
+            }
+        }
+    }
+
+    @Test func cancelEndsOneBatchAndOthersRunOn() throws {
+        let engine = try SyntheticEngine(stepping: StepProfile(capacity: 8, stepMicroseconds: 2_000))
+        try engine.start()
+        defer { engine.stop() }
+        engine.submit(EngineJob(batchID: "c", attempt: 1, meta: BatchMeta(), payload: payload([InferenceRequest(customID: "x", prompt: (0..<500).map { "w\($0)" }.joined(separator: " "), maxTokens: 500)])))
+        engine.submit(EngineJob(batchID: "k", attempt: 1, meta: BatchMeta(), payload: payload([InferenceRequest(customID: "y", prompt: "q r", maxTokens: 5)])))
+        _ = events(engine) { $0.contains { if case .ready = $0 { return true }; return false } }
+        engine.cancel(batchID: "c", attempt: 1)
+        let seen = events(engine) { finishedIDs($0) == ["k"] && $0.contains { if case .failed = $0 { return true }; return false } }
+        #expect(seen.contains { if case .failed("c", 1, .cancelled, false, _) = $0 { return true }; return false })
+        #expect(finishedIDs(seen) == ["k"])
+    }
+
+    @Test func aCrashMarkerKillsTheSteppingEngine() throws {
+        let engine = try SyntheticEngine(stepping: StepProfile(capacity: 8, stepMicroseconds: 500))
+        try engine.start()
+        defer { engine.stop() }
+        engine.submit(EngineJob(batchID: "b", attempt: 1, meta: BatchMeta(), payload: payload([InferenceRequest(customID: "x", prompt: "@@crash")])))
+        let seen = events(engine) { $0.contains { if case .died = $0 { return true }; return false } }
+        #expect(seen.contains { if case .died(.engineDead, _) = $0 { return true }; return false })
+    }
+}

@@ -105,5 +105,51 @@ struct ProtocolTableTests {
         #expect(limits?["default_heartbeat_ms"]?.int == Int(WireProtocol.defaultHeartbeatMilliseconds))
         #expect(limits?["default_liveness"]?.int == Int(WireProtocol.defaultLiveness))
         #expect(limits?["meta_bytes"]?.int == BatchMeta.byteCount)
+        #expect(limits?["max_credit"]?.int == WireProtocol.maxCredit)
+    }
+
+    /// The keys a JSON document encodes to.
+    static func keys(_ value: some Encodable) -> Set<String> {
+        guard let data = try? JSONEncoder().encode(value), case .object(let pairs)? = try? JSON.parse([UInt8](data)) else { return [] }
+        return Set(pairs.map(\.0))
+    }
+
+    static func names(_ path: String...) -> Set<String> {
+        var node = table
+        for key in path { node = node[key] ?? .null }
+        return Set(node.array?.compactMap(\.string) ?? [])
+    }
+
+    @Test func readyAndWelcomeDocumentsAreTheTables() {
+        let bare = WorkerCapabilities(pool: "p", tp: 1, gpus: [], model: "", engine: "e", maxBatch: 1, credit: 2, pid: 1, host: "h", version: "0")
+        #expect(Self.keys(bare) == Self.names("worker_json", "ready", "fields"), "an implicit READY stays as it always was")
+        var full = bare
+        full.creditMode = .explicit
+        full.capacity = 256
+        full.capacityTokens = 1 << 20
+        #expect(Self.keys(full) == Self.names("worker_json", "ready", "fields").union(Self.names("worker_json", "ready", "optional")))
+        let welcome = WorkerWelcome(workerID: "w", heartbeatMilliseconds: 1000, liveness: 3)
+        #expect(Self.keys(welcome) == Self.names("worker_json", "welcome", "fields"))
+        var explicit = welcome
+        explicit.creditMode = .explicit
+        #expect(Self.keys(explicit) == Self.names("worker_json", "welcome", "fields").union(Self.names("worker_json", "welcome", "optional")))
+        #expect(Self.names("worker_json", "credit_modes") == Set(CreditMode.allCases.map(\.rawValue)))
+        #expect(Self.names("engine_protocol", "engine_stats") == Self.keys(EngineStepStats(capacity: 1, steps: 1, sequenceSteps: 1, occupancy: 1)))
+        let stats = ResultStats(requests: 1, failedRequests: 0, promptTokens: 1, completionTokens: 1, engineMilliseconds: 1, worker: "w",
+                                engine: EngineStepStats(capacity: 1, steps: 1, sequenceSteps: 1))
+        #expect(Self.names("engine_protocol", "optional", "result_stats").isSubset(of: Self.keys(stats)))
+    }
+
+    @Test func anOlderBrokerDecodesANewReadyAndAnOlderWorkersReadyDecodesHere() throws {
+        // Unknown keys are ignored both ways: that is what keeps either side working with the other.
+        let newer = #"{"pool":"p","tp":1,"gpus":[],"model":"","engine":"e","max_batch":1,"credit":2,"pid":1,"host":"h","version":"0","credit_mode":"explicit","capacity":64,"some_future_key":1}"#
+        let caps = try JSONDecoder().decode(WorkerCapabilities.self, from: Data(newer.utf8))
+        #expect(caps.creditMode == .explicit && caps.capacity == 64)
+        let older = #"{"pool":"p","tp":1,"gpus":[],"model":"","engine":"e","max_batch":1,"credit":2,"pid":1,"host":"h","version":"0"}"#
+        #expect(try JSONDecoder().decode(WorkerCapabilities.self, from: Data(older.utf8)).creditMode == nil)
+        let unknownMode = #"{"pool":"p","tp":1,"gpus":[],"model":"","engine":"e","max_batch":1,"credit":2,"pid":1,"host":"h","version":"0","credit_mode":"by_requests"}"#
+        #expect(throws: DecodingError.self, "a mode this broker does not know is refused, not taken for implicit") {
+            _ = try JSONDecoder().decode(WorkerCapabilities.self, from: Data(unknownMode.utf8))
+        }
     }
 }

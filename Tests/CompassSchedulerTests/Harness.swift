@@ -38,8 +38,14 @@ struct Harness {
     }
 
     @discardableResult
-    mutating func ready(_ worker: String, pool: String = "p", credit: Int = 1, process: String? = nil) -> [SchedulerAction<[UInt8]>] {
-        record(scheduler.workerReady(PeerID(worker), pool: pool, credit: credit, process: process ?? worker, now: now))
+    mutating func ready(_ worker: String, pool: String = "p", credit: Int = 1, creditMode: CreditMode = .implicit,
+                        process: String? = nil) -> [SchedulerAction<[UInt8]>] {
+        record(scheduler.workerReady(PeerID(worker), pool: pool, credit: credit, creditMode: creditMode, process: process ?? worker, now: now))
+    }
+
+    @discardableResult
+    mutating func credit(_ worker: String, _ n: UInt32) -> [SchedulerAction<[UInt8]>] {
+        record(scheduler.workerCredit(PeerID(worker), n, now: now))
     }
 
     @discardableResult

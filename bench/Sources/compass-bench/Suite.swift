@@ -22,7 +22,7 @@ final class Suite {
         warm = quick ? 0.25 : 0.5
         dur = args.double("--seconds") ?? (quick ? 0.6 : 2.0)
         dir = args.string("--dir") ?? NSTemporaryDirectory() + "compass-bench-\(getpid())"
-        only = Set((args.string("--only") ?? "raw,dispatch,client,latency,scaling,recovery").split(separator: ",").map(String.init))
+        only = Set((args.string("--only") ?? "raw,dispatch,client,latency,scaling,recovery,admission").split(separator: ",").map(String.init))
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     }
 
@@ -464,7 +464,8 @@ final class Suite {
         result["seconds_per_cell"] = dur
         result["load_average_before"] = loadAverage()
         let sections: [(String, () throws -> Void)] = [("raw", raw), ("dispatch", dispatch), ("client", client),
-                                                       ("latency", latency), ("scaling", scaling), ("recovery", recovery)]
+                                                       ("latency", latency), ("scaling", scaling), ("recovery", recovery),
+                                                       ("admission", admission)]
         for (name, body) in sections where only.contains(name) {
             let t = Date()
             log("== \(name)")

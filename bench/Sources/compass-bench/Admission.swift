@@ -1,0 +1,98 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Suite {
+    // MARK: 6. Admission
+
+    /// A continuous-batching engine behind one-request batches: the real `compass-worker` with the
+    /// synthetic engine in its continuous mode (capacity 256, a step of 10 ms + 10 us per running
+    /// sequence, completions of 8 to 24 tokens), fed by the real `compass submit --batch-size 1`.
+    /// Occupancy comes from the engine's own counts (steps, and running sequences summed over them),
+    /// which the worker logs every 250 ms; the steady state is from the report after 15 % of the
+    /// requests were answered to the last before 85 %. The ideal rate is the engine's at full
+    /// occupancy: capacity / (mean tokens per request × the step time with every slot taken).
+    func admission() throws {
+        var rows: [[String: Any]] = []
+        let capacity = 256, stepUs = 10_000, seqUs = 10
+        let count = quick ? 6_000 : 20_000
+        for window in (quick ? [512] : [512, 2048]) {
+            let tag = "adm\(window)"
+            let broker = try BrokerProc(bin: bin, dir: dir, name: "\(tag)-broker", transport: "tcp")
+            defer { broker.stop() }
+            let worker = try Child([bin + "/compass-worker", "--broker", broker.backend, "--pool", "bench", "--engine", "synthetic",
+                                    "--engine-arg", "capacity=\(capacity)", "--engine-arg", "step_us=\(stepUs)", "--engine-arg", "seq_us=\(seqUs)",
+                                    "--stats-interval-ms", "250"], name: "\(tag)-worker", dir: dir)
+            defer { worker.stop(signal: SIGKILL) }
+            try waitLog(worker, "registered with broker", timeoutMs: 60_000)
+            let input = "\(dir)/\(tag).jsonl"
+            let meanTokens = try writeAdmissionPrompts(input, count: count)
+            let started = monoNs()
+            let submit = try Child([bin + "/compass", "submit", input, "--broker", broker.frontend, "--pool", "bench", "--batch-size", "1",
+                                    "--window", "\(window)", "--out", "\(dir)/\(tag).out.jsonl", "--overwrite", "--quiet"],
+                                   name: "\(tag)-submit", dir: dir)
+            let deadline = started + 600_000_000_000
+            while submit.isRunning && monoNs() < deadline { usleep(20_000) }
+            guard !submit.isRunning, submit.status == 0 else {
+                submit.stop(signal: SIGKILL)
+                throw BenchError("compass submit did not finish (status \(submit.status)): \(((try? String(contentsOfFile: submit.errPath, encoding: .utf8)) ?? "").suffix(2000))")
+            }
+            let seconds = Double(monoNs() - started) / 1e9
+            let samples = engineSamples((try? String(contentsOfFile: worker.errPath, encoding: .utf8)) ?? "")
+            let steady = samples.filter { $0.completed >= count * 15 / 100 && $0.completed <= count * 85 / 100 }
+            guard let first = steady.first, let last = steady.last, last.steps > first.steps else {
+                throw BenchError("admission: no engine statistics in steady state (\(samples.count) reports)")
+            }
+            let occupancy = Double(last.sequenceSteps - first.sequenceSteps) / Double((last.steps - first.steps) * capacity)
+            let whole = samples.last.map { Double($0.sequenceSteps) / Double(max(1, $0.steps) * capacity) } ?? 0
+            let ideal = Double(capacity) / (meanTokens * Double(stepUs + capacity * seqUs) / 1e6)
+            rows.append(["capacity": capacity, "step_us": stepUs, "seq_us": seqUs, "requests": count, "batch_size": 1, "window": window,
+                         "occupancy_steady": (occupancy * 1000).rounded() / 1000, "occupancy_whole_run": (whole * 1000).rounded() / 1000,
+                         "steady_steps": last.steps - first.steps, "seconds": (seconds * 100).rounded() / 100,
+                         "requests_per_s": (Double(count) / seconds).rounded(), "ideal_requests_per_s": ideal.rounded(),
+                         "mean_tokens": meanTokens, "load_average": loadAverage()])
+            log("admission: capacity \(capacity), \(count) one-request batches, window \(window): occupancy \(String(format: "%.3f", occupancy)) steady (\(String(format: "%.3f", whole)) whole run), \(Int(Double(count) / seconds)) requests/s of an ideal \(Int(ideal))/s")
+        }
+        result["admission"] = rows
+    }
+
+    /// Prompts of 30 words with completions of 8 to 24 tokens; returns the mean completion length.
+    func writeAdmissionPrompts(_ path: String, count: Int) throws -> Double {
+        var text = ""
+        var tokens = 0
+        for i in 0..<count {
+            let maxTokens = 8 + (i * 5) % 17
+            tokens += maxTokens
+            let words = (0..<30).map { "w\($0)x\(i)" }.joined(separator: " ")
+            text += #"{"custom_id":"a\#(i)","prompt":"\#(words)","max_tokens":\#(maxTokens)}"# + "\n"
+        }
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return Double(tokens) / Double(count)
+    }
+
+    /// Waits until a child's stderr (where compass logs) has a line containing `text`.
+    func waitLog(_ child: Child, _ text: String, timeoutMs: Int) throws {
+        let until = monoNs() + UInt64(timeoutMs) * 1_000_000
+        while monoNs() < until {
+            if ((try? String(contentsOfFile: child.errPath, encoding: .utf8)) ?? "").contains(text) { return }
+            guard child.isRunning else { throw BenchError("\(child.name) exited before logging '\(text)'") }
+            usleep(10_000)
+        }
+        throw BenchError("\(child.name) did not log '\(text)' within \(timeoutMs) ms")
+    }
+
+    /// The worker's `engine statistics` lines: the engine's cumulative counts and batches completed.
+    func engineSamples(_ log: String) -> [(steps: Int, sequenceSteps: Int, completed: Int)] {
+        log.split(separator: "\n").filter { $0.contains("engine statistics") }.compactMap { line in
+            var f: [String: Int] = [:]
+            for token in line.split(separator: " ") {
+                let parts = token.split(separator: "=", maxSplits: 1)
+                if parts.count == 2, let v = Int(parts[1]) { f[String(parts[0])] = v }
+            }
+            guard let s = f["steps"], let q = f["sequence_steps"], let c = f["completed"] else { return nil }
+            return (s, q, c)
+        }
+    }
+}
