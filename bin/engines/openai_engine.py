@@ -90,18 +90,6 @@ class Unsupported(Exception):
     """The server cannot do what a request asks (echo, logprobs, tokenizing): that request fails alone."""
 
 
-def wants(request: Request, name: str) -> Any:
-    """A field of the scoring request model; None where this compass_engine's Request predates it."""
-    return getattr(request, name, None)
-
-
-def make_result(custom_id: str, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str,
-                **extra: Any) -> Result:
-    """A Result; logprobs, prompt_logprobs and scores only when set (see vllm_engine.make_result)."""
-    return Result(custom_id, text, prompt_tokens, completion_tokens, finish_reason,
-                  **{k: v for k, v in extra.items() if v is not None})
-
-
 UNKNOWN_ID = -1  # a token the server named by its text only
 
 
@@ -229,7 +217,7 @@ class OpenAIBackend:
 
     def body(self, request: Request) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"model": self.model}
-        sample_k, prompt_k = wants(request, "logprobs"), wants(request, "prompt_logprobs")
+        sample_k, prompt_k = request.logprobs, request.prompt_logprobs
         if request.messages is not None:
             if prompt_k is not None:
                 raise Unsupported("prompt_logprobs of a chat request: the chat completions API cannot echo the prompt")
@@ -237,7 +225,7 @@ class OpenAIBackend:
             if sample_k is not None:
                 body["logprobs"], body["top_logprobs"] = True, sample_k
         else:
-            ids = wants(request, "prompt_token_ids")
+            ids = request.prompt_token_ids
             path, body["prompt"] = "/completions", request.prompt if ids is None else list(ids)
             if prompt_k is not None:
                 body["echo"] = True
@@ -255,9 +243,9 @@ class OpenAIBackend:
         return path, body
 
     def complete(self, request: Request, stop: threading.Event) -> Result:
-        echoes = wants(request, "prompt_logprobs") is not None or bool(wants(request, "continuations"))
+        echoes = request.prompt_logprobs is not None or request.is_scoring
         try:
-            if wants(request, "continuations"):
+            if request.is_scoring:
                 return self.score(request, stop)
             path, body = self.body(request)
             return self.post(request, path, body, stop, lambda answer: self.parse(request, answer))
@@ -307,7 +295,7 @@ class OpenAIBackend:
             raise Retryable(f"the server's answer has no choices: {str(answer)[:200]}") from None
         text = text or ""
         prompt_tokens, completion_tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        sample_k, prompt_k = wants(request, "logprobs"), wants(request, "prompt_logprobs")
+        sample_k, prompt_k = request.logprobs, request.prompt_logprobs
         extra: dict[str, Any] = {}
         if sample_k is not None or prompt_k is not None:
             logprobs = choice.get("logprobs")
@@ -327,7 +315,7 @@ class OpenAIBackend:
                     if nothing:
                         completion_tokens = 0
                 if prompt_k is not None:
-                    ids = wants(request, "prompt_token_ids")
+                    ids = request.prompt_token_ids
                     extra["prompt_logprobs"] = completion_logprobs(logprobs, 0, prompt_count, prompt_k, ids, True)
                     offsets = logprobs.get("text_offset") or []
                     # Echo puts the prompt in front of the text: the completion begins at its first token.
@@ -340,8 +328,8 @@ class OpenAIBackend:
                     prompt_tokens = prompt_tokens or prompt_count
                 if sample_k is not None:
                     extra["logprobs"] = completion_logprobs(logprobs, prompt_count, count, sample_k, None, False)
-        return make_result(request.custom_id, text, prompt_tokens, completion_tokens,
-                           choice.get("finish_reason") or "stop", **extra)
+        return Result(request.custom_id, text, prompt_tokens, completion_tokens,
+                      choice.get("finish_reason") or "stop", **extra)
 
     # Scoring
 
@@ -364,8 +352,8 @@ class OpenAIBackend:
     def score_tokens(self, request: Request, stop: threading.Event) -> tuple[list[int], list[list[int]]]:
         """The context's token ids and each continuation's, by the rule of docs/protocol.md (the same
         as vllm_engine.score_tokens, with the server's tokenizer)."""
-        continuations = wants(request, "continuations")
-        ids = wants(request, "prompt_token_ids")
+        continuations = request.continuations
+        ids = request.prompt_token_ids
 
         def encode(text: str) -> list[int]:
             return self.tokenize(request, text, False, stop)
@@ -394,7 +382,7 @@ class OpenAIBackend:
         prompts = [context + c for c in continuations]
         body = {"model": self.model, "prompt": prompts, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0}
         scores = self.post(request, "/completions", body, stop, lambda answer: self.scores(answer, prompts, len(context)))
-        return make_result(request.custom_id, "", len(context), 0, "score", scores=scores)
+        return Result(request.custom_id, "", len(context), 0, "score", scores=scores)
 
     @staticmethod
     def scores(answer: Any, prompts: list[list[int]], start: int) -> list[dict[str, Any]]:

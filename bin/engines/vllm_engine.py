@@ -110,16 +110,6 @@ Decode = Callable[[int], str]
 # MARK: What a request asks for, in the request model of docs/protocol.md
 
 
-def wants(request: Request, name: str) -> Any:
-    """A field of the scoring request model (prompt_token_ids, logprobs, prompt_logprobs,
-    continuations); None where this compass_engine's Request predates it."""
-    return getattr(request, name, None)
-
-
-def is_scoring(request: Request) -> bool:
-    return bool(wants(request, "continuations"))
-
-
 def score_tokens(tok: Any, request: Request) -> tuple[list[int], list[list[int]]]:
     """The context's token ids and each continuation's, by the rule of docs/protocol.md ("How a text
     continuation is tokenized", as lm-evaluation-harness does): whitespace at the end of the context
@@ -132,7 +122,7 @@ def score_tokens(tok: Any, request: Request) -> tuple[list[int], list[list[int]]
     def encode(text: str) -> list[int]:
         return list(tok.encode(text, add_special_tokens=False))
 
-    ids = wants(request, "prompt_token_ids")
+    ids = request.prompt_token_ids
     if ids is not None:
         context = list(ids)
         return context, [list(c) if isinstance(c, list) else encode(c) for c in request.continuations]
@@ -207,14 +197,6 @@ def logprobs_object(token_ids: Sequence[int], positions: Sequence[dict[int, Any]
             "token_logprobs": values, "top_logprobs": tops}
 
 
-def make_result(custom_id: str, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str,
-                **extra: Any) -> Result:
-    """A Result; the scoring model's fields (logprobs, prompt_logprobs, scores) only when set, so that
-    generation results stay what they were with a compass_engine that predates them."""
-    return Result(custom_id, text, prompt_tokens, completion_tokens, finish_reason,
-                  **{k: v for k, v in extra.items() if v is not None})
-
-
 # MARK: Prompts in the engine, and what becomes of their outputs
 
 
@@ -261,23 +243,23 @@ class Generation:
 
     def result(self, decode: Decode) -> Result:
         request, ids = self.request, self.prompt_ids
-        prompt_k = wants(request, "prompt_logprobs")
-        sample_k = wants(request, "logprobs")
+        prompt_k = request.prompt_logprobs
+        sample_k = request.logprobs
         prompt_object = None
         if prompt_k is not None:
             positions = [position(self.prompt_logprobs, i, len(ids)) for i in range(len(ids))]
             prompt_object = logprobs_object(ids, positions, prompt_k, decode, first_is_none=True)
         if self.drop_completion:  # max_tokens 0: run for the prompt's logprobs only
             empty = logprobs_object([], [], 0, decode, False) if sample_k is not None else None
-            return make_result(request.custom_id, "", len(ids), 0, "length",
-                               logprobs=empty, prompt_logprobs=prompt_object)
+            return Result(request.custom_id, "", len(ids), 0, "length",
+                          logprobs=empty, prompt_logprobs=prompt_object)
         sample_object = None
         if sample_k is not None:
             entries = list(self.sample_logprobs)[: len(self.token_ids)]
             entries += [None] * (len(self.token_ids) - len(entries))
             sample_object = logprobs_object(self.token_ids, entries, sample_k, decode, first_is_none=False)
-        return make_result(request.custom_id, "".join(self.text), len(ids), len(self.token_ids), self.finish_reason,
-                           logprobs=sample_object, prompt_logprobs=prompt_object)
+        return Result(request.custom_id, "".join(self.text), len(ids), len(self.token_ids), self.finish_reason,
+                      logprobs=sample_object, prompt_logprobs=prompt_object)
 
 
 class Scoring:
@@ -323,7 +305,7 @@ class Scoring:
                 total += float(own.logprob)
                 greedy = greedy and is_top(entries, ids[i])
             scores.append({"logprob": total, "tokens": len(cont), "greedy": greedy})
-        return make_result(self.request.custom_id, "", len(self.context), 0, "score", scores=scores)
+        return Result(self.request.custom_id, "", len(self.context), 0, "score", scores=scores)
 
 
 Answer = Generation | Scoring
@@ -602,7 +584,7 @@ class VLLMBackend:
     # Requests into prompts
 
     def encode(self, request: Request) -> list[int]:
-        ids = wants(request, "prompt_token_ids")
+        ids = request.prompt_token_ids
         if ids is not None:
             return list(ids)
         tok = self.tokenizer
@@ -626,8 +608,8 @@ class VLLMBackend:
             "ignore_eos": request.ignore_eos,
         }
         for name in ("logprobs", "prompt_logprobs"):
-            if wants(request, name) is not None:
-                values[name] = wants(request, name)
+            if getattr(request, name) is not None:
+                values[name] = getattr(request, name)
         return self.params(values, self.delta)
 
     def scoring_params(self, read_cache: bool) -> Any:
@@ -645,7 +627,7 @@ class VLLMBackend:
 
     def prepare(self, pos: int, request: Request) -> tuple[Answer, list[Part]] | Result:
         """What one request becomes: its answer and the prompts to run, or its result at once."""
-        if is_scoring(request):
+        if request.is_scoring:
             context, continuations = score_tokens(self.tokenizer, request)
             for cont in continuations:
                 if not cont:
@@ -659,9 +641,9 @@ class VLLMBackend:
         ids = self.encode(request)
         self.check_length(len(ids))
         limit = request.max_tokens if request.max_tokens is not None else self.default_max_tokens
-        if limit == 0 and wants(request, "prompt_logprobs") is None:  # vLLM wants max_tokens >= 1; nothing to run
-            empty = logprobs_object([], [], 0, self.decode, False) if wants(request, "logprobs") is not None else None
-            return make_result(request.custom_id, "", len(ids), 0, "length", logprobs=empty)
+        if limit == 0 and request.prompt_logprobs is None:  # vLLM wants max_tokens >= 1; nothing to run
+            empty = logprobs_object([], [], 0, self.decode, False) if request.logprobs is not None else None
+            return Result(request.custom_id, "", len(ids), 0, "length", logprobs=empty)
         generation = Generation(request, ids, drop_completion=limit == 0)
         return generation, [Part(pos, ids, self.sampling(request, max(limit, 1)))]
 

@@ -8,7 +8,8 @@
 #
 # Not the project's .venv: OpenCompass 0.5.4 needs NumPy < 2, which would downgrade what the engines
 # and their tests run on. Installs python/requirements-opencompass.txt (every package pinned) only
-# when that file changed since the last install (a stamp inside the venv holds its hash). A first
+# when that file changed since the last install (a stamp inside the venv holds its hash) or a
+# package is missing or half installed (bin/lib/pyenv.sh, _compass_install_requirements). A first
 # install downloads a few hundred MB (torch's +cpu wheel comes from the local wheel directory) and
 # took 11 to 18 minutes on the busy 2-core development machine; the venv takes about 2.1 GB.
 
@@ -21,16 +22,8 @@ ensure_opencompass_env() {
     rm -rf "$venv"
     _compass_make_venv "$venv" || return 1
   fi
-  local want
-  want="$(_compass_requirements_hash "$reqs")"
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    say "installing OpenCompass into ${venv#"$ROOT/"} (a first install takes several minutes)"
-    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs" >&2; then
-      say "pip install of python/requirements-opencompass.txt failed"
-      return 1
-    fi
-    printf '%s\n' "$want" >"$stamp"
-  fi
+  _compass_install_requirements "$venv/bin/python" "$stamp" \
+    "installing OpenCompass into ${venv#"$ROOT/"} (a first install takes several minutes)" "$reqs" || return 1
   export COMPASS_OPENCOMPASS_PYTHON="$venv/bin/python"
 }
 

@@ -9,7 +9,7 @@
 from ._batches import BatchHandle, per_request_results
 from .client import Client
 from .protocol import BatchMeta, FailureCode, RejectCode
-from .types import BatchOutcome, CompassError, Request, RequestError, Result
+from .types import BatchOutcome, CompassError, Logprobs, Request, RequestError, Result, Score, TopLogprob
 
 __all__ = [
     "BatchHandle",
@@ -18,10 +18,13 @@ __all__ = [
     "Client",
     "CompassError",
     "FailureCode",
+    "Logprobs",
     "RejectCode",
     "Request",
     "RequestError",
     "Result",
+    "Score",
+    "TopLogprob",
     "per_request_results",
 ]
 __version__ = "0.1.0"

@@ -89,60 +89,24 @@ def plain_text(prompt: Prompt) -> str:
 
 # MARK: Reading results
 
-def result_field(result: Result, name: str) -> Any:
-    """A result's ``scores`` or ``prompt_logprobs``: the attribute where the client's ``Result``
-    has it, else the raw JSON kept by ``keep_raw_results``."""
-    value = getattr(result, name, None)
-    if value is None:
-        raw = getattr(result, "_raw_json", None)
-        if isinstance(raw, Mapping):
-            value = raw.get(name)
-    return value
-
-
-def _get(obj: Any, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
-
-
 def continuation_logprob(result: Result) -> float:
     """The summed logprob of a scoring request's single continuation."""
-    scores = result_field(result, "scores")
-    if not scores:
+    if not result.scores:
         raise ValueError(f"request {result.custom_id}: the result has no scores (finish_reason "
                          f"{result.finish_reason!r}); does this pool's engine support scoring?")
-    value = _get(scores[0], "logprob")
-    if not isinstance(value, (int, float)):
-        raise ValueError(f"request {result.custom_id}: score without a logprob: {scores[0]!r}")
-    return float(value)
+    value = result.scores[0].logprob
+    if value is None:
+        raise ValueError(f"request {result.custom_id}: score without a logprob: {result.scores[0]!r}")
+    return value
 
 
 def prompt_token_logprobs(result: Result) -> tuple[list[int], list[Optional[float]]]:
     """The token ids and their logprobs of a ``prompt_logprobs`` result."""
-    block = result_field(result, "prompt_logprobs")
+    block = result.prompt_logprobs
     if block is None:
         raise ValueError(f"request {result.custom_id}: the result has no prompt_logprobs; does this pool's "
                          "engine support them?")
-    ids, values = _get(block, "token_ids"), _get(block, "token_logprobs")
-    if not isinstance(ids, list) or not isinstance(values, list):
-        raise ValueError(f"request {result.custom_id}: malformed prompt_logprobs: {block!r}")
-    return [int(t) for t in ids], [None if v is None else float(v) for v in values]
-
-
-def keep_raw_results() -> None:
-    """Makes every decoded ``Result`` keep its JSON object as ``_raw_json``, when the client's
-    ``Result`` has no ``scores`` field yet to carry scoring results. A no-op once it has."""
-    names = getattr(Result, "__dataclass_fields__", {})
-    if "scores" in names and "prompt_logprobs" in names:
-        return
-    current = Result.__dict__["from_json"].__func__
-    if getattr(current, "_keeps_raw_json", False):
-        return
-
-    def from_json(cls: type[Result], obj: Any, batch_id: Optional[str] = None) -> Result:
-        result = current(cls, obj, batch_id)
-        if isinstance(obj, dict):
-            result._raw_json = obj  # type: ignore[attr-defined]
-        return result
-
-    from_json._keeps_raw_json = True  # type: ignore[attr-defined]
-    Result.from_json = classmethod(from_json)  # type: ignore[method-assign,assignment]
+    if len(block.token_ids) != len(block.token_logprobs):
+        raise ValueError(f"request {result.custom_id}: malformed prompt_logprobs: {len(block.token_logprobs)} "
+                         f"logprobs for {len(block.token_ids)} tokens")
+    return [int(t) for t in block.token_ids], [None if v is None else float(v) for v in block.token_logprobs]

@@ -41,8 +41,6 @@ from .types import CompassError, Result
 
 __all__ = ["CompassEvaluationError", "CompassModel"]
 
-scoring.keep_raw_results()
-
 #: generation_kwargs that become request fields as they are (docs/protocol.md, Payloads).
 GENERATION_FIELDS = ("temperature", "top_p", "seed", "stop", "ignore_eos")
 #: Failed requests quoted in an error message.

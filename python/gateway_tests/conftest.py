@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python/: compass
 from compass_client import Client  # noqa: E402
 from testsupport import _watchdog, binary, expected_text, first_line, spawn, stop  # noqa: E402, F401 (_watchdog: autouse)
 
+EXAMPLE_ENGINE = Path(__file__).resolve().parents[2] / "bin" / "engines" / "example_engine.py"
+
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
     """Polls `condition` until it returns something truthy; fails after `timeout` seconds."""
@@ -111,6 +113,18 @@ class Cluster:
         for arg in engine_args:
             command += ["--engine-arg", arg]
         return self._spawn(command, f"worker-{pool}")
+
+    def start_plain_worker(self, pool: str, refuses: bool) -> subprocess.Popen[bytes]:
+        """A worker whose engine cannot score, the exec example engine: as it is (`refuses`: it
+        answers scoring, logprobs and token-id requests `unsupported`), or with that check taken
+        out, as every engine was before scoring (and an exec engine written then still is): it then
+        ignores those fields and answers text alone."""
+        script = EXAMPLE_ENGINE
+        if not refuses:
+            script = self.dir / "unaware_engine.py"
+            script.write_text(f"import sys\nsys.path.insert(0, {str(EXAMPLE_ENGINE.parent)!r})\n"
+                              "import example_engine\nexample_engine.UNSUPPORTED = ()\nexample_engine.main()\n")
+        return self.start_worker(pool, f"command={sys.executable} {script}", engine="exec")
 
     def start_gateway(self, *extra: str, data_dir: Optional[Path] = None) -> Gateway:
         data = data_dir or Path(tempfile.mkdtemp(prefix="data-", dir=self.dir))

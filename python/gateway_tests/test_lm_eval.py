@@ -9,9 +9,14 @@ tokenizer of a tiny random Llama made by bin/engines/tools/make_tiny_model.py.
   position scores minus its length): the plumbing (token-id prompts, echo, logprobs, the slice
   lm-eval takes) is exact.
 - Against `--engine hf` workers on the tiny model, per-sample log-likelihoods and metrics must
-  equal `lm-eval --model hf` on the same model. That needs an hf engine that returns prompt
-  logprobs; until it does the test skips, saying so.
+  equal `lm-eval --model hf` on the same model.
 - Against an engine that cannot score, lm-eval fails with the gateway's message.
+
+The first runs by default; the other two (three lm-eval runs and an hf model load: minutes on a
+2-core machine) need COMPASS_FULL_FRAMEWORK_TESTS=1. What they add is covered more cheaply too: the
+hf engine's scores against transformers (bin/engines/tests/test_hf_scoring.py) and against
+OpenCompass's HuggingFaceCausalLM (python/opencompass_tests/test_hf_parity.py), the 400 of a pool
+that cannot score with the openai package (test_scoring.py).
 """
 
 from __future__ import annotations
@@ -30,12 +35,11 @@ import faulthandler
 import threading
 
 import pytest
-from conftest import Cluster, Gateway, http
+from conftest import Cluster, Gateway
 from lm_eval_env import ensure_lm_eval, lm_eval_command, offline_environment
-from testsupport import CHILDREN
+from testsupport import CHILDREN, full_framework_test
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE_ENGINE = REPO / "bin" / "engines" / "example_engine.py"
 #: Longest one lm-eval run may take (it takes 15-40 s on the 2-core test machine).
 RUN_TIMEOUT_S = 240
 
@@ -251,13 +255,15 @@ def test_lm_eval_scores_through_synthetic_workers(lm_eval: Path, tiny_model: Pat
     assert health is not None and health["batcher"]["requests"] >= sum(len(q[1]) for q in QUESTIONS) + len(TEXTS)
 
 
+@full_framework_test
 def test_lm_eval_fails_clearly_on_a_pool_that_cannot_score(lm_eval: Path, tiny_model: Path, cluster: Cluster,
                                                            tmp_path: Path) -> None:
-    """The example exec engine knows nothing of logprobs: every loglikelihood request is a 400
-    saying so. lm-eval retries every failed request (its tenacity wrapper retries any exception,
-    4xx included) up to max_retries times, then the run fails with the message."""
+    """An engine that ignores the logprobs fields (as engines did before scoring): every
+    loglikelihood request is a 400 saying that the pool cannot score. lm-eval retries every failed
+    request (its tenacity wrapper retries any exception, 4xx included) up to max_retries times,
+    then the run fails with the message."""
     cluster.start_broker(pools=("plain",))
-    cluster.start_worker("plain", f"command={sys.executable} {EXAMPLE_ENGINE}", engine="exec")
+    cluster.start_plain_worker("plain", refuses=False)
     gateway = cluster.start_gateway()
     cluster.wait_for_workers(gateway, {"plain": 1})
     run = run_lm_eval(lm_eval, tmp_path, "local-completions", gateway_args(gateway, "plain", tiny_model, retries=1),
@@ -279,17 +285,10 @@ def hf_gateway(cluster: Cluster, tiny_model: Path) -> Iterator[Gateway]:
                          extra=("--model", str(tiny_model)))
     gateway = cluster.start_gateway()
     cluster.wait_for_workers(gateway, {"hf": 1}, timeout=180)  # torch and the model load first
-    # The hf engine scores once it returns prompt logprobs (branch py-scoring); before that the
-    # gateway answers a scoring request 400 `unsupported`, and this comparison cannot run.
-    status, _, body = http("POST", gateway.base_url + "/completions",
-                           json.dumps({"model": "hf", "prompt": [1, 2, 3], "max_tokens": 1, "echo": True, "logprobs": 1}).encode(),
-                           {"Content-Type": "application/json"}, timeout=120)
-    if status == 400 and json.loads(body)["error"]["code"] in ("unsupported", "bad_request"):
-        pytest.skip(f"the hf engine does not score yet (needs prompt logprobs and token-id prompts): {json.loads(body)['error']['message']}")
-    assert status == 200, body
     yield gateway
 
 
+@full_framework_test
 def test_lm_eval_through_hf_workers_equals_lm_eval_hf(lm_eval: Path, tiny_model: Path, hf_gateway: Gateway,
                                                       tmp_path: Path) -> None:
     served = run_lm_eval(lm_eval, tmp_path / "gateway", "local-completions", gateway_args(hf_gateway, "hf", tiny_model),

@@ -6,8 +6,6 @@ rule (compass' SyntheticModel) that `synthetic` below restates."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any, Optional
 
 import openai
@@ -15,7 +13,6 @@ import pytest
 from conftest import Cluster, Shared, http
 from openai import OpenAI
 
-EXAMPLE_ENGINE = Path(__file__).resolve().parents[2] / "bin" / "engines" / "example_engine.py"
 PREDICTED = -0.125  # the synthetic model's logprob of the token it predicts
 
 
@@ -183,11 +180,14 @@ def test_invalid_chat_logprobs_are_400(shared: Shared) -> None:
     assert status == 400 and json.loads(data)["error"]["param"] == "temperature"
 
 
-def test_a_pool_that_cannot_score_answers_400(cluster: Cluster) -> None:
-    """The example exec engine generates text and knows nothing of logprobs (as the hf and vllm
-    engines before scoring): the gateway answers 400, which the openai package does not retry."""
+@pytest.mark.parametrize("refuses", [True, False], ids=["engine-refuses", "engine-ignores"])
+def test_a_pool_that_cannot_score_answers_400(cluster: Cluster, refuses: bool) -> None:
+    """An engine that cannot score either refuses the request (`unsupported`, as the example exec
+    engine does) or ignores the logprobs fields and answers text alone (as engines did before
+    scoring): either way the gateway answers 400 `unsupported`, which the openai package does not
+    retry; when the engine ignored them, the gateway's own message says the pool cannot score."""
     cluster.start_broker(pools=("plain",))
-    cluster.start_worker("plain", f"command={sys.executable} {EXAMPLE_ENGINE}", engine="exec")
+    cluster.start_plain_worker("plain", refuses=refuses)
     gateway = cluster.start_gateway()
     cluster.wait_for_workers(gateway, {"plain": 1})
     c = OpenAI(base_url=gateway.base_url, api_key="x", max_retries=2, timeout=30)
@@ -196,9 +196,13 @@ def test_a_pool_that_cannot_score_answers_400(cluster: Cluster) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         c.completions.create(model="plain", prompt="a b c", echo=True, logprobs=1, max_tokens=1)
     assert info.value.code == "unsupported"
-    assert "cannot score" in info.value.message and "'plain'" in info.value.message
-    with pytest.raises(openai.BadRequestError):
+    if refuses:
+        assert "logprobs, prompt_logprobs: not supported by this engine" in info.value.message, info.value.message
+    else:
+        assert "cannot score" in info.value.message and "'plain'" in info.value.message, info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
         c.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}], logprobs=True)
+    assert info.value.code == "unsupported"
     # max_retries=2, yet each request reached the pool once: a 400 is not retried.
     assert gateway.health()["batcher"]["requests"] - before == 2  # type: ignore[index]
 

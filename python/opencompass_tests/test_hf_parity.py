@@ -5,8 +5,9 @@ HuggingFaceCausalLM (float32, CPU) and in compass `hf` workers (float32, CPU). G
 the same text; perplexities and log-likelihoods the same numbers up to float noise (the engine
 batches and pads; OpenCompass runs one sample at a time).
 
-These need the hf engine's scoring and prompt logprobs (branch py-scoring); until the engine of
-this checkout has them, the tests skip, after asking a worker, with the reason.
+By default the model API is compared (every method CompassModel implements, on the same inputs);
+the same comparison through a whole `opencompass` run of both models needs
+COMPASS_FULL_FRAMEWORK_TESTS=1 (test_synthetic_pool's default run covers the CLI path, exactly).
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from compass_client import _opencompass_scoring as scoring
 from conftest import ENGINES, Cluster, cluster_in_temp_dir, opencompass_env, run_opencompass
 from evaluation import compass_model, predictions, read_jsonl, result, write_config, write_datasets
-
-scoring.keep_raw_results()  # results decoded from here on keep scores and prompt_logprobs
+from testsupport import full_framework_test
 
 #: Perplexities and log-likelihoods agree to this (float32 on CPU, differently batched).
 TOLERANCE = dict(rel=1e-4, abs=1e-4)
@@ -70,22 +69,34 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def hf_pool(tiny_model: Path) -> Iterator[Cluster]:
     """A broker and one hf worker on CPU serving the tiny model, shared by this module's tests (an hf
-    engine takes a while to start); skips them when that engine cannot score."""
+    engine takes a while to start)."""
     with cluster_in_temp_dir() as cluster:
         cluster.start_broker()
         engines = os.environ.get("COMPASS_ENGINES_DIR", str(ENGINES))
         cluster.start_worker("--engine", "hf", "--model", str(tiny_model), engine_args=("device=cpu",),
                              env={"COMPASS_PYTHON": sys.executable, "COMPASS_ENGINES_DIR": engines})
         cluster.wait_for_workers(1, timeout=120)
-        probe = [{"custom_id": "score", "prompt": "The quick brown", "continuations": [" fox"]},
-                 {"custom_id": "ppl", "prompt": "The quick brown fox", "max_tokens": 0, "prompt_logprobs": 0}]
-        results = cluster.client().submit(probe, cluster.pool, timeout=120)
-        missing = [r.custom_id + (f" ({r.error.code}: {r.error.message})" if r.error else "") for r, field in
-                   zip(results, ("scores", "prompt_logprobs")) if not r.ok or scoring.result_field(r, field) is None]
-        if missing:
-            pytest.skip(f"the hf engine in {engines} does not answer scoring or prompt_logprobs requests "
-                        f"({'; '.join(missing)}): needs the hf engine's scoring (branch py-scoring)")
         yield cluster
+
+
+def test_hf_workers_score_and_return_prompt_logprobs(hf_pool: Cluster, tiny_model: Path) -> None:
+    """What CompassModel's get_loglikelihood and get_ppl ask of the pool, asked directly: if the hf
+    engine cannot answer it, this says so before the comparisons below fail on it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model), local_files_only=True)
+    ids = tokenizer("The quick brown fox")["input_ids"]
+    assert len(ids) >= 4, ids
+    probe = [{"custom_id": "score", "prompt_token_ids": ids[:2], "continuations": [ids[2:3], ids[2:]]},
+             {"custom_id": "ppl", "prompt_token_ids": ids, "max_tokens": 0, "prompt_logprobs": 0}]
+    score, ppl = hf_pool.client().submit(probe, hf_pool.pool, timeout=120)
+    assert score.ok and ppl.ok, (score.error, ppl.error)
+    assert score.finish_reason == "score" and score.scores is not None, score
+    assert [s.tokens for s in score.scores] == [1, len(ids) - 2], score.scores
+    assert all(s.logprob is not None and s.logprob < 0 for s in score.scores), score.scores
+    assert ppl.prompt_logprobs is not None and ppl.prompt_logprobs.token_ids == ids
+    values = ppl.prompt_logprobs.token_logprobs
+    assert values[0] is None and len(values) == len(ids) and all(v is not None and v < 0 for v in values[1:]), values
 
 
 def test_model_api_matches_huggingface_causal_lm(hf_pool: Cluster, opencompass_python: Path,
@@ -101,6 +112,7 @@ def test_model_api_matches_huggingface_causal_lm(hf_pool: Cluster, opencompass_p
         assert compass[key] == pytest.approx(hf[key], **TOLERANCE), key
 
 
+@full_framework_test
 def test_datasets_score_as_with_huggingface_causal_lm(hf_pool: Cluster, opencompass_python: Path,
                                                       tiny_model: Path, tmp_path: Path) -> None:
     gen_path, ppl_path = write_datasets(tmp_path, gen_rows=16, ppl_rows=16)

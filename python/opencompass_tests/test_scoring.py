@@ -83,9 +83,7 @@ def test_requests_follow_the_protocol() -> None:
                                                        "continuations": [[2, 3]]}
 
 
-def test_results_keep_their_scores_and_prompt_logprobs() -> None:
-    scoring.keep_raw_results()
-    scoring.keep_raw_results()  # idempotent
+def test_scores_and_prompt_logprobs_are_read_from_results() -> None:
     payload = json.dumps([
         {"custom_id": "s", "text": "", "finish_reason": "score", "error": None,
          "scores": [{"logprob": -1.5, "tokens": 2, "greedy": False}]},
@@ -93,12 +91,21 @@ def test_results_keep_their_scores_and_prompt_logprobs() -> None:
          "prompt_logprobs": {"token_ids": [4, 5], "tokens": ["a", "b"], "token_logprobs": [None, -0.25],
                              "top_logprobs": [None, []]}},
         {"custom_id": "g", "text": "x", "finish_reason": "stop", "error": None},
+        {"custom_id": "n", "text": "", "finish_reason": "score", "error": None,
+         "scores": [{"logprob": None, "tokens": 1, "greedy": False}]},
+        {"custom_id": "m", "text": "", "finish_reason": "length", "error": None,
+         "prompt_logprobs": {"token_ids": [4, 5], "tokens": ["a", "b"], "token_logprobs": [None],
+                             "top_logprobs": [None]}},
     ]).encode()
-    s, p, g = decode_results(payload, "batch-1")
+    s, p, g, n, m = decode_results(payload, "batch-1")
     assert scoring.continuation_logprob(s) == -1.5
     assert scoring.prompt_token_logprobs(p) == ([4, 5], [None, -0.25])
     with pytest.raises(ValueError, match="no scores"):
         scoring.continuation_logprob(g)
     with pytest.raises(ValueError, match="no prompt_logprobs"):
         scoring.prompt_token_logprobs(g)
+    with pytest.raises(ValueError, match="score without a logprob"):
+        scoring.continuation_logprob(n)
+    with pytest.raises(ValueError, match="malformed prompt_logprobs: 1 logprobs for 2 tokens"):
+        scoring.prompt_token_logprobs(m)
     assert isinstance(g, Result) and g.text == "x"

@@ -3,6 +3,10 @@
 The synthetic engine is deterministic (Sources/CompassEngines/SyntheticModel.swift): a completion
 is the prompt's words reversed, and a prompt token sent as id ``n`` has the logprob
 ``-len("t<n>")``. So every prediction and every perplexity OpenCompass writes is known exactly.
+
+By default one OpenCompass run (two datasets, two task processes) and the model API; the runs with
+a worker SIGKILLed, with `-r` and with a failed task take minutes and need
+COMPASS_FULL_FRAMEWORK_TESTS=1.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pytest
 from conftest import Cluster, opencompass_env, run_opencompass
 from evaluation import (CHOICE_TEMPLATES, compass_model, predictions, read_jsonl, result, run_dir, write_config,
                         write_datasets)
-from testsupport import expected_text
+from testsupport import expected_text, full_framework_test
 
 #: Deadline for a background wait on the pool's state.
 WAIT_S = 200.0
@@ -105,12 +109,49 @@ def tokenizer(tiny_model: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(tiny_model), local_files_only=True)
 
 
-def test_generation_and_perplexity_with_several_tasks_and_a_worker_killed(
-        cluster: Cluster, opencompass_python: Path, tiny_model: Path, tokenizer: Any, tmp_path: Path) -> None:
+def check_split_run(work: Path) -> None:
+    """Several tasks at once: each dataset was split in two, and two OpenCompass task processes ran
+    a half of each (a task is logged under its first dataset's name)."""
+    logs = sorted(p.name for p in (run_dir(work) / "logs" / "infer" / "compass").iterdir())
+    assert logs == ["reverse_0.out", "reverse_1.out"], logs
+    parts = sorted(p.name for p in (run_dir(work) / "predictions" / "compass").iterdir())
+    assert parts == ["choice_0.json", "choice_1.json", "reverse_0.json", "reverse_1.json"], parts
+
+
+def start_two_workers(cluster: Cluster) -> Any:
+    """A broker and two synthetic workers; returns the first."""
     cluster.start_broker()
-    victim = cluster.start_worker(engine_args=("batch_ms=150",))
+    first = cluster.start_worker(engine_args=("batch_ms=150",))
     cluster.start_worker(engine_args=("batch_ms=150",))
     cluster.wait_for_workers(2, timeout=30)
+    return first
+
+
+def test_generation_and_perplexity_datasets_in_several_tasks(
+        cluster: Cluster, opencompass_python: Path, tiny_model: Path, tokenizer: Any, tmp_path: Path) -> None:
+    """The one OpenCompass CLI run of the default suite: a generation and a perplexity dataset, each
+    split over two task processes that share the pool, every prediction and PPL exact."""
+    start_two_workers(cluster)
+    gen_path, ppl_path = write_datasets(tmp_path)
+    config = write_config(tmp_path / "eval_compass.py", gen_path, ppl_path, [compass_model(cluster.frontend, tiny_model)])
+    work = tmp_path / "outputs"
+
+    run = run_opencompass(opencompass_python, config, work, "--max-num-workers", "2")
+
+    assert run.returncode == 0 and "failed with code" not in run.stdout, run.stdout[-3000:]
+    check_split_run(work)
+    check_generation(work, gen_path)
+    check_perplexity(work, ppl_path, tokenizer)
+    counters = pool_counters(cluster)
+    gen_rows, ppl_rows = len(read_jsonl(gen_path)), len(read_jsonl(ppl_path))
+    # Each prompt once: one request per generation row, one per perplexity row and label.
+    assert counters["completed_requests"] == gen_rows + ppl_rows * len(CHOICE_TEMPLATES), counters
+
+
+@full_framework_test
+def test_generation_and_perplexity_with_several_tasks_and_a_worker_killed(
+        cluster: Cluster, opencompass_python: Path, tiny_model: Path, tokenizer: Any, tmp_path: Path) -> None:
+    victim = start_two_workers(cluster)
     gen_path, ppl_path = write_datasets(tmp_path)
     config = write_config(tmp_path / "eval_compass.py", gen_path, ppl_path, [compass_model(cluster.frontend, tiny_model)])
     work = tmp_path / "outputs"
@@ -122,12 +163,7 @@ def test_generation_and_perplexity_with_several_tasks_and_a_worker_killed(
     assert not errors, errors
     assert run.returncode == 0, run.stdout[-3000:]
     assert victim.poll() == -signal.SIGKILL
-    # Several tasks at once: each dataset was split in two, and two OpenCompass task processes ran
-    # a half of each (a task is logged under its first dataset's name).
-    logs = sorted(p.name for p in (run_dir(work) / "logs" / "infer" / "compass").iterdir())
-    assert logs == ["reverse_0.out", "reverse_1.out"], logs
-    parts = sorted(p.name for p in (run_dir(work) / "predictions" / "compass").iterdir())
-    assert parts == ["choice_0.json", "choice_1.json", "reverse_0.json", "reverse_1.json"], parts
+    check_split_run(work)
     check_generation(work, gen_path)
     check_perplexity(work, ppl_path, tokenizer)
     counters = pool_counters(cluster)
@@ -143,6 +179,7 @@ def test_generation_and_perplexity_with_several_tasks_and_a_worker_killed(
     check_perplexity(work, ppl_path, tokenizer)
 
 
+@full_framework_test
 def test_a_failed_batch_fails_the_task_and_reuse_finishes_it(
         cluster: Cluster, opencompass_python: Path, tiny_model: Path, tmp_path: Path) -> None:
     cluster.start_broker()

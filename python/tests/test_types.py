@@ -52,3 +52,10 @@ def test_results_with_scores_and_logprobs() -> None:
     assert (plain.text, plain.scores, plain.logprobs, plain.prompt_logprobs) == ("Bonjour", None, None, None)
     assert Result.from_json({"custom_id": "x", "scores": [{"logprob": None, "tokens": 0, "greedy": True}]}).scores == \
         [Score(None, 0, True)]
+
+
+def test_the_package_exports_the_result_types() -> None:
+    import compass_client
+
+    assert (compass_client.Score, compass_client.Logprobs, compass_client.TopLogprob) == (Score, Logprobs, TopLogprob)
+    assert {"Score", "Logprobs", "TopLogprob"} <= set(compass_client.__all__)

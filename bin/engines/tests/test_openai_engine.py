@@ -324,11 +324,8 @@ def test_wrong_api_key_is_fatal_at_once(start_engine: StartEngine, stub: tuple[S
 # MARK: Logprobs and scoring (docs/protocol.md, Payloads)
 
 
-def start_scoring(start_engine: StartEngine, url: str, **extra: str) -> Any:
-    """The adapter with the request model of docs/protocol.md (scoring_shim.py supplies it while
-    compass_engine predates it)."""
-    engine = start_engine("tests/scoring_shim.py", env={**NO_PROXY, "SHIM_ADAPTER": "openai_engine.py"},
-                          args=engine_args(url, **extra))
+def start_ready(start_engine: StartEngine, url: str, **extra: str) -> Any:
+    engine = start_engine("openai_engine.py", env=NO_PROXY, args=engine_args(url, **extra))
     engine.ready()
     return engine
 
@@ -339,7 +336,7 @@ def posts(state: Stub, path: str) -> list[dict[str, Any]]:
 
 def test_scoring_tokenizes_with_the_server_and_echoes(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
     state, url = stub
-    engine = start_scoring(start_engine, url)
+    engine = start_ready(start_engine, url)
     requests = [{"custom_id": "s", "prompt": "Q: is it? A: ", "continuations": ["yes", "no", "yes yes"]},
                 {"custom_id": "ids", "prompt_token_ids": [5, 6], "continuations": [[7], [8, 9]]}]
     text, ids = engine.result("sc", requests)
@@ -364,7 +361,7 @@ def test_scoring_tokenizes_with_the_server_and_echoes(start_engine: StartEngine,
 
 def test_scoring_an_empty_context_starts_with_the_servers_bos(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
     state, url = stub
-    engine = start_scoring(start_engine, url)
+    engine = start_ready(start_engine, url)
     (result,) = engine.result("e", [{"custom_id": "e", "prompt": "", "continuations": ["yes"]}])
     assert ("", True) in {(b["prompt"], b["add_special_tokens"]) for b in posts(state, "/tokenize")}
     (body,) = posts(state, "/v1/completions")
@@ -376,7 +373,7 @@ def test_what_the_server_cannot_do_fails_alone_as_unsupported(start_engine: Star
                                                               stub: tuple[Stub, str]) -> None:
     state, url = stub
     state.no_tokenize = True
-    engine = start_scoring(start_engine, url)
+    engine = start_ready(start_engine, url)
     requests = [{"custom_id": "text", "prompt": "Q: A:", "continuations": [" yes"]},
                 {"custom_id": "ids", "prompt_token_ids": [5], "continuations": [[7]]},
                 {"custom_id": "chat", "messages": [{"role": "user", "content": "hi"}], "prompt_logprobs": 0},
@@ -402,7 +399,7 @@ def test_what_the_server_cannot_do_fails_alone_as_unsupported(start_engine: Star
 
 def test_completion_logprobs_and_echoed_prompt_logprobs(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
     state, url = stub
-    engine = start_scoring(start_engine, url)
+    engine = start_ready(start_engine, url)
     requests = [{"custom_id": "lp", "prompt": "hello there", "max_tokens": 2, "logprobs": 2, "prompt_logprobs": 1},
                 {"custom_id": "ppl", "prompt_token_ids": [200, 201], "max_tokens": 0, "prompt_logprobs": 0}]
     lp, ppl = engine.result("lp", requests)
@@ -428,7 +425,7 @@ def test_completion_logprobs_and_echoed_prompt_logprobs(start_engine: StartEngin
 
 def test_chat_logprobs(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
     state, url = stub
-    engine = start_scoring(start_engine, url)
+    engine = start_ready(start_engine, url)
     (result,) = engine.result("c", [{"custom_id": "c", "messages": [{"role": "user", "content": "hi"}],
                                      "max_tokens": 1, "logprobs": 1}])
     (body,) = posts(state, "/v1/chat/completions")
@@ -441,7 +438,7 @@ def test_chat_logprobs(start_engine: StartEngine, stub: tuple[Stub, str]) -> Non
 def test_token_ids_where_the_server_names_tokens_by_id(start_engine: StartEngine, stub: tuple[Stub, str]) -> None:
     state, url = stub
     state.ids_as_text = True
-    engine = start_scoring(start_engine, url)
+    engine = start_ready(start_engine, url)
     (result,) = engine.result("ids", [{"custom_id": "i", "prompt": "hello", "max_tokens": 1, "logprobs": 1}])
     yes = state.tok.encode(" yes")[0]
     assert result["logprobs"] == {"token_ids": [yes], "tokens": [f"token_id:{yes}"], "token_logprobs": [-0.1],

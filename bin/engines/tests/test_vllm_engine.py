@@ -47,13 +47,6 @@ def start(start_engine: StartEngine, fake: Fake, tp: int = 1, args: dict[str, st
     return engine
 
 
-def start_scoring(start_engine: StartEngine, fake: Fake, args: dict[str, str] | None = None, **env: str) -> Engine:
-    """The adapter with the request model of docs/protocol.md (scoring_shim.py supplies it while
-    compass_engine predates it)."""
-    return start_engine("tests/scoring_shim.py", model=str(fake.model), args=args,
-                        env=fake.env(SHIM_ADAPTER="vllm_engine.py", **env))
-
-
 def test_engine_arguments_are_converted_and_passed(start_engine: StartEngine, fake: Fake) -> None:
     args = {"gpu_memory_utilization": "0.55", "max_model_len": "48", "enforce_eager": "true", "dtype": "bfloat16",
             "max_num_seqs": "4", "seed": "11", "max_tokens": "5"}
@@ -381,7 +374,7 @@ def scoring_calls(fake: Fake) -> list[dict[str, Any]]:
 
 
 def test_scoring_sums_the_continuation_positions_in_one_engine_batch(start_engine: StartEngine, fake: Fake) -> None:
-    engine = start_scoring(start_engine, fake)
+    engine = start(start_engine, fake)
     assert "scoring computes prompts in full" in engine.ready()["detail"]
     requests = [
         # Trailing whitespace moves to the continuations; " gamma gamma" is what greedy decoding says.
@@ -410,7 +403,7 @@ def test_scoring_sums_the_continuation_positions_in_one_engine_batch(start_engin
 
 
 def test_scoring_greedy_flags_token_id_and_empty_contexts(start_engine: StartEngine, fake: Fake) -> None:
-    engine = start_scoring(start_engine, fake)
+    engine = start(start_engine, fake)
     engine.ready()
     requests = [
         {"custom_id": "ids", "prompt_token_ids": [20, 21, 22], "continuations": [[22], [23, 22], "word"]},
@@ -430,7 +423,7 @@ def test_scoring_greedy_flags_token_id_and_empty_contexts(start_engine: StartEng
 
 
 def test_generation_logprobs_and_prompt_logprobs(start_engine: StartEngine, fake: Fake) -> None:
-    engine = start_scoring(start_engine, fake)
+    engine = start(start_engine, fake)
     engine.ready()
     requests = [
         {"custom_id": "lp", "prompt": "red green blue", "max_tokens": 3, "logprobs": 2, "prompt_logprobs": 1},
@@ -469,7 +462,7 @@ def test_generation_logprobs_and_prompt_logprobs(start_engine: StartEngine, fake
 
 
 def test_perplexity_with_max_tokens_zero(start_engine: StartEngine, fake: Fake) -> None:
-    engine = start_scoring(start_engine, fake)
+    engine = start(start_engine, fake)
     engine.ready()
     requests = [{"custom_id": "ppl", "prompt": "one two three", "max_tokens": 0, "prompt_logprobs": 0},
                 {"custom_id": "nothing", "prompt": "x", "max_tokens": 0, "logprobs": 3}]
@@ -490,7 +483,7 @@ def test_score_prefix_cache_reuses_the_context_and_reruns_what_it_spoilt(start_e
                                                                         stepwise: bool, runner: str) -> None:
     # The V2 runner leaves the cached rows out of prompt_logprobs; the V1 runner leaves them unwritten.
     env = {"FAKE_VLLM_RUNNER": runner} | ({} if stepwise else {"FAKE_VLLM_NO_STEP": "1"})
-    engine = start_scoring(start_engine, fake, args={"score_prefix_cache": "true"}, **env)
+    engine = start(start_engine, fake, args={"score_prefix_cache": "true"}, **env)
     assert "scoring reads the prefix cache" in engine.ready()["detail"]
     six, eight = "w1 w2 w3 w4 w5 w6", "c1 c2 c3 c4 c5 c6 c7 c8"
     # The first batch computes the contexts (blocks of 4 tokens go into the cache) ...
@@ -519,7 +512,7 @@ def test_score_prefix_cache_reuses_the_context_and_reruns_what_it_spoilt(start_e
 
 
 def test_scoring_errors_and_cancel(start_engine: StartEngine, fake: Fake) -> None:
-    engine = start_scoring(start_engine, fake, args={"max_model_len": "16"})
+    engine = start(start_engine, fake, args={"max_model_len": "16"})
     engine.ready()
     results = engine.result("bad", [{"custom_id": "long", "prompt": " ".join(["w"] * 14), "continuations": [" a b"]},
                                     {"custom_id": "ok", "prompt": "w", "continuations": [" a"]}])
