@@ -109,7 +109,10 @@ let package = Package(
         .testTarget(name: "CompassProtocolTests", dependencies: ["CompassProtocol", "CompassWire", "ZMQ"]),
         .testTarget(name: "CompassSchedulerTests", dependencies: ["CompassScheduler", "CompassProtocol"]),
         .testTarget(name: "CompassEnginesTests", dependencies: ["CompassEngines", "CompassProtocol"]),
-        .testTarget(name: "CompassWorkerTests", dependencies: ["CompassWorker", "CompassEngines", "CompassProtocol"]),
+        .testTarget(name: "CompassWorkerTests", dependencies: [
+            "CompassWorker", "CompassEngines", "CompassProtocol",
+            .product(name: "DequeModule", package: "swift-collections"),
+        ]),
         .testTarget(name: "CompassTopologyTests", dependencies: ["CompassTopology", "CompassLauncher", "CompassSystem", "Yams"]),
         .testTarget(name: "CompassJournalTests", dependencies: ["CompassJournal", "CompassScheduler", "CompassProtocol"]),
         .testTarget(name: "CompassGatewayTests", dependencies: ["CompassGateway", "CompassProtocol", "CompassTopology", "CompassLauncher"]),

@@ -199,10 +199,12 @@ def build(doc):
     for r in c.get("admission", []):
         rows.append([r["capacity"], f"{r['step_us']} + {r['seq_us']}/seq", fmt(r["requests"]), r["window"], fmt(r["occupancy_steady"], 3),
                      fmt(r["occupancy_whole_run"], 3), fmt(r["steady_steps"]), fmt(r["requests_per_s"]), fmt(r["ideal_requests_per_s"]),
-                     fmt(ratio(r["requests_per_s"], r["ideal_requests_per_s"]), 3)])
+                     fmt(ratio(r["requests_per_s"], r["ideal_requests_per_s"]), 3),
+                     f"{fmt(r.get('measured_step_ms'), 1)} / {fmt(r.get('nominal_step_ms'), 1)}", r.get("load_average", "-")])
     if rows:
         table("5b. Admission: synthetic continuous engine behind compass submit --batch-size 1 (occupancy from the engine's own step counts)",
-              ["capacity", "step us", "requests", "window", "occupancy steady", "whole run", "steps", "requests/s", "ideal/s", "ratio"],
+              ["capacity", "step us", "requests", "window", "occupancy steady", "whole run", "steps", "requests/s", "ideal/s", "ratio",
+               "step ms measured / nominal", "load"],
               rows, out)
     if "admission_error" in c:
         out.append(f"\nadmission: FAILED {c['admission_error']}")

@@ -59,7 +59,7 @@ extension Worker {
     }
 
     /// The wire message for a machine's output, with what only this process knows.
-    func message(_ output: WorkerOutput) -> WorkerMessage {
+    func message(_ output: ToBroker) -> WorkerMessage {
         switch output {
         case .ready(let credit, let capacity):
             let caps = WorkerCapabilities(

@@ -8,7 +8,7 @@ public enum WorkerAction: Sendable {
     /// Drop the connection to the broker.
     case disconnect
     /// Send a message to the broker (dropped when there is no connection).
-    case send(WorkerOutput)
+    case send(ToBroker)
     /// Start the engine (a fresh generation); a failure to start comes back as `engineStartFailed`.
     case startEngine
     /// Stop the engine and everything it started.
@@ -22,7 +22,7 @@ public enum WorkerAction: Sendable {
 }
 
 /// A message to the broker, before the I/O layer adds what only it knows (GPU figures, host, pid).
-public enum WorkerOutput: Sendable, Equatable {
+public enum ToBroker: Sendable, Equatable {
     /// READY with the credit it grants; the worker always asks for explicit credit.
     case ready(credit: Int, capacity: EngineCapacity)
     case credit(Int)

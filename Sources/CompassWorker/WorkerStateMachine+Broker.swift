@@ -20,6 +20,7 @@ extension WorkerStateMachine {
     /// until WELCOME says the broker takes explicit credit, a larger grant could never be taken back.
     mutating func sendReady(_ now: UInt64) {
         creditMode = nil
+        readySentAt = now
         answeredSinceReady = 0
         let credit = engine == .ready && drainingSince == nil ? max(0, min(batchWindow - running.count, WireProtocol.maxCredit)) : 0
         outstanding = credit
@@ -34,6 +35,7 @@ extension WorkerStateMachine {
         connected = false
         registered = false
         creditMode = nil
+        readySentAt = nil
         outstanding = 0
         dropHeld()
         connectAt = now + reconnectDelay
@@ -64,6 +66,7 @@ extension WorkerStateMachine {
             }
             m.answeredSinceReady = 0
             m.creditMode = mode
+            m.readySentAt = nil
             m.registered = true
             m.reconnectDelay = m.options.reconnectMinMilliseconds
             m.note(.registered(heartbeatMilliseconds: m.heartbeatMilliseconds, creditMode: mode))
@@ -117,9 +120,17 @@ extension WorkerStateMachine {
 
     /// DISCONNECT: the broker does not know us (it restarted, or declared us dead): register again.
     /// Batches not started are the broker's to requeue; running ones still report.
+    ///
+    /// The broker answers *every* message of a worker it does not know with DISCONNECT, and a busy
+    /// worker has hundreds on their way (results, credit). Only the first is news: once READY is
+    /// sent, a DISCONNECT before its WELCOME answers a message sent before that READY (the broker
+    /// reads a connection in order), so registering again for each would make the broker forget
+    /// and requeue, once per echo, every batch it had sent meanwhile, and charge each an attempt.
+    /// A READY that gets no WELCOME (the broker refused it) is sent again after the liveness time.
     public mutating func disconnected(reason: String, now: UInt64) -> [WorkerAction] {
         collect { m in
             m.heard(now)
+            guard m.creditMode != nil else { return }
             m.note(.reregistering(reason: reason))
             m.dropHeld()
             m.registered = false

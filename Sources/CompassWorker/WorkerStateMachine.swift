@@ -69,6 +69,8 @@ public struct WorkerStateMachine {
     public internal(set) var outstanding = 0
     /// RESULTs and FAILEDs sent since READY, before WELCOME said whether they return credit.
     var answeredSinceReady = 0
+    /// When the READY that awaits its WELCOME was sent.
+    var readySentAt: UInt64?
     /// Requests per batch expected from the broker: a moving average of those received.
     public internal(set) var batchSizeEstimate = 1.0
     var estimateObserved = false
@@ -127,14 +129,14 @@ public struct WorkerStateMachine {
     mutating func note(_ event: WorkerEvent) { out.append(.event(event)) }
 
     /// Sends to the broker; nothing goes out without a connection (the broker requeues what we held).
-    mutating func send(_ message: WorkerOutput, _ now: UInt64) {
+    mutating func send(_ message: ToBroker, _ now: UInt64) {
         guard connected else { return }
         lastSent = now
         emit(.send(message))
     }
 
     /// Sends a batch's RESULT or FAILED and counts the credit it may return.
-    mutating func answer(_ message: WorkerOutput, _ now: UInt64) {
+    mutating func answer(_ message: ToBroker, _ now: UInt64) {
         guard connected else { return }
         send(message, now)
         switch creditMode {
@@ -192,6 +194,9 @@ public struct WorkerStateMachine {
             if now.since(lastSent) >= heartbeatMilliseconds { send(.heartbeat, now) }
             if now.since(lastHeard) > heartbeatMilliseconds * liveness {
                 lostBroker("no message from the broker for \(now.since(lastHeard)) ms", now)
+            } else if creditMode == nil, let sent = readySentAt, now.since(sent) > heartbeatMilliseconds * liveness {
+                note(.reregistering(reason: "no WELCOME within \(now.since(sent)) ms of READY"))
+                sendReady(now)
             }
         }
         engineTimers(now)

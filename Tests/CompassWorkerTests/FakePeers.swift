@@ -28,7 +28,7 @@ struct FakeBroker {
     /// Batches at the worker: id → current attempt.
     var atWorker: [String: UInt32] = [:]
     var outcomes: [String: Int] = [:]
-    var inbound: Deque<WorkerOutput> = []
+    var inbound: Deque<ToBroker> = []
     var outbound: Deque<(epoch: Int, message: ToWorker)> = []
 
     init(supportsExplicit: Bool, batches: [(String, UInt32)]) {

@@ -78,7 +78,7 @@ struct Harness {
 
 /// Pattern helpers over actions.
 extension Array where Element == WorkerAction {
-    var sent: [WorkerOutput] { compactMap { if case .send(let m) = $0 { return m }; return nil } }
+    var sent: [ToBroker] { compactMap { if case .send(let m) = $0 { return m }; return nil } }
 
     /// Ids of the batches handed to the engine.
     var submitted: [String] { compactMap { if case .submit(let job) = $0 { return job.batchID }; return nil } }

@@ -38,6 +38,7 @@ struct RandomizedTests {
         var staleBatchSinceReady = false
         var readyEpoch = 0
         var creditChecks = 0
+        var forgets = 0
 
         func absorb(_ actions: [WorkerAction]) {
             for action in actions {
@@ -132,7 +133,9 @@ struct RandomizedTests {
                     absorb(h.step { m, t in m.engineDied(code: .engineDead, message: "crash", now: t) })
                 }
             case 853..<856: broker.cancelOne(Int.random(in: 0..<1000, using: &rng))
-            case 856..<858: broker.forget() // restarted without a journal, or declared the worker dead
+            case 856..<858:
+                if broker.known { forgets += 1 }
+                broker.forget() // restarted without a journal, or declared the worker dead
             case 858..<860:
                 // The broker falls silent: the worker gives the connection up and makes a new one.
                 h.brokerAlive = false
@@ -148,6 +151,10 @@ struct RandomizedTests {
         #expect(broker.outcomes.values.allSatisfy { $0 == 1 }, "seed \(seed): answered twice: \(broker.outcomes.filter { $0.value > 1 })")
         #expect(creditChecks > steps / 4, "seed \(seed): the credit count was compared in \(creditChecks) of \(steps) steps")
         #expect(broker.epoch > 1, "seed \(seed): the worker never registered again")
+        // Each time the broker forgets the worker, it answers everything on its way with
+        // DISCONNECT; the worker registers again once, not once per DISCONNECT.
+        let reregistrations = h.log.events.filter { if case .reregistering(let why) = $0 { return why == "unknown worker" }; return false }.count
+        #expect(reregistrations <= forgets, "seed \(seed): \(reregistrations) registrations for \(forgets) times forgotten")
         print("worker randomized seed \(seed) (\(capacity), \(broker.supportsExplicit ? "explicit" : "implicit") broker): \(batchCount) batches answered once in \(steps) steps, \(broker.epoch) registrations, \(h.machine.restarts) engine restarts, credit compared \(creditChecks) times")
         // Then SIGTERM: the worker drains and exits.
         absorb(h.step { m, t in m.signal("SIGTERM", now: t) })

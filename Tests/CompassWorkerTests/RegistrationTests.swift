@@ -74,6 +74,34 @@ struct RegistrationTests {
         #expect(h.machine.outstanding == 2)
     }
 
+    @Test func aStormOfDisconnectsRegistersOnce() {
+        var h = Harness()
+        h.startReady(EngineCapacity(sequences: 64))
+        h.welcome()
+        for i in 0..<40 { h.batch("b\(i)") }
+        // The broker forgot the worker; each of its messages on the way is answered DISCONNECT.
+        let first = h.step { m, t in m.disconnected(reason: "unknown worker", now: t) }
+        #expect(first.readies.count == 1 && h.machine.held.isEmpty)
+        for _ in 0..<50 {
+            let echo = h.step { m, t in m.disconnected(reason: "unknown worker", now: t) }
+            #expect(echo.readies.isEmpty && echo.events.isEmpty, "an echo of a message sent before READY is no news")
+        }
+        h.welcome()
+        #expect(h.machine.registered)
+        let again = h.step { m, t in m.disconnected(reason: "unknown worker", now: t) }
+        #expect(again.readies.count == 1, "after WELCOME, a DISCONNECT means the broker forgot the worker again")
+    }
+
+    @Test func aReadyWithoutWelcomeIsSentAgainAfterTheLivenessTime() {
+        var h = Harness()
+        h.startReady()
+        #expect(h.advance(300).readies.isEmpty)
+        let again = h.advance(1)
+        #expect(again.readies.count == 1)
+        #expect(again.events.contains { if case .reregistering(let why) = $0 { return why.contains("no WELCOME") }; return false })
+        #expect(h.machine.connected && !h.machine.registered)
+    }
+
     @Test func anOlderBrokerReturnsCreditWithResults() {
         var h = Harness()
         h.startReady()

@@ -48,12 +48,17 @@ extension Suite {
             let occupancy = Double(last.sequenceSteps - first.sequenceSteps) / Double((last.steps - first.steps) * capacity)
             let whole = samples.last.map { Double($0.sequenceSteps) / Double(max(1, $0.steps) * capacity) } ?? 0
             let ideal = Double(capacity) / (meanTokens * Double(stepUs + capacity * seqUs) / 1e6)
+            // What a step really took (the engine sleeps for its cost; a loaded machine wakes it late):
+            // where requests/s falls short of the ideal while occupancy is full, this says why.
+            let totalSteps = samples.last?.steps ?? 0
+            let stepMs = totalSteps > 0 ? seconds * 1000 / Double(totalSteps) : 0
             rows.append(["capacity": capacity, "step_us": stepUs, "seq_us": seqUs, "requests": count, "batch_size": 1, "window": window,
                          "occupancy_steady": (occupancy * 1000).rounded() / 1000, "occupancy_whole_run": (whole * 1000).rounded() / 1000,
                          "steady_steps": last.steps - first.steps, "seconds": (seconds * 100).rounded() / 100,
                          "requests_per_s": (Double(count) / seconds).rounded(), "ideal_requests_per_s": ideal.rounded(),
-                         "mean_tokens": meanTokens, "load_average": loadAverage()])
-            log("admission: capacity \(capacity), \(count) one-request batches, window \(window): occupancy \(String(format: "%.3f", occupancy)) steady (\(String(format: "%.3f", whole)) whole run), \(Int(Double(count) / seconds)) requests/s of an ideal \(Int(ideal))/s")
+                         "mean_tokens": meanTokens, "nominal_step_ms": Double(stepUs + capacity * seqUs) / 1000,
+                         "measured_step_ms": (stepMs * 100).rounded() / 100, "load_average": loadAverage()])
+            log("admission: capacity \(capacity), \(count) one-request batches, window \(window): occupancy \(String(format: "%.3f", occupancy)) steady (\(String(format: "%.3f", whole)) whole run), \(Int(Double(count) / seconds)) requests/s of an ideal \(Int(ideal))/s; a step took \(String(format: "%.1f", stepMs)) ms for a nominal \(Double(stepUs + capacity * seqUs) / 1000) ms")
         }
         result["admission"] = rows
     }
