@@ -6,8 +6,9 @@ no broker and no worker: the baseline that compass's own throughput is compared 
 
 Batches are cut from PROMPTS exactly as `compass submit --batch-size B` cuts them. Up to
 `--max-batches` of them are inside the engine at once (default 1: one at a time), as the worker
-keeps them: capped at the engine's own `max_batches` from `ready` (default 1), the next one sent
-as soon as one is answered. `--repeat K` runs the same batches K times in one engine process
+keeps them: capped at the engine's own `max_batches` from `ready` (default 1) unless its `ready`
+says `capacity` (it takes any number of batches: the worker bounds them by requests, and here
+`--max-batches` does), the next one sent as soon as one is answered. `--repeat K` runs the same batches K times in one engine process
 (one model load). Tokens/s counts completion tokens over the time from a pass's first batch to
 its last result (model loading excluded, as in the compass run where the worker is already
 registered).
@@ -72,7 +73,8 @@ def main() -> None:
             raise SystemExit(f"engine failed to start: {ready}")
         ready = next_event()
     loaded = time.time()
-    engine_max_batches = int(ready.get("max_batches", 1))
+    # An engine that says its capacity takes as many batches as it is sent.
+    engine_max_batches = a.max_batches if "capacity" in ready else int(ready.get("max_batches", 1))
     window = min(a.max_batches, engine_max_batches)
     if window < a.max_batches:
         print(f"drive_engine: the engine takes {engine_max_batches} batch(es) at once; --max-batches {a.max_batches} "

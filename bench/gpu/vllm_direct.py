@@ -2,6 +2,10 @@
 most throughput vLLM itself gets from these prompts. compass's vLLM runs are compared with it.
 
     python3 vllm_direct.py MODEL PROMPTS.jsonl REPORT.json [--tp 1] [--gpu-memory-utilization 0.85] [--max-model-len 2048]
+                           [--passes 1]
+
+With --passes K the same call runs K times on the loaded engine: the first is cold (the first pass
+after load), the others warm; the report has every pass and the top-level numbers are the last's.
 """
 import argparse
 import json
@@ -19,6 +23,8 @@ def main() -> None:
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.85)
     ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--passes", type=int, default=1)
+    ap.add_argument("--out", help="the last pass's texts as compass results JSONL (custom_id, text, completion_tokens)")
     a = ap.parse_args()
     from vllm import LLM, SamplingParams  # imported late: the start method must be set first
 
@@ -29,15 +35,25 @@ def main() -> None:
     loaded = time.time()
     params = [SamplingParams(max_tokens=r.get("max_tokens", 64), temperature=r.get("temperature", 0.0),
                              ignore_eos=r.get("ignore_eos", False)) for r in requests]
-    t0 = time.time()
-    outputs = llm.generate([r["prompt"] for r in requests], params)
-    seconds = time.time() - t0
-    completion = sum(len(o.outputs[0].token_ids) for o in outputs)
+    passes = []
+    for k in range(a.passes):
+        t0 = time.time()
+        outputs = llm.generate([r["prompt"] for r in requests], params, use_tqdm=False)
+        seconds = time.time() - t0
+        completion = sum(len(o.outputs[0].token_ids) for o in outputs)
+        passes.append({"pass": k + 1, "cold": k == 0, "seconds": round(seconds, 3), "completion_tokens": completion,
+                       "completion_tokens_per_second": round(completion / seconds, 1)})
+        print(json.dumps(passes[-1]), flush=True)
     report = {"engine": "vllm LLM.generate (all prompts in one call)", "requests": len(outputs),
               "load_seconds": round(loaded - started, 1), "seconds": round(seconds, 2), "completion_tokens": completion,
               "completion_tokens_per_second": round(completion / seconds, 1),
-              "start_method": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")}
+              "start_method": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD"), "passes": passes}
     json.dump(report, open(a.report, "w"), indent=1)
+    if a.out:
+        with open(a.out, "w") as f:
+            for r, o in zip(requests, outputs):
+                f.write(json.dumps({"custom_id": r["custom_id"], "text": o.outputs[0].text,
+                                    "completion_tokens": len(o.outputs[0].token_ids)}) + "\n")
     print(json.dumps(report))
 
 

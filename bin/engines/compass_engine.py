@@ -24,11 +24,17 @@ thread of its own, so a `cancel` reaches a running batch; writes events to fd CO
 with `bad_request`); reports progress; classifies failures (`oom`, `engine_error`, `cancelled`);
 sends `fatal` before exiting on a load error; and exits on `shutdown` or end-of-file on fd 3.
 
-A backend that can take several batches at once (one that batches continuously, like vLLM) sets
-an attribute `max_batches` (an int >= 1, read after `load`; default 1). The `ready` message then
-carries it, and up to that many batches run at once, each `generate` call on a thread of its own
-with its own Progress and cancel event; each batch is answered when it ends, in whatever order
-they end. With `max_batches` 1 (the default) batches run one at a time on the main thread.
+A backend that batches continuously (like vLLM) says how much it runs at once, read after `load`:
+`capacity`, the sequences it runs in one step (an int 1..65536), and optionally `capacity_tokens`
+(its KV cache's tokens). The `ready` message carries them and the worker then admits requests,
+not batches: it hands over batches, however many, while the requests inside stay below capacity
+plus a short queue (docs/engines.md, Admission), so a stream of one-request batches fills the
+engine. Each batch's `generate` runs on a thread of its own with its own Progress and cancel
+event, and is answered when it ends, in whatever order they end. A backend that also has
+`engine_stats()` (a dict with `capacity`, `steps` and `sequence_steps`, cumulative) gets them
+and the occupancy over each batch's life in the batch's `stats.engine`. A backend that cannot say
+its capacity may set `max_batches` (1..8) instead: up to that many batches at once. With neither,
+batches run one at a time on the main thread.
 
 Standard library only, Python 3.10+.
 """
@@ -60,6 +66,7 @@ from compass_request import (  # noqa: F401 - re-exported
     _is_int,
     apply_stop,
     parse_request,
+    scoring_tokens,
 )
 
 # Engine-args the worker itself consumes; they are never errors here.
@@ -217,11 +224,13 @@ class EngineSettings:
 
 
 class Progress:
-    """Progress of the running batch, sent to the worker when it moves (at most every `interval`).
+    """Progress of one batch, sent to the worker when it moves (at most every `interval`).
 
-    Backends call `add` from any thread; a ticker thread sends what moved since the last message,
-    so a backend may call it once per decoding step without flooding the pipe. Nothing is sent
-    while nothing moves: the worker's watchdog is meant to catch an engine that is stuck.
+    Backends call `add` from any thread; one ticker thread (`_Ticker`, shared by every batch of the
+    process, so a worker holding hundreds of one-request batches does not make hundreds of
+    threads) sends what moved since the last message, so a backend may call `add` once per
+    decoding step without flooding the pipe. Nothing is sent while nothing moves: the worker's
+    watchdog is meant to catch an engine that is stuck.
     """
 
     def __init__(self, send: Callable[[dict[str, Any]], None], batch_id: str, attempt: int,
@@ -229,49 +238,96 @@ class Progress:
         self._send, self._batch_id, self._attempt, self.total = send, batch_id, attempt, total
         self._interval = interval
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self.done = 0
         self.tokens = 0
         self._sent = (0, 0)
+        self._sent_at = 0.0
+        self._urgent = False  # a request finished since the last message: news worth sending soon
         self._closed = False
-        self._thread = threading.Thread(target=self._tick, name="compass-progress", daemon=True)
-        self._thread.start()
+        _Ticker.shared().register(self)
 
     def add(self, done: int = 0, tokens: int = 0) -> None:
         with self._lock:
             self.done += done
             self.tokens += tokens
+            if done:
+                self._urgent = True
         if done:
-            self._wake.set()  # a finished request is news worth sending soon
+            _Ticker.shared().wake()
 
-    def _flush(self) -> None:
+    def _flush(self, now: float) -> None:
+        """Sends what moved, when `interval` passed since the last message (0.1 s after a request
+        finished). Called by the ticker only."""
         with self._lock:  # held while sending, so nothing is sent after close()
-            now = (self.done, self.tokens)
-            if self._closed or now == self._sent:
+            moved = (self.done, self.tokens)
+            if self._closed or moved == self._sent:
                 return
-            self._sent = now
+            if now - self._sent_at < (min(0.1, self._interval) if self._urgent else self._interval):
+                return
+            self._sent, self._sent_at, self._urgent = moved, now, False
             self._send({"type": "progress", "batch_id": self._batch_id, "attempt": self._attempt,
                         "done": min(self.done, self.total), "total": self.total, "tokens": self.tokens})
-
-    def _tick(self) -> None:
-        while not self._closed:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            self._flush()
-            time.sleep(min(0.1, self._interval))  # at most ~10 messages a second
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
+        _Ticker.shared().unregister(self)
+
+
+class _Ticker:
+    """The one thread that sends every open Progress's news (at most ~10 messages a second each)."""
+
+    _instance: _Ticker | None = None
+    _instance_lock = threading.Lock()
+    TICK = 0.1
+
+    @classmethod
+    def shared(cls) -> _Ticker:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = _Ticker()
+            return cls._instance
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[int, Progress] = {}
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="compass-progress", daemon=True).start()
+
+    def register(self, progress: Progress) -> None:
+        with self._lock:
+            self._open[id(progress)] = progress
+
+    def unregister(self, progress: Progress) -> None:
+        with self._lock:
+            self._open.pop(id(progress), None)
+
+    def wake(self) -> None:
         self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self.TICK)
+            self._wake.clear()
+            with self._lock:
+                open_now = list(self._open.values())
+            now = time.monotonic()
+            for progress in open_now:
+                try:
+                    progress._flush(now)
+                except Exception as error:  # noqa: BLE001 - one batch's message must not stop the others'
+                    log(f"sending progress failed: {error}")
+            time.sleep(0.01)  # several finishing requests make one round of messages, not many
 
 
 class Backend(Protocol):
     """What an adapter implements. Optional members, looked up with getattr: `close()`, to release
     child processes and sockets before exit; `start_method`, the multiprocessing start method of
-    the processes it starts (for the `ready` message); and `max_batches`, how many batches it
-    takes at once (read after `load`; default 1). With `max_batches` above 1, `generate` is called
-    from several threads at once, one per batch, and must be thread-safe."""
+    the processes it starts (for the `ready` message); `capacity` (and `capacity_tokens`), the
+    sequences it runs at once, or `max_batches`, how many batches it takes at once (read after
+    `load`; default 1 batch); `engine_stats()`, its cumulative step counters. With `capacity` or
+    `max_batches` above 1, `generate` is called from several threads at once, one per batch, and
+    must be thread-safe."""
 
     name: str
     arguments: dict[str, str]  # the --engine-arg keys it takes, with a word on each
@@ -310,6 +366,7 @@ class _Batch:
         return (self.batch_id, self.attempt)
 
 
+CAPACITY_LIMIT = 65_536  # the protocol's bound on an engine's sequence capacity (EngineCapacity.sequencesLimit)
 EOF_GRACE_SECONDS = 10.0  # after end of file on fd 3, the longest the engine lives on
 
 
@@ -437,6 +494,7 @@ class EngineHost:
             parsed = [parse_request(i, raw) for i, raw in enumerate(batch.requests)]
             valid = [p for p in parsed if isinstance(p, Request)]
             progress = Progress(self.send, batch.batch_id, batch.attempt, len(parsed))
+            counters_before = self.engine_counters()
             progress.add(done=len(parsed) - len(valid))
             try:
                 if batch.cancelled.is_set():
@@ -449,11 +507,7 @@ class EngineHost:
             it = iter(produced)
             results = [next(it) if isinstance(p, Request) else p for p in parsed]
             self.send({"type": "result", **base, "results": [r.to_json() for r in results],
-                       "stats": {"engine_ms": round((time.monotonic() - started) * 1000, 3),
-                                 "requests": len(results),
-                                 "failed_requests": sum(1 for r in results if r.error),
-                                 "prompt_tokens": sum(r.prompt_tokens for r in results),
-                                 "completion_tokens": sum(r.completion_tokens for r in results)}})
+                       "stats": self.batch_stats(started, results, counters_before)})
         except Cancelled:
             if batch.cancel_requested:
                 self.send({"type": "failed", **base, "code": "cancelled", "retryable": False, "message": "cancelled"})
@@ -469,6 +523,36 @@ class EngineHost:
             with self.state_lock:
                 self.running = [b for b in self.running if b is not batch]
 
+    def engine_counters(self) -> dict[str, int] | None:
+        """The backend's cumulative step counters (`engine_stats()`), where it keeps them."""
+        stats = getattr(self.backend, "engine_stats", None)
+        if stats is None:
+            return None
+        try:
+            counters = stats()
+            if counters is None:
+                return None
+            return {key: int(counters[key]) for key in ("capacity", "steps", "sequence_steps")}
+        except Exception as error:  # noqa: BLE001 - statistics never fail a batch
+            log(f"engine_stats() failed: {error}")
+            return None
+
+    def batch_stats(self, started: float, results: list[Result], before: dict[str, int] | None) -> dict[str, Any]:
+        stats: dict[str, Any] = {"engine_ms": round((time.monotonic() - started) * 1000, 3),
+                                 "requests": len(results),
+                                 "failed_requests": sum(1 for r in results if r.error),
+                                 "prompt_tokens": sum(r.prompt_tokens for r in results),
+                                 "completion_tokens": sum(r.completion_tokens for r in results)}
+        after = self.engine_counters()
+        if after is not None:
+            engine: dict[str, Any] = dict(after)
+            steps = after["steps"] - before["steps"] if before else 0
+            if before and steps > 0 and after["capacity"] > 0:
+                engine["occupancy"] = round((after["sequence_steps"] - before["sequence_steps"])
+                                            / (steps * after["capacity"]), 4)
+            stats["engine"] = engine
+        return stats
+
     def serve(self, settings: EngineSettings) -> NoReturn:
         reader = threading.Thread(target=self.read_loop, name="compass-reader", daemon=True)
         reader.start()
@@ -478,6 +562,14 @@ class EngineHost:
             if not _is_int(max_batches) or max_batches < 1:
                 raise EngineConfigError(f"the {self.backend.name} backend says max_batches={max_batches!r}; "
                                         "expected an integer >= 1")
+            capacity = getattr(self.backend, "capacity", None)
+            if capacity is not None and (not _is_int(capacity) or not 1 <= capacity <= CAPACITY_LIMIT):
+                raise EngineConfigError(f"the {self.backend.name} backend says capacity={capacity!r}; "
+                                        f"expected an integer from 1 to {CAPACITY_LIMIT}")
+            capacity_tokens = getattr(self.backend, "capacity_tokens", None) if capacity is not None else None
+            if capacity_tokens is not None and (not _is_int(capacity_tokens) or capacity_tokens < 1):
+                log(f"ignoring capacity_tokens={capacity_tokens!r}: expected an integer >= 1")
+                capacity_tokens = None
         except BaseException as error:  # noqa: BLE001 - a load failure of any kind is fatal
             if isinstance(error, EngineConfigError):
                 log(f"cannot start: {error}")
@@ -496,12 +588,23 @@ class EngineHost:
             stopping = self.stopping
         if stopping:
             self.inbox.put(None)
-        log(f"ready: {detail}; multiprocessing start method {method}; max_batches {max_batches}")
         ready = {"type": "ready", "model": settings.model, "detail": detail, "start_method": method}
-        if max_batches != 1:  # 1 is the protocol's default: the message stays as it always was
-            ready["max_batches"] = max_batches
+        if capacity is not None:
+            # The worker admits requests up to the capacity (and a short queue), so any number of
+            # batches may be inside at once; the worker, not this process, bounds them.
+            ready["capacity"] = capacity
+            if capacity_tokens is not None:
+                ready["capacity_tokens"] = capacity_tokens
+            admits = f"capacity {capacity} sequences" + (f", {capacity_tokens} KV-cache tokens" if capacity_tokens else "")
+        else:
+            if max_batches != 1:  # 1 is the protocol's default: the message stays as it always was
+                ready["max_batches"] = max_batches
+            admits = f"max_batches {max_batches}"
+        log(f"ready: {detail}; multiprocessing start method {method}; {admits}")
         self.send(ready)
-        if max_batches == 1:
+        if capacity is not None:
+            self.serve_concurrently(None)
+        elif max_batches == 1:
             self.serve_one_at_a_time()
         else:
             self.serve_concurrently(max_batches)
@@ -513,19 +616,22 @@ class EngineHost:
             self.admit(batch)
             self.run_batch(batch)
 
-    def serve_concurrently(self, max_batches: int, stop_wait: float = 30.0) -> None:
-        """Up to `max_batches` batch threads at once; the main thread only hands batches out."""
-        slots = threading.BoundedSemaphore(max_batches)
+    def serve_concurrently(self, max_batches: int | None, stop_wait: float = 30.0) -> None:
+        """A batch thread for each batch, up to `max_batches` at once (None: as many as the worker
+        sends, which it bounds by the engine's capacity); the main thread only hands batches out."""
+        slots = threading.BoundedSemaphore(max_batches) if max_batches is not None else None
         threads: list[threading.Thread] = []
 
         def run_in_slot(batch: _Batch) -> None:
             try:
                 self.run_batch(batch)
             finally:
-                slots.release()
+                if slots is not None:
+                    slots.release()
 
         while True:
-            slots.acquire()  # a batch stays in the inbox (not started) while every slot is busy
+            if slots is not None:
+                slots.acquire()  # a batch stays in the inbox (not started) while every slot is busy
             batch = self.inbox.get()
             if batch is None or self.stopping:
                 break

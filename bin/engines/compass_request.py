@@ -14,7 +14,7 @@ Standard library only, Python 3.10+.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -308,3 +308,28 @@ def apply_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """`text` cut before the earliest stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def scoring_tokens(request: Request, encode: Callable[[str], list[int]],
+                   start: Callable[[], list[int]]) -> tuple[list[int], list[list[int]]]:
+    """A scoring request's context tokens and each continuation's, by the rule of docs/protocol.md
+    ("How a text continuation is tokenized", as lm-evaluation-harness does it), for every engine.
+
+    `encode(text)` is the model's tokenizer without special tokens; `start()` the tokens of an
+    empty context (the model's BOS, else EOS; raise ValueError, or the engine's own per-request
+    error, when there is none). Whitespace at the end of a text context moves to the front of each
+    text continuation, whose tokens are those of encode(context + continuation) after the first
+    len(encode(context)), so the context is the same for every continuation and computed once. An
+    empty context (empty once its trailing whitespace moved) is `start()`, and each text
+    continuation is encoded on its own. A token-id context takes a text continuation encoded on
+    its own; token-id continuations are taken as they are."""
+    conts = request.continuations or []
+    if request.prompt_token_ids is not None:
+        return list(request.prompt_token_ids), [list(c) if isinstance(c, list) else encode(c) for c in conts]
+    text = request.prompt or ""
+    stripped = text.rstrip()
+    moved = text[len(stripped):]
+    context = encode(stripped) if stripped else []
+    if not context:
+        return start(), [list(c) if isinstance(c, list) else encode(moved + c) for c in conts]
+    return context, [list(c) if isinstance(c, list) else encode(stripped + moved + c)[len(context):] for c in conts]

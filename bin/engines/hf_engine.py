@@ -86,6 +86,7 @@ from compass_engine import (  # noqa: E402
     is_out_of_memory,
     log,
     run,
+    scoring_tokens,
 )
 
 ARGUMENTS = {
@@ -771,27 +772,16 @@ class HFBackend:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode_scoring(self, request: Request) -> tuple[list[int], list[list[int]]]:
-        """The context's tokens and each continuation's (docs/protocol.md, "How a text continuation
-        is tokenized": lm-evaluation-harness's rule). The context's trailing whitespace moves to
-        the front of every text continuation, so the context is the same for all of them and is
-        computed once; a token-id continuation follows the context's tokens as it is, and a text
-        continuation of a token-id context is encoded on its own. An empty context is the
-        start token (BOS, else EOS)."""
-        assert request.continuations is not None
-        if request.prompt_token_ids is not None:
-            context = list(request.prompt_token_ids)
-            return context, [c if isinstance(c, list) else self.encode_plain(c) for c in request.continuations]
-        text = request.prompt or ""
-        stripped = text.rstrip()
-        context = self.encode_plain(stripped)
-        conts = [c if isinstance(c, list) else self.encode_plain(stripped + text[len(stripped):] + c)[len(context):]
-                 for c in request.continuations]
-        if not context:
+        """The context's tokens and each continuation's (compass_request.scoring_tokens: the
+        context is the same for every continuation, so it is computed once)."""
+
+        def start() -> list[int]:
             if self.start_token is None:
                 raise ValueError("the model has neither a beginning- nor an end-of-sequence token to score "
                                  "an empty context after")
-            context = [self.start_token]
-        return context, conts
+            return [self.start_token]
+
+        return scoring_tokens(request, self.encode_plain, start)
 
     def check(self, request: Request, tokens: list[int], length: int, what: str) -> tuple[str, str] | None:
         """Why these tokens cannot run, as (code, message): ids outside the vocabulary or too long

@@ -2,7 +2,10 @@
 """The `openai` engine: forwards every request to an OpenAI-compatible server (docs/engines.md).
 
 Standard library only (urllib and threads). Messages go to POST {base_url}/chat/completions, a
-prompt to POST {base_url}/completions, at most `concurrency` at a time; the response's `usage`
+prompt to POST {base_url}/completions, at most `concurrency` at a time across every batch it holds
+(one thread pool for the process; `ready` says `capacity: concurrency`, so the worker hands over
+one-request batches until that many requests are in flight, as a server's own clients would keep
+it busy); the response's `usage`
 gives the token counts. 429, 5xx and connection errors are retried with exponential backoff (a
 Retry-After header is honoured), `retries` times at most; after that the batch fails as
 `engine_error`, which the broker retries later. A 400, 413 or 422 (a prompt too long for the
@@ -57,6 +60,7 @@ from compass_engine import (  # noqa: E402
     Result,
     log,
     run,
+    scoring_tokens,
 )
 
 ARGUMENTS = {
@@ -164,6 +168,10 @@ class OpenAIBackend:
             raise EngineConfigError(f"{self.base}/models lists no model; pass --engine-arg model=NAME")
         if models and self.model not in models:
             log(f"warning: the server lists {models}, not {self.model!r}; asking for it anyway")
+        # One pool for every batch: `concurrency` bounds the requests in flight, however many
+        # batches the worker hands over (it admits requests up to `capacity`, said in ready).
+        self.capacity = self.concurrency
+        self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="compass-openai")
         return f"openai-compatible server {self.base}, model {self.model}, concurrency {self.concurrency}"
 
     # HTTP
@@ -350,30 +358,18 @@ class OpenAIBackend:
             raise Unsupported(f"POST {self.root}/tokenize answered without a list of tokens") from None
 
     def score_tokens(self, request: Request, stop: threading.Event) -> tuple[list[int], list[list[int]]]:
-        """The context's token ids and each continuation's, by the rule of docs/protocol.md (the same
-        as vllm_engine.score_tokens, with the server's tokenizer)."""
-        continuations = request.continuations
-        ids = request.prompt_token_ids
+        """The context's token ids and each continuation's (compass_request.scoring_tokens) with the
+        server's tokenizer; an empty context is what the server makes of an empty text with special
+        tokens (its BOS)."""
 
-        def encode(text: str) -> list[int]:
-            return self.tokenize(request, text, False, stop)
-
-        if ids is not None:
-            return list(ids), [c if isinstance(c, list) else encode(c) for c in continuations]
-        text = request.prompt or ""
-        stripped = text.rstrip()
-        moved = text[len(stripped):]
-        if stripped:
-            context = encode(stripped)
-        else:
-            start = self.tokenize(request, "", True, stop)
-            if len(start) != 1:
+        def start() -> list[int]:
+            tokens = self.tokenize(request, "", True, stop)
+            if len(tokens) != 1:
                 raise Unsupported("scoring after an empty context needs the model's BOS token, and the server's "
-                                  f"tokenizer makes {start} of an empty text")
-            context = start
-        return context, [c if isinstance(c, list) else
-                         (encode(stripped + moved + c)[len(context):] if stripped else encode(moved + c))
-                         for c in continuations]
+                                  f"tokenizer makes {tokens} of an empty text")
+            return tokens
+
+        return scoring_tokens(request, lambda text: self.tokenize(request, text, False, stop), start)
 
     def score(self, request: Request, stop: threading.Event) -> Result:
         context, continuations = self.score_tokens(request, stop)
@@ -415,8 +411,7 @@ class OpenAIBackend:
         # Tells the pool's threads to give up (the batch was cancelled or failed). The loop below
         # checks `cancelled` at least every 0.25 s and sets it on the way out.
         stop = threading.Event()
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="compass-openai")
-        futures: dict[Future[Result], int] = {pool.submit(self.complete, r, stop): i for i, r in enumerate(requests)}
+        futures: dict[Future[Result], int] = {self.pool.submit(self.complete, r, stop): i for i, r in enumerate(requests)}
         try:
             pending = set(futures)
             while pending:
@@ -428,9 +423,16 @@ class OpenAIBackend:
                     progress.add(done=1, tokens=result.completion_tokens)
         finally:
             stop.set()
-            # Requests in flight finish on their own threads; their answers are dropped.
-            pool.shutdown(wait=False, cancel_futures=True)
+            # This batch's requests not started yet never start; those in flight see `stop` and
+            # give up (their answers are dropped). Other batches' requests go on.
+            for future in futures:
+                future.cancel()
         return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _error_text(error: urllib.error.HTTPError) -> str:

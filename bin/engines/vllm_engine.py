@@ -11,8 +11,7 @@ progress or to stop, so this adapter does what `LLM.generate` does inside (offli
 `_add_request` then `_run_engine`) itself, on `LLM(...).llm_engine`: `add_request` for every
 prompt, then `step()` while any is unfinished. Each step reports generated tokens and finished
 requests, and cancel calls `abort_request` on what is still running, so nothing is left behind.
-Generation outputs are requested as DELTA (each step returns only the new tokens), so a long
-completion is not copied at every step. Prompts are tokenized here (chat messages through the
+Prompts are tokenized here (chat messages through the
 tokenizer's chat template, as `LLM.chat` does; `prompt_token_ids` as given) and passed as token ids
 (`vllm.inputs.tokens_input`), so the length check against max_model_len is exact and a prompt that
 is too long fails alone before it reaches the engine.
@@ -46,9 +45,18 @@ token on, so the adapter checks `num_cached_tokens` of each output: when the cac
 context's last token (or the output does not say), that continuation is run again without reading
 the cache. See bench/gpu/SCORING.md.
 
-Continuous batching across batches: the adapter says `max_batches` (engine arg, 1..8, default 2),
-so the worker keeps that many batches inside at once and the next batch's requests join the
-running ones instead of waiting for the slowest request of the current batch. One thread, the
+Continuous batching across batches: the adapter says its `capacity`, vLLM's `max_num_seqs` (the
+sequences one step runs; 1,024 by default for LLM on a GPU of 70 GiB or more, 256 on smaller
+ones), and `capacity_tokens`, its KV cache (num_gpu_blocks x block_size, which the engine core
+reports back at startup). The worker then hands over batches, however many, while the requests
+inside stay below capacity plus a short queue (docs/engines.md, Admission), so a stream of
+one-request batches keeps the engine as full as one large batch would, and the next batch's
+requests join the running ones instead of waiting for the slowest request of the current one.
+`engine_stats()` counts the steps and, per step, the requests inside the engine (at most
+capacity), which the worker reports as occupancy. The engine arg `max_batches` (1..8) selects the
+older admission by whole batches instead. Outputs are FINAL_ONLY, as `LLM.generate` asks for them
+(no RequestOutput per running request per step): generated tokens are reported when a request
+finishes; `stream_progress=true` asks for DELTA outputs and reports them every step. One thread, the
 stepper (`Stepper`), owns `llm_engine`: it alone calls `add_request`, `step`, `abort_request` and
 `has_unfinished_requests` (the engine is not thread-safe, and a single owner needs no lock around
 a step that blocks on the GPU). Each batch's `generate` (on the host's thread for that batch)
@@ -87,6 +95,7 @@ from compass_engine import (  # noqa: E402
     Result,
     log,
     run,
+    scoring_tokens,
 )
 
 ARGUMENTS = {
@@ -98,11 +107,14 @@ ARGUMENTS = {
     "seed": "the engine's random seed (int)",
     "max_tokens": "completion limit of requests without max_tokens, default 16",
     "batch_size": "prompts per LLM.generate call when the step API is missing, default 256",
-    "max_batches": "batches inside the engine at once, 1 to 8, default 2 (1 without the step API)",
+    "max_batches": "admit whole batches, 1 to 8 at once, instead of requests up to max_num_seqs (1 without "
+                   "the step API)",
+    "stream_progress": "report generated tokens every step (DELTA outputs) instead of when each request "
+                       "finishes (bool, default false)",
     "score_prefix_cache": "scoring reads vLLM's prefix cache for the shared context (bool, default false; "
                           "see bench/gpu/SCORING.md)",
 }
-MAX_BATCHES_DEFAULT, MAX_BATCHES_LIMIT = 2, 8
+MAX_BATCHES_LIMIT = 8
 
 Decode = Callable[[int], str]
 
@@ -111,42 +123,17 @@ Decode = Callable[[int], str]
 
 
 def score_tokens(tok: Any, request: Request) -> tuple[list[int], list[list[int]]]:
-    """The context's token ids and each continuation's, by the rule of docs/protocol.md ("How a text
-    continuation is tokenized", as lm-evaluation-harness does): whitespace at the end of the context
-    moves to the front of each text continuation, whose tokens are those of encode(context +
-    continuation) after the first len(encode(context)); encode adds no special tokens. An empty
-    context (empty once its trailing whitespace moved) is the model's BOS token (EOS without one).
-    A token-id context takes a text continuation encoded on its own; token-id continuations are taken
-    as they are."""
+    """The context's token ids and each continuation's (compass_request.scoring_tokens) with vLLM's tokenizer."""
 
-    def encode(text: str) -> list[int]:
-        return list(tok.encode(text, add_special_tokens=False))
-
-    ids = request.prompt_token_ids
-    if ids is not None:
-        context = list(ids)
-        return context, [list(c) if isinstance(c, list) else encode(c) for c in request.continuations]
-    text = request.prompt or ""
-    stripped = text.rstrip()
-    moved = text[len(stripped):]
-    if stripped:
-        context = encode(stripped)
-    else:
-        start = getattr(tok, "bos_token_id", None)
-        if start is None:
-            start = getattr(tok, "eos_token_id", None)
-        if start is None:
+    def start() -> list[int]:
+        token = getattr(tok, "bos_token_id", None)
+        if token is None:
+            token = getattr(tok, "eos_token_id", None)
+        if token is None:
             raise ValueError("scoring after an empty context needs the model's BOS or EOS token; its tokenizer has neither")
-        context = [int(start)]
-    continuations = []
-    for c in request.continuations:
-        if isinstance(c, list):
-            continuations.append(list(c))
-        elif stripped:
-            continuations.append(encode(stripped + moved + c)[len(context):])
-        else:
-            continuations.append(encode(moved + c))
-    return context, continuations
+        return [int(token)]
+
+    return scoring_tokens(request, lambda text: list(tok.encode(text, add_special_tokens=False)), start)
 
 
 # MARK: vLLM's logprobs, read
@@ -343,7 +330,7 @@ class BatchRun:
 class Stepper:
     """The thread that owns `llm_engine` (see the module's docstring)."""
 
-    def __init__(self, engine: Any, engine_input: Any) -> None:
+    def __init__(self, engine: Any, engine_input: Any, capacity: int) -> None:
         self.engine = engine
         self.engine_input = engine_input
         self.cond = threading.Condition()  # guards `incoming` and `closing`; wakes the stepper
@@ -353,6 +340,11 @@ class Stepper:
         self.active: list[BatchRun] = []
         self.owners: dict[str, BatchRun] = {}
         self.counter = 0
+        # Step counters for engine_stats(): written by the stepper, read by batch threads (ints:
+        # a read sees one value or the next, never a torn one).
+        self.capacity = capacity
+        self.steps = 0
+        self.sequence_steps = 0
         self.thread = threading.Thread(target=self.loop, name="compass-vllm-stepper", daemon=True)
         self.thread.start()
 
@@ -400,7 +392,10 @@ class Stepper:
                     if self.owners:
                         if not self.engine.has_unfinished_requests():
                             raise RuntimeError(f"vLLM has no unfinished requests but {len(self.owners)} never finished")
+                        inside = len(self.owners)
                         self.route(self.engine.step())
+                        self.steps += 1
+                        self.sequence_steps += min(inside, self.capacity)
                 except Exception as error:  # noqa: BLE001 - the batches inside fail; the next ones may work
                     for batch in list(self.active):
                         self.fail(batch, error)
@@ -490,6 +485,12 @@ class Stepper:
         batch.finished.set()
 
 
+def vllm_setting(engine: Any, group: str, name: str) -> int | None:
+    """An int of the engine's VllmConfig (`vllm_config.<group>.<name>`), or None where it has none."""
+    value = getattr(getattr(getattr(engine, "vllm_config", None), group, None), name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def struct_fields(cls: Any) -> set[str]:
     """The field names of SamplingParams (a msgspec.Struct in vLLM; a dataclass in the tests' fake)."""
     names = getattr(cls, "__struct_fields__", None)
@@ -505,6 +506,8 @@ class VLLMBackend:
     def __init__(self) -> None:
         self.start_method = "spawn"
         self.max_batches = 1
+        self.capacity: int | None = None  # sequences at once, said in `ready` (the step API only)
+        self.capacity_tokens: int | None = None
         self.stepper: Stepper | None = None
         self.tokenizer_lock = threading.Lock()  # batch threads use the tokenizer one at a time
 
@@ -521,10 +524,12 @@ class VLLMBackend:
             kwargs["dtype"] = dtype
         self.default_max_tokens = args.integer("max_tokens", 16, minimum=0)
         self.batch_size = args.integer("batch_size", 256, minimum=1)
-        max_batches = args.integer("max_batches", MAX_BATCHES_DEFAULT, minimum=1)
+        by_batches = args.integer("max_batches", None, minimum=1)
+        max_batches = by_batches or 1
         if max_batches > MAX_BATCHES_LIMIT:
             raise EngineConfigError(f"--engine-arg max_batches={max_batches}: expected 1 to {MAX_BATCHES_LIMIT}")
         score_prefix_cache = args.boolean("score_prefix_cache", False)
+        stream_progress = args.boolean("stream_progress", False)
         if not settings.model:
             raise EngineConfigError("no model: pass --model with a local model directory")
         if not os.path.isdir(settings.model):
@@ -544,10 +549,10 @@ class VLLMBackend:
         try:
             from vllm.sampling_params import RequestOutputKind
 
-            self.delta: Any = RequestOutputKind.DELTA
             self.final_only: Any = RequestOutputKind.FINAL_ONLY
+            self.generation_kind: Any = RequestOutputKind.DELTA if stream_progress else self.final_only
         except ImportError:
-            self.delta = self.final_only = None
+            self.generation_kind = self.final_only = None
         try:  # 0.24: an engine input of token ids (add_request warns about raw prompts)
             from vllm.inputs import tokens_input
 
@@ -570,11 +575,21 @@ class VLLMBackend:
             log("score_prefix_cache=true needs SamplingParams.skip_reading_prefix_cache, which this vLLM lacks: "
                 "scoring computes every prompt in full")
         if self.stepwise:
-            self.max_batches = max_batches
-            self.stepper = Stepper(self.engine, engine_input)
-            loop = f"add_request/step loop, {max_batches} batches at once"
+            seqs = vllm_setting(self.engine, "scheduler_config", "max_num_seqs") or kwargs.get("max_num_seqs") or 256
+            blocks = vllm_setting(self.engine, "cache_config", "num_gpu_blocks")
+            block_size = vllm_setting(self.engine, "cache_config", "block_size")
+            self.stepper = Stepper(self.engine, engine_input, seqs)
+            if by_batches is None:
+                self.capacity = seqs
+                self.capacity_tokens = blocks * block_size if blocks and block_size else None
+                loop = f"add_request/step loop, capacity {seqs} sequences"
+                if self.capacity_tokens:
+                    loop += f" and {self.capacity_tokens} KV-cache tokens"
+            else:
+                self.max_batches = max_batches
+                loop = f"add_request/step loop, {max_batches} batches at once"
         else:
-            if max_batches > 1 and "max_batches" in args.values:
+            if by_batches is not None and by_batches > 1:
                 log(f"max_batches={max_batches} needs vLLM's step API, which this vLLM lacks: 1 batch at a time")
             self.max_batches = 1
             loop = f"LLM.generate in chunks of {self.batch_size}"
@@ -593,6 +608,13 @@ class VLLMBackend:
             return list(tok.encode(text, add_special_tokens=False))  # the template wrote BOS
         return list(tok.encode(request.flattened_prompt))
 
+    def engine_stats(self) -> dict[str, int] | None:
+        """Steps run and requests inside the engine summed over them (at most capacity per step)."""
+        stepper = self.stepper
+        if stepper is None or self.capacity is None:
+            return None
+        return {"capacity": stepper.capacity, "steps": stepper.steps, "sequence_steps": stepper.sequence_steps}
+
     def params(self, values: dict[str, Any], kind: Any) -> Any:
         if kind is not None and self.stepwise:
             values["output_kind"] = kind
@@ -610,7 +632,7 @@ class VLLMBackend:
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(request, name) is not None:
                 values[name] = getattr(request, name)
-        return self.params(values, self.delta)
+        return self.params(values, self.generation_kind)
 
     def scoring_params(self, read_cache: bool) -> Any:
         values: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1, "detokenize": False}

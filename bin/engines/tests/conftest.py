@@ -158,6 +158,17 @@ class Engine:
         assert [r["custom_id"] for r in event["results"]] == [r.get("custom_id") for r in requests]
         return event["results"]
 
+    def answers(self, batch_ids: list[str], timeout: float = DEFAULT_TIMEOUT) -> dict[str, dict[str, Any]]:
+        """The `result` or `failed` of each batch, in whatever order they come (by batch id)."""
+        got: dict[str, dict[str, Any]] = {}
+        while len(got) < len(batch_ids):
+            event = self.wait_for("result", "failed", "fatal", timeout=timeout)
+            if event["type"] == "fatal":
+                self._fail(f"the engine died: {event}")
+            assert event["batch_id"] in batch_ids and event["batch_id"] not in got, event
+            got[event["batch_id"]] = event
+        return got
+
     def progress(self, batch_id: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == "progress" and e["batch_id"] == batch_id]
 

@@ -6,7 +6,9 @@ compass_engine parsed it (JSON), so tests see the validation's output, plus `run
 batches were inside the backend when this one began (itself included). Markers in a prompt:
 @raise (the backend raises), @oom (MemoryError), @fatal (FatalEngineError). Engine args:
 fail_load=oom|error|config, load_ms=N (a slow load), step_ms=N, max_batches=N (the backend's
-`max_batches` attribute, set as given, unchecked: the host validates it).
+`max_batches` attribute, set as given, unchecked: the host validates it), capacity=N and
+capacity_tokens=N (likewise; with capacity the backend also counts steps for `engine_stats()`:
+one step per generated token of any batch, counting the batches inside at that moment).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from compass_engine import (  # noqa: E402
 class Scripted:
     name = "scripted"
     arguments = {"fail_load": "oom, error or config", "load_ms": "load time", "step_ms": "time per token",
-                 "max_batches": "batches at once"}
+                 "max_batches": "batches at once", "capacity": "sequences at once", "capacity_tokens": "KV tokens"}
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -54,6 +56,11 @@ class Scripted:
         max_batches = settings.args.integer("max_batches")
         if max_batches is not None:
             self.max_batches = max_batches
+        for name in ("capacity", "capacity_tokens"):
+            value = settings.args.integer(name)
+            if value is not None:
+                setattr(self, name, value)
+        self.steps_run = self.sequence_steps = 0
         return f"scripted: model {settings.model}, tp {settings.tp}, gpus {settings.gpus}"
 
     def generate(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> list[Result]:
@@ -81,11 +88,21 @@ class Scripted:
             for _ in range(steps):
                 if cancelled.wait(self.step):
                     raise Cancelled()
+                with self.lock:
+                    self.steps_run += 1
+                    self.sequence_steps += self.running
                 progress.add(tokens=1)
             progress.add(done=1)
             results.append(Result(request.custom_id, json.dumps({**dataclasses.asdict(request), "running": running}), len(text.split()),
                                   steps, "length"))
         return results
+
+
+    def engine_stats(self) -> dict[str, int] | None:
+        if not hasattr(self, "capacity"):
+            return None
+        with self.lock:
+            return {"capacity": self.capacity, "steps": self.steps_run, "sequence_steps": self.sequence_steps}
 
 
 if __name__ == "__main__":

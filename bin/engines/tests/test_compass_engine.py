@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -113,7 +114,7 @@ def test_fatal_error_in_a_batch(start_engine: StartEngine) -> None:
     ({"fail_load": "oom"}, {}, "oom", "CUDA out of memory"),
     ({"fail_load": "error"}, {}, "startup_failed", "ValueError: the weights are corrupt"),
     ({"fail_load": "config"}, {}, "startup_failed", "model directory not found: /nowhere"),
-    ({"colour": "red"}, {}, "startup_failed", "no argument 'colour'; it takes: fail_load"),
+    ({"colour": "red"}, {}, "startup_failed", "no argument 'colour'; it takes: capacity"),
     ({"step_ms": "fast"}, {}, "startup_failed", "step_ms=fast: expected an integer"),
     ({}, {"COMPASS_TP": "two"}, "startup_failed", "COMPASS_TP"),
     ({}, {"COMPASS_ENGINE_ARGS": "{not json"}, "startup_failed", "COMPASS_ENGINE_ARGS is not JSON"),
@@ -304,6 +305,57 @@ def test_fatal_in_one_batch_ends_the_engine_once(start_engine: StartEngine) -> N
         pass
     assert engine.wait_exit() == 1
     assert [e["type"] for e in engine.events if e["type"] != "progress"] == ["ready", "fatal"]
+
+
+# MARK: capacity: the worker, not the host, bounds the batches inside
+
+
+def test_capacity_is_said_in_ready_and_any_number_of_batches_run_at_once(start_engine: StartEngine) -> None:
+    engine = start_engine(SCRIPT, args={"step_ms": "10", "capacity": "64", "capacity_tokens": "4096",
+                                        "max_batches": "2"})
+    ready = engine.ready()
+    assert (ready["capacity"], ready["capacity_tokens"]) == (64, 4096) and "max_batches" not in ready
+    names = [f"long{i}" for i in range(12)]  # more than max_batches, and than the old limit of 8
+    for name in names:
+        engine.batch(name, LONG)
+    wait_progress(engine, *names)  # all twelve inside the backend at once
+    engine.batch("short", [{"custom_id": "s", "prompt": "y", "max_tokens": 2}])
+    answer = engine.answer("short")
+    assert answer["type"] == "result" and running_of(answer) == {13}
+    stats = answer["stats"]["engine"]
+    assert stats["capacity"] == 64 and stats["steps"] > 0 and stats["sequence_steps"] >= stats["steps"]
+    assert 0 < stats["occupancy"] <= 13 / 64 + 1e-9  # at most the 13 batches inside, over capacity
+    for name in names:
+        engine.cancel(name)
+    assert {a["code"] for a in engine.answers(names).values()} == {"cancelled"}
+
+
+@pytest.mark.parametrize("args, needle", [({"capacity": "0"}, "capacity=0"), ({"capacity": "70000"}, "capacity=70000"),
+                                          ({"capacity": "-1"}, "capacity=-1")])
+def test_a_backend_with_a_bad_capacity_does_not_start(start_engine: StartEngine, args: dict[str, str], needle: str) -> None:
+    engine = start_engine(SCRIPT, args=args)
+    fatal = engine.wait_for("fatal", "ready")
+    assert fatal["type"] == "fatal" and fatal["code"] == "startup_failed" and needle in fatal["message"], fatal
+    assert engine.wait_exit() == 1
+
+
+def test_many_batches_share_one_progress_thread_and_report_their_own(start_engine: StartEngine) -> None:
+    engine = start_engine(SCRIPT, args={"step_ms": "5", "capacity": "256"})
+    engine.ready()
+    names = [f"b{i}" for i in range(50)]
+    for name in names:
+        engine.batch(name, LONG)
+    wait_progress(engine, *names)
+    # 50 batch threads, the reader, the main thread and one progress ticker (not one per batch).
+    threads = len(os.listdir(f"/proc/{engine.pid}/task"))
+    assert 50 < threads < 60, threads
+    for name in names:
+        engine.cancel(name)
+    assert {a["code"] for a in engine.answers(names).values()} == {"cancelled"}
+    for name in names:  # each counted its own request's tokens only, never going back
+        progress = engine.progress(name)
+        assert all(p["total"] == 1 and p["done"] == 0 for p in progress)
+        assert [p["tokens"] for p in progress] == sorted(p["tokens"] for p in progress)
 
 
 @pytest.mark.parametrize("value", ["0", "-2"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def test_sampling_mapping_chat_and_results(start_engine: StartEngine, fake: Fake
     assert greedy["prompt_kind"] == "engine_input"  # token ids, as vllm.inputs.tokens_input builds them
     assert greedy["params"]["max_tokens"] == 6 and greedy["params"]["temperature"] == 0.0  # absent: greedy
     assert greedy["params"]["top_p"] == 1.0 and greedy["params"]["stop"] == [] and greedy["params"]["seed"] is None
-    assert greedy["params"]["output_kind"] == "DELTA" and greedy["params"]["ignore_eos"] is False
+    assert greedy["params"]["output_kind"] == "FINAL_ONLY" and greedy["params"]["ignore_eos"] is False
     sampled = by_text["<s> alpha beta gamma delta"]["params"]
     assert (sampled["max_tokens"], sampled["temperature"], sampled["top_p"], sampled["seed"], sampled["stop"],
             sampled["ignore_eos"]) == (3, 0.7, 0.9, 5, ["never"], True)
@@ -189,7 +190,7 @@ def test_bad_engine_args(start_engine: StartEngine, fake: Fake, args: dict[str, 
     assert fake.calls("init") == []  # refused before vLLM was touched
 
 
-# MARK: Several batches inside the engine at once (max_batches, continuous batching)
+# MARK: Several batches inside the engine at once (capacity, continuous batching)
 
 
 def ids_of(fake: Fake, word: str) -> list[str]:
@@ -207,7 +208,9 @@ def test_two_batches_share_the_engine_and_are_answered_on_their_own(start_engine
     gate = tmp_path / "gate"
     engine = start(start_engine, fake, FAKE_VLLM_GATE=str(gate))
     ready = engine.ready()
-    assert ready["max_batches"] == 2 and "2 batches at once" in ready["detail"]
+    assert ready["capacity"] == 256 and "max_batches" not in ready  # the fake's max_num_seqs
+    assert ready["capacity_tokens"] == 1024 * 4  # num_gpu_blocks x block_size
+    assert "capacity 256 sequences and 4096 KV-cache tokens" in ready["detail"]
     # a: one quick request, and three held inside the engine (`gated`) until the gate opens.
     a = [{"custom_id": "a-quick", "prompt": "first"}] + [{"custom_id": f"a{i}", "prompt": f"gated first{i} one"}
                                                          for i in range(3)]
@@ -275,6 +278,45 @@ def test_cancel_of_one_batch_aborts_only_its_requests_and_progress_is_per_batch(
     # The freed slot takes the next batch.
     assert [r["text"] for r in engine.result("c", [{"custom_id": "c", "prompt": "next one"}])] == ["one next"]
     assert len(fake.calls("abort_request")) == 1 and fake.calls("concurrent") == []
+
+
+def test_capacity_is_max_num_seqs_and_many_one_request_batches_run_together(start_engine: StartEngine, fake: Fake,
+                                                                           tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    engine = start(start_engine, fake, args={"max_num_seqs": "64"}, FAKE_VLLM_GATE=str(gate), FAKE_VLLM_GPU_BLOCKS="50")
+    ready = engine.ready()
+    assert (ready["capacity"], ready["capacity_tokens"]) == (64, 200)
+    # 40 one-request batches, all held inside the engine until the gate opens: the host takes
+    # them all at once (the worker, not the engine, bounds how many it sends).
+    for i in range(40):
+        engine.batch(f"one{i}", [{"custom_id": f"r{i}", "prompt": f"gated solo{i}"}])
+    deadline = time.monotonic() + 30
+    while len(fake.calls("add_request")) < 40:  # the fake's log, polled: nothing else tells
+        assert time.monotonic() < deadline and engine.alive(), "the 40 batches never all reached vLLM"
+        time.sleep(0.02)
+    gate.touch()
+    answers = engine.answers([f"one{i}" for i in range(40)])
+    for i in range(40):
+        answer = answers[f"one{i}"]
+        assert answer["type"] == "result" and [r["text"] for r in answer["results"]] == [f"solo{i} gated"]
+        stats = answer["stats"]["engine"]
+        assert stats["capacity"] == 64 and stats["steps"] > 0 and 0 < stats["sequence_steps"] <= 64 * stats["steps"]
+        assert 0 < stats["occupancy"] <= 1
+    together = [c for c in fake.calls("step") if len(c["scheduled"]) == 40]
+    assert together, "the 40 batches' requests never ran in one step"
+    assert engine_threads(fake) == {"compass-vllm-stepper"} and fake.calls("concurrent") == []
+
+
+def test_generation_outputs_are_final_only_unless_stream_progress(start_engine: StartEngine, fake: Fake) -> None:
+    request = [{"custom_id": "g", "prompt": "one two three", "max_tokens": 6, "ignore_eos": True}]
+    engine = start(start_engine, fake)
+    engine.ready()
+    assert engine.result("a", request)[0]["completion_tokens"] == 6
+    streamed = start(start_engine, fake, args={"stream_progress": "true"})
+    streamed.ready()
+    assert streamed.result("b", request)[0]["completion_tokens"] == 6
+    kinds = [c["params"]["output_kind"] for c in fake.calls("add_request")]
+    assert kinds == ["FINAL_ONLY", "DELTA"]  # FINAL_ONLY as LLM.generate asks, then DELTA
 
 
 def test_max_batches_one_adds_a_batch_after_the_last(start_engine: StartEngine, fake: Fake) -> None:

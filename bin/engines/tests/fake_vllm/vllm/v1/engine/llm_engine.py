@@ -56,6 +56,11 @@ class LLMEngine:
 
     def __init__(self, max_model_len: int, max_num_seqs: int, prefix_caching: bool = True) -> None:
         self.model_config = SimpleNamespace(max_model_len=max_model_len)
+        # VllmConfig's parts the adapter reads (num_gpu_blocks: the core's answer at startup).
+        self.vllm_config = SimpleNamespace(
+            model_config=self.model_config,
+            scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
+            cache_config=SimpleNamespace(block_size=BLOCK_SIZE, num_gpu_blocks=int(os.environ.get("FAKE_VLLM_GPU_BLOCKS", "1024"))))
         self.prefix_caching = prefix_caching
         self.cache: set[tuple[int, ...]] = set()  # the prompt prefixes, in full blocks, computed so far
         self.max_num_seqs = max_num_seqs
