@@ -33,8 +33,11 @@ engine. Each batch's `generate` runs on a thread of its own with its own Progres
 event, and is answered when it ends, in whatever order they end. A backend that also has
 `engine_stats()` (a dict with `capacity`, `steps` and `sequence_steps`, cumulative) gets them
 and the occupancy over each batch's life in the batch's `stats.engine`. A backend that cannot say
-its capacity may set `max_batches` (1..8) instead: up to that many batches at once. With neither,
-batches run one at a time on the main thread.
+its capacity may set `max_batches` (1..8) instead: up to that many batches at once. A backend
+that runs static batches (hf) sets `merge_requests` instead: `generate` is then called on one
+thread with every batch waiting, up to that many requests at once, so one-request batches are
+batched together; `ready` says it as `capacity`. With none of these, batches run one at a time
+on the main thread.
 
 Standard library only, Python 3.10+.
 """
@@ -367,6 +370,67 @@ class _Batch:
 
 
 CAPACITY_LIMIT = 65_536  # the protocol's bound on an engine's sequence capacity (EngineCapacity.sequencesLimit)
+def _request_count(batch: _Batch) -> int:
+    return len(batch.requests) if isinstance(batch.requests, list) else 1
+
+
+class _Member:
+    """One batch of a `generate` call: its requests as parsed (invalid ones already answered)."""
+
+    def __init__(self, batch: _Batch, parsed: list[Request | Result], progress: Progress) -> None:
+        self.batch, self.parsed, self.progress = batch, parsed, progress
+        self.valid = [p for p in parsed if isinstance(p, Request)]
+
+
+class _SharedProgress:
+    """The Progress of a call over several batches. A backend reports counts, not which request
+    moved, so finished requests are counted against the batches in order (each up to its own
+    requests) and tokens against the batch being counted: each batch's counts are right when the
+    call ends, and in between their sum is, which is what the worker admits by."""
+
+    def __init__(self, members: list[_Member]) -> None:
+        self.members = members
+        self.lock = threading.Lock()
+        self.at = 0  # the member that the next finished request counts against
+        self.left = len(members[0].valid) if members else 0
+
+    def add(self, done: int = 0, tokens: int = 0) -> None:
+        with self.lock:
+            if tokens:
+                self.members[self.at].progress.add(tokens=tokens)
+            while done > 0:
+                take = min(done, self.left)
+                if take:
+                    self.members[self.at].progress.add(done=take)
+                    done -= take
+                    self.left -= take
+                if self.left == 0:
+                    if self.at + 1 >= len(self.members):
+                        break
+                    self.at += 1
+                    self.left = len(self.members[self.at].valid)
+
+
+class _AllCancelled:
+    """The cancel event of a call over several batches: set when every one of them is cancelled
+    (a batch cancelled alone gets `cancelled` when the call ends, and its results are dropped)."""
+
+    def __init__(self, events: list[threading.Event]) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return all(e.is_set() for e in self.events)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = 0.01 if deadline is None else min(0.01, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self.events[0].wait(left)
+        return True
+
+
 EOF_GRACE_SECONDS = 10.0  # after end of file on fd 3, the longest the engine lives on
 
 
@@ -484,44 +548,83 @@ class EngineHost:
 
     def run_batch(self, batch: _Batch) -> None:
         """Runs one admitted batch to its answer (on the main thread, or on a batch thread)."""
+        self.run_batches([batch])
+
+    def run_batches(self, batches: list[_Batch]) -> None:
+        """Runs admitted batches to their answers with one `generate` call over all their requests
+        (several only for a backend that merges batches: `merge_requests`). Each batch is answered
+        on its own: its results, or its failure, or `cancelled` when the worker cancelled it before
+        the call ended."""
         started = time.monotonic()
-        base = {"batch_id": batch.batch_id, "attempt": batch.attempt}
+        members: list[_Member] = []
         try:
-            if not isinstance(batch.requests, list):
-                self.send({"type": "failed", **base, "code": "bad_request", "retryable": False,
-                           "message": "the batch's requests are not a JSON array"})
-                return
-            parsed = [parse_request(i, raw) for i, raw in enumerate(batch.requests)]
-            valid = [p for p in parsed if isinstance(p, Request)]
-            progress = Progress(self.send, batch.batch_id, batch.attempt, len(parsed))
+            for batch in batches:
+                if not isinstance(batch.requests, list):
+                    self.send({"type": "failed", "batch_id": batch.batch_id, "attempt": batch.attempt,
+                               "code": "bad_request", "retryable": False,
+                               "message": "the batch's requests are not a JSON array"})
+                    continue
+                parsed = [parse_request(i, raw) for i, raw in enumerate(batch.requests)]
+                member = _Member(batch, parsed, Progress(self.send, batch.batch_id, batch.attempt, len(parsed)))
+                member.progress.add(done=len(parsed) - len(member.valid))
+                members.append(member)
             counters_before = self.engine_counters()
-            progress.add(done=len(parsed) - len(valid))
+            live = []
+            for member in members:
+                if member.batch.cancelled.is_set():
+                    member.progress.close()
+                    self.answer_failure(member.batch, Cancelled())
+                else:
+                    live.append(member)
+            requests = [r for m in live for r in m.valid]
+            if len(live) == 1:
+                progress: Any = live[0].progress
+                cancelled: Any = live[0].batch.cancelled
+            else:
+                progress, cancelled = _SharedProgress(live), _AllCancelled([m.batch.cancelled for m in live])
             try:
-                if batch.cancelled.is_set():
-                    raise Cancelled()
-                produced = self.backend.generate(valid, progress, batch.cancelled) if valid else []
-            finally:
-                progress.close()
-            if len(produced) != len(valid):
-                raise RuntimeError(f"the backend returned {len(produced)} results for {len(valid)} requests")
-            it = iter(produced)
-            results = [next(it) if isinstance(p, Request) else p for p in parsed]
-            self.send({"type": "result", **base, "results": [r.to_json() for r in results],
-                       "stats": self.batch_stats(started, results, counters_before)})
-        except Cancelled:
+                try:
+                    produced = self.backend.generate(requests, progress, cancelled) if requests else []
+                finally:  # no progress may follow a batch's answer
+                    for member in live:
+                        member.progress.close()
+                if len(produced) != len(requests):
+                    raise RuntimeError(f"the backend returned {len(produced)} results for {len(requests)} requests")
+            except FatalEngineError as error:
+                self.fatal(error.code, str(error))
+            except Exception as error:  # noqa: BLE001 - every failure becomes each batch's answer
+                if not isinstance(error, Cancelled):
+                    traceback.print_exc(file=sys.stderr)
+                for member in live:
+                    self.answer_failure(member.batch, error)
+                return
+            for member in live:
+                mine, produced = produced[:len(member.valid)], produced[len(member.valid):]
+                if len(live) > 1 and member.batch.cancelled.is_set():  # cancelled alone, while the others ran
+                    self.answer_failure(member.batch, Cancelled())
+                    continue
+                it = iter(mine)
+                results = [next(it) if isinstance(p, Request) else p for p in member.parsed]
+                self.send({"type": "result", "batch_id": member.batch.batch_id, "attempt": member.batch.attempt,
+                           "results": [r.to_json() for r in results],
+                           "stats": self.batch_stats(started, results, counters_before)})
+        finally:
+            for member in members:
+                member.progress.close()  # (closed already, unless parsing failed half way)
+            with self.state_lock:
+                self.running = [b for b in self.running if all(b is not m for m in batches)]
+
+    def answer_failure(self, batch: _Batch, error: BaseException) -> None:
+        """A batch's `failed`: `cancelled` when the worker cancelled it (nothing when shutdown or EOF
+        stopped it: nobody waits for its answer), else the error's code (`oom`, `engine_error`)."""
+        base = {"batch_id": batch.batch_id, "attempt": batch.attempt}
+        if isinstance(error, Cancelled) or batch.cancelled.is_set():
             if batch.cancel_requested:
                 self.send({"type": "failed", **base, "code": "cancelled", "retryable": False, "message": "cancelled"})
-            # else: stopped by shutdown or EOF; the worker is not waiting for this batch's answer
-        except FatalEngineError as error:
-            self.fatal(error.code, str(error))
-        except Exception as error:  # noqa: BLE001 - every failure becomes a protocol answer
-            traceback.print_exc(file=sys.stderr)
-            code = "oom" if is_out_of_memory(error) else "engine_error"
-            self.send({"type": "failed", **base, "code": code, "retryable": True,
-                       "message": f"{type(error).__name__}: {error}"[:2000]})
-        finally:
-            with self.state_lock:
-                self.running = [b for b in self.running if b is not batch]
+            return
+        code = "oom" if is_out_of_memory(error) else "engine_error"
+        self.send({"type": "failed", **base, "code": code, "retryable": True,
+                   "message": f"{type(error).__name__}: {error}"[:2000]})
 
     def engine_counters(self) -> dict[str, int] | None:
         """The backend's cumulative step counters (`engine_stats()`), where it keeps them."""
@@ -566,6 +669,12 @@ class EngineHost:
             if capacity is not None and (not _is_int(capacity) or not 1 <= capacity <= CAPACITY_LIMIT):
                 raise EngineConfigError(f"the {self.backend.name} backend says capacity={capacity!r}; "
                                         f"expected an integer from 1 to {CAPACITY_LIMIT}")
+            merge = getattr(self.backend, "merge_requests", None)
+            if merge is not None and (not _is_int(merge) or not 1 <= merge <= CAPACITY_LIMIT):
+                raise EngineConfigError(f"the {self.backend.name} backend says merge_requests={merge!r}; "
+                                        f"expected an integer from 1 to {CAPACITY_LIMIT}")
+            if merge is not None and capacity is None:
+                capacity = merge  # the requests one call takes: as many as the worker should keep here
             capacity_tokens = getattr(self.backend, "capacity_tokens", None) if capacity is not None else None
             if capacity_tokens is not None and (not _is_int(capacity_tokens) or capacity_tokens < 1):
                 log(f"ignoring capacity_tokens={capacity_tokens!r}: expected an integer >= 1")
@@ -602,7 +711,9 @@ class EngineHost:
             admits = f"max_batches {max_batches}"
         log(f"ready: {detail}; multiprocessing start method {method}; {admits}")
         self.send(ready)
-        if capacity is not None:
+        if merge is not None:
+            self.serve_merged(merge)
+        elif capacity is not None:
             self.serve_concurrently(None)
         elif max_batches == 1:
             self.serve_one_at_a_time()
@@ -615,6 +726,34 @@ class EngineHost:
         while (batch := self.inbox.get()) is not None and not self.stopping:
             self.admit(batch)
             self.run_batch(batch)
+
+    def serve_merged(self, limit: int) -> None:
+        """One `generate` call at a time over every batch waiting, up to `limit` requests (a larger
+        batch goes alone): a backend that runs static batches (hf) so batches one-request
+        batches together, as a continuously batching engine admits them between steps."""
+        waiting: _Batch | None = None
+        while True:
+            batch = waiting if waiting is not None else self.inbox.get()
+            waiting = None
+            if batch is None or self.stopping:
+                break
+            group, count = [batch], _request_count(batch)
+            while count < limit:
+                try:
+                    more = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:  # stop: after this call
+                    self.inbox.put(None)
+                    break
+                if count + _request_count(more) > limit:
+                    waiting = more  # the first of the next call
+                    break
+                group.append(more)
+                count += _request_count(more)
+            for member in group:
+                self.admit(member)
+            self.run_batches(group)
 
     def serve_concurrently(self, max_batches: int | None, stop_wait: float = 30.0) -> None:
         """A batch thread for each batch, up to `max_batches` at once (None: as many as the worker

@@ -48,6 +48,10 @@ a cancel flag keeps `generate` in step when a batch is cancelled; score and logp
 micro-batch each and always run to their end (rank 0 checks cancel between them). A monitor thread
 turns the death of any rank into `fatal` (the worker then kills the process group and restarts
 the engine).
+
+Batches: the worker may hand over several batches at once (`ready` says `capacity`: batch_size
+requests); those waiting when a call starts run as one call, up to batch_size requests, so a
+stream of one-request batches (the gateway's clients) is batched here as one large batch is.
 """
 
 
@@ -698,6 +702,9 @@ class HFBackend:
     def load(self, settings: EngineSettings) -> str:
         args = settings.args
         self.batch_size = args.integer("batch_size", 32, minimum=1)
+        # Batches waiting together are run as one (compass_engine: merge_requests): one-request
+        # batches fill a generate call as one large batch would. `ready` says it as `capacity`.
+        self.merge_requests = self.batch_size
         self.batch_tokens = args.integer("batch_tokens", 65536, minimum=1)
         self.default_max_tokens = args.integer("max_tokens", 16, minimum=0)
         dtype = args.choice("dtype", ["bfloat16", "float16", "float32", "auto"])

@@ -7,8 +7,9 @@ batches were inside the backend when this one began (itself included). Markers i
 @raise (the backend raises), @oom (MemoryError), @fatal (FatalEngineError). Engine args:
 fail_load=oom|error|config, load_ms=N (a slow load), step_ms=N, max_batches=N (the backend's
 `max_batches` attribute, set as given, unchecked: the host validates it), capacity=N and
-capacity_tokens=N (likewise; with capacity the backend also counts steps for `engine_stats()`:
-one step per generated token of any batch, counting the batches inside at that moment).
+capacity_tokens=N and merge_requests=N (likewise; with capacity the backend also counts steps for
+`engine_stats()`: one step per generated token of any batch, counting the batches inside at that
+moment). Each result's `calls`: how many generate calls the backend had begun when this one began.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from compass_engine import (  # noqa: E402
 class Scripted:
     name = "scripted"
     arguments = {"fail_load": "oom, error or config", "load_ms": "load time", "step_ms": "time per token",
-                 "max_batches": "batches at once", "capacity": "sequences at once", "capacity_tokens": "KV tokens"}
+                 "max_batches": "batches at once", "capacity": "sequences at once", "capacity_tokens": "KV tokens",
+                 "merge_requests": "requests per merged call"}
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.running = 0  # generate calls under way
+        self.calls = 0  # generate calls begun
 
     def load(self, settings: EngineSettings) -> str:
         failure = settings.args.choice("fail_load", ["oom", "error", "config"])
@@ -56,7 +59,7 @@ class Scripted:
         max_batches = settings.args.integer("max_batches")
         if max_batches is not None:
             self.max_batches = max_batches
-        for name in ("capacity", "capacity_tokens"):
+        for name in ("capacity", "capacity_tokens", "merge_requests"):
             value = settings.args.integer(name)
             if value is not None:
                 setattr(self, name, value)
@@ -66,15 +69,16 @@ class Scripted:
     def generate(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> list[Result]:
         with self.lock:
             self.running += 1
-            running = self.running
+            self.calls += 1
+            running, call = self.running, self.calls
         try:
-            return self.steps(requests, progress, cancelled, running)
+            return self.steps(requests, progress, cancelled, running, call)
         finally:
             with self.lock:
                 self.running -= 1
 
     def steps(self, requests: list[Request], progress: Progress, cancelled: threading.Event,
-              running: int) -> list[Result]:
+              running: int, call: int) -> list[Result]:
         results = []
         for request in requests:
             text = request.flattened_prompt
@@ -93,7 +97,7 @@ class Scripted:
                     self.sequence_steps += self.running
                 progress.add(tokens=1)
             progress.add(done=1)
-            results.append(Result(request.custom_id, json.dumps({**dataclasses.asdict(request), "running": running}), len(text.split()),
+            results.append(Result(request.custom_id, json.dumps({**dataclasses.asdict(request), "running": running, "call": call}), len(text.split()),
                                   steps, "length"))
         return results
 

@@ -358,6 +358,74 @@ def test_many_batches_share_one_progress_thread_and_report_their_own(start_engin
         assert [p["tokens"] for p in progress] == sorted(p["tokens"] for p in progress)
 
 
+# MARK: merge_requests: a static-batching backend runs the batches waiting as one call
+
+
+def call_of(result: dict[str, Any]) -> set[int]:
+    return {json.loads(r["text"])["call"] for r in result["results"]}
+
+
+def test_batches_waiting_together_run_as_one_call_each_answered_on_its_own(start_engine: StartEngine) -> None:
+    engine = start_engine(SCRIPT, args={"step_ms": "10", "merge_requests": "8"})
+    assert engine.ready()["capacity"] == 8  # said as its capacity
+    engine.batch("first", [{"custom_id": "f", "prompt": "x", "max_tokens": 30}])  # runs alone: nothing else waits
+    wait_progress(engine, "first")
+    # While it runs, six one-request batches and one of three arrive: the next call takes the six
+    # and the 3-request batch would pass 8, so it waits for the call after.
+    names = [f"one{i}" for i in range(6)] + ["three"]
+    for name in names[:6]:
+        engine.batch(name, [{"custom_id": "r", "prompt": f"p {name}", "max_tokens": 2}])
+    engine.batch("three", [{"custom_id": f"t{i}", "prompt": "q", "max_tokens": 2} for i in range(3)])
+    answers = engine.answers(["first"] + names)
+    assert call_of(answers["first"]) == {1}
+    assert {c for name in names[:6] for c in call_of(answers[name])} == {2}
+    assert call_of(answers["three"]) == {3} and len(answers["three"]["results"]) == 3
+    for name in names[:6]:  # each batch gets its own request's result and counts
+        assert [r["custom_id"] for r in answers[name]["results"]] == ["r"]
+        assert json.loads(answers[name]["results"][0]["text"])["prompt"] == f"p {name}"
+        assert answers[name]["stats"]["completion_tokens"] == 2
+        assert all(p["done"] <= 1 and p["total"] == 1 for p in engine.progress(name))  # never another batch's count
+
+
+def test_a_merged_call_answers_a_cancelled_batch_cancelled_and_the_others_with_results(start_engine: StartEngine) -> None:
+    engine = start_engine(SCRIPT, args={"step_ms": "10", "merge_requests": "8"})
+    engine.ready()
+    engine.batch("first", [{"custom_id": "f", "prompt": "x", "max_tokens": 20}])
+    wait_progress(engine, "first")
+    engine.batch("a", [{"custom_id": "a", "prompt": "x", "max_tokens": 40}])
+    engine.batch("b", [{"custom_id": "b", "prompt": "x", "max_tokens": 40}, {"custom_id": "bad", "prompt": 7}])
+    answers = engine.answers(["first"])
+    wait_progress(engine, "a")  # the merged call of a and b is under way
+    engine.cancel("a")
+    answers = engine.answers(["a", "b"])
+    assert answers["a"]["code"] == "cancelled"
+    b = answers["b"]
+    assert b["type"] == "result" and [r["custom_id"] for r in b["results"]] == ["b", "bad"]
+    assert b["results"][1]["error"]["code"] == "bad_request" and call_of({"results": b["results"][:1]}) == {2}
+
+
+def test_a_failure_of_a_merged_call_fails_each_of_its_batches(start_engine: StartEngine) -> None:
+    engine = start_engine(SCRIPT, args={"step_ms": "10", "merge_requests": "8"})
+    engine.ready()
+    engine.batch("first", [{"custom_id": "f", "prompt": "x", "max_tokens": 20}])
+    wait_progress(engine, "first")
+    engine.batch("a", [{"custom_id": "a", "prompt": "fine"}])
+    engine.batch("b", [{"custom_id": "b", "prompt": "@raise"}])
+    answers = engine.answers(["first", "a", "b"])
+    assert answers["first"]["type"] == "result"
+    for name in ("a", "b"):
+        assert (answers[name]["type"], answers[name]["code"]) == ("failed", "engine_error")
+        assert "the backend exploded" in answers[name]["message"]
+    assert engine.result("after", [{"custom_id": "n", "prompt": "x", "max_tokens": 1}])[0]["error"] is None
+
+
+@pytest.mark.parametrize("value, needle", [("0", "merge_requests=0"), ("70000", "merge_requests=70000")])
+def test_a_backend_with_a_bad_merge_requests_does_not_start(start_engine: StartEngine, value: str, needle: str) -> None:
+    engine = start_engine(SCRIPT, args={"merge_requests": value})
+    fatal = engine.wait_for("fatal", "ready")
+    assert fatal["type"] == "fatal" and needle in fatal["message"], fatal
+
+
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_a_backend_with_a_bad_max_batches_does_not_start(start_engine: StartEngine, value: str) -> None:
     engine = start_engine(SCRIPT, args={"max_batches": value})
