@@ -84,10 +84,10 @@ if wants serve; then
   for kv in "${VLLM_ARGS[@]}"; do serve_args+=("--${kv%%=*}" "${kv#*=}"); done
   serve_args=("${serve_args[@]//_/-}")
   "$PY" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name gpu --port 8100 \
-    --tensor-parallel-size "$TP" --seed 0 --disable-log-requests "${serve_args[@]}" >"$OUT/serve.log" 2>&1 &
+    --tensor-parallel-size "$TP" --seed 0 "${serve_args[@]}" >"$OUT/serve.log" 2>&1 &
   server=$!
   t0=$(now)
-  until curl -sf http://127.0.0.1:8100/v1/models >/dev/null; do
+  until "$PY" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8100/v1/models', timeout=2)" 2>/dev/null; do
     kill -0 "$server" 2>/dev/null || { log "vllm serve exited"; tail -30 "$OUT/serve.log"; break; }
     sleep 0.5
   done
@@ -158,3 +158,5 @@ cat "$OUT/stream-report.md"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 cp "$B/BUILD" "$OUT/" 2>/dev/null
 log "done; results in $OUT"
+# The device tool returns few files: PACK=FILE packs everything into one.
+if [ -n "${PACK:-}" ]; then tar -C "$OUT" --exclude "$(basename "$PACK")" -czf "$PACK" . && ls -la "$PACK"; fi
