@@ -253,6 +253,10 @@ public final class Gateway: Sendable {
             let detail: String
             if case DecodingError.dataCorrupted(let context) = error {
                 detail = (context.underlyingError.map { "\($0)" } ?? context.debugDescription)
+            } else if case DecodingError.typeMismatch(_, let context) = error {
+                // A number past what a double holds (1e400) reads as nothing JSON has a type for.
+                let path = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+                detail = "the value at \(path.isEmpty ? "the top level" : String(path.dropFirst())) cannot be read (a number out of range?)"
             } else {
                 detail = "\(error)"
             }

@@ -247,3 +247,23 @@ def test_concurrent_large_uploads_do_not_sit_in_memory(cluster: Cluster) -> None
     status, _, stored = http("GET", gateway.base_url + f"/files/{file_id}/content", timeout=60)
     assert status == 200 and stored == content
 
+
+
+def test_out_of_range_sampling_values_are_400(cluster: Cluster) -> None:
+    """The values of issue 20 (accepted with 200 at a8e89f7) and a few past what the numbers hold."""
+    cluster.start_broker()
+    cluster.start_worker()
+    gateway = cluster.start_gateway()
+    cluster.wait_for_workers(gateway, {"default": 1})
+    for extra, param in (('"temperature": -5', "temperature"), ('"top_p": 7', "top_p"),
+                         ('"max_tokens": 9223372036854775807', "max_tokens"), ('"max_tokens": 9223372036854775808', "max_tokens"),
+                         ('"max_tokens": -9223372036854775809', "max_tokens"), ('"seed": 99999999999999999999999', "seed"),
+                         ('"temperature": 1e400', None)):
+        body = ('{"model": "default", "prompt": "x", ' + extra + "}").encode()
+        status, _, data = http("POST", gateway.base_url + "/completions", body, {"Content-Type": "application/json"})
+        error = json.loads(data)["error"]
+        assert status == 400, (extra, error)
+        if param is not None:
+            assert error["param"] == param, (extra, error)
+        else:
+            assert "DecodingError" not in error["message"] and "temperature" in error["message"], error
