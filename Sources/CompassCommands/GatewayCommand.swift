@@ -9,10 +9,17 @@ struct GatewayCommand: AsyncParsableCommand {
         discussion: """
         POST /v1/completions and /v1/chat/completions (with stream: true too), GET /v1/models (one \
         model per pool: 'model' names the pool), the Files and Batch APIs (/v1/files, /v1/batches) and \
-        GET /health. Concurrent requests for the same pool are gathered into one compass batch: it \
-        goes out at --max-batch requests or --max-wait-ms after the first of them, whichever comes \
-        first. Errors use OpenAI's shape and codes: 400 bad request, 401 bad key, 404 unknown model, \
-        429 pool full (busy), 503 no worker serves the pool, 504 past --deadline-ms.
+        GET /health. A request for a pool with room goes to the broker at once; while the pool is \
+        busy (this gateway's requests in flight reach its workers' summed capacity, or, for workers \
+        that report none, --eager-batches batches per worker), requests are gathered into one compass \
+        batch that goes out at --max-batch requests, --max-wait-ms after the first of them, or as soon \
+        as a batch comes back, whichever comes first. A connection is closed after --idle-timeout-ms \
+        with no request in progress (a request's head must arrive whole within it), and when a \
+        request's body falls behind --body-timeout-ms plus one second per --min-body-rate bytes. \
+        Bodies past --max-body-bytes (JSON) or --max-upload-bytes (files, written to disk as they \
+        arrive) get 413 and the connection closes. Errors use OpenAI's shape and codes: 400 bad \
+        request, 401 bad key, 404 unknown model, 413 too large, 429 pool full (busy), 503 no worker \
+        serves the pool, 504 past --deadline-ms.
         """)
 
     @Option(help: "The broker's frontend endpoint.") var broker = "tcp://127.0.0.1:5555"
@@ -20,6 +27,11 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "Most requests gathered into one compass batch.") var maxBatch = 32
     @Option(help: "Milliseconds a request may wait for others to join its batch.") var maxWaitMs: Double = 5
     @Option(help: "Most payload bytes in one gathered batch.") var maxBatchBytes = 8 << 20
+    @Option(help: "Batches in flight per worker below which a request goes out at once, for pools whose workers report no capacity (0: always wait --max-wait-ms for others).") var eagerBatches = 2
+    @Option(help: "Milliseconds a connection may stay open with no request in progress.") var idleTimeoutMs: Int64 = 30_000
+    @Option(help: "Milliseconds a request body may take to arrive, plus one second per --min-body-rate bytes that did.") var bodyTimeoutMs: Int64 = 30_000
+    @Option(help: "Bytes per second a request body must keep up after --body-timeout-ms.") var minBodyRate = 64 << 10
+    @Option(help: "Largest JSON request body in bytes.") var maxBodyBytes = 32 << 20
     @Option(help: "Require 'Authorization: Bearer KEY' on /v1 (default: $COMPASS_GATEWAY_API_KEY, or none).") var apiKey: String?
     @Option(help: "Milliseconds after which a request is answered 504 (0: no deadline).") var deadlineMs: UInt32 = 0
     @Option(help: "Directory for the Files and Batch APIs (default: a new temporary directory, removed on exit).") var dataDir: String?
@@ -33,6 +45,11 @@ struct GatewayCommand: AsyncParsableCommand {
         guard maxBatch >= 1 else { throw ValidationError("--max-batch must be at least 1") }
         guard maxWaitMs >= 0 else { throw ValidationError("--max-wait-ms must not be negative") }
         guard maxBatchBytes >= 1024 else { throw ValidationError("--max-batch-bytes must be at least 1024") }
+        guard eagerBatches >= 0 else { throw ValidationError("--eager-batches must not be negative") }
+        guard idleTimeoutMs >= 1, bodyTimeoutMs >= 1, minBodyRate >= 1 else {
+            throw ValidationError("--idle-timeout-ms, --body-timeout-ms and --min-body-rate must be at least 1")
+        }
+        guard maxBodyBytes >= 1024, maxUploadBytes >= 1024 else { throw ValidationError("--max-body-bytes and --max-upload-bytes must be at least 1024") }
         guard jobBatchSize >= 1, jobWindow >= 1 else { throw ValidationError("--job-batch-size and --job-window must be at least 1") }
         guard parseListen() != nil else { throw ValidationError("--listen must be HOST:PORT, e.g. 127.0.0.1:8000") }
     }
@@ -65,6 +82,11 @@ struct GatewayCommand: AsyncParsableCommand {
         options.jobBatchSize = jobBatchSize
         options.jobWindow = jobWindow
         options.maxUploadBytes = maxUploadBytes
+        options.maxBodyBytes = maxBodyBytes
+        options.eagerBatches = eagerBatches
+        options.connections.idleMilliseconds = idleTimeoutMs
+        options.connections.bodyGraceMilliseconds = bodyTimeoutMs
+        options.connections.minBodyBytesPerSecond = minBodyRate
         if let keys = try curve.load("compass gateway") {
             options.configureClient = { $0.curve = keys }
         }

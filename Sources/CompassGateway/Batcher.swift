@@ -52,70 +52,64 @@ public struct Submitter: Sendable {
     }
 }
 
-/// Dynamic batching: requests for the same pool that arrive close together go to the broker as
-/// one batch. A pool's pending requests are flushed when there are `maxBatch` of them, when
-/// adding one would pass `maxBatchBytes`, or `maxWait` after the first of them arrived, whichever
-/// comes first; so batching adds at most `maxWait` to a request's latency. Each caller gets its
-/// own request's result. Flushes run concurrently: a slow batch does not hold back the next.
+/// Dynamic batching: requests for the same pool go to the broker as one batch when they meet
+/// while the pool is busy; a request for a pool with room goes at once (`BatchWindow` decides, and
+/// says how). Each caller gets its own request's result. Flushes run concurrently: a slow batch
+/// does not hold back the next.
 public final class Batcher: Sendable {
     public struct Configuration: Sendable {
         public var maxBatch: Int
         public var maxWaitNanoseconds: UInt64
         public var maxBatchBytes: Int
+        /// Batches in flight per worker below which a pool whose workers report no capacity has
+        /// room (0: every request waits up to `maxWait` for others, as before issue 17).
+        public var eagerBatches: Int
 
-        public init(maxBatch: Int = 32, maxWaitMilliseconds: Double = 5, maxBatchBytes: Int = 8 << 20) {
+        public init(maxBatch: Int = 32, maxWaitMilliseconds: Double = 5, maxBatchBytes: Int = 8 << 20, eagerBatches: Int = 2) {
             self.maxBatch = max(1, maxBatch)
             self.maxWaitNanoseconds = UInt64(max(0, maxWaitMilliseconds) * 1_000_000)
             self.maxBatchBytes = maxBatchBytes
+            self.eagerBatches = max(0, eagerBatches)
+        }
+
+        var window: BatchWindow.Configuration {
+            .init(maxBatch: maxBatch, maxBatchBytes: maxBatchBytes, maxWaitNanoseconds: maxWaitNanoseconds, eagerBatches: eagerBatches)
         }
     }
 
-    /// Counters since start: how requests were grouped and how long they waited to be flushed.
-    public struct Stats: Sendable, Equatable {
-        public var requests = 0
-        public var batches = 0
-        public var largestBatch = 0
-        public var totalWaitNanoseconds: UInt64 = 0
-        public var maxWaitNanoseconds: UInt64 = 0
-
-        public var meanBatchSize: Double { batches == 0 ? 0 : Double(requests) / Double(batches) }
-        public var meanWaitMilliseconds: Double { requests == 0 ? 0 : Double(totalWaitNanoseconds) / Double(requests) / 1e6 }
-        public var maxWaitMilliseconds: Double { Double(maxWaitNanoseconds) / 1e6 }
-    }
+    /// Counters since start: how requests were grouped, why batches went, how long requests
+    /// waited to be flushed.
+    public typealias Stats = BatchWindow.Stats
 
     struct Item: Sendable {
         let id: UInt64
         let request: InferenceRequest
-        let bytes: Int
-        let enqueuedAt: UInt64
         let deadlineAt: UInt64?
         let slot: Slot
     }
 
-    struct PoolState {
-        var pending: [Item] = []
-        var bytes = 0
-        /// Bumped at every flush: a timer armed for an earlier set of pending requests does nothing.
-        var generation: UInt64 = 0
-        var timerArmed = false
-    }
-
     struct State {
-        var pools: [String: PoolState] = [:]
+        var window: BatchWindow
+        /// Requests pending or in flight, by id.
+        var items: [UInt64: Item] = [:]
         var nextID: UInt64 = 0
-        var stats = Stats()
     }
 
     public let configuration: Configuration
     let submitter: Submitter
-    let state = Mutex(State())
+    let room: @Sendable (String) -> BatchWindow.Room
+    let state: Mutex<State>
 
-    public init(configuration: Configuration, submit: @escaping SubmitBatch) {
+    /// - Parameter room: what the broker last said about a pool's workers and capacity.
+    public init(configuration: Configuration, room: @escaping @Sendable (String) -> BatchWindow.Room = { _ in .init() },
+                submit: @escaping SubmitBatch) {
         self.configuration = configuration
         self.submitter = Submitter(submit)
+        self.room = room
+        self.state = Mutex(State(window: BatchWindow(configuration: configuration.window)))
     }
 
-    public var stats: Stats { state.withLock { $0.stats } }
+    public var stats: Stats { state.withLock { $0.window.stats } }
 
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
@@ -137,8 +131,7 @@ public final class Batcher: Sendable {
             s.nextID += 1
             return s.nextID
         }
-        let item = Item(id: id, request: request, bytes: Batcher.weight(request), enqueuedAt: start, deadlineAt: deadlineAt, slot: slot)
-        enqueue(item, pool: pool)
+        enqueue(Item(id: id, request: request, deadlineAt: deadlineAt, slot: slot), pool: pool)
         let timer: Task<Void, Never>? = deadlineAt.map { _ in
             Task { [weak self] in
                 try? await Task.sleep(nanoseconds: UInt64(deadlineMilliseconds) * 1_000_000)
@@ -158,79 +151,57 @@ public final class Batcher: Sendable {
     }
 
     func enqueue(_ item: Item, pool: String) {
-        var flushes: [[Item]] = []
-        var armTimer: UInt64?
-        state.withLock { s in
-            var p = s.pools[pool] ?? PoolState()
-            if !p.pending.isEmpty && p.bytes + item.bytes > configuration.maxBatchBytes {
-                flushes.append(take(&p))
-            }
-            p.pending.append(item)
-            p.bytes += item.bytes
-            if p.pending.count >= configuration.maxBatch {
-                flushes.append(take(&p))
-            } else if !p.timerArmed {
-                p.timerArmed = true
-                armTimer = p.generation
-            }
-            s.pools[pool] = p
-            for batch in flushes { note(batch, in: &s.stats) }
+        let room = room(pool)
+        let (batches, timer) = state.withLock { s -> ([(BatchWindow.Flush, [Item])], BatchWindow.Timer?) in
+            s.items[item.id] = item
+            let (flushes, timer) = s.window.add(id: item.id, bytes: Batcher.weight(item.request), pool: pool, room: room, now: Batcher.now())
+            return (flushes.map { ($0, Batcher.items(of: $0, in: &s)) }, timer)
         }
-        for batch in flushes { launch(batch, pool: pool) }
-        if let generation = armTimer {
+        for (flush, items) in batches { launch(flush, items) }
+        if let timer {
             let wait = configuration.maxWaitNanoseconds
             Task {
                 if wait > 0 { try? await Task.sleep(nanoseconds: wait) } else { await Task.yield() }
-                self.timerFired(pool: pool, generation: generation)
+                self.timerFired(timer)
             }
         }
     }
 
-    func timerFired(pool: String, generation: UInt64) {
-        let batch: [Item]? = state.withLock { s in
-            guard var p = s.pools[pool], p.generation == generation, !p.pending.isEmpty else { return nil }
-            let batch = take(&p)
-            s.pools[pool] = p
-            note(batch, in: &s.stats)
-            return batch
-        }
-        if let batch { launch(batch, pool: pool) }
+    /// The items of a flush, taken out of the table (each is answered by the batch's task).
+    static func items(of flush: BatchWindow.Flush, in s: inout State) -> [Item] {
+        flush.ids.compactMap { s.items.removeValue(forKey: $0) }
     }
 
-    /// Empties a pool's pending list and disarms its timer.
-    func take(_ p: inout PoolState) -> [Item] {
-        let batch = p.pending
-        p.pending.removeAll(keepingCapacity: true)
-        p.bytes = 0
-        p.generation &+= 1
-        p.timerArmed = false
-        return batch
-    }
-
-    func note(_ batch: [Item], in stats: inout Stats) {
-        let now = Batcher.now()
-        stats.batches += 1
-        stats.requests += batch.count
-        stats.largestBatch = max(stats.largestBatch, batch.count)
-        for item in batch {
-            let waited = now >= item.enqueuedAt ? now - item.enqueuedAt : 0
-            stats.totalWaitNanoseconds += waited
-            stats.maxWaitNanoseconds = max(stats.maxWaitNanoseconds, waited)
+    func timerFired(_ timer: BatchWindow.Timer) {
+        let batch = state.withLock { s -> (BatchWindow.Flush, [Item])? in
+            guard let flush = s.window.timerFired(pool: timer.pool, generation: timer.generation, now: Batcher.now()) else { return nil }
+            return (flush, Batcher.items(of: flush, in: &s))
         }
+        if let batch { launch(batch.0, batch.1) }
     }
 
     /// A request that gave up (deadline, cancelled) leaves the pending list if it is still there.
     func remove(_ id: UInt64, pool: String) {
         state.withLock { s in
-            guard var p = s.pools[pool], let index = p.pending.firstIndex(where: { $0.id == id }) else { return }
-            p.bytes -= p.pending[index].bytes
-            p.pending.remove(at: index)
-            s.pools[pool] = p
+            s.window.remove(id: id, pool: pool)
+            s.items[id] = nil
         }
     }
 
-    func launch(_ items: [Item], pool: String) {
+    /// A batch came back: the window may send what gathered meanwhile.
+    func finished(_ flush: BatchWindow.Flush) {
+        let room = room(flush.pool)
+        let next = state.withLock { s -> (BatchWindow.Flush, [Item])? in
+            guard let f = s.window.finished(pool: flush.pool, requests: flush.ids.count, room: room, now: Batcher.now()) else { return nil }
+            return (f, Batcher.items(of: f, in: &s))
+        }
+        if let next { launch(next.0, next.1) }
+    }
+
+    func launch(_ flush: BatchWindow.Flush, _ items: [Item]) {
+        let pool = flush.pool
         Task {
+            defer { finished(flush) }
             let live = items.filter { !$0.slot.isFinished }
             guard !live.isEmpty else { return }
             let now = Batcher.now()

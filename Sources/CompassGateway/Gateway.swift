@@ -16,8 +16,12 @@ public struct GatewayOptions: Sendable {
     public var maxBatch = 32
     /// ...or this long after the first of them arrived.
     public var maxWaitMilliseconds: Double = 5
-    /// ...or when their payload would pass this many bytes.
+    /// ...or when their payload would pass this many bytes. A request for a pool with room goes at
+    /// once: while this gateway's requests in flight to the pool are fewer than its workers'
+    /// summed capacity (STATUS), or, where a worker reports none, while fewer than this many
+    /// batches per worker are in flight (0: always wait for the window).
     public var maxBatchBytes = 8 << 20
+    public var eagerBatches = 2
     /// When set, /v1 requires `Authorization: Bearer <key>`.
     public var apiKey: String?
     /// Milliseconds a request may take before it is answered 504 (0: no deadline).
@@ -27,9 +31,12 @@ public struct GatewayOptions: Sendable {
     /// Batch API: requests per compass batch, and compass batches in flight per batch.
     public var jobBatchSize = 64
     public var jobWindow = 8
-    /// Largest JSON body, and largest file upload, in bytes.
+    /// Largest JSON body, and largest file upload, in bytes (413 past them, and the connection
+    /// closes). An upload is written to disk as it arrives: it holds a chunk in memory, not the file.
     public var maxBodyBytes = 32 << 20
     public var maxUploadBytes = 512 << 20
+    /// Idle limit and body deadline of each HTTP connection.
+    public var connections = ConnectionLimits()
     public var statusRefreshMilliseconds: UInt64 = 1000
     /// Applied to the options of the gateway's broker clients (CURVE keys, say).
     public var configureClient: @Sendable (inout ClientOptions) -> Void = { _ in }
@@ -76,10 +83,12 @@ public final class Gateway: Sendable {
         let jobsClient = try CompassClient(options: jobsOptions)
         self.jobsClient = jobsClient
 
-        pools = PoolDirectory(refreshMilliseconds: options.statusRefreshMilliseconds) { try await online.status() }
+        let pools = PoolDirectory(refreshMilliseconds: options.statusRefreshMilliseconds) { try await online.status() }
+        self.pools = pools
         let onlineCounter = Atomic<UInt64>(0)
         batcher = Batcher(configuration: .init(maxBatch: options.maxBatch, maxWaitMilliseconds: options.maxWaitMilliseconds,
-                                               maxBatchBytes: options.maxBatchBytes)) { pool, requests, deadline in
+                                               maxBatchBytes: options.maxBatchBytes, eagerBatches: options.eagerBatches),
+                          room: { pools.room(of: $0) }) { pool, requests, deadline in
             let id = "\(session)-o\(onlineCounter.add(1, ordering: .relaxed).newValue)"
             return await Gateway.submit(online, id: id, pool: pool, requests: requests, deadline: deadline)
         }
@@ -133,8 +142,12 @@ public final class Gateway: Sendable {
             jobsClient.close()
         }
         let host = options.host
+        let limits = options.connections
+        let logger = logger
         let app = Application(
             router: makeRouter(),
+            server: .http1(configuration: .init(additionalChannelHandlers: [ConnectionGuard(limits: limits, logger: logger)],
+                                                idleTimeout: .milliseconds(limits.idleMilliseconds))),
             configuration: .init(address: .hostname(host, port: options.port), serverName: "compass-gateway", backlog: 1024),
             onServerRunning: { channel in onListening(host, channel.localAddress?.port ?? 0) },
             logger: logger)
@@ -212,12 +225,23 @@ public final class Gateway: Sendable {
         }
     }
 
+    static func tooLarge(_ limit: Int) -> APIError {
+        APIError(status: .contentTooLarge, message: "The request body is larger than \(limit) bytes", type: "invalid_request_error",
+                 code: "request_too_large")
+    }
+
+    /// A body that says it is larger than `limit` is refused before a byte of it is read (the
+    /// connection then closes: `ConnectionGuard`).
+    func checkDeclaredLength(_ request: Request, limit: Int) throws {
+        if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > limit { throw Gateway.tooLarge(limit) }
+    }
+
     func readBody(_ request: Request, limit: Int) async throws -> ByteBuffer {
+        try checkDeclaredLength(request, limit: limit)
         do {
             return try await request.body.collect(upTo: limit)
         } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
-            throw APIError(status: .contentTooLarge, message: "The request body is larger than \(limit) bytes", type: "invalid_request_error",
-                           code: "request_too_large")
+            throw Gateway.tooLarge(limit)
         }
     }
 
@@ -229,6 +253,10 @@ public final class Gateway: Sendable {
             let detail: String
             if case DecodingError.dataCorrupted(let context) = error {
                 detail = (context.underlyingError.map { "\($0)" } ?? context.debugDescription)
+            } else if case DecodingError.typeMismatch(_, let context) = error {
+                // A number past what a double holds (1e400) reads as nothing JSON has a type for.
+                let path = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+                detail = "the value at \(path.isEmpty ? "the top level" : String(path.dropFirst())) cannot be read (a number out of range?)"
             } else {
                 detail = "\(error)"
             }
@@ -324,7 +352,10 @@ public final class Gateway: Sendable {
                                 ("status_age_ms", broker.ageMilliseconds.map { .int(Int($0)) } ?? .null)])),
             ("batcher", .object([
                 ("max_batch", .int(options.maxBatch)), ("max_wait_ms", .double(options.maxWaitMilliseconds)),
+                ("eager_batches", .int(options.eagerBatches)),
                 ("requests", .int(s.requests)), ("batches", .int(s.batches)), ("largest_batch", .int(s.largestBatch)),
+                // Batches by why they went: spare (the pool had room: at once), full, window, freed.
+                ("flushes", .object(BatchWindow.Reason.allCases.map { ($0.rawValue, .int(s.flushes[$0] ?? 0)) })),
                 ("mean_batch_size", .double((s.meanBatchSize * 100).rounded() / 100)),
                 // How long requests waited to be flushed: the latency that batching added.
                 ("wait_ms_mean", .double((s.meanWaitMilliseconds * 1000).rounded() / 1000)),
@@ -342,27 +373,59 @@ public final class Gateway: Sendable {
         return file
     }
 
-    /// POST /v1/files: multipart with `file` and `purpose`.
+    /// POST /v1/files: multipart with `file` and `purpose`. The body is read as it arrives and the
+    /// `file` part written straight to disk, so an upload holds a chunk in memory, not the file.
     func upload(_ request: Request) async throws -> Response {
         guard let contentType = request.headers[.contentType], let boundary = Multipart.boundary(contentType) else {
             throw APIError.badRequest("POST /v1/files takes multipart/form-data with the fields 'file' and 'purpose'", code: "invalid_content_type")
         }
-        let buffer = try await readBody(request, limit: options.maxUploadBytes)
-        let parts = try Multipart.parse(Array(buffer.readableBytesView), boundary: boundary)
-        guard let filePart = parts.first(where: { $0.name == "file" }) else {
+        let limit = options.maxUploadBytes
+        try checkDeclaredLength(request, limit: limit)
+        let scratch = files.scratchPath()
+        var stored = false
+        defer { if !stored { try? FileManager.default.removeItem(atPath: scratch) } }
+        var file: FileSink?
+        var filename: String?
+        var purpose: MemorySink?
+        var parser = MultipartStream(boundary: boundary, open: { head in
+            switch head.name {
+            case "file" where file == nil:
+                let sink = try FileSink(path: scratch)
+                file = sink
+                filename = head.filename
+                return sink
+            case "purpose" where purpose == nil:
+                let sink = MemorySink(limit: 1024, field: "purpose")
+                purpose = sink
+                return sink
+            default:
+                return nil  // other fields are read past
+            }
+        }, close: { _, sink in (sink as? FileSink)?.close() })
+        defer { file?.close() }
+        var received = 0
+        for try await chunk in request.body {
+            received += chunk.readableBytes
+            guard received <= limit else { throw Gateway.tooLarge(limit) }
+            try parser.feed(chunk.readableBytesView)
+        }
+        try parser.finish()
+        guard let file else {
             throw APIError.badRequest("Missing the 'file' field", code: "missing_field", param: "file")
         }
-        guard let purposePart = parts.first(where: { $0.name == "purpose" }) else {
+        guard let purposePart = purpose else {
             throw APIError.badRequest("Missing the 'purpose' field", code: "missing_field", param: "purpose")
         }
-        let purpose = String(decoding: purposePart.body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        guard purpose == "batch" else {
-            throw APIError.badRequest("purpose '\(purpose)' is not supported: the gateway keeps files for the Batch API (purpose=batch)",
+        let purposeText = String(decoding: purposePart.bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard purposeText == "batch" else {
+            throw APIError.badRequest("purpose '\(purposeText)' is not supported: the gateway keeps files for the Batch API (purpose=batch)",
                                       param: "purpose")
         }
-        let file = try files.add(contents: filePart.body, filename: filePart.filename ?? "upload.jsonl", purpose: purpose)
-        logger.info("stored \(file.id) (\(file.filename), \(file.bytes) bytes)")
-        return Gateway.json(file.json)
+        file.close()
+        let object = try files.adopt(path: scratch, filename: filename ?? "upload.jsonl", purpose: purposeText)
+        stored = true
+        logger.info("stored \(object.id) (\(object.filename), \(object.bytes) bytes)")
+        return Gateway.json(object.json)
     }
 
     /// GET /v1/batches?limit=&after=

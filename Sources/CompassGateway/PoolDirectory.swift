@@ -15,9 +15,26 @@ public struct PoolInfo: Sendable, Equatable, Decodable {
 
 struct StatusDocument: Decodable {
     struct Scheduler: Decodable { var pools: [PoolInfo] }
+    /// A worker's READY, of which the gateway reads its pool and its capacity in sequences.
+    struct Worker: Decodable {
+        struct Capabilities: Decodable { var pool: String; var capacity: Int? }
+        var capabilities: Capabilities?
+    }
     var brokerID: String?
     var scheduler: Scheduler
-    enum CodingKeys: String, CodingKey { case brokerID = "broker_id", scheduler }
+    var workers: [Worker]?
+    enum CodingKeys: String, CodingKey { case brokerID = "broker_id", scheduler, workers }
+
+    /// Each pool's summed worker capacity, for the pools where every worker reports one.
+    var capacities: [String: Int] {
+        var sums: [String: Int] = [:]
+        var unknown: Set<String> = []
+        for case let caps? in (workers ?? []).map(\.capabilities) {
+            if let c = caps.capacity, c > 0 { sums[caps.pool, default: 0] += c } else { unknown.insert(caps.pool) }
+        }
+        for pool in unknown { sums[pool] = nil }
+        return sums
+    }
 }
 
 /// A cache of the broker's pools, refreshed by a STATUS every `refreshInterval`, so the gateway can
@@ -38,6 +55,8 @@ public final class PoolDirectory: Sendable {
 
     struct State {
         var pools: [String: PoolInfo] = [:]
+        /// Summed worker capacity (sequences) of the pools whose workers all report one.
+        var capacities: [String: Int] = [:]
         var brokerID: String?
         /// Monotonic ms when the last STATUS arrived.
         var receivedAt: UInt64?
@@ -98,6 +117,7 @@ public final class PoolDirectory: Sendable {
             s.inflight = max(0, s.inflight - 1)
             guard let parsed else { return [] }
             s.pools = Dictionary(parsed.scheduler.pools.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+            s.capacities = parsed.capacities
             s.brokerID = parsed.brokerID
             s.receivedAt = PoolDirectory.now()
             let all = Array(s.waiters.values)
@@ -143,6 +163,12 @@ public final class PoolDirectory: Sendable {
         let cached = classify(state.withLock { $0 }, pool)
         if cached == .ready { return .ready }
         return classify(await fresh(maxAge: negativeMaxAge), pool)
+    }
+
+    /// A pool's workers and capacity as the last STATUS gave them (no round trip: the batcher
+    /// asks for every request).
+    public func room(of pool: String) -> BatchWindow.Room {
+        state.withLock { s in BatchWindow.Room(workers: s.pools[pool]?.workers ?? 1, capacity: s.capacities[pool]) }
     }
 
     /// The broker's pools, from a STATUS no older than a second; nil when the broker does not answer.

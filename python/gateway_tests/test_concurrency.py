@@ -8,6 +8,7 @@ import os
 import statistics
 import time
 
+import pytest
 from conftest import Cluster, expected_text
 from openai import AsyncOpenAI
 
@@ -32,12 +33,16 @@ async def fire(base_url: str, prompts: list[str]) -> list[tuple[str, float]]:
         await client.close()
 
 
-def test_200_concurrent_requests_share_batches(cluster: Cluster) -> None:
+@pytest.mark.parametrize("eager", ["0", "2"], ids=["fixed-window", "eager"])
+def test_200_concurrent_requests_share_batches(cluster: Cluster, eager: str) -> None:
+    """`--eager-batches 0`: every request waits for the window, so 200 become few batches.
+    The default (2 per worker) sends at once while the pool has room and gathers only while it is
+    busy: every answer is right, and the window still bounds every wait."""
     cluster.start_broker()
     cluster.start_worker()
     cluster.start_worker()
     # A 50 ms window: arrivals spread over a second on a loaded 2-core machine still share batches.
-    gateway = cluster.start_gateway("--max-batch", "32", "--max-wait-ms", "50")
+    gateway = cluster.start_gateway("--max-batch", "32", "--max-wait-ms", "50", "--eager-batches", eager)
     cluster.wait_for_workers(gateway, {"default": 2})
     before = cluster.pool_status("default")["counters"]["submitted"]
     prompts = [f"request {i} " + " ".join(f"w{i}x{k}" for k in range(i % 7 + 1)) for i in range(REQUESTS)]
@@ -54,6 +59,7 @@ def test_200_concurrent_requests_share_batches(cluster: Cluster) -> None:
     stats = health["batcher"]
     latencies = sorted(latency for _, latency in answers)
     report = {
+        "eager_batches": int(eager),
         "requests": REQUESTS,
         "broker_batches": batches,
         "mean_batch_size": round(REQUESTS / batches, 1),
@@ -63,13 +69,19 @@ def test_200_concurrent_requests_share_batches(cluster: Cluster) -> None:
         "latency_ms_p50": round(statistics.median(latencies) * 1000, 1),
         "latency_ms_p95": round(latencies[int(0.95 * len(latencies)) - 1] * 1000, 1),
         "wall_s": round(wall, 2),
+        "flushes": stats["flushes"],
     }
     print("\ngateway 200-request figures: " + json.dumps(report))
     if path := os.environ.get("COMPASS_GATEWAY_REPORT"):
         with open(path, "a") as f:
             f.write(json.dumps(report) + "\n")
     assert stats["requests"] == REQUESTS and stats["batches"] == batches
-    # Far fewer batches than requests (the bound is loose: arrival spread depends on the machine).
-    assert batches <= REQUESTS // 4, report
+    assert sum(stats["flushes"].values()) == batches, report
+    if eager == "0":
+        # Far fewer batches than requests (the bound is loose: arrival spread depends on the machine).
+        assert batches <= REQUESTS // 4, report
+        assert stats["flushes"]["spare"] == 0 and stats["flushes"]["freed"] == 0, report
+    else:
+        assert stats["flushes"]["spare"] >= 1, report
     # The batching wait is bounded by --max-wait-ms (plus timer slack on a loaded machine).
     assert stats["wait_ms_max"] < 50 + 200, report

@@ -1,0 +1,115 @@
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTPTypes
+
+/// How long a connection may take, per connection (issue 20: slow and idle peers cost only
+/// themselves, and only for a while).
+public struct ConnectionLimits: Sendable, Equatable {
+    /// A connection with no request in progress is closed after this long. A request's head has to
+    /// arrive whole within it too (a head sent a byte at a time does not keep the connection).
+    public var idleMilliseconds: Int64 = 30_000
+    /// A request's body must have arrived within this long after its head...
+    public var bodyGraceMilliseconds: Int64 = 30_000
+    /// ...plus one second for every this many bytes that did arrive: a body that keeps coming at
+    /// this rate or faster is never cut, one that trickles is closed.
+    public var minBodyBytesPerSecond: Int = 64 << 10
+
+    public init() {}
+}
+
+/// Sits after Hummingbird's HTTP/1 codec on each connection:
+///
+/// - a request body that falls behind its deadline (`ConnectionLimits`) closes the connection;
+/// - a response that goes out while its request's body is still arriving (413 for a body past the
+///   limit, 401 before an upload...) says `Connection: close` and closes the connection once written,
+///   instead of reading the rest of a body nobody wants.
+///
+/// The idle limit itself is Hummingbird's (`HTTP1Channel.Configuration.idleTimeout`).
+final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    let limits: ConnectionLimits
+    let logger: Logger
+    /// Between a request's head and its end.
+    var readingBody = false
+    var bodyStarted = NIODeadline.now()
+    var received = 0
+    var timer: Scheduled<Void>?
+    var closeAfterResponse = false
+
+    init(limits: ConnectionLimits, logger: Logger) {
+        self.limits = limits
+        self.logger = logger
+    }
+
+    /// When the body being read falls behind.
+    var bodyDeadline: NIODeadline {
+        let earned = Int64(received) * 1_000_000_000 / Int64(max(1, limits.minBodyBytesPerSecond))
+        return bodyStarted + .milliseconds(limits.bodyGraceMilliseconds) + .nanoseconds(earned)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head:
+            readingBody = true
+            bodyStarted = .now()
+            received = 0
+            schedule(context)
+        case .body(let buffer):
+            received += buffer.readableBytes
+        case .end:
+            readingBody = false
+            cancelTimer()
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(var response) where readingBody:
+            closeAfterResponse = true
+            response.headerFields[.connection] = "close"
+            context.write(wrapOutboundOut(.head(response)), promise: promise)
+        case .end where closeAfterResponse:
+            let written = context.eventLoop.makePromise(of: Void.self)
+            written.futureResult.cascade(to: promise)
+            written.futureResult.whenComplete { _ in context.close(promise: nil) }
+            context.writeAndFlush(data, promise: written)
+        default:
+            context.write(data, promise: promise)
+        }
+    }
+
+    func schedule(_ context: ChannelHandlerContext) {
+        cancelTimer()
+        let deadline = bodyDeadline
+        timer = context.eventLoop.scheduleTask(deadline: deadline) { [self] in
+            timer = nil
+            guard readingBody else { return }
+            if NIODeadline.now() >= bodyDeadline {
+                logger.info("closing a connection whose request body fell behind", metadata: [
+                    "received_bytes": "\(received)", "remote": "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")"])
+                context.close(promise: nil)
+            } else {
+                schedule(context)
+            }
+        }
+    }
+
+    func cancelTimer() {
+        timer?.cancel()
+        timer = nil
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { cancelTimer() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        cancelTimer()
+        context.fireChannelInactive()
+    }
+}
