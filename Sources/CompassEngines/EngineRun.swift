@@ -77,8 +77,10 @@ struct EngineRun {
             if stop && !stopping {
                 stopping = true
                 writing.append(Array(#"{"type":"shutdown"}"#.utf8) + [0x0a])
-                child.signalGroup(SIGTERM)
-                killAt = now + graceMilliseconds
+                if status == nil {
+                    child.signalGroup(SIGTERM)
+                    killAt = now + graceMilliseconds
+                }
             }
             if !writing.isEmpty { writeSome() }
             if status == nil, let s = child.poll() {

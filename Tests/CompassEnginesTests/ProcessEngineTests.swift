@@ -59,6 +59,7 @@ struct ProcessEngineTests {
         let pids = Mutex<[Int32]>([])
         let decided = DispatchSemaphore(value: 0)
         let secondStart = DispatchSemaphore(value: 0)
+        let secondSpawned = DispatchSemaphore(value: 0)
         let firstGroupAliveAtSecondStart = Mutex<Bool?>(nil)
         var hooks = EngineHooks(
             beforeStart: {
@@ -67,7 +68,9 @@ struct ProcessEngineTests {
                 firstGroupAliveAtSecondStart.withLock { $0 = kill(-first, 0) == 0 }
                 secondStart.signal()
             },
-            onSpawn: { pid in pids.withLock { $0.append(pid) } },
+            onSpawn: { pid in
+                if pids.withLock({ $0.append(pid); return $0.count }) == 2 { secondSpawned.signal() }
+            },
             stopGraceSeconds: 0.2)
         let calls = Mutex(0)
         hooks.afterSpawnDecision = {
@@ -87,6 +90,7 @@ struct ProcessEngineTests {
         try e.start()
         #expect(secondStart.wait(timeout: .now() + 20) == .success)
         #expect(firstGroupAliveAtSecondStart.withLock { $0 } == false, "the next start did not wait for the stopped group")
+        #expect(secondSpawned.wait(timeout: .now() + 20) == .success)
         e.stop()
         #expect(e.waitUntilEnded(timeoutSeconds: 20))
         let second = try #require(pids.withLock { $0.count == 2 ? $0[1] : nil })
@@ -148,6 +152,28 @@ struct ProcessEngineTests {
         #expect(payload == Array(results.utf8))
         #expect(stats == ResultStats(requests: 2, failedRequests: 1, promptTokens: 7, completionTokens: 5, engineMilliseconds: 12.5, worker: "sh",
                                      engine: EngineStepStats(capacity: 4, steps: 10, sequenceSteps: 30, occupancy: 0.75)))
+        e.stop()
+        #expect(e.waitUntilEnded(timeoutSeconds: 20))
+    }
+
+    @Test("A batch larger than the pipe reaches the engine whole, on one line, after what was queued before it")
+    func largeBatchIsWrittenWhole() throws {
+        let script = #"""
+        printf '{"type": "ready"}\n' >&4
+        IFS= read -r first <&3
+        IFS= read -r line <&3
+        printf '{"type": "failed", "batch_id": "%s", "attempt": 1, "code": "engine_error", "message": "m"}\n' "${#line}" >&4
+        IFS= read -r line <&3
+        """#
+        let e = try engine(script)
+        try e.start()
+        #expect(events(e, count: 1).count == 1)
+        let payload = Array("[{\"custom_id\":\"a\",\r\n\"prompt\":\"\(String(repeating: "y", count: 300_000))\"}]".utf8)
+        e.cancel(batchID: "before", attempt: 1)
+        e.submit(EngineJob(batchID: "big", attempt: 1, meta: BatchMeta(), payload: payload))
+        let expected = #"{"type":"batch","batch_id":"big","attempt":1,"deadline_ms":0,"requests":"#.utf8.count + payload.count + 1
+        guard case .failed(let length, 1, .engineError, _, _) = events(e, count: 1).first else { Issue.record("no answer"); return }
+        #expect(length == "\(expected)")
         e.stop()
         #expect(e.waitUntilEnded(timeoutSeconds: 20))
     }
