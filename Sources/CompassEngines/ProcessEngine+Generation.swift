@@ -96,7 +96,7 @@ extension ProcessEngine {
     }
 
     /// The generation's thread: wait for the previous generation, spawn, then run the process's poll
-    /// loop (ProcessEngine+Loop.swift) until it has ended, and say why it died unless it was stopped.
+    /// loop (EngineRun) until it has ended, and say why it died unless it was stopped.
     func supervise(_ gen: Generation, after previous: Generation?) {
         defer { gen.finish() }
         if let previous {
