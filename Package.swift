@@ -55,7 +55,7 @@ let package = Package(
         ]),
         // The broker's socket loop around the scheduler.
         .target(name: "CompassBroker", dependencies: [
-            "CompassScheduler", "CompassJournal", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
+            "CompassScheduler", "CompassJournal", "CompassProtocol", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
         ]),
@@ -66,15 +66,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The worker: its decisions as a pure state machine (registration, credit, admission into
-        // the engine, engine supervision), the socket loop around it, GPU claims.
+        // the engine, engine supervision), the socket loop around it, GPU claims (NVML through CCompassShims).
         .target(name: "CompassWorker", dependencies: [
-            "CompassEngines", "CompassProtocol", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
+            "CCompassShims", "CompassEngines", "CompassProtocol", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The producer library: submit batches, get every result exactly once (async API).
         .target(name: "CompassClient", dependencies: [
-            "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
+            "CompassProtocol", "CompassSecurity", "CompassWire", "CompassSystem", "ZMQ",
             .product(name: "DequeModule", package: "swift-collections"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -94,6 +94,7 @@ let package = Package(
         // The command-line commands of all three executables.
         .target(name: "CompassCommands", dependencies: [
             "CompassBroker", "CompassJournal", "CompassSecurity", "CompassWorker", "CompassClient", "CompassGateway", "CompassTopology", "CompassLauncher", "CompassSystem",
+            "CompassEngines", "CompassProtocol", "CompassScheduler", "ZMQ",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -108,7 +109,9 @@ let package = Package(
         .testTarget(name: "ZMQTests", dependencies: ["ZMQ"]),
         .testTarget(name: "CompassProtocolTests", dependencies: ["CompassProtocol", "CompassWire", "ZMQ"]),
         .testTarget(name: "CompassSchedulerTests", dependencies: ["CompassScheduler", "CompassProtocol"]),
-        .testTarget(name: "CompassEnginesTests", dependencies: ["CompassEngines", "CompassProtocol"]),
+        .testTarget(name: "CompassEnginesTests", dependencies: [
+            "CompassEngines", "CompassProtocol", "CompassSystem", .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "CompassWorkerTests", dependencies: [
             "CompassWorker", "CompassEngines", "CompassProtocol",
             .product(name: "DequeModule", package: "swift-collections"),

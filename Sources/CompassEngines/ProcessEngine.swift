@@ -1,30 +1,35 @@
 import CompassProtocol
 import CompassSystem
-import DequeModule
 import Foundation
 import Logging
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// An engine that is a separate process group speaking the engine protocol (docs/engines.md) over
-/// fds 3 and 4. Each start is a *generation* with three threads of its own: one spawns the process
-/// and reads its events, one writes to it, one logs its stdout/stderr. The worker's thread only
-/// queues messages and takes events, so a stuck engine can never block the worker's heartbeats.
-public final class ProcessEngine: Engine, @unchecked Sendable {
-    // @unchecked: mutable state is guarded by `lock`; each generation's fds belong to its threads.
+/// fds 3 and 4. Each start is a *generation*: one thread that owns its process and its three pipes,
+/// and is the only one that spawns, signals and reaps it (ProcessEngine+Generation.swift). The
+/// worker's thread only queues messages and takes events, so a stuck engine never blocks the
+/// worker's heartbeats; `stop()` records a decision the generation's thread carries out.
+public final class ProcessEngine: Engine, Sendable {
     public let name: String
     public let command: EngineCommand
     let logger: Logger
     let hooks: EngineHooks
     let wakeup: WakeupEvent
-    let lock = NSLock()
-    var generation = 0
-    var events: [EngineEvent] = []
-    var current: Generation?
-    /// The process group of the previous generation, which a new start waits to see gone.
-    var lastGroup: Int32?
+    let state = Mutex(State())
+
+    /// Which generation is current, and the events it posted for the worker.
+    struct State {
+        var started = 0
+        /// The generation whose events reach the worker; nil once stopped.
+        var current: Generation?
+        /// The last generation started: the next one waits until it has ended.
+        var last: Generation?
+        var events: [EngineEvent] = []
+    }
 
     public init(name: String, command: EngineCommand, logger: Logger, hooks: EngineHooks = EngineHooks()) throws {
         self.name = name
@@ -37,77 +42,83 @@ public final class ProcessEngine: Engine, @unchecked Sendable {
     public var eventFD: Int32 { wakeup.fd }
 
     public func start() throws {
-        let gen = lock.withLock { () -> Generation in
-            generation += 1
-            let g = Generation(number: generation, previousGroup: lastGroup)
-            current = g
-            return g
+        let wake = try WakeupEvent()
+        let (gen, previous, replaced) = state.withLock { s in
+            s.started += 1
+            let g = Generation(number: s.started, wake: wake)
+            let previous = s.last, replaced = s.current
+            s.current = g
+            s.last = g
+            return (g, previous, replaced)
         }
-        let thread = Thread { [self] in self.supervise(gen) }
+        replaced?.requestStop() // one process per engine: a start without a stop replaces it
+        let thread = Thread { [self] in self.supervise(gen, after: previous) }
         thread.name = "engine-\(name)-\(gen.number)"
         thread.start()
     }
 
     public func submit(_ job: EngineJob) {
-        var line = Array(#"{"type":"batch","batch_id":"#.utf8) + jsonString(job.batchID)
-        line += Array(#","attempt":\#(job.attempt),"deadline_ms":\#(job.meta.deadlineMilliseconds),"requests":"#.utf8)
-        // The payload passed the broker's JSON check, so a raw CR or LF in it can only be whitespace
-        // between tokens: blanking them keeps the message on one line without changing its meaning.
-        line += job.payload.map { $0 == 0x0a || $0 == 0x0d ? 0x20 : $0 }
-        line += Array("}\n".utf8)
-        send(line)
+        var head = Array(#"{"type":"batch","batch_id":"#.utf8)
+        JSON.writeString(job.batchID, into: &head)
+        head += Array(#","attempt":\#(job.attempt),"deadline_ms":\#(job.meta.deadlineMilliseconds),"requests":"#.utf8)
+        // The payload goes out as it came (the array shares its storage: no copy). It passed the
+        // broker's JSON check, so a raw CR or LF in it can only be whitespace between tokens:
+        // blanking them, in the rare payload that has any, keeps the message on one line.
+        var payload = job.payload
+        let breaksLine = payload.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress else { return false }
+            return memchr(base, 0x0a, raw.count) != nil || memchr(base, 0x0d, raw.count) != nil
+        }
+        if breaksLine {
+            payload = payload.map { $0 == 0x0a || $0 == 0x0d ? 0x20 : $0 }
+        }
+        send([head, payload, Array("}\n".utf8)])
     }
 
     public func cancel(batchID: String, attempt: UInt32) {
-        send(Array(#"{"type":"cancel","batch_id":"#.utf8) + jsonString(batchID) + Array(#","attempt":\#(attempt)}"#.utf8) + [0x0a])
+        var line = Array(#"{"type":"cancel","batch_id":"#.utf8)
+        JSON.writeString(batchID, into: &line)
+        line += Array(#","attempt":\#(attempt)}"#.utf8) + [0x0a]
+        send([line])
     }
 
     public func takeEvents() -> [EngineEvent] {
         wakeup.clear()
-        return lock.withLock {
-            let out = events
-            events.removeAll()
-            return out
+        return state.withLock { s in
+            defer { s.events.removeAll() }
+            return s.events
         }
     }
 
-    /// Asks the engine to exit, then SIGTERM and SIGKILL to its whole group, off the caller's thread.
+    /// Asks the engine to exit, then SIGTERM and SIGKILL to its whole group: the generation's own
+    /// thread does it, whatever it is doing (waiting to spawn, spawning, running).
     public func stop() {
-        let gen: Generation? = lock.withLock {
-            generation += 1 // events of the stopped generation are dropped from now on
-            let g = current
-            current = nil
-            if let pid = g?.pid { lastGroup = pid }
-            return g
+        let gen = state.withLock { s in
+            defer { s.current = nil } // events of the stopped generation are dropped from now on
+            return s.current
         }
-        guard let gen else { return }
-        gen.stopping = true
-        gen.outbox.send(Array(#"{"type":"shutdown"}"#.utf8) + [0x0a])
-        let grace = hooks.stopGraceSeconds
-        Thread.detachNewThread {
-            guard let child = gen.child else { return }
-            child.signalGroup(SIGTERM)
-            if child.wait(timeoutSeconds: grace) == nil { child.signalGroup(SIGKILL) }
-            child.signalGroup(SIGKILL) // whatever it started that is still around
-            gen.outbox.close()
-        }
+        gen?.requestStop()
     }
 
-    func send(_ line: [UInt8]) {
-        lock.withLock { current }?.outbox.send(line)
+    /// Blocks until the last generation started has ended (its process reaped, its group killed),
+    /// or `timeoutSeconds` passes; true when it has. For tests and orderly shutdown.
+    func waitUntilEnded(timeoutSeconds: Double) -> Bool {
+        guard let last = state.withLock({ $0.last }) else { return true }
+        return last.awaitEnd(timeoutSeconds: timeoutSeconds)
+    }
+
+    /// Queues the chunks of one line for the current generation's fd 3.
+    func send(_ chunks: [[UInt8]]) {
+        state.withLock { $0.current }?.enqueue(chunks)
     }
 
     func post(_ event: EngineEvent, _ gen: Generation) {
-        let posted = lock.withLock { () -> Bool in
-            guard generation == gen.number else { return false }
-            events.append(event)
+        let posted = state.withLock { s in
+            guard s.current === gen else { return false }
+            s.events.append(event)
             return true
         }
         if posted { wakeup.signal() }
-    }
-
-    func jsonString(_ s: String) -> [UInt8] {
-        Array((try? JSONEncoder().encode(s)) ?? Data("\"\"".utf8))
     }
 }
 
@@ -119,6 +130,9 @@ public struct EngineHooks: Sendable {
     public var onSpawn: @Sendable (Int32) -> Void = { _ in }
     /// SIGTERM-to-SIGKILL grace when stopping.
     public var stopGraceSeconds: Double = 3
+    /// Tests only: runs on the engine's thread once it has decided to spawn, before it does (the
+    /// window where a `stop()` used to be lost).
+    var afterSpawnDecision: @Sendable () -> Void = {}
 
     public init(beforeStart: @escaping @Sendable () -> Void = {}, onSpawn: @escaping @Sendable (Int32) -> Void = { _ in },
                 stopGraceSeconds: Double = 3) {

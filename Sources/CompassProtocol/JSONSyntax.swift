@@ -31,6 +31,24 @@ public enum JSONSyntax {
         }
     }
 
+    /// A member of a top-level object: where its key (quotes included) and its value lie.
+    public struct Member: Sendable, Equatable {
+        public var key: Range<Int>
+        public var value: Range<Int>
+        /// The number of elements when the value is an array.
+        public var count: Int?
+    }
+
+    /// The members of a top-level object, in the order written, or nil when `bytes` is not a valid
+    /// JSON object. The whole text is checked, but no value is decoded: how the engine's `result`
+    /// line is read without parsing its results (they pass on as the bytes the engine wrote).
+    public static func objectMembers(_ bytes: UnsafeRawBufferPointer, maxDepth: Int = 64) -> [Member]? {
+        var scanner = Scanner(bytes: bytes, maxDepth: maxDepth)
+        scanner.recordMembers = true
+        guard case .other = scanner.run(), scanner.sawTopObject else { return nil }
+        return scanner.members
+    }
+
     private struct Failure: Error { let offset: Int; let reason: String }
 
     private struct Scanner {
@@ -40,6 +58,10 @@ public enum JSONSyntax {
         /// When set, the ranges of the top-level array's elements are collected in `elements`.
         var recordElements = false
         var elements: [Range<Int>] = []
+        /// When set and the top-level value is an object, its members are collected in `members`.
+        var recordMembers = false
+        var members: [Member] = []
+        var sawTopObject = false
 
         init(bytes: UnsafeRawBufferPointer, maxDepth: Int) {
             self.bytes = bytes
@@ -53,6 +75,9 @@ public enum JSONSyntax {
                 var count = -1
                 if bytes[i] == UInt8(ascii: "[") {
                     count = try array(depth: 1)
+                } else if recordMembers && bytes[i] == UInt8(ascii: "{") {
+                    sawTopObject = true
+                    try object(depth: 2, record: true)
                 } else {
                     try value(depth: 1)
                 }
@@ -108,7 +133,7 @@ public enum JSONSyntax {
             }
         }
 
-        mutating func object(depth: Int) throws {
+        mutating func object(depth: Int, record: Bool = false) throws {
             guard depth <= maxDepth else { throw Failure(offset: i, reason: "nesting deeper than \(maxDepth)") }
             i += 1 // {
             skipSpace()
@@ -116,11 +141,21 @@ public enum JSONSyntax {
             while true {
                 skipSpace()
                 guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw Failure(offset: i, reason: "expected a string key in object") }
+                let keyStart = i
                 try string()
+                let key = keyStart..<i
                 skipSpace()
                 guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw Failure(offset: i, reason: "expected ':' after object key") }
                 i += 1
-                try value(depth: depth)
+                if record {
+                    skipSpace()
+                    let start = i
+                    var count: Int?
+                    if i < bytes.count && bytes[i] == UInt8(ascii: "[") { count = try array(depth: depth + 1) } else { try value(depth: depth) }
+                    members.append(Member(key: key, value: start..<i, count: count))
+                } else {
+                    try value(depth: depth)
+                }
                 skipSpace()
                 guard i < bytes.count else { throw Failure(offset: i, reason: "unterminated object") }
                 if bytes[i] == UInt8(ascii: ",") { i += 1; continue }

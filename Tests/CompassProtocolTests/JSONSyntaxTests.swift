@@ -74,4 +74,17 @@ struct JSONSyntaxTests {
             #expect(ours == foundation, "disagree on \(String(decoding: bytes, as: UTF8.self))")
         }
     }
+
+    @Test func objectMembersLocateEachValueWithoutDecodingIt() throws {
+        let text = #"{"type": "result", "results": [{"a": "x]}"}, 2], "stats": {"n": 1}, "e": "q\\"}"#
+        let bytes = Array(text.utf8)
+        let members = try #require(bytes.withUnsafeBytes { JSONSyntax.objectMembers($0) })
+        func slice(_ r: Range<Int>) -> String { String(decoding: bytes[r], as: UTF8.self) }
+        #expect(members.map { slice($0.key) } == [#""type""#, #""results""#, #""stats""#, #""e""#])
+        #expect(members.map { slice($0.value) } == [#""result""#, #"[{"a": "x]}"}, 2]"#, #"{"n": 1}"#, #""q\\""#])
+        #expect(members.map(\.count) == [nil, 2, nil, nil])
+        for bad in [#"[1]"#, #"{"a": }"#, #"{"a": 1} x"#, #""s""#, #"{"a": [1,]}"#] {
+            #expect(Array(bad.utf8).withUnsafeBytes { JSONSyntax.objectMembers($0) } == nil, "\(bad)")
+        }
+    }
 }
