@@ -118,6 +118,40 @@ def build(doc):
           "curve: CURVE on both broker sockets with producer and worker allowlists)",
           ["transport", "curve", "payload", "workers", "credit", "window", "journal", "batches/s", "requests/s", "MB/s", "of raw", "broker CPU",
            "p50 us", ""], rows, out)
+    # 2c. the ceiling for the broker: compass-broker against the minimal C broker, same run
+    ceil = c.get("broker_ceiling", {})
+    rows = []
+    for r in ceil.get("rows", []):
+        def per_batch(cpu, rate):  # broker CPU per batch in us: steadier than the rates on a shared machine
+            return round(cpu * 1e4 / rate, 1) if rate else None
+        for which in ("compass", "cbroker"):  # the median over the cells (the suite's), else from the medians
+            if r.get(f"{which}_cpu_us_per_batch") is None:
+                r[f"{which}_cpu_us_per_batch"] = per_batch(r[f"{which}_broker_cpu_percent"], r[f"{which}_batches_per_s"])
+        # What the ratio would be if both brokers were the bottleneck: C's CPU per batch over compass's.
+        r["cpu_ratio"] = ratio(r["cbroker_cpu_us_per_batch"], r["compass_cpu_us_per_batch"])
+        each = lambda which: " / ".join(fmt(x["batches_per_s"]) for x in r["cells"] if x.get("broker") == which)
+        rows.append([r["credit"], r["window"], fmt(r["compass_batches_per_s"]), fmt(r["cbroker_batches_per_s"]), fmt(r["ratio"], 3),
+                     fmt(r["compass_broker_cpu_percent"], 0) + "%", fmt(r["cbroker_broker_cpu_percent"], 0) + "%",
+                     f"{fmt(r['compass_cpu_us_per_batch'], 1)} / {fmt(r['cbroker_cpu_us_per_batch'], 1)}", fmt(r["cpu_ratio"], 3),
+                     f"compass {each('compass')}; C {each('cbroker')}"])
+    if rows or ceil.get("exactly_once"):
+        table("2c. A ceiling for the broker: compass-broker against the minimal C broker (bench/cbroker/cbroker.c: the same wire "
+              "protocol, FIFO + credit, nothing else), same null workers and producer, 1 KiB one-request batches, tcp, 4 workers "
+              "(ratio = compass / C broker, medians of the rounds; broker CPU in % of one core and in us per batch; "
+              "CPU ratio = C's CPU per batch / compass's, the throughput ratio if both brokers were CPU-bound)",
+              ["credit", "window", "compass/s", "C broker/s", "ratio", "compass CPU", "C CPU", "CPU us/batch compass / C", "CPU ratio",
+               "each cell (/s)"],
+              rows, out)
+        for x in ceil.get("exactly_once", []):
+            out.append(f"  exactly once through {x['broker']}: {fmt(x['answered_once'])} of {fmt(x['batches'])} batches answered once, "
+                       f"{x['duplicates']} twice, STATUS {fmt(x['status_dispatched'])} dispatched / {fmt(x['status_completed'])} completed"
+                       + ("" if x.get("ok") else f"  PROBLEMS: {'; '.join(x.get('problems', []))}"))
+    if "broker-ceiling_error" in c:
+        out.append(f"\nbroker ceiling: FAILED {c['broker-ceiling_error']}")
+    derived["broker_ceiling"] = [{k: r.get(k) for k in ("credit", "window", "compass_batches_per_s", "cbroker_batches_per_s", "ratio",
+                                                        "compass_cpu_us_per_batch", "cbroker_cpu_us_per_batch", "cpu_ratio")}
+                                 for r in ceil.get("rows", [])]
+
     for r in c.get("client", []):
         base = by.get(("tcp", r["size"], 4, "null", "none"))
         r["ratio_of_raw_producer"] = ratio(r["batches_per_s"], base and base["batches_per_s"])
@@ -274,6 +308,13 @@ def build(doc):
     adm = min((r["occupancy_steady"] for r in c.get("admission", [])), default=None)
     checks.append(("continuous engine (256 sequences) behind compass submit --batch-size 1 keeps >= 90% of its capacity occupied",
                    adm, lambda v: v >= 0.9, lambda v: f"{v * 100:.1f}% (steady state, lowest window)"))
+    ceil_rows = ceil.get("rows", [])
+    worst = min(ceil_rows, key=lambda r: r["ratio"], default=None)
+    checks.append(("one-request batches through compass-broker >= 50% of the minimal C broker (same credit and window, same run; lowest setting)",
+                   worst and worst["ratio"], lambda v: v >= 0.5,
+                   lambda v: f"{v * 100:.1f}% at credit {worst['credit']}, window {worst['window']} (credit/window: "
+                             + ", ".join(f"{r['credit']}/{r['window']} {r['ratio'] * 100:.1f}%" for r in ceil_rows)
+                             + "; by CPU per batch: " + ", ".join(f"{(r.get('cpu_ratio') or 0) * 100:.1f}%" for r in ceil_rows) + ")"))
     derived["targets"] = []
     for label, v, ok, show in checks:
         status = "-" if v is None else ("MET" if ok(v) else "MISSED")

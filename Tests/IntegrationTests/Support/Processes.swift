@@ -60,7 +60,8 @@ final class Spawned: @unchecked Sendable {
         // Both streams append to one file (without O_APPEND on both, one would overwrite the other).
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let flags = O_WRONLY | O_APPEND
-        child = try ChildProcess(executable: try Binaries.path(binary), arguments: arguments, environment: env,
+        // A name is one of the built executables; an absolute path is run as it is (cc, a binary a test built).
+        child = try ChildProcess(executable: binary.hasPrefix("/") ? binary : try Binaries.path(binary), arguments: arguments, environment: env,
                                  newProcessGroup: true,
                                  files: [.open(path: logPath, flags: flags, as: 1), .open(path: logPath, flags: flags, as: 2)])
     }

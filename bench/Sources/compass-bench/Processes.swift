@@ -85,7 +85,7 @@ final class Child {
     }
 }
 
-/// A running compass-broker with its endpoints.
+/// A running compass-broker (or, with `cbroker`, the minimal C broker of bench/cbroker) with its endpoints.
 final class BrokerProc {
     let child: Child
     let frontend: String
@@ -93,7 +93,7 @@ final class BrokerProc {
     let journal: String?
 
     init(bin: String, dir: String, name: String, transport: String, heartbeatMs: Int = 1000,
-         journal: String? = nil, journalSync: String = "full", extra: [String] = []) throws {
+         journal: String? = nil, journalSync: String = "full", extra: [String] = [], cbroker: String? = nil) throws {
         let fe: String, be: String
         if transport == "ipc" {
             fe = "ipc://\(dir)/\(name)-f.sock"
@@ -102,10 +102,14 @@ final class BrokerProc {
             fe = "tcp://127.0.0.1:*"
             be = "tcp://127.0.0.1:*"
         }
-        var args = [bin + "/compass-broker", "--frontend", fe, "--backend", be, "--pool", "bench", "--heartbeat-ms", "\(heartbeatMs)"]
-        if let journal { args += ["--journal", journal, "--journal-sync", journalSync] } else { args += ["--journal", "none"] }
+        var args = [cbroker ?? bin + "/compass-broker", "--frontend", fe, "--backend", be, "--pool", "bench", "--heartbeat-ms", "\(heartbeatMs)"]
+        if cbroker == nil {
+            if let journal { args += ["--journal", journal, "--journal-sync", journalSync] } else { args += ["--journal", "none"] }
+        } else if journal != nil || !extra.isEmpty {
+            throw BenchError("the C broker has no journal and no options beyond its endpoints, heartbeat and pool")
+        }
         child = try Child(args + extra, name: name, dir: dir)
-        let line = try child.waitLine("compass-broker listening")
+        let line = try child.waitLine(cbroker == nil ? "compass-broker listening" : "compass-cbroker listening")
         func field(_ key: String) throws -> String {
             guard let part = line.split(separator: " ").first(where: { $0.hasPrefix(key + "=") }) else { throw BenchError("no \(key) in: \(line)") }
             return String(part.dropFirst(key.count + 1))

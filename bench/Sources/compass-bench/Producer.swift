@@ -23,6 +23,8 @@ final class RawProducer {
     var sentAt: [String: UInt64] = [:]
     var busyRetries = 0
     var failures = 0
+    /// Results whose batch id was not awaited: a second delivery, or an id this producer never sent.
+    var unexpected = 0
     let poolFrame: [UInt8]
 
     init(ctx: Ctx, frontend: String, pool: String = "bench", session: String? = nil, curve: CurveClient? = nil) throws {
@@ -94,7 +96,7 @@ final class RawProducer {
                     let id = f[2].string
                     if f[1].u8 == Wire.failed { failures += 1 }
                     ack(f[2])
-                    guard let sent = sentAt.removeValue(forKey: id) else { continue }
+                    guard let sent = sentAt.removeValue(forKey: id) else { unexpected += 1; continue }
                     received += 1
                     if measureFrom == .max && received >= window && t >= warmUntil {
                         measureFrom = t
@@ -119,6 +121,66 @@ final class RawProducer {
         }
         out.seconds = measureTo == .max ? 0 : duration
         return out
+    }
+
+    /// Submits `count` batches with ids of their own (`window` in flight), ACKs every answer, and
+    /// checks that each came back exactly once, as RESULT: then the broker's STATUS (answered after
+    /// everything sent before it) must count `count` batches dispatched and completed, none queued,
+    /// running or failed, so no second delivery is still on its way. Nothing is timed.
+    func exactlyOnce(payload: StaticBytes, meta: StaticBytes, count: Int, window: Int, timeoutS: Double = 60) -> [String: Any] {
+        let poller = Poller()
+        _ = poller.add(sock)
+        var outstanding: Set<String> = [], done: Set<String> = []
+        var sent = 0, duplicates = 0, unknown = 0, failed = 0, rejected = 0
+        func next() {
+            sent += 1
+            let id = "\(session)-once-\(sent)"
+            outstanding.insert(id)
+            sock.send([.shared(Wire.header), .bytes([Wire.submit]), .string(id), .bytes(poolFrame), .shared(meta), .shared(payload)])
+        }
+        func handle(_ f: [Msg]) {
+            guard f.count >= 3 else { return }
+            switch f[1].u8 {
+            case Wire.result, Wire.failed:
+                let id = f[2].string
+                ack(f[2])
+                if f[1].u8 == Wire.failed { failed += 1 }
+                if outstanding.remove(id) != nil {
+                    done.insert(id)
+                    if sent < count { next() }
+                } else if done.contains(id) { duplicates += 1 } else { unknown += 1 }
+            case Wire.rejected: rejected += 1
+            default: break
+            }
+        }
+        let giveUp = monoNs() + UInt64(timeoutS * 1e9)
+        while sent < min(window, count) { next() }
+        while done.count < count && monoNs() < giveUp && rejected == 0 {
+            poller.poll(timeoutMs: 50)
+            while let f = sock.receive(dontWait: true) { handle(f) }
+        }
+        pending.removeAll()
+        let status = self.status()
+        for f in pending { handle(f) }
+        let pools = (status?["scheduler"] as? [String: Any])?["pools"] as? [[String: Any]] ?? []
+        let p = pools.first { $0["name"] as? String == pool } ?? [:]
+        let counters = p["counters"] as? [String: Any] ?? [:]
+        func int(_ d: [String: Any], _ k: String) -> Int { (d[k] as? NSNumber)?.intValue ?? -1 }
+        var problems: [String] = []
+        if done.count != count { problems.append("\(count - done.count) of \(count) batches never answered") }
+        if duplicates > 0 { problems.append("\(duplicates) answered twice") }
+        if unknown > 0 { problems.append("\(unknown) answers for ids never sent") }
+        if failed > 0 { problems.append("\(failed) answered FAILED") }
+        if rejected > 0 { problems.append("\(rejected) SUBMITs rejected") }
+        if int(counters, "dispatched") != count || int(counters, "completed") != count {
+            problems.append("STATUS counts \(int(counters, "dispatched")) dispatched and \(int(counters, "completed")) completed, not \(count)")
+        }
+        if int(p, "queued_batches") != 0 || int(p, "running_batches") != 0 {
+            problems.append("STATUS still has \(int(p, "queued_batches")) queued and \(int(p, "running_batches")) running")
+        }
+        return ["batches": count, "window": window, "answered_once": done.count, "duplicates": duplicates, "unknown": unknown,
+                "failed": failed, "rejected": rejected, "status_dispatched": int(counters, "dispatched"),
+                "status_completed": int(counters, "completed"), "ok": problems.isEmpty, "problems": problems]
     }
 
     /// One batch at a time on an idle cluster: submit-to-result latency.

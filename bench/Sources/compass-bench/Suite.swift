@@ -13,6 +13,8 @@ final class Suite {
     let dur: Double
     var result: [String: Any] = [:]
     var only: Set<String>
+    /// The minimal C broker (bench/cbroker/cbroker.c, built by bench/run), for the broker-ceiling section.
+    let cbroker: String?
 
     init(_ args: Args) throws {
         bin = args.string("--bin") ?? "../.build/release"
@@ -22,7 +24,9 @@ final class Suite {
         warm = quick ? 0.25 : 0.5
         dur = args.double("--seconds") ?? (quick ? 0.6 : 2.0)
         dir = args.string("--dir") ?? NSTemporaryDirectory() + "compass-bench-\(getpid())"
-        only = Set((args.string("--only") ?? "raw,dispatch,client,latency,scaling,recovery,admission").split(separator: ",").map(String.init))
+        only = Set((args.string("--only") ?? "raw,dispatch,broker-ceiling,client,latency,scaling,recovery,admission")
+            .split(separator: ",").map(String.init))
+        cbroker = args.string("--cbroker")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     }
 
@@ -152,11 +156,12 @@ final class Suite {
     /// One closed-loop cell: broker, workers, a raw producer with `window` batches in flight.
     func cell(transport: String = "tcp", size: Int, workers: Int, worker: String = "null", latencyMs: Double = 0,
               journal: String? = nil, window: Int = 64, credit: Int = 2, perProcess: Bool = true, curve: Bool = false,
-              warmup: Double? = nil, duration: Double? = nil) throws -> [String: Any] {
+              warmup: Double? = nil, duration: Double? = nil, broker which: String = "compass") throws -> [String: Any] {
         let tag = "c\(UInt32.random(in: 0...UInt32.max))"
         let journalPath = journal.map { _ in "\(dir)/\(tag).journal" }
         let broker = try BrokerProc(bin: bin, dir: dir, name: "\(tag)-broker", transport: transport,
-                                    journal: journalPath, journalSync: journal ?? "full", extra: curve ? try curveBrokerArgs() : [])
+                                    journal: journalPath, journalSync: journal ?? "full", extra: curve ? try curveBrokerArgs() : [],
+                                    cbroker: which == "cbroker" ? try cbrokerPath() : nil)
         defer { broker.stop() }
         let ws = try startWorkers(worker, count: workers, backend: broker.backend, latencyMs: latencyMs, credit: credit,
                                   perProcess: perProcess, curve: curve, tag: tag)
@@ -188,6 +193,7 @@ final class Suite {
             "producer_cpu_percent": ((self1 - self0) / elapsed * 1000).rounded() / 10,
             "load_average": loadAverage(),
             "busy_retries": producer.busyRetries, "failures": producer.failures, "security": security,
+            "unexpected_results": producer.unexpected, "broker": which,
         ]
         if curve { row["curve_refusals"] = producer.status()?["curve_refusals"] ?? -1 }
         broker.stop()
@@ -233,6 +239,76 @@ final class Suite {
         // Sensitivity: more batches held by the broker (a deeper queue) at the same worker count.
         for window in (quick ? [1024] : [256, 1024, 4096]) { try run("tcp", 1024, 4, nil, window: window) }
         result["dispatch"] = rows
+    }
+
+    // MARK: 2c. A ceiling for the broker
+
+    func cbrokerPath() throws -> String {
+        guard let cbroker, FileManager.default.isExecutableFile(atPath: cbroker) else {
+            throw BenchError("no C broker: pass --cbroker PATH (bench/run builds bench/cbroker/cbroker.c)")
+        }
+        return cbroker
+    }
+
+    /// compass-broker against the minimal C broker of bench/cbroker (the same wire protocol, FIFO and
+    /// credit, nothing else): the same null workers and raw producer drive both, one-request 1 KiB
+    /// batches, tcp, 4 workers, at a few credit/window settings. Each setting alternates the two
+    /// brokers (compass first in even rounds, the C broker first in odd ones) so that both see the
+    /// same machine, and reports the median of the rounds (3; 1 with --quick). Before measuring, each broker carries a few thousand batches that must all come
+    /// back exactly once.
+    func brokerCeiling() throws {
+        let cb = try cbrokerPath()
+        var checks: [[String: Any]] = []
+        for which in ["compass", "cbroker"] {
+            let broker = try BrokerProc(bin: bin, dir: dir, name: "once-\(which)", transport: "tcp", cbroker: which == "cbroker" ? cb : nil)
+            defer { broker.stop() }
+            let ws = try startWorkers("null", count: 4, backend: broker.backend, latencyMs: 0, tag: "once-\(which)")
+            defer { for w in ws { w.stop(signal: SIGKILL) } }
+            let producer = try RawProducer(ctx: ctx, frontend: broker.frontend)
+            try waitWorkers(producer, 4)
+            let (payload, requests) = makePayload(bytes: 1024)
+            var check = producer.exactlyOnce(payload: StaticBytes(payload), meta: StaticBytes(Wire.meta(requests: UInt32(requests))),
+                                             count: quick ? 5_000 : 20_000, window: 64)
+            check["broker"] = which
+            checks.append(check)
+            log("exactly once through \(which): \(check["answered_once"]!) of \(check["batches"]!) batches answered once; problems: \(check["problems"]!)")
+        }
+        var rows: [[String: Any]] = []
+        let settings: [(credit: Int, window: Int)] = quick ? [(2, 64), (8, 64)] : [(2, 64), (8, 64), (32, 256), (2, 1024)]
+        let rounds = quick ? 1 : 3
+        for (credit, window) in settings {
+            var cells: [String: [[String: Any]]] = ["compass": [], "cbroker": []]
+            for round in 0..<rounds {
+                for which in (round % 2 == 0 ? ["compass", "cbroker"] : ["cbroker", "compass"]) {
+                    var row = try cell(size: 1024, workers: 4, window: window, credit: credit, broker: which)
+                    // The broker's CPU per batch, steadier than its rate when other tenants take CPU from the run.
+                    let rate = row["batches_per_s"] as? Double ?? 0, cpu = row["broker_cpu_percent"] as? Double ?? 0
+                    row["broker_cpu_us_per_batch"] = rate > 0 ? (cpu * 1e4 / rate * 10).rounded() / 10 : 0
+                    cells[which]!.append(row)
+                    log("ceiling credit \(credit) window \(window) \(which): \(row["batches_per_s"]!) batches/s, broker CPU \(row["broker_cpu_percent"]!)%, machine \(row["machine_busy_percent"]!)%")
+                }
+            }
+            // The median of the rounds: one cell that another tenant of the machine slowed down moves it least.
+            func median(_ which: String, _ key: String) -> Double {
+                let v = cells[which]!.map { ($0[key] as? Double) ?? 0 }.sorted()
+                guard !v.isEmpty else { return 0 }
+                return v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2
+            }
+            let c = median("compass", "batches_per_s"), m = median("cbroker", "batches_per_s")
+            rows.append(["credit": credit, "window": window, "size": 1024, "workers": 4, "rounds": rounds,
+                         "compass_batches_per_s": c.rounded(), "cbroker_batches_per_s": m.rounded(),
+                         "ratio": m > 0 ? (c / m * 1000).rounded() / 1000 : 0,
+                         "compass_broker_cpu_percent": median("compass", "broker_cpu_percent"),
+                         "cbroker_broker_cpu_percent": median("cbroker", "broker_cpu_percent"),
+                         "compass_cpu_us_per_batch": median("compass", "broker_cpu_us_per_batch"),
+                         "cbroker_cpu_us_per_batch": median("cbroker", "broker_cpu_us_per_batch"),
+                         "cells": cells["compass"]! + cells["cbroker"]!])
+            log("ceiling credit \(credit) window \(window): compass \(Int(c)) / C broker \(Int(m)) batches/s = \(m > 0 ? String(format: "%.3f", c / m) : "-")")
+        }
+        result["broker_ceiling"] = ["exactly_once": checks, "rows": rows]
+        if let bad = checks.first(where: { !($0["ok"] as? Bool ?? false) }) {
+            throw BenchError("a batch was lost or answered twice through \(bad["broker"]!): \(bad["problems"]!)")
+        }
     }
 
     // MARK: CompassClient
@@ -463,7 +539,7 @@ final class Suite {
         result["quick"] = quick
         result["seconds_per_cell"] = dur
         result["load_average_before"] = loadAverage()
-        let sections: [(String, () throws -> Void)] = [("raw", raw), ("dispatch", dispatch), ("client", client),
+        let sections: [(String, () throws -> Void)] = [("raw", raw), ("dispatch", dispatch), ("broker-ceiling", brokerCeiling), ("client", client),
                                                        ("latency", latency), ("scaling", scaling), ("recovery", recovery),
                                                        ("admission", admission)]
         for (name, body) in sections where only.contains(name) {

@@ -13,7 +13,8 @@ struct Args {
 }
 
 let usage = """
-usage: compass-bench suite --bin DIR --out FILE [--quick] [--seconds S] [--only raw,dispatch,client,latency,scaling,recovery,admission]
+usage: compass-bench suite --bin DIR --out FILE [--quick] [--seconds S] [--cbroker PATH]
+                           [--only raw,dispatch,broker-ceiling,client,latency,scaling,recovery,admission]
        compass-bench workers --backend EP [--count N] [--credit N] [--latency-ms MS] [--heartbeat-ms MS] [--max-seconds S]
                                [--curve-server-key FILE|Z85 --curve-key FILE]
        compass-bench echo [--bind EP] [--max-seconds S]
