@@ -17,6 +17,7 @@ extension Scheduler {
             var record = WorkerRecord(id: id, pool: pool, registeredAt: now, credit: min(max(credit, 0), s.config.maxCredit),
                                       lastSeen: now, lastSent: now, generation: s.nextGeneration, process: process)
             record.creditMode = creditMode
+            record.placementSeed = AffinityPlacement.seed(process.isEmpty ? id.description : process)
             s.nextGeneration += 1
             s.workers[id] = record
             s.pools[pool]!.workers.insert(id)

@@ -129,6 +129,11 @@ public struct Scheduler<Payload: BatchPayload> {
                 offer(wid)
                 return
             }
+            if let chosen = placeByAffinity(id, pool: pool, popped: wid) {
+                start(id, on: chosen, now)
+                workers[chosen]!.credit -= 1
+                continue
+            }
             start(id, on: wid, now)
             let again: UInt64? = withWorker(wid) { w in
                 w.credit -= 1
