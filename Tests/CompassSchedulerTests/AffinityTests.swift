@@ -34,7 +34,7 @@ struct AffinityTests {
         h.result(rank[0], "k0")
         h.submit("k5", affinity: key)
         #expect(Self.placement(h.log)["k5"] == rank[0])
-        #expect(h.scheduler.snapshot().pools.first { $0.name == "p" }?.counters.affinityPlaced == 6)
+        #expect(h.scheduler.snapshot(now: h.now).pools.first { $0.name == "p" }?.counters.affinityPlaced == 6)
     }
 
     @Test("Two keys on two workers: each key's batches all run on one worker, each answered exactly once")
@@ -162,7 +162,7 @@ struct AffinityTests {
         off.ready("w1", credit: 2)
         for i in 0..<4 { off.submit("b\(i)", affinity: 9) }
         #expect(off.log.dispatches.map(\.worker) == ["w0", "w1", "w0", "w1"])
-        #expect(off.scheduler.snapshot().pools.first?.counters.affinityPlaced == 0)
+        #expect(off.scheduler.snapshot(now: off.now).pools.first?.counters.affinityPlaced == 0)
     }
 
     @Test("The key travels in the meta: BATCH carries it, a split half keeps it, and the journal keeps it")

@@ -96,7 +96,8 @@ struct AffinityPlacementTests {
         var moved: Set<String> = []
         for round in 0..<4 { moved.insert(record(try await run("A-after\(round)", "A"))) }
         #expect(moved == [other])
-        #expect(answered.count == (16 + 20 + 4) * 4)
+        let batches = 16 + 20 + 4
+        #expect(answered.count == batches * 4)
         #expect(answered.values.allSatisfy { $0 == 1 })
     }
 }
