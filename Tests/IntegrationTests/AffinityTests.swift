@@ -44,11 +44,17 @@ struct AffinityPlacementTests {
         let caps = try await status(client).workers.compactMap(\.capabilities)
         let identity = Dictionary(uniqueKeysWithValues: caps.map { ("\($0.host):\($0.pid)", "default@\($0.pid)") })
 
-        let preambles = ["A": Self.preamble("alpha"), "B": Self.preamble("beta")]
-        let keys = preambles.mapValues { AffinityKey.of(InferenceRequest(customID: "k", prompt: $0 + " Question?")) }
-        #expect(keys["A"] != keys["B"])
-        // The worker (as RESULT stats name it) each key ranks first.
-        let home = keys.mapValues { identity[AffinityPlacement.ranking(key: $0, identities: Array(identity.keys))[0]]! }
+        // The worker (as RESULT stats name it) a preamble's key ranks first.
+        func homeWorker(of preamble: String) -> String {
+            let key = AffinityKey.of(InferenceRequest(customID: "k", prompt: preamble + " Question?"))
+            return identity[AffinityPlacement.ranking(key: key, identities: Array(identity.keys))[0]]!
+        }
+        // B: the first of a few preambles whose key prefers the other worker than A's, so that the
+        // two preambles share the pool rather than one worker.
+        let alpha = Self.preamble("alpha")
+        let beta = try #require((0..<40).lazy.map { Self.preamble("beta\($0)") }.first { homeWorker(of: $0) != homeWorker(of: alpha) })
+        let preambles = ["A": alpha, "B": beta]
+        let home = preambles.mapValues(homeWorker(of:))
 
         var answered: [String: Int] = [:]
         var ranOn: [String: Set<String>] = [:]
@@ -96,6 +102,7 @@ struct AffinityPlacementTests {
         var moved: Set<String> = []
         for round in 0..<4 { moved.insert(record(try await run("A-after\(round)", "A"))) }
         #expect(moved == [other])
+        print("affinity placement: home \(home), ran on \(ranOn), after the drain \(moved)")
         let batches = 16 + 20 + 4
         #expect(answered.count == batches * 4)
         #expect(answered.values.allSatisfy { $0 == 1 })
