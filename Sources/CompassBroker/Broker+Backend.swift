@@ -41,9 +41,9 @@ extension Broker {
         case .progress(let id, let attempt, let done, let total):
             execute(scheduler.workerProgress(worker, batchID: id, attempt: attempt, done: done, total: total, now: t))
         case .result(let id, let attempt, let stats, let payload):
-            let check = options.validatePayloads
-                ? stats.withUnsafeBytes { s in payload.withUnsafeBytes { PayloadCheck.result(stats: s, payload: $0) } } : nil
-            execute(scheduler.workerResult(worker, batchID: id, attempt: attempt, stats: stats, payload: payload, check: check, now: t))
+            let check = { stats.withUnsafeBytes { s in payload.withUnsafeBytes { PayloadCheck.result(stats: s, payload: $0) } } }
+            execute(scheduler.workerResult(worker, batchID: id, attempt: attempt, stats: stats, payload: payload,
+                                           check: options.validatePayloads ? check : nil, now: t))
         case .failed(let id, let attempt, let code, let retryable, let message, let partial):
             execute(scheduler.workerFailed(worker, batchID: id, attempt: attempt, code: code, retryable: retryable,
                                            message: message, partial: partial.isEmpty ? nil : partial, now: t))

@@ -13,6 +13,7 @@ extension Scheduler {
                                      process: String = "", now: Timestamp) -> [Action] {
         collect { s in
             if s.workers[id] != nil { s.loseWorker(id, reason: "re-registered (restarted)", now) }
+            if !s.disconnectedRecently.isEmpty { s.disconnectedRecently.remove(id) }
             if s.pools[pool] == nil { s.pools[pool] = PoolState() }
             var record = WorkerRecord(id: id, pool: pool, registeredAt: now, credit: min(max(credit, 0), s.config.maxCredit),
                                       lastSeen: now, lastSent: now, generation: s.nextGeneration, process: process)
@@ -35,14 +36,30 @@ extension Scheduler {
         collect { s in
             if s.workers[id] != nil { s.loseWorker(id, reason: "refused (\(code)): \(reason)", now) }
             s.emit(.toWorker(id, .disconnect(reason: "\(code): \(reason)")))
+            // This DISCONNECT says all there is until the next interval: the worker's later messages
+            // are not answered again before then.
+            if now.milliseconds(since: s.disconnectWindowStart) >= s.config.heartbeatMilliseconds {
+                s.disconnectedRecently.removeAll(keepingCapacity: true)
+                s.disconnectWindowStart = now
+            }
+            s.disconnectedRecently.insert(id)
         }
     }
 
     /// Marks the worker alive; if unknown, tells it to register again. Returns whether it is known.
     mutating func touch(_ id: PeerID, _ now: Timestamp) -> Bool {
         guard let slot = workers.index(forKey: id) else {
-            emit(.toWorker(id, .disconnect(reason: "unknown worker: register again with READY")))
-            emit(.event(.unknownWorker(worker: id)))
+            // One DISCONNECT per connection per heartbeat interval: a worker acts on the first and
+            // sends READY again if no WELCOME comes, so more tell it nothing, and each would wait in
+            // the send queue of a peer that may never read (up to the high-water mark, 10,000).
+            if now.milliseconds(since: disconnectWindowStart) >= config.heartbeatMilliseconds {
+                disconnectedRecently.removeAll(keepingCapacity: true)
+                disconnectWindowStart = now
+            }
+            if disconnectedRecently.insert(id).inserted {
+                emit(.toWorker(id, .disconnect(reason: "unknown worker: register again with READY")))
+                emit(.event(.unknownWorker(worker: id)))
+            }
             return false
         }
         workers.values[slot].lastSeen = now
@@ -107,16 +124,19 @@ extension Scheduler {
 
     /// RESULT: completes the batch if this is its current attempt; a stale one is dropped.
     ///
-    /// - Parameter check: what the I/O layer found when it read `payload` (nil: not checked). A
-    ///   result that is not a JSON array of the batch's request count, or whose stats are not JSON,
-    ///   fails the attempt as a retryable `engine_error` instead of reaching the producer.
+    /// - Parameter check: reads `payload` and says what it holds (nil: not checked); called only for
+    ///   a result that would be accepted, so stale or forged ones cost no scan. A result that is not
+    ///   a JSON array of the batch's request count, or whose stats are not JSON, fails the attempt
+    ///   as a retryable `engine_error` instead of reaching the producer.
     public mutating func workerResult(_ id: PeerID, batchID: String, attempt: UInt32, stats: Payload, payload: Payload,
-                                      check: ResultCheck? = nil, now: Timestamp) -> [Action] {
+                                      check: (() -> ResultCheck)? = nil, now: Timestamp) -> [Action] {
         collect { s in
             // A result the producer cannot use is a failure of the attempt that produced it.
-            if let check, let b = s.batches[batchID], !b.isFinished, let problem = check.problem(expecting: b.meta.requestCount) {
+            let recovered = !s.recoveredAttempts.isEmpty && s.recoveredAttempts[batchID].map { attempt <= $0 } == true
+            if let check, let b = s.batches[batchID], !b.isFinished, recovered || s.isCurrent(batchID, attempt, on: id),
+               let problem = check().problem(expecting: b.meta.requestCount) {
                 let message = "the worker's RESULT was refused: \(problem)"
-                if !s.recoveredAttempts.isEmpty, let recovered = s.recoveredAttempts[batchID], attempt <= recovered {
+                if recovered {
                     // A late answer to the previous broker's dispatch: the batch is queued again already.
                     if s.workers[id] != nil { s.returnCredit(id); s.dispatch(s.workers[id]!.pool, now) } else { _ = s.touch(id, now) }
                     return

@@ -23,7 +23,7 @@ struct RefusalTests {
         h.ready("v", credit: 2)
         #expect(h.log.dispatches.filter { $0.worker == "v" }.map(\.attempt) == [2, 2])
         // A late answer of the forgotten worker is stale: DISCONNECT again, nothing delivered.
-        let late = h.record(h.scheduler.workerResult(PeerID("w"), batchID: "a", attempt: 1, stats: [0], payload: [0], check: Self.goodOne, now: h.now))
+        let late = h.record(h.scheduler.workerResult(PeerID("w"), batchID: "a", attempt: 1, stats: [0], payload: [0], check: { Self.goodOne }, now: h.now))
         #expect(late.results.isEmpty)
     }
 
@@ -38,18 +38,37 @@ struct RefusalTests {
         h.ready("w", credit: 1)
         h.submit("b", requests: 3, maxAttempts: 2)
         let wrongCount = ResultCheck(payload: .array(count: 1), stats: .other)
-        let first = h.record(h.scheduler.workerResult(PeerID("w"), batchID: "b", attempt: 1, stats: [0], payload: [0], check: wrongCount, now: h.now))
+        let first = h.record(h.scheduler.workerResult(PeerID("w"), batchID: "b", attempt: 1, stats: [0], payload: [0], check: { wrongCount }, now: h.now))
         #expect(first.results.isEmpty)
         #expect(first.events.contains { if case .requeued(_, _, "engine_error", let why) = $0 { why.contains("1 results for a batch of 3") } else { false } })
         #expect(h.log.dispatches.map(\.attempt) == [1, 2])
         let notJSON = ResultCheck(payload: .invalid(offset: 0, reason: "invalid UTF-8"), stats: .other)
-        let second = h.record(h.scheduler.workerResult(PeerID("w"), batchID: "b", attempt: 2, stats: [0], payload: [0], check: notJSON, now: h.now))
+        let second = h.record(h.scheduler.workerResult(PeerID("w"), batchID: "b", attempt: 2, stats: [0], payload: [0], check: { notJSON }, now: h.now))
         #expect(second.failures.map(\.code) == ["engine_error"])
         // A good one for a batch of 3 goes through.
         h.submit("c", requests: 3)
         let good = h.record(h.scheduler.workerResult(PeerID("w"), batchID: "c", attempt: 1, stats: [0], payload: [0],
-                                                     check: ResultCheck(payload: .array(count: 3), stats: .other), now: h.now))
+                                                     check: { ResultCheck(payload: .array(count: 3), stats: .other) }, now: h.now))
         #expect(good.results.map(\.id) == ["c"])
+    }
+
+    @Test func anUnknownWorkerGetsOneDisconnectPerHeartbeatInterval() {
+        var h = Harness()
+        func disconnects() -> Int {
+            h.record(h.scheduler.workerHeartbeat(PeerID("ghost"), now: h.now)).sent(to: "ghost").count
+        }
+        #expect((0..<50).map { _ in disconnects() }.reduce(0, +) == 1)
+        _ = h.advance(100)
+        #expect((0..<50).map { _ in disconnects() }.reduce(0, +) == 1)
+        // A refusal answers at once, and counts as this interval's DISCONNECT.
+        _ = h.advance(100)
+        #expect(h.record(h.scheduler.workerRefused(PeerID("ghost"), code: "bad_frame", reason: "r", now: h.now)).sent(to: "ghost").count == 1)
+        #expect(disconnects() == 0)
+        // A worker that registers again is told at once when it is lost again.
+        h.ready("ghost")
+        h.record(h.scheduler.workerRefused(PeerID("ghost"), code: "bad_frame", reason: "r", now: h.now))
+        _ = h.advance(100)
+        #expect(disconnects() == 1)
     }
 
     @Test func cancelOfAFinishedBatchResendsItsOutcome() {
