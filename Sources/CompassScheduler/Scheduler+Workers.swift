@@ -36,13 +36,6 @@ extension Scheduler {
         collect { s in
             if s.workers[id] != nil { s.loseWorker(id, reason: "refused (\(code)): \(reason)", now) }
             s.emit(.toWorker(id, .disconnect(reason: "\(code): \(reason)")))
-            // This DISCONNECT says all there is until the next interval: the worker's later messages
-            // are not answered again before then.
-            if now.milliseconds(since: s.disconnectWindowStart) >= s.config.heartbeatMilliseconds {
-                s.disconnectedRecently.removeAll(keepingCapacity: true)
-                s.disconnectWindowStart = now
-            }
-            s.disconnectedRecently.insert(id)
         }
     }
 

@@ -17,6 +17,17 @@ struct HostilePeerLimitsTests {
     static let payload = #"[{"custom_id":"a","prompt":"hello world"}]"#
     static var empty: Frame { Frame(bytes: [UInt8]()) }
 
+    /// Waits until the broker lists `worker`, heartbeating meanwhile (it would expire in 300 ms).
+    static func waitRegistered(_ worker: RawWorker, _ client: CompassClient) async throws {
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            try worker.send(.heartbeat(stats: empty))
+            _ = try worker.next()
+            if try await status(client).scheduler.workers.count == 1 { return }
+        }
+        throw HarnessError("the worker did not register within 20 s")
+    }
+
     @Test("A SUBMIT whose frames together pass the message limit, each under the frame limit, is refused bad_frame; so is one of 40 frames; the connection goes on")
     func submitBoundedPerMessage() throws {
         let dir = TempDir()
@@ -65,7 +76,7 @@ struct HostilePeerLimitsTests {
 
         // A HEARTBEAT with an 8 MiB gpus array (the old broker decoded it: 1.8 s with every pool stalled).
         let worker = try RawWorker(context, broker.backend)
-        try await eventually("the worker to register") { try await status(client).scheduler.workers.count == 1 }
+        try await Self.waitRegistered(worker, client)
         var gpus = #"{"gpus":["#
         let one = #"{"index":0,"uuid":"GPU-00000000-0000-0000-0000-000000000000","name":"NVIDIA H100 80GB HBM3","memory_used_mib":1,"memory_total_mib":81559,"utilization_percent":3},"#
         gpus += String(repeating: one, count: (8 << 20) / one.utf8.count)
@@ -128,7 +139,7 @@ struct HostilePeerLimitsTests {
         let client = try testClient(broker.frontend)
         defer { client.close() }
         let careless = try RawWorker(context, broker.backend, credit: 1)
-        try await eventually("the worker to register") { try await status(client).scheduler.workers.count == 1 }
+        try await Self.waitRegistered(careless, client)
         let submit = Task { try await client.submit([InferenceRequest(customID: "d", prompt: "disconnect me")], pool: "default", batchID: "dc") }
         var got: (id: String, attempt: UInt32)?
         let deadline = Date().addingTimeInterval(20)
