@@ -36,6 +36,10 @@ public struct Scheduler<Payload: BatchPayload> {
     /// as its READY expects.
     var orphaned: [Dispatch: String] = [:]
     var orphanedOrder: Deque<Dispatch> = []
+    /// Unknown workers sent DISCONNECT since `disconnectWindowStart` (at most one each per
+    /// heartbeat interval; the set is emptied when an interval has passed).
+    var disconnectedRecently: Set<PeerID> = []
+    var disconnectWindowStart = Timestamp(nanoseconds: 0)
     var out: [SchedulerAction<Payload>] = []
     public internal(set) var accepting = true
 

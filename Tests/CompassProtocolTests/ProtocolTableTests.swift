@@ -106,6 +106,32 @@ struct ProtocolTableTests {
         #expect(limits?["default_liveness"]?.int == Int(WireProtocol.defaultLiveness))
         #expect(limits?["meta_bytes"]?.int == BatchMeta.byteCount)
         #expect(limits?["max_credit"]?.int == WireProtocol.maxCredit)
+        #expect(limits?["frames_per_message"]?.int == WireProtocol.maxFramesPerMessage)
+        #expect(limits?["control_message_bytes"]?.int == WireProtocol.maxControlMessageBytes)
+        #expect(limits?["message_headroom_bytes"]?.int == WireProtocol.messageHeadroomBytes)
+        #expect(limits?["json_depth"]?.int == WireProtocol.maxJSONDepth)
+        #expect(limits?["status_sessions"]?.int == WireProtocol.maxStatusSessions)
+    }
+
+    @Test func readyRequiresTheTablesRequiredFieldsOnly() throws {
+        let required = Self.names("worker_json", "ready", "required")
+        #expect(required == Set(WorkerCapabilities.requiredFields))
+        // The required fields alone make a READY; without any one of them it is refused, naming it.
+        let minimal = #"{"pool":"p","credit":2}"#
+        let caps = try JSONDecoder().decode(WorkerCapabilities.self, from: Data(minimal.utf8))
+        #expect(caps.pool == "p" && caps.credit == 2 && caps.tp == 1 && caps.gpus.isEmpty && caps.host.isEmpty)
+        for field in required {
+            let without = required.subtracting([field]).map { $0 == "pool" ? #""pool":"p""# : "\"\($0)\":2" }.joined(separator: ",")
+            do {
+                _ = try JSONDecoder().decode(WorkerCapabilities.self, from: Data("{\(without)}".utf8))
+                Issue.record("a READY without \(field) was decoded")
+            } catch {
+                #expect(JSONFieldError.describe(error) == "missing required field '\(field)'")
+            }
+        }
+        // Every other field of the table may be null.
+        let nulls = Self.names("worker_json", "ready", "fields").subtracting(required).map { "\"\($0)\":null" }.joined(separator: ",")
+        #expect(throws: Never.self) { try JSONDecoder().decode(WorkerCapabilities.self, from: Data("{\"pool\":\"p\",\"credit\":0,\(nulls)}".utf8)) }
     }
 
     /// The keys a JSON document encodes to.

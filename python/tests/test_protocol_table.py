@@ -35,6 +35,11 @@ def test_codes_and_limits() -> None:
     assert (p.DEFAULT_MAX_PAYLOAD_BYTES, p.DEFAULT_MAX_ATTEMPTS) == (limits["default_max_payload_bytes"], limits["default_max_attempts"])
     assert (p.DEFAULT_HEARTBEAT_MS, p.DEFAULT_LIVENESS) == (limits["default_heartbeat_ms"], limits["default_liveness"])
     assert len(p.BatchMeta(1).pack()) == limits["meta_bytes"]
+    # The per-message bounds the broker enforces (docs/protocol.md, Transport): the longest message
+    # the client sends fits them, and the limits hold together.
+    assert limits["frames_per_message"] >= 9
+    assert limits["control_message_bytes"] < limits["message_headroom_bytes"] <= limits["default_max_payload_bytes"]
+    assert limits["json_depth"] >= 1 and limits["status_sessions"] >= 1
 
 
 def test_producer_messages_have_the_tables_fields() -> None:
