@@ -122,6 +122,7 @@ let package = Package(
         // Black-box tests: they start the built compass-broker, compass-worker and compass processes.
         .testTarget(name: "IntegrationTests", dependencies: [
             "CompassClient", "CompassBroker", "CompassSecurity", "CompassWire", "CompassProtocol", "CompassSystem", "ZMQ",
+            "CompassScheduler",
         ]),
     ]
 )

@@ -21,7 +21,7 @@ extension Broker {
             do {
                 caps = try json.withUnsafeBytes { try jsonDecoder.decode(WorkerCapabilities.self, from: Data($0)) }
             } catch {
-                return refuseWorker(worker, ProtocolError(.badFrame, "READY capabilities are not valid JSON: \(error)"))
+                return refuseWorker(worker, ProtocolError(.badFrame, "READY capabilities: \(JSONFieldError.describe(error))"))
             }
             guard WireProtocol.isValidPoolName(caps.pool) else {
                 return refuseWorker(worker, ProtocolError(.unknownPool, "pool name '\(caps.pool)' is invalid"))
@@ -35,13 +35,15 @@ extension Broker {
                 "worker": "\(worker)", "pool": "\(caps.pool)", "engine": "\(caps.engine)", "tp": "\(caps.tp)",
                 "gpus": "\(caps.gpus.map(\.index))", "host": "\(caps.host)", "pid": "\(caps.pid)", "credit": "\(caps.credit)"])
             execute(scheduler.workerReady(worker, pool: caps.pool, credit: caps.credit, creditMode: caps.creditMode ?? .implicit,
-                                          process: "\(caps.host):\(caps.pid)", now: t))
+                                          process: caps.host.isEmpty || caps.pid == 0 ? "" : "\(caps.host):\(caps.pid)", now: t))
         case .credit(let n):
             execute(scheduler.workerCredit(worker, n, now: t))
         case .progress(let id, let attempt, let done, let total):
             execute(scheduler.workerProgress(worker, batchID: id, attempt: attempt, done: done, total: total, now: t))
         case .result(let id, let attempt, let stats, let payload):
-            execute(scheduler.workerResult(worker, batchID: id, attempt: attempt, stats: stats, payload: payload, now: t))
+            let check = { stats.withUnsafeBytes { s in payload.withUnsafeBytes { PayloadCheck.result(stats: s, payload: $0) } } }
+            execute(scheduler.workerResult(worker, batchID: id, attempt: attempt, stats: stats, payload: payload,
+                                           check: options.validatePayloads ? check : nil, now: t))
         case .failed(let id, let attempt, let code, let retryable, let message, let partial):
             execute(scheduler.workerFailed(worker, batchID: id, attempt: attempt, code: code, retryable: retryable,
                                            message: message, partial: partial.isEmpty ? nil : partial, now: t))
@@ -56,11 +58,19 @@ extension Broker {
         }
     }
 
-    /// A worker broke the protocol: log it and tell it why with DISCONNECT.
+    /// A message past the per-message bounds, of which only the first frames were kept.
+    func refuseBackend(_ head: [Frame], _ problem: ProtocolError) {
+        refuseWorker(PeerID(head[0].bytes), problem)
+    }
+
+    /// A worker broke the protocol: log it and tell it why with DISCONNECT; the scheduler forgets
+    /// it (and requeues what it held), as DISCONNECT tells the worker to forget its batches.
     func refuseWorker(_ worker: PeerID, _ error: any Error) {
         let problem = (error as? ProtocolError) ?? ProtocolError(.badFrame, "\(error)")
         badInput.warning(logger, "rejected worker message", metadata: [
             "peer": "\(worker)", "code": "\(problem.code.rawValue)", "reason": "\(problem.message)"])
-        sendWorker(worker, .disconnect(reason: "\(problem.code.rawValue): \(problem.message)"))
+        execute(scheduler.workerRefused(worker, code: problem.code.rawValue, reason: problem.message, now: now))
+        capabilities[worker] = nil
+        heartbeatStats[worker] = nil
     }
 }

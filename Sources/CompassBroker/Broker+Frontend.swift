@@ -24,16 +24,9 @@ extension Broker {
                     "payload of \(payload.count) bytes exceeds the broker's limit of \(options.maxPayloadBytes) bytes; split the batch"))
             }
             if options.validatePayloads {
-                switch payload.withUnsafeBytes({ JSONSyntax.check($0) }) {
-                case .array(let count):
-                    guard count > 0 else {
-                        return refuse(route, batchID: batchID, ProtocolError(.badPayload, "the payload is an empty JSON array"))
-                    }
-                    meta.requestCount = UInt32(clamping: count)
-                case .other:
-                    return refuse(route, batchID: batchID, ProtocolError(.badPayload, "the payload must be a JSON array of requests"))
-                case .invalid(let offset, let reason):
-                    return refuse(route, batchID: batchID, ProtocolError(.badPayload, "the payload is not valid JSON: \(reason) at byte \(offset)"))
+                switch payload.withUnsafeBytes({ PayloadCheck.submit($0, declaredCount: meta.requestCount) }) {
+                case .success(let count): meta.requestCount = count
+                case .failure(let problem): return refuse(route, batchID: batchID, problem)
                 }
             }
             execute(scheduler.submit(from: route, batchID: batchID, pool: pool, meta: meta, payload: payload, now: t))
@@ -48,6 +41,11 @@ extension Broker {
         case .heartbeat:
             execute(scheduler.producerHeartbeat(from: route, now: t))
         }
+    }
+
+    /// A message past the per-message bounds, of which only the first frames were kept.
+    func refuseFrontend(_ head: [Frame], _ problem: ProtocolError) {
+        refuse(PeerID(head[0].bytes), batchID: "", problem)
     }
 
     /// Sends REJECTED for a message that broke the protocol, and logs it (rate-limited).

@@ -226,18 +226,40 @@ public final class Broker {
     func drainBoth(frontendReady: Bool, backendReady: Bool) throws -> Bool {
         var frontendOpen = frontendReady, backendOpen = backendReady
         for _ in 0..<16 {
-            if frontendOpen { frontendOpen = try drain(frontend, 32, handleFrontend) }
-            if backendOpen { backendOpen = try drain(backend, 32, handleBackend) }
+            if frontendOpen { frontendOpen = try drain(frontend, 32, handleFrontend, refuseFrontend) }
+            if backendOpen { backendOpen = try drain(backend, 32, handleBackend, refuseBackend) }
             if !frontendOpen && !backendOpen { return true }
         }
         return !backendOpen
     }
 
-    /// Handles up to `limit` waiting messages of one socket; true when it may hold more.
-    func drain(_ socket: ZMQSocket, _ limit: Int, _ handle: ([Frame]) -> Void) throws -> Bool {
+    /// Handles up to `limit` waiting messages of one socket; true when it may hold more. A message
+    /// past the per-message bounds (frames, bytes for its command) goes to `refuse` with its first
+    /// frames only: the rest is released as it is read, never decoded.
+    func drain(_ socket: ZMQSocket, _ limit: Int, _ handle: ([Frame]) -> Void, _ refuse: ([Frame], ProtocolError) -> Void) throws -> Bool {
+        let maxPayloadBytes = options.maxPayloadBytes
         for _ in 0..<limit {
-            guard let frames = try socket.receive(dontWait: true) else { return false }
-            handle(frames)
+            let received = try socket.receive(dontWait: true, maxFrames: WireProtocol.maxFramesPerMessage) { frames in
+                // [routing id, header, command, ...]: the bound depends on the command once it is read.
+                guard frames.count >= 3 else { return maxPayloadBytes + WireProtocol.messageHeadroomBytes }
+                guard frames[2].count == 1 else { return WireProtocol.maxControlMessageBytes }
+                return WireProtocol.maxMessageBytes(command: frames[2].withUnsafeBytes { $0[0] }, maxPayloadBytes: maxPayloadBytes)
+            }
+            switch received {
+            case nil:
+                return false
+            case .message(let frames)?:
+                handle(frames)
+            case .oversized(let head, let count, let bytes)?:
+                guard !head.isEmpty else { continue }
+                let command = head.count >= 3 && head[2].count == 1 ? head[2].withUnsafeBytes { $0[0] } : nil
+                let bound = command.map { WireProtocol.maxMessageBytes(command: $0, maxPayloadBytes: maxPayloadBytes) }
+                    ?? maxPayloadBytes + WireProtocol.messageHeadroomBytes
+                let what = command.map { "a message with command 0x\(String($0, radix: 16))" } ?? "a message"
+                refuse(head, ProtocolError(.badFrame, count > WireProtocol.maxFramesPerMessage
+                    ? "\(what) of \(count) frames; a message has at most \(WireProtocol.maxFramesPerMessage) frames (read and dropped unparsed)"
+                    : "\(what) of \(bytes) bytes over \(count) frames exceeds the limit of \(bound) bytes for the whole message (read and dropped unparsed)"))
+            }
         }
         return true
     }

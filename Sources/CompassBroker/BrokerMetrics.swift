@@ -55,6 +55,8 @@ struct BrokerMetrics {
             add("compass_requests_completed_total", before.completedRequests, now.completedRequests)
             add("compass_stale_results_dropped_total", before.staleDropped, now.staleDropped)
             add("compass_submits_busy_total", before.rejectedBusy, now.rejectedBusy)
+            add("compass_batches_affinity_placed_total", before.affinityPlaced, now.affinityPlaced)
+            add("compass_batches_affinity_fallback_total", before.affinityFallback, now.affinityFallback)
             last[pool.name] = now
         }
         for w in workerGPUs {

@@ -54,11 +54,15 @@ public final class CompassClient: Sendable {
     }
 
     /// Encodes `requests` as one batch, submits it, and returns its per-request results in order.
+    ///
+    /// - Parameter affinity: the batch's affinity key (`BatchMeta.affinity`; 0: none), usually
+    ///   `AffinityKey.of(requests)`, so batches sharing a long prefix run on one worker.
     public func submit(_ requests: [InferenceRequest], pool: String, batchID: String = UUID().uuidString.lowercased(),
-                       maxAttempts: UInt16 = 0, priority: Int16 = 0, deadlineMilliseconds: UInt32 = 0) async throws -> BatchOutcome {
+                       maxAttempts: UInt16 = 0, priority: Int16 = 0, deadlineMilliseconds: UInt32 = 0,
+                       affinity: UInt64 = 0) async throws -> BatchOutcome {
         let payload = [UInt8](try JSONEncoder().encode(requests))
         let meta = BatchMeta(requestCount: UInt32(requests.count), maxAttempts: maxAttempts, priority: priority,
-                             deadlineMilliseconds: deadlineMilliseconds)
+                             deadlineMilliseconds: deadlineMilliseconds, affinity: affinity)
         return try await submit(batchID: batchID, pool: pool, payload: payload, meta: meta)
     }
 

@@ -35,6 +35,8 @@ public struct BrokerCommand: ParsableCommand {
     @Option(help: "Largest batch payload in bytes.") var maxPayloadBytes: Int = WireProtocol.defaultMaxPayloadBytes
     @Option(help: "Milliseconds a worker may hold one batch before it is taken back (0: no lease).") var leaseMs: UInt64 = 0
     @Option(help: "Milliseconds an unacknowledged result is kept for its producer.") var resultRetentionMs: UInt64 = 3_600_000
+    @Option(help: "Placement by affinity key: a worker takes a keyed batch as its key's choice while it runs fewer than this many times the pool's mean batches per worker (0: keys are ignored, round robin).")
+    var affinityLoadFactor: Double = 1.25
     @Option(help: "On SIGTERM, milliseconds to keep delivering results of running batches before exiting.")
     var shutdownGraceMs: UInt64 = 0
     @Flag(help: "Skip the JSON syntax check of SUBMIT payloads (workers then reject bad ones).") var noValidatePayloads = false
@@ -59,6 +61,9 @@ public struct BrokerCommand: ParsableCommand {
         guard heartbeatMs >= 10 else { throw ValidationError("--heartbeat-ms must be at least 10") }
         guard liveness >= 1 else { throw ValidationError("--liveness must be at least 1") }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
+        guard affinityLoadFactor == 0 || (affinityLoadFactor >= 1 && affinityLoadFactor <= 1000) else {
+            throw ValidationError("--affinity-load-factor must be 0 (off) or from 1 to 1000")
+        }
         for entry in poolAttempts {
             let parts = entry.split(separator: "=")
             guard parts.count == 2, WireProtocol.isValidPoolName(String(parts[0])), let n = UInt16(parts[1]), n >= 1 else {
@@ -91,6 +96,7 @@ public struct BrokerCommand: ParsableCommand {
         options.scheduler.maxQueuedBatches = maxQueuedBatches
         options.scheduler.leaseMilliseconds = leaseMs
         options.scheduler.resultRetentionMilliseconds = resultRetentionMs
+        options.scheduler.affinityLoadFactor = affinityLoadFactor
         options.maxPayloadBytes = maxPayloadBytes
         options.validatePayloads = !noValidatePayloads
         options.ioThreads = ioThreads

@@ -35,6 +35,8 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "max_tokens for requests that do not set one.") var maxTokens: Int?
     @Option(help: "Seconds to wait for a worker of the pool to register when the broker does not know the pool yet (0: fail at once).")
     var waitForPool: UInt64 = 300
+    @Option(help: "Affinity key per batch: 'prefix' (the first request's first 256 bytes, so batches that start alike run on one worker and its engine computes the shared prefix once) or 'none'.")
+    var affinity: AffinityMode = .prefix
     @Flag(help: "No progress display.") var quiet = false
     @OptionGroup var curve: CurveClientOptions
 
@@ -69,6 +71,7 @@ struct SubmitCommand: AsyncParsableCommand {
         settings.showProgress = !quiet
         settings.resume = resume
         settings.poolWaitMilliseconds = waitForPool * 1000
+        settings.affinity = affinity
         settings.curve = try curve.load("compass submit")
         // Ctrl-C cancels the batches in flight on the broker (their requests get a 'cancelled'
         // line, so the results file still has one line per request) and exits 130.
@@ -108,3 +111,5 @@ final class InterruptFlag: @unchecked Sendable {
     func set() -> Bool { lock.withLock { defer { value = true }; return !value } }
     var isSet: Bool { lock.withLock { value } }
 }
+
+extension AffinityMode: ExpressibleByArgument {}

@@ -107,7 +107,10 @@ public final class Gateway: Sendable {
     /// One compass batch through `client`, its outcome as a `BatchAnswer`.
     static func submit(_ client: CompassClient, id: String, pool: String, requests: [InferenceRequest], deadline: UInt32) async -> BatchAnswer {
         do {
-            let outcome = try await client.submit(requests, pool: pool, batchID: id, deadlineMilliseconds: deadline)
+            // Batches that start alike (a few-shot preamble, one scoring context) go to one worker,
+            // whose engine then computes the shared prefix once.
+            let outcome = try await client.submit(requests, pool: pool, batchID: id, deadlineMilliseconds: deadline,
+                                                  affinity: AffinityKey.of(requests))
             switch outcome.status {
             case .completed(let payload, _):
                 guard let results = try? JSONDecoder().decode([InferenceResult].self, from: Data(payload)) else {

@@ -1,5 +1,6 @@
-/// A single-pass, allocation-free JSON syntax check (RFC 8259 grammar; string contents are not
-/// checked for valid UTF-8). The broker runs it on every SUBMIT payload so a malformed batch is
+/// A single-pass, allocation-free JSON syntax check (RFC 8259 grammar, and UTF-8 as RFC 3629 has
+/// it: no overlong forms, no encoded surrogates; a `\u` escape of a surrogate must be a high one
+/// followed by a low one, so the document decodes to Unicode scalars everywhere). The broker runs it on every SUBMIT payload so a malformed batch is
 /// REJECTED at once instead of failing later on a worker, and it learns the request count for free.
 public enum JSONSyntax {
     public enum Outcome: Sendable, Equatable {
@@ -173,6 +174,7 @@ public enum JSONSyntax {
                 let b = bytes[i]
                 if b == UInt8(ascii: "\"") { i += 1; return }
                 if b < 0x20 { throw Failure(offset: i, reason: "control character in string") }
+                if b >= 0x80 { try utf8Sequence(); continue }
                 if b == UInt8(ascii: "\\") {
                     i += 1
                     guard i < bytes.count else { break }
@@ -181,9 +183,19 @@ public enum JSONSyntax {
                          UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
                         i += 1
                     case UInt8(ascii: "u"):
-                        guard i + 4 < bytes.count else { throw Failure(offset: i, reason: "truncated \\u escape") }
-                        for k in 1...4 where !isHex(bytes[i + k]) { throw Failure(offset: i + k, reason: "bad \\u escape") }
-                        i += 5
+                        let unit = try escapedUnit()
+                        if unit >= 0xDC00 && unit <= 0xDFFF {
+                            throw Failure(offset: i - 6, reason: "lone low surrogate in \\u escape")
+                        }
+                        if unit >= 0xD800 && unit <= 0xDBFF {
+                            // A high surrogate counts only as the first half of a pair.
+                            guard i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else {
+                                throw Failure(offset: i - 6, reason: "lone high surrogate in \\u escape")
+                            }
+                            i += 1
+                            let low = try escapedUnit()
+                            guard low >= 0xDC00 && low <= 0xDFFF else { throw Failure(offset: i - 6, reason: "lone high surrogate in \\u escape") }
+                        }
                     default:
                         throw Failure(offset: i, reason: "bad escape in string")
                     }
@@ -192,6 +204,41 @@ public enum JSONSyntax {
                 i += 1
             }
             throw Failure(offset: start, reason: "unterminated string")
+        }
+
+        /// Reads the 4 hex digits after `\u` (`i` at the `u`), leaving `i` after them.
+        mutating func escapedUnit() throws -> UInt32 {
+            guard i + 4 < bytes.count else { throw Failure(offset: i, reason: "truncated \\u escape") }
+            var unit: UInt32 = 0
+            for k in 1...4 {
+                let c = bytes[i + k]
+                guard isHex(c) else { throw Failure(offset: i + k, reason: "bad \\u escape") }
+                unit = unit << 4 | UInt32(c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x61 + 10)
+            }
+            i += 5
+            return unit
+        }
+
+        /// Checks one multi-byte UTF-8 sequence at `i` (its first byte is 0x80 or above) and skips it.
+        mutating func utf8Sequence() throws {
+            let first = bytes[i]
+            let (length, minimum, initial): (Int, UInt32, UInt32) = switch first {
+            case 0xC2...0xDF: (2, 0x80, UInt32(first & 0x1F))
+            case 0xE0...0xEF: (3, 0x800, UInt32(first & 0x0F))
+            case 0xF0...0xF4: (4, 0x10000, UInt32(first & 0x07))
+            default: (0, 0, 0)
+            }
+            guard length > 0, i + length <= bytes.count else { throw Failure(offset: i, reason: "invalid UTF-8") }
+            var scalar = initial
+            for k in 1..<length {
+                let c = bytes[i + k]
+                guard c & 0xC0 == 0x80 else { throw Failure(offset: i, reason: "invalid UTF-8") }
+                scalar = scalar << 6 | UInt32(c & 0x3F)
+            }
+            guard scalar >= minimum, scalar <= 0x10FFFF, !(0xD800...0xDFFF).contains(scalar) else {
+                throw Failure(offset: i, reason: "invalid UTF-8")
+            }
+            i += length
         }
 
         /// Skips, 8 bytes at a time, string content that holds no quote, backslash or control
@@ -204,15 +251,16 @@ public enum JSONSyntax {
             }
         }
 
-        /// Whether any byte of `w` is '"', '\\' or below 0x20 (bit tricks from "Bit Twiddling Hacks":
-        /// exact as a yes/no answer, whatever the byte order).
+        /// Whether any byte of `w` is '"', '\\', below 0x20 or above 0x7f (not ASCII: checked as
+        /// UTF-8 one sequence at a time) (bit tricks from "Bit Twiddling Hacks": exact as a yes/no
+        /// answer, whatever the byte order).
         @inline(__always) static func hasSpecialStringByte(_ w: UInt64) -> Bool {
             let ones: UInt64 = 0x0101_0101_0101_0101, highBits: UInt64 = 0x8080_8080_8080_8080
             let quote = w ^ (ones &* 0x22), backslash = w ^ (ones &* 0x5c)
             let hasQuote = (quote &- ones) & ~quote
             let hasBackslash = (backslash &- ones) & ~backslash
             let hasControl = (w &- ones &* 0x20) & ~w
-            return (hasQuote | hasBackslash | hasControl) & highBits != 0
+            return (hasQuote | hasBackslash | hasControl | w) & highBits != 0
         }
 
         mutating func number() throws {

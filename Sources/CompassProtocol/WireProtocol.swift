@@ -34,6 +34,32 @@ public enum WireProtocol {
     /// The broker clamps at it, so a worker that grants credit explicitly never grants past it.
     public static let maxCredit = 1024
 
+    /// The most frames one message may have, the routing id a ROUTER adds included (the longest
+    /// message, a worker's FAILED, has 9). A message with more is refused `bad_frame` unread.
+    public static let maxFramesPerMessage = 16
+    /// The most bytes one message may have, all frames together, unless it is a SUBMIT, RESULT or
+    /// FAILED (the messages that carry a payload): a READY, HEARTBEAT or any other control message
+    /// over it is refused `bad_frame` before its fields are decoded.
+    public static let maxControlMessageBytes = 64 << 10
+    /// Room for the header frames of a message that carries a payload, beyond the payload limit.
+    public static let messageHeadroomBytes = 1 << 20
+    /// The nesting limit of a JSON document (payloads, results): deeper is refused.
+    public static let maxJSONDepth = 64
+    /// Sessions listed in STATUS (`scheduler.sessions`); `scheduler.sessions_total` counts them all.
+    public static let maxStatusSessions = 1000
+
+    /// The most bytes a whole message (all its frames) may have, given its command byte: a SUBMIT,
+    /// RESULT or FAILED may carry a payload of up to `maxPayloadBytes` plus headroom for its other
+    /// frames; every other message, known command or not, is a control message.
+    public static func maxMessageBytes(command: UInt8, maxPayloadBytes: Int) -> Int {
+        switch command {
+        case ProducerCommand.submit.rawValue, WorkerCommand.result.rawValue, WorkerCommand.failed.rawValue:
+            return maxPayloadBytes + messageHeadroomBytes
+        default:
+            return maxControlMessageBytes
+        }
+    }
+
     /// Whether `name` is a valid pool name: 1-64 bytes of `[A-Za-z0-9._-]`.
     public static func isValidPoolName(_ name: String) -> Bool {
         let utf8 = name.utf8

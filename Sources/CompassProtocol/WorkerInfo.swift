@@ -74,6 +74,30 @@ public struct WorkerCapabilities: Codable, Sendable, Equatable {
         case pool, tp, gpus, model, engine, maxBatch = "max_batch", credit, pid, host, version
         case creditMode = "credit_mode", capacity, capacityTokens = "capacity_tokens"
     }
+
+    /// `pool` and `credit` are required (`WorkerCapabilities.requiredFields`); every other field
+    /// may be absent or null (it is informational, shown by STATUS): `tp` 1, `gpus` none, `max_batch`
+    /// 0, `pid` 0, text fields empty. A worker without `host` and `pid` is not known beyond its
+    /// connection: answers it sends after reconnecting under another routing id return no credit.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        pool = try c.decode(String.self, forKey: .pool)
+        credit = try c.decode(Int.self, forKey: .credit)
+        tp = try c.decodeIfPresent(Int.self, forKey: .tp) ?? 1
+        gpus = try c.decodeIfPresent([GPUInfo].self, forKey: .gpus) ?? []
+        model = try c.decodeIfPresent(String.self, forKey: .model) ?? ""
+        engine = try c.decodeIfPresent(String.self, forKey: .engine) ?? ""
+        maxBatch = try c.decodeIfPresent(Int.self, forKey: .maxBatch) ?? 0
+        pid = try c.decodeIfPresent(Int32.self, forKey: .pid) ?? 0
+        host = try c.decodeIfPresent(String.self, forKey: .host) ?? ""
+        version = try c.decodeIfPresent(String.self, forKey: .version) ?? ""
+        creditMode = try c.decodeIfPresent(CreditMode.self, forKey: .creditMode)
+        capacity = try c.decodeIfPresent(Int.self, forKey: .capacity)
+        capacityTokens = try c.decodeIfPresent(Int.self, forKey: .capacityTokens)
+    }
+
+    /// The READY fields a worker must send (docs/protocol.md, READY capabilities).
+    public static let requiredFields = ["pool", "credit"]
 }
 
 /// The WELCOME frame to a worker: the broker's settings it must follow.

@@ -87,6 +87,8 @@ struct WorkerRecord {
     var owed: Set<Dispatch> = []
     /// The worker process beyond this connection (host and pid from READY; empty if unknown).
     let process: String
+    /// The worker's identity for placement by affinity key (`AffinityPlacement.seed` of `process`).
+    var placementSeed: UInt64 = 0
 }
 
 /// One dispatch of a batch: the pair a worker's RESULT or FAILED names.
@@ -115,12 +117,33 @@ public struct PoolCounters: Sendable, Equatable, Codable {
     public var staleDropped = 0
     public var rejectedBusy = 0
     public var completedRequests = 0
+    /// Batches with an affinity key dispatched to the worker the key ranks highest of those that
+    /// could take one; and those no such worker could take (the ready ring's next worker did).
+    public var affinityPlaced = 0
+    public var affinityFallback = 0
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case submitted, dispatched, completed, failed, retried, staleDropped = "stale_dropped"
         case rejectedBusy = "rejected_busy", completedRequests = "completed_requests"
+        case affinityPlaced = "affinity_placed", affinityFallback = "affinity_fallback"
+    }
+
+    /// Decodes STATUS of this broker or an older one (which has no affinity counters).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func count(_ key: CodingKeys) throws -> Int { try c.decodeIfPresent(Int.self, forKey: key) ?? 0 }
+        submitted = try count(.submitted)
+        dispatched = try count(.dispatched)
+        completed = try count(.completed)
+        failed = try count(.failed)
+        retried = try count(.retried)
+        staleDropped = try count(.staleDropped)
+        rejectedBusy = try count(.rejectedBusy)
+        completedRequests = try count(.completedRequests)
+        affinityPlaced = try count(.affinityPlaced)
+        affinityFallback = try count(.affinityFallback)
     }
 }
 

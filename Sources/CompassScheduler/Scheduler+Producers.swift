@@ -17,7 +17,16 @@ extension Scheduler {
         collect { s in
             if let old = s.routeSessions[route] {
                 if old != session {
-                    if old.hasPrefix("anon:") { s.adopt(anonymous: old, into: session) } else { s.sessions[old]?.route = nil }
+                    if old.hasPrefix("anon:") {
+                        s.adopt(anonymous: old, into: session)
+                    } else if let record = s.sessions[old], record.batches.isEmpty {
+                        // A connection speaks for one session at a time: the one it leaves is
+                        // forgotten at once when it holds nothing (a later HELLO starts it again),
+                        // so HELLOs with ever new sessions hold one session, not one each.
+                        s.sessions[old] = nil
+                    } else {
+                        s.sessions[old]?.route = nil
+                    }
                 }
             } else if s.sessions["anon:\(route)"] != nil {
                 // This connection's batches from before the binding was lost (a broker restart that
@@ -147,6 +156,9 @@ extension Scheduler {
     }
 
     /// CANCEL: a queued batch fails as `cancelled` at once; a running one too, and its worker is told.
+    /// Every CANCEL is answered: with that FAILED; for a batch that had already finished (not yet
+    /// ACKed), with its outcome again (too late to cancel); for an id the session does not hold,
+    /// with REJECTED `unknown_batch`.
     public mutating func cancel(from route: PeerID, batchID: String, now: Timestamp) -> [Action] {
         collect { s in
             let session = s.session(of: route)
@@ -155,6 +167,7 @@ extension Scheduler {
                                                     message: "no batch \(batchID) in this session", retryAfterMilliseconds: 0)))
                 return
             }
+            if b.isFinished { return s.deliver(b) }
             if case .running(let worker, _, _) = b.state {
                 s.sendWorker(worker, .cancel(batchID: batchID, attempt: b.attempt), now)
             }
@@ -162,12 +175,20 @@ extension Scheduler {
         }
     }
 
-    /// ACK: the producer has the outcome; forget the batch.
+    /// ACK: the producer has the outcome; forget the batch. An ACK of an id the session does not
+    /// hold finished (unknown, another session's, already ACKed, or not finished yet) changes
+    /// nothing and is answered REJECTED `unknown_batch`, so a producer's bug shows.
     public mutating func ack(from route: PeerID, batchID: String, now: Timestamp) -> [Action] {
         collect { s in
             let session = s.session(of: route)
             s.sessions[session]?.lastSeen = now
-            guard let b = s.batches[batchID], b.session == session, b.isFinished else { return }
+            guard let b = s.batches[batchID], b.session == session, b.isFinished else {
+                let why = s.batches[batchID].map { $0.session == session && !$0.isFinished } == true
+                    ? "batch \(batchID) has not finished: there is no outcome to acknowledge yet"
+                    : "no finished batch \(batchID) in this session (unknown, another session's, or already acknowledged)"
+                s.emit(.toProducer(route, .rejected(batchID: batchID, code: .unknownBatch, message: why, retryAfterMilliseconds: 0)))
+                return
+            }
             s.forget(batchID)
             s.recentAcks.append(batchID)
             s.recentAckSet.insert(batchID)

@@ -13,10 +13,12 @@ extension Scheduler {
                                      process: String = "", now: Timestamp) -> [Action] {
         collect { s in
             if s.workers[id] != nil { s.loseWorker(id, reason: "re-registered (restarted)", now) }
+            if !s.disconnectedRecently.isEmpty { s.disconnectedRecently.remove(id) }
             if s.pools[pool] == nil { s.pools[pool] = PoolState() }
             var record = WorkerRecord(id: id, pool: pool, registeredAt: now, credit: min(max(credit, 0), s.config.maxCredit),
                                       lastSeen: now, lastSent: now, generation: s.nextGeneration, process: process)
             record.creditMode = creditMode
+            record.placementSeed = AffinityPlacement.seed(process.isEmpty ? id.description : process)
             s.nextGeneration += 1
             s.workers[id] = record
             s.pools[pool]!.workers.insert(id)
@@ -27,11 +29,31 @@ extension Scheduler {
         }
     }
 
+    /// The worker broke the protocol (a malformed or oversized message, a READY the broker cannot
+    /// take): DISCONNECT tells it to register again, so the broker forgets it as the worker will
+    /// forget its batches (docs/protocol.md, Worker rules 5): what it held goes back to the queue,
+    /// charged as a `worker_lost` attempt, and its late answers count as stale.
+    public mutating func workerRefused(_ id: PeerID, code: String, reason: String, now: Timestamp) -> [Action] {
+        collect { s in
+            if s.workers[id] != nil { s.loseWorker(id, reason: "refused (\(code)): \(reason)", now) }
+            s.emit(.toWorker(id, .disconnect(reason: "\(code): \(reason)")))
+        }
+    }
+
     /// Marks the worker alive; if unknown, tells it to register again. Returns whether it is known.
     mutating func touch(_ id: PeerID, _ now: Timestamp) -> Bool {
         guard let slot = workers.index(forKey: id) else {
-            emit(.toWorker(id, .disconnect(reason: "unknown worker: register again with READY")))
-            emit(.event(.unknownWorker(worker: id)))
+            // One DISCONNECT per connection per heartbeat interval: a worker acts on the first and
+            // sends READY again if no WELCOME comes, so more tell it nothing, and each would wait in
+            // the send queue of a peer that may never read (up to the high-water mark, 10,000).
+            if now.milliseconds(since: disconnectWindowStart) >= config.heartbeatMilliseconds {
+                disconnectedRecently.removeAll(keepingCapacity: true)
+                disconnectWindowStart = now
+            }
+            if disconnectedRecently.insert(id).inserted {
+                emit(.toWorker(id, .disconnect(reason: "unknown worker: register again with READY")))
+                emit(.event(.unknownWorker(worker: id)))
+            }
             return false
         }
         workers.values[slot].lastSeen = now
@@ -95,8 +117,38 @@ extension Scheduler {
     }
 
     /// RESULT: completes the batch if this is its current attempt; a stale one is dropped.
-    public mutating func workerResult(_ id: PeerID, batchID: String, attempt: UInt32, stats: Payload, payload: Payload, now: Timestamp) -> [Action] {
+    ///
+    /// - Parameter check: reads `payload` and says what it holds (nil: not checked); called only for
+    ///   a result that would be accepted, so stale or forged ones cost no scan. A result that is not
+    ///   a JSON array of the batch's request count, or whose stats are not JSON, fails the attempt
+    ///   as a retryable `engine_error` instead of reaching the producer.
+    public mutating func workerResult(_ id: PeerID, batchID: String, attempt: UInt32, stats: Payload, payload: Payload,
+                                      check: (() -> ResultCheck)? = nil, now: Timestamp) -> [Action] {
         collect { s in
+            // A result the producer cannot use is a failure of the attempt that produced it.
+            let recovered = !s.recoveredAttempts.isEmpty && s.recoveredAttempts[batchID].map { attempt <= $0 } == true
+            if let check, let b = s.batches[batchID], !b.isFinished, recovered || s.isCurrent(batchID, attempt, on: id),
+               let problem = check().problem(expecting: b.meta.requestCount) {
+                let message = "the worker's RESULT was refused: \(problem)"
+                if recovered {
+                    // A late answer to the previous broker's dispatch: the batch is queued again already.
+                    if s.workers[id] != nil { s.returnCredit(id); s.dispatch(s.workers[id]!.pool, now) } else { _ = s.touch(id, now) }
+                    return
+                }
+                guard s.touch(id, now) else { return }
+                s.settle(id, Dispatch(batchID: batchID, attempt: attempt))
+                let pool = s.workers[id]!.pool
+                if s.isCurrent(batchID, attempt, on: id) {
+                    s.attemptFailed(batchID, code: FailureCode.engineError.rawValue, message: message, retryable: true,
+                                    partial: nil, chargeAttempt: true, now)
+                } else {
+                    s.pools[pool]!.counters.staleDropped += 1
+                    s.emit(.event(.staleDropped(batchID: batchID, worker: id, attempt: attempt)))
+                }
+                s.finishDrainIfDone(id)
+                s.dispatch(pool, now)
+                return
+            }
             // A result for an attempt the broker made before it restarted: accepted once, from
             // whichever worker (it may not have registered again yet).
             if !s.recoveredAttempts.isEmpty, let recovered = s.recoveredAttempts[batchID], attempt <= recovered, let b = s.batches[batchID], !b.isFinished {

@@ -36,6 +36,10 @@ public struct Scheduler<Payload: BatchPayload> {
     /// as its READY expects.
     var orphaned: [Dispatch: String] = [:]
     var orphanedOrder: Deque<Dispatch> = []
+    /// Unknown workers sent DISCONNECT since `disconnectWindowStart` (at most one each per
+    /// heartbeat interval; the set is emptied when an interval has passed).
+    var disconnectedRecently: Set<PeerID> = []
+    var disconnectWindowStart = Timestamp(nanoseconds: 0)
     var out: [SchedulerAction<Payload>] = []
     public internal(set) var accepting = true
 
@@ -128,6 +132,11 @@ public struct Scheduler<Payload: BatchPayload> {
                 workers[wid]!.inRing = false
                 offer(wid)
                 return
+            }
+            if let chosen = placeByAffinity(id, pool: pool, popped: wid) {
+                start(id, on: chosen, now)
+                workers[chosen]!.credit -= 1
+                continue
             }
             start(id, on: wid, now)
             let again: UInt64? = withWorker(wid) { w in

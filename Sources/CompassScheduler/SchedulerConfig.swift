@@ -40,6 +40,10 @@ public struct SchedulerConfig: Sendable {
     public var maxSplitDepth = 16
     /// Attempts per pool, overriding `defaultMaxAttempts` (a SUBMIT's own value wins over both).
     public var poolMaxAttempts: [String: UInt16] = [:]
+    /// Placement by affinity key (`Scheduler+Affinity.swift`): a worker takes a keyed batch as its
+    /// key's choice only while it runs fewer than this many times the pool's mean batches per
+    /// worker; 0 turns placement by key off (keyed batches go round-robin like any other).
+    public var affinityLoadFactor: Double = 1.25
     /// Emit `.journal` actions for the broker to make durable.
     public var journaling = false
 

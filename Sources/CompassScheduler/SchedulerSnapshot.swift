@@ -1,3 +1,6 @@
+import CompassProtocol
+import HeapModule
+
 /// What the scheduler holds, for STATUS replies and metrics.
 public struct SchedulerSnapshot: Sendable, Codable, Equatable {
     public struct Pool: Sendable, Codable, Equatable {
@@ -41,7 +44,14 @@ public struct SchedulerSnapshot: Sendable, Codable, Equatable {
 
     public var pools: [Pool]
     public var workers: [Worker]
+    /// At most `WireProtocol.maxStatusSessions`: those holding the most batches first.
     public var sessions: [Session]
+    /// How many sessions the broker holds in all (absent from brokers that listed every one).
+    public var sessionsTotal: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case pools, workers, sessions, sessionsTotal = "sessions_total"
+    }
 }
 
 extension Scheduler {
@@ -58,10 +68,30 @@ extension Scheduler {
                       uptimeMilliseconds: now.milliseconds(since: w.registeredAt), completed: w.completed,
                       lastSeenMillisecondsAgo: now.milliseconds(since: w.lastSeen))
             },
-            sessions: sessions.keys.sorted().map { name in
-                let s = sessions[name]!
-                return .init(session: name, connected: s.route != nil, outstanding: s.batches.count)
-            })
+            sessions: listedSessions(),
+            sessionsTotal: sessions.count)
+    }
+
+    /// The sessions STATUS lists: all of them up to `WireProtocol.maxStatusSessions`, else those
+    /// holding the most batches (by name among equals), so the document stays bounded however many
+    /// sessions peers open.
+    func listedSessions() -> [SchedulerSnapshot.Session] {
+        let limit = WireProtocol.maxStatusSessions
+        let names: [String]
+        if sessions.count <= limit {
+            names = sessions.keys.sorted()
+        } else {
+            var heap = Heap<SessionRank>()
+            for (name, record) in sessions {
+                heap.insert(SessionRank(outstanding: record.batches.count, name: name))
+                if heap.count > limit { _ = heap.popMin() }
+            }
+            names = heap.unordered.map(\.name).sorted()
+        }
+        return names.map { name in
+            let s = sessions[name]!
+            return .init(session: name, connected: s.route != nil, outstanding: s.batches.count)
+        }
     }
 
     /// Checks the internal invariants; returns a description of each violation (empty when sound).
@@ -104,5 +134,16 @@ extension Scheduler {
             if p.heldBytes != held[name, default: 0] { problems.append("pool \(name) counts \(p.heldBytes) bytes, holds \(held[name, default: 0])") }
         }
         return problems
+    }
+}
+
+/// A session's rank for the STATUS list: more batches first, then the name (ascending).
+struct SessionRank: Comparable {
+    let outstanding: Int
+    let name: String
+
+    /// The lesser is the one to drop first: fewer batches, or a later name among equals.
+    static func < (a: SessionRank, b: SessionRank) -> Bool {
+        a.outstanding != b.outstanding ? a.outstanding < b.outstanding : a.name > b.name
     }
 }

@@ -93,6 +93,65 @@ public final class ZMQSocket {
         }
     }
 
+    /// What `receive(dontWait:maxFrames:maxBytes:)` read.
+    public enum BoundedMessage {
+        /// A whole message within the bounds.
+        case message([Frame])
+        /// A message past a bound: `head` holds its first frames (at most three: for a ROUTER, the
+        /// routing id, header and command, so the sender can be told), the rest was read and
+        /// released one frame at a time. `frames` and `bytes` count the whole message.
+        case oversized(head: [Frame], frames: Int, bytes: Int)
+    }
+
+    /// Receives one multipart message, holding at most `maxFrames` frames and `maxBytes(framesSoFar)`
+    /// bytes in all (asked again after each frame, so the bound can depend on the command frame).
+    ///
+    /// libzmq's `ZMQ_MAXMSGSIZE` bounds each frame, not a message: a peer may send any number of
+    /// frames. libzmq hands a multipart message over only once its last frame has arrived, so this
+    /// cannot stop the transport from buffering it; what it bounds is what the caller holds and
+    /// decodes: past a bound every further frame is released as soon as it is read.
+    ///
+    /// - Parameter dontWait: return `nil` instead of blocking when nothing is waiting.
+    public func receive(dontWait: Bool = false, maxFrames: Int, maxBytes: ([Frame]) -> Int) throws -> BoundedMessage? {
+        var frames: [Frame] = []
+        frames.reserveCapacity(8)
+        var bytes = 0
+        let flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
+        while true {
+            let frame = Frame()
+            while zmq_msg_recv(frame.msg, handle, frames.isEmpty ? flags : 0) == -1 {
+                let code = zmq_errno()
+                if code == EINTR { continue }
+                if code == EAGAIN && frames.isEmpty && dontWait { return nil }
+                throw ZMQError(code: code, call: "zmq_msg_recv")
+            }
+            bytes += frame.count
+            var more = zmq_msg_more(frame.msg) != 0
+            frames.append(frame)
+            guard frames.count > maxFrames || bytes > maxBytes(frames) else {
+                if !more { return .message(frames) }
+                continue
+            }
+            // Past a bound: keep the head, release the rest frame by frame (zmq_msg_recv releases
+            // what the scratch frame held before it reads the next one into it).
+            var count = frames.count
+            let head = Array(frames.prefix(min(3, count - 1)))
+            frames.removeAll()
+            let scratch = Frame()
+            while more {
+                while zmq_msg_recv(scratch.msg, handle, 0) == -1 {
+                    let code = zmq_errno()
+                    if code == EINTR { continue }
+                    throw ZMQError(code: code, call: "zmq_msg_recv")
+                }
+                count += 1
+                bytes += scratch.count
+                more = zmq_msg_more(scratch.msg) != 0
+            }
+            return .oversized(head: head, frames: count, bytes: bytes)
+        }
+    }
+
     // MARK: Raw options
 
     func setRaw(_ option: Int32, _ name: String, _ value: UnsafeRawPointer?, _ size: Int) throws {

@@ -25,14 +25,16 @@ struct JSONSyntaxTests {
         guard case .invalid = check(text) else { Issue.record("accepted invalid JSON: \(text)"); return }
     }
 
-    /// Long strings are scanned 8 bytes at a time: a quote, backslash or control character must be
-    /// found at every offset of a word, next to multi-byte UTF-8 and at the end of the input.
+    /// Long strings are scanned 8 bytes at a time: a quote, backslash, control character or invalid
+    /// UTF-8 must be found at every offset of a word, next to multi-byte UTF-8 and at the end of the input.
     @Test func specialBytesAtEveryOffsetOfLongStrings() {
         for length in 0..<24 {
             for at in 0..<length {
                 var plain = Array(repeating: UInt8(ascii: "a"), count: length)
-                plain[at] = 0xc3 // a lead byte: not special
+                plain.replaceSubrange(at...at, with: [0xc3, 0xa9]) // é: two bytes, valid UTF-8, not special
                 #expect(JSONSyntax.check(Array("[\"".utf8) + plain + Array("\"]".utf8)) == .array(count: 1))
+                plain[at + 1] = UInt8(ascii: "a") // a lead byte alone: invalid UTF-8, found at any offset
+                #expect(JSONSyntax.check(Array("[\"".utf8) + plain + Array("\"]".utf8)) == .invalid(offset: at + 2, reason: "invalid UTF-8"))
                 var quoted = Array(repeating: UInt8(ascii: "a"), count: length)
                 quoted[at] = UInt8(ascii: "\"") // ends the string early: the rest is not JSON
                 #expect(JSONSyntax.check(Array("[\"".utf8) + quoted + Array("\"]".utf8))
@@ -86,5 +88,65 @@ struct JSONSyntaxTests {
         for bad in [#"[1]"#, #"{"a": }"#, #"{"a": 1} x"#, #""s""#, #"{"a": [1,]}"#] {
             #expect(Array(bad.utf8).withUnsafeBytes { JSONSyntax.objectMembers($0) } == nil, "\(bad)")
         }
+    }
+}
+
+@Suite("JSON syntax check: UTF-8 and surrogates (a json document is UTF-8)")
+struct JSONUnicodeTests {
+    func check(_ bytes: [UInt8]) -> JSONSyntax.Outcome { JSONSyntax.check(bytes) }
+    func string(_ inner: [UInt8]) -> [UInt8] { Array("[\"".utf8) + inner + Array("\"]".utf8) }
+
+    @Test(arguments: [[0xff], [0xc0, 0xaf], [0xe0, 0x80, 0xaf], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xc3], [0xe4, 0xb8],
+                      [0x80], [0xf8, 0x88, 0x80, 0x80, 0x80]])
+    func invalidUTF8IsRefusedAtAnyOffset(sequence: [UInt8]) {
+        // Before, inside and after a run of ASCII the 8-byte fast path skips.
+        for pad in [0, 3, 8, 13] {
+            let text = string(Array(repeating: UInt8(ascii: "a"), count: pad) + sequence + Array("tail of the string".utf8))
+            guard case .invalid(_, let reason) = check(text) else { Issue.record("accepted \(sequence) after \(pad) bytes"); continue }
+            #expect(reason.contains("UTF-8"), "\(reason)")
+        }
+    }
+
+    @Test func validUTF8Passes() {
+        let text = "[\"é 中文 😀 \u{10FFFF} \u{7FF} \u{800} \u{FFFF}\", \"\(String(repeating: "ü", count: 40))\"]"
+        #expect(check(Array(text.utf8)) == .array(count: 2))
+    }
+
+    @Test(arguments: [#"["\ud800"]"#, #"["\udc00"]"#, #"["\ud800\u0041"]"#, #"["\ud83dx"]"#, #"["x\uDBFF"]"#, #"["\ud800\ud800"]"#])
+    func loneSurrogateEscapesAreRefused(text: String) {
+        guard case .invalid(_, let reason) = check(Array(text.utf8)) else { Issue.record("accepted \(text)"); return }
+        #expect(reason.contains("surrogate"), "\(reason)")
+    }
+
+    @Test func surrogatePairsPass() {
+        #expect(check(Array(#"["\ud83d\ude00", "\uD800\uDC00", "\u00e9\uffff"]"#.utf8)) == .array(count: 3))
+    }
+
+    @Test func submitCheckAppliesCountAndDepth() {
+        func submit(_ s: String, _ count: UInt32) -> Result<UInt32, ProtocolError> {
+            Array(s.utf8).withUnsafeBytes { PayloadCheck.submit($0, declaredCount: count) }
+        }
+        #expect(submit("[1, 2]", 0) == .success(2))
+        #expect(submit("[1, 2]", 2) == .success(2))
+        guard case .failure(let wrong) = submit("[1, 2]", 3) else { Issue.record("a wrong count passed"); return }
+        #expect(wrong.code == .badPayload && wrong.message.contains("request_count is 3"))
+        let deep = String(repeating: "[", count: WireProtocol.maxJSONDepth + 1) + String(repeating: "]", count: WireProtocol.maxJSONDepth + 1)
+        guard case .failure(let tooDeep) = submit(deep, 0) else { Issue.record("nesting past the limit passed"); return }
+        #expect(tooDeep.message.contains("nesting deeper than \(WireProtocol.maxJSONDepth)"))
+        let deepest = String(repeating: "[", count: WireProtocol.maxJSONDepth) + String(repeating: "]", count: WireProtocol.maxJSONDepth)
+        #expect(submit(deepest, 0) == .success(1))
+    }
+
+    @Test func resultCheckComparesTheCount() {
+        func problem(_ payload: String, stats: String = "{}", expecting n: UInt32) -> String? {
+            Array(stats.utf8).withUnsafeBytes { s in Array(payload.utf8).withUnsafeBytes { PayloadCheck.result(stats: s, payload: $0) } }
+                .problem(expecting: n)
+        }
+        #expect(problem("[{}, {}]", expecting: 2) == nil)
+        #expect(problem("[{}, {}]", expecting: 0) == nil)
+        #expect(problem("[{}]", expecting: 2)?.contains("1 results for a batch of 2 requests") == true)
+        #expect(problem("{}", expecting: 1)?.contains("not a JSON array") == true)
+        #expect(problem("nope", expecting: 1)?.contains("not valid UTF-8 JSON") == true)
+        #expect(problem("[{}]", stats: "", expecting: 1)?.contains("stats") == true)
     }
 }

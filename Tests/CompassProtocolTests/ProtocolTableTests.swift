@@ -106,6 +106,32 @@ struct ProtocolTableTests {
         #expect(limits?["default_liveness"]?.int == Int(WireProtocol.defaultLiveness))
         #expect(limits?["meta_bytes"]?.int == BatchMeta.byteCount)
         #expect(limits?["max_credit"]?.int == WireProtocol.maxCredit)
+        #expect(limits?["frames_per_message"]?.int == WireProtocol.maxFramesPerMessage)
+        #expect(limits?["control_message_bytes"]?.int == WireProtocol.maxControlMessageBytes)
+        #expect(limits?["message_headroom_bytes"]?.int == WireProtocol.messageHeadroomBytes)
+        #expect(limits?["json_depth"]?.int == WireProtocol.maxJSONDepth)
+        #expect(limits?["status_sessions"]?.int == WireProtocol.maxStatusSessions)
+    }
+
+    @Test func readyRequiresTheTablesRequiredFieldsOnly() throws {
+        let required = Self.names("worker_json", "ready", "required")
+        #expect(required == Set(WorkerCapabilities.requiredFields))
+        // The required fields alone make a READY; without any one of them it is refused, naming it.
+        let minimal = #"{"pool":"p","credit":2}"#
+        let caps = try JSONDecoder().decode(WorkerCapabilities.self, from: Data(minimal.utf8))
+        #expect(caps.pool == "p" && caps.credit == 2 && caps.tp == 1 && caps.gpus.isEmpty && caps.host.isEmpty)
+        for field in required {
+            let without = required.subtracting([field]).map { $0 == "pool" ? #""pool":"p""# : "\"\($0)\":2" }.joined(separator: ",")
+            do {
+                _ = try JSONDecoder().decode(WorkerCapabilities.self, from: Data("{\(without)}".utf8))
+                Issue.record("a READY without \(field) was decoded")
+            } catch {
+                #expect(JSONFieldError.describe(error) == "missing required field '\(field)'")
+            }
+        }
+        // Every other field of the table may be null.
+        let nulls = Self.names("worker_json", "ready", "fields").subtracting(required).map { "\"\($0)\":null" }.joined(separator: ",")
+        #expect(throws: Never.self) { try JSONDecoder().decode(WorkerCapabilities.self, from: Data("{\"pool\":\"p\",\"credit\":0,\(nulls)}".utf8)) }
     }
 
     /// The keys a JSON document encodes to.
@@ -140,6 +166,27 @@ struct ProtocolTableTests {
         #expect(Self.names("engine_protocol", "optional", "result_stats").isSubset(of: Self.keys(stats)))
     }
 
+    @Test func affinityKeysAndTheMetaThatCarriesThemAreTheTables() throws {
+        let affinity = Self.table["affinity"]
+        #expect(affinity?["meta_bytes"]?.int == BatchMeta.byteCountWithAffinity)
+        #expect(affinity?["meta_offset"]?.int == BatchMeta.byteCount)
+        #expect(affinity?["prefix_bytes"]?.int == AffinityKey.prefixBytes)
+        let meta = BatchMeta(requestCount: 3, priority: -1, affinity: 0x0102_0304_0506_0708)
+        #expect(meta.bytes.map { String(format: "%02x", $0) }.joined() == affinity?["meta_example"]?.string)
+        #expect(meta.bytes.withUnsafeBytes { BatchMeta(bytes: $0) } == meta)
+        #expect(try BatchMeta.decode(Frame(bytes: BatchMeta(requestCount: 3).bytes)).affinity == 0, "a 16-byte meta has no key")
+        let examples = affinity?["examples"]?.array ?? []
+        #expect(examples.count >= 5)
+        for example in examples {
+            let request = try JSONDecoder().decode(InferenceRequest.self, from: Data((example["request"] ?? .null).bytes))
+            #expect(String(AffinityKey.of(request), radix: 16).leftPadded(to: 16) == example["key"]?.string, "\(request.customID)")
+        }
+        // A SUBMIT with a key round-trips through the codec with it.
+        let submit = ProducerRequest.submit(batchID: "b", pool: "p", meta: meta, payload: Frame(bytes: Array("[]".utf8)))
+        guard case .submit(_, _, let decoded, _) = try ProducerRequest.decode(submit.encode()[...]) else { Issue.record("not a SUBMIT"); return }
+        #expect(decoded.affinity == 0x0102_0304_0506_0708)
+    }
+
     @Test func anOlderBrokerDecodesANewReadyAndAnOlderWorkersReadyDecodesHere() throws {
         // Unknown keys are ignored both ways: that is what keeps either side working with the other.
         let newer = #"{"pool":"p","tp":1,"gpus":[],"model":"","engine":"e","max_batch":1,"credit":2,"pid":1,"host":"h","version":"0","credit_mode":"explicit","capacity":64,"some_future_key":1}"#
@@ -152,4 +199,8 @@ struct ProtocolTableTests {
             _ = try JSONDecoder().decode(WorkerCapabilities.self, from: Data(unknownMode.utf8))
         }
     }
+}
+
+private extension String {
+    func leftPadded(to width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
 }

@@ -24,15 +24,17 @@ struct Harness {
     @discardableResult
     mutating func record(_ actions: [SchedulerAction<[UInt8]>]) -> [SchedulerAction<[UInt8]>] {
         log += actions
-        let problems = scheduler.checkInvariants()
+        let problems = scheduler.checkInvariants() + scheduler.checkPlacementInvariants()
         precondition(problems.isEmpty, "invariants broken: \(problems)")
         return actions
     }
 
     @discardableResult
     mutating func submit(_ id: String, from producer: String = "prod", pool: String = "p", requests: UInt32 = 1,
-                         priority: Int16 = 0, maxAttempts: UInt16 = 0, deadline: UInt32 = 0, bytes: Int = 10) -> [SchedulerAction<[UInt8]>] {
-        let meta = BatchMeta(requestCount: requests, maxAttempts: maxAttempts, priority: priority, deadlineMilliseconds: deadline)
+                         priority: Int16 = 0, maxAttempts: UInt16 = 0, deadline: UInt32 = 0, bytes: Int = 10,
+                         affinity: UInt64 = 0) -> [SchedulerAction<[UInt8]>] {
+        let meta = BatchMeta(requestCount: requests, maxAttempts: maxAttempts, priority: priority, deadlineMilliseconds: deadline,
+                             affinity: affinity)
         return record(scheduler.submit(from: PeerID(producer), batchID: id, pool: pool, meta: meta,
                                        payload: [UInt8](repeating: 1, count: bytes), now: now))
     }

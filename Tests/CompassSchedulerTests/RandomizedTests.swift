@@ -16,8 +16,10 @@ struct SplitMix64: RandomNumberGenerator {
 
 @Suite("Randomized: exactly-once under worker churn")
 struct RandomizedTests {
-    @Test(arguments: [1, 2, 3, 42, 1234, 99999] as [UInt64])
-    func everyBatchIsAnsweredExactlyOnce(seed: UInt64) {
+    /// `keyed`: batches carry one of a few affinity keys (or none), so placement by key runs
+    /// through the same churn and must keep every guarantee; unkeyed runs replay the seeds as before.
+    @Test(arguments: [1, 2, 3, 42, 1234, 99999] as [UInt64], [false, true])
+    func everyBatchIsAnsweredExactlyOnce(seed: UInt64, keyed: Bool) {
         var rng = SplitMix64(state: seed)
         var h = Harness { $0.defaultMaxAttempts = 50; $0.leaseMilliseconds = 2_000 }
         let batchCount = 200
@@ -51,7 +53,8 @@ struct RandomizedTests {
             let roll = Int.random(in: 0..<100, using: &rng)
             switch roll {
             case 0..<15 where submitted < batchCount:
-                absorb(h.submit("b\(submitted)", from: "prod\(submitted % 3)"))
+                let key = keyed ? UInt64.random(in: 0..<5, using: &rng) : 0
+                absorb(h.submit("b\(submitted)", from: "prod\(submitted % 3)", affinity: key))
                 submitted += 1
             case 15..<22 where alive.count < 6:
                 let w = "w\(nextWorker)"; nextWorker += 1

@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import zmq
 
@@ -25,6 +25,19 @@ from .curve import CurveKeys, Key
 from .types import BatchOutcome, CompassError, RequestError, Result
 
 ProgressCallback = Callable[[int, int], None]
+#: A batch's affinity key: "prefix" (from its first request), an explicit key, or None (no key).
+Affinity = Union[int, str, None]
+
+
+def batch_affinity(affinity: Affinity, items: Sequence[dict[str, Any]]) -> int:
+    """The meta affinity key of a batch of request dicts."""
+    if affinity is None:
+        return 0
+    if affinity == "prefix":
+        return p.affinity_key(items[0]) if items else 0
+    if isinstance(affinity, int) and not isinstance(affinity, bool) and 0 <= affinity < 2**64:
+        return affinity
+    raise ValueError(f"affinity must be 'prefix', None or an integer key in [0, 2**64), got {affinity!r}")
 
 
 class Client:
@@ -77,7 +90,7 @@ class Client:
     def submit(self, requests: Iterable[RequestLike], pool: str = "default", *, batch_size: int = 16,
                max_attempts: int = 0, priority: int = 0, deadline_ms: int = 0, window: int = 32,
                progress: Optional[ProgressCallback] = None, ordered: bool = True,
-               timeout: Optional[float] = None) -> list[Result]:
+               timeout: Optional[float] = None, affinity: Affinity = "prefix") -> list[Result]:
         """Runs every request and returns one ``Result`` per request.
 
         Requests are dicts or ``Request`` objects (a missing ``custom_id`` becomes the request's
@@ -91,9 +104,15 @@ class Client:
         ``unauthorized``) raises ``CompassError``.
         ``timeout`` (seconds, whole run) raises ``TimeoutError``. On any exception, Ctrl-C
         included, the batches still in flight are cancelled.
+
+        ``affinity`` sets each batch's affinity key: ``"prefix"`` (the default) derives it from the
+        batch's first request (``protocol.affinity_key``), so batches that start alike (a few-shot
+        preamble, one scoring context) run on one worker and its engine computes the shared prefix
+        once; an int is used as the key of every batch; ``None`` sends none.
         """
         pairs = self._run(requests, pool, batch_size=batch_size, max_attempts=max_attempts, priority=priority,
-                          deadline_ms=deadline_ms, window=window, progress=progress, timeout=timeout)
+                          deadline_ms=deadline_ms, window=window, progress=progress, timeout=timeout,
+                          affinity=affinity)
         if not ordered:
             return [result for _, result in pairs]
         out: dict[int, Result] = dict(pairs)
@@ -101,14 +120,15 @@ class Client:
 
     def submit_iter(self, requests: Iterable[RequestLike], pool: str = "default", *, batch_size: int = 16,
                     max_attempts: int = 0, priority: int = 0, deadline_ms: int = 0, window: int = 32,
-                    progress: Optional[ProgressCallback] = None, timeout: Optional[float] = None) -> Iterator[Result]:
+                    progress: Optional[ProgressCallback] = None, timeout: Optional[float] = None,
+                    affinity: Affinity = "prefix") -> Iterator[Result]:
         """Like ``submit``, yielding results in completion order as batches finish.
 
         Closing the iterator early (``break``) cancels the batches still in flight.
         """
         for _, result in self._run(requests, pool, batch_size=batch_size, max_attempts=max_attempts,
                                    priority=priority, deadline_ms=deadline_ms, window=window, progress=progress,
-                                   timeout=timeout):
+                                   timeout=timeout, affinity=affinity):
             yield result
 
     async def asubmit(self, requests: Iterable[RequestLike], pool: str = "default", **options: Any) -> list[Result]:
@@ -121,7 +141,7 @@ class Client:
 
     def _run(self, requests: Iterable[RequestLike], pool: str, *, batch_size: int, max_attempts: int,
              priority: int, deadline_ms: int, window: int, progress: Optional[ProgressCallback],
-             timeout: Optional[float]) -> Iterator[tuple[int, Result]]:
+             timeout: Optional[float], affinity: Affinity = "prefix") -> Iterator[tuple[int, Result]]:
         """Yields (input index, result) as batches finish."""
         if batch_size < 1 or window < 1:
             raise ValueError("batch_size and window must be at least 1")
@@ -142,7 +162,8 @@ class Client:
                     next_chunk += 1
                     batch_id = self._next_batch_id()
                     payload = json.dumps([items[i] for i in indices], ensure_ascii=False).encode("utf-8")
-                    meta = p.BatchMeta(len(indices), max_attempts, priority, deadline_ms)
+                    meta = p.BatchMeta(len(indices), max_attempts, priority, deadline_ms,
+                                       affinity=batch_affinity(affinity, [items[i] for i in indices]))
                     in_flight[batch_id] = indices
                     self._loop.post(Submit(Submission(batch_id, pool, meta, payload, listener)))
                 kind, batch_id, data = _next_event(listener.events, deadline, timeout)
@@ -183,28 +204,29 @@ class Client:
     # ------------------------------------------------------------------ single batches
 
     def start_batch(self, batch_id: str, requests: Sequence[RequestLike], pool: str = "default", *,
-                    max_attempts: int = 0, priority: int = 0, deadline_ms: int = 0) -> BatchHandle:
-        """Submits one batch under an id of your choosing and returns at once."""
+                    max_attempts: int = 0, priority: int = 0, deadline_ms: int = 0,
+                    affinity: Affinity = "prefix") -> BatchHandle:
+        """Submits one batch under an id of your choosing and returns at once (``affinity`` as in ``submit``)."""
         items = [request_json(r, i) for i, r in enumerate(requests)]
         if not items:
             raise ValueError("a batch needs at least one request")
         p.check_submit_fields(batch_id, pool)
         payload = json.dumps(items, ensure_ascii=False).encode("utf-8")
         handle = BatchHandle(self, batch_id)
-        meta = p.BatchMeta(len(items), max_attempts, priority, deadline_ms)
+        meta = p.BatchMeta(len(items), max_attempts, priority, deadline_ms, affinity=batch_affinity(affinity, items))
         self._loop.post(Submit(Submission(batch_id, pool, meta, payload, handle)))
         return handle
 
     def submit_batch(self, batch_id: str, requests: Sequence[RequestLike], pool: str = "default", *,
                      max_attempts: int = 0, priority: int = 0, deadline_ms: int = 0,
-                     timeout: Optional[float] = None) -> BatchOutcome:
+                     timeout: Optional[float] = None, affinity: Affinity = "prefix") -> BatchOutcome:
         """Submits one batch and waits for its RESULT or FAILED.
 
         Raises ``CompassError`` when the broker refuses it for good (``busy`` is retried), and
         ``TimeoutError`` after ``timeout`` seconds, having cancelled the batch.
         """
         handle = self.start_batch(batch_id, requests, pool, max_attempts=max_attempts, priority=priority,
-                                  deadline_ms=deadline_ms)
+                                  deadline_ms=deadline_ms, affinity=affinity)
         try:
             return handle.result(timeout)
         except BaseException:

@@ -100,17 +100,21 @@ def is_valid_pool_name(name: str) -> bool:
 
 
 _META = struct.Struct(">IHhII")
+_META_AFFINITY = struct.Struct(">IHhIIQ")
+#: Input bytes an affinity key is derived from (docs/protocol.md, Affinity).
+AFFINITY_PREFIX_BYTES = 256
 
 
 @dataclass(frozen=True)
 class BatchMeta:
-    """The 16-byte meta frame of SUBMIT."""
+    """The meta frame of SUBMIT: 16 bytes, or 24 with an affinity key."""
 
     request_count: int
     max_attempts: int = 0  # 0: the broker's default
     priority: int = 0  # higher first
     deadline_ms: int = 0  # 0: none; counted from acceptance
     flags: int = 0
+    affinity: int = 0  # 0: none; batches with the same key run on one worker where the pool allows
 
     def __post_init__(self) -> None:
         # Fail on the caller's thread with a clear message rather than in struct.pack later.
@@ -120,11 +124,15 @@ class BatchMeta:
             ("priority", self.priority, -(2**15), 2**15 - 1),
             ("deadline_ms", self.deadline_ms, 0, 2**32 - 1),
             ("flags", self.flags, 0, 2**32 - 1),
+            ("affinity", self.affinity, 0, 2**64 - 1),
         ):
             if not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
 
     def pack(self) -> bytes:
+        if self.affinity:
+            return _META_AFFINITY.pack(self.request_count, self.max_attempts, self.priority, self.deadline_ms,
+                                       self.flags, self.affinity)
         return _META.pack(self.request_count, self.max_attempts, self.priority, self.deadline_ms, self.flags)
 
     @classmethod
@@ -133,7 +141,38 @@ class BatchMeta:
         if len(frame) < _META.size:
             raise ProtocolError(RejectCode.BAD_FRAME.value,
                                 f"meta must be at least {_META.size} bytes, got {len(frame)}")
+        if len(frame) >= _META_AFFINITY.size:
+            return cls(*_META_AFFINITY.unpack_from(frame))
         return cls(*_META.unpack_from(frame))
+
+
+def affinity_key(request: dict[str, Any]) -> int:
+    """The affinity key of a request (a payload dict), as every compass producer derives it.
+
+    FNV-1a (64-bit) over a tag byte and the first 256 bytes of the input: ``p`` and the prompt's
+    UTF-8; ``t`` and each of the first 64 ``prompt_token_ids`` as 4 bytes big-endian; ``m`` and each
+    message's role, a 0 byte, its content, a 0 byte. Never 0 (0 means no key). Requests that start
+    alike (a few-shot preamble, one scoring context) get the same key, so their batches run on one
+    worker whose engine computes the shared prefix once.
+    """
+    ids = request.get("prompt_token_ids")
+    messages = request.get("messages")
+    if ids is not None:
+        data = b"t" + b"".join((int(i) & 0xFFFFFFFF).to_bytes(4, "big") for i in ids[:AFFINITY_PREFIX_BYTES // 4])
+    elif messages is not None:
+        parts = []
+        for m in messages:
+            content = m.get("content", "")
+            if isinstance(content, list):  # text parts are joined, as the engines do
+                content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            parts.append(str(m.get("role", "")).encode("utf-8") + b"\0" + str(content).encode("utf-8") + b"\0")
+        data = b"m" + b"".join(parts)[:AFFINITY_PREFIX_BYTES]
+    else:
+        data = b"p" + str(request.get("prompt") or "").encode("utf-8")[:AFFINITY_PREFIX_BYTES]
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h or 1
 
 
 class ProtocolError(ValueError):

@@ -35,6 +35,11 @@ def test_codes_and_limits() -> None:
     assert (p.DEFAULT_MAX_PAYLOAD_BYTES, p.DEFAULT_MAX_ATTEMPTS) == (limits["default_max_payload_bytes"], limits["default_max_attempts"])
     assert (p.DEFAULT_HEARTBEAT_MS, p.DEFAULT_LIVENESS) == (limits["default_heartbeat_ms"], limits["default_liveness"])
     assert len(p.BatchMeta(1).pack()) == limits["meta_bytes"]
+    # The per-message bounds the broker enforces (docs/protocol.md, Transport): the longest message
+    # the client sends fits them, and the limits hold together.
+    assert limits["frames_per_message"] >= 9
+    assert limits["control_message_bytes"] < limits["message_headroom_bytes"] <= limits["default_max_payload_bytes"]
+    assert limits["json_depth"] >= 1 and limits["status_sessions"] >= 1
 
 
 def test_producer_messages_have_the_tables_fields() -> None:
@@ -54,3 +59,34 @@ def test_replies_decode_with_the_tables_fields(message: dict[str, Any]) -> None:
     assert len(reply.encode()) == len(frames)
     with pytest.raises(p.ProtocolError):
         p.decode_reply(frames[:-1])
+
+
+def test_affinity_keys_and_the_meta_that_carries_them() -> None:
+    affinity = TABLE["affinity"]
+    assert affinity["meta_offset"] == TABLE["limits"]["meta_bytes"]
+    assert len(p.BatchMeta(1, affinity=5).pack()) == affinity["meta_bytes"]
+    assert affinity["prefix_bytes"] == p.AFFINITY_PREFIX_BYTES
+    meta = p.BatchMeta(3, 0, -1, 0, 0, affinity=0x0102030405060708)
+    assert meta.pack().hex() == affinity["meta_example"]
+    assert p.BatchMeta.unpack(meta.pack()) == meta
+    assert len(p.BatchMeta(3).pack()) == 16 and p.BatchMeta.unpack(p.BatchMeta(3).pack()).affinity == 0
+    assert len(affinity["examples"]) >= 5
+    for example in affinity["examples"]:
+        assert format(p.affinity_key(example["request"]), "016x") == example["key"], example["request"]["custom_id"]
+    # Only the first prefix_bytes bytes count: requests that share a long preamble share a key.
+    preamble = "Q: a question?\nA: an answer.\n\n" * 20
+    assert p.affinity_key({"prompt": preamble + "Q: one"}) == p.affinity_key({"prompt": preamble + "Q: two"})
+    assert p.affinity_key({"prompt": "Q: one"}) != p.affinity_key({"prompt": "Q: two"})
+    with pytest.raises(ValueError):
+        p.BatchMeta(1, affinity=2**64)
+
+
+def test_the_client_keys_batches_by_prefix_unless_told_otherwise() -> None:
+    from compass_client.client import batch_affinity
+
+    items = [{"custom_id": "0", "prompt": "shared preamble"}, {"custom_id": "1", "prompt": "other"}]
+    assert batch_affinity("prefix", items) == p.affinity_key(items[0])
+    assert batch_affinity(None, items) == 0
+    assert batch_affinity(7, items) == 7
+    with pytest.raises(ValueError):
+        batch_affinity("suffix", items)

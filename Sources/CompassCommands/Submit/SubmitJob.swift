@@ -22,6 +22,15 @@ struct SubmitSettings: Sendable {
     var curve: CurveClientKeys?
     /// How long to wait for a worker of the pool when the broker does not know it yet.
     var poolWaitMilliseconds: UInt64 = 300_000
+    /// How each batch's affinity key is set.
+    var affinity: AffinityMode = .prefix
+}
+
+/// `--affinity`: `prefix` keys each batch by its first request's prompt prefix
+/// (`AffinityKey`), so batches that start alike (a few-shot preamble) run on one worker; `none`
+/// sends no key (round-robin placement, as before keys existed).
+enum AffinityMode: String, CaseIterable, Sendable {
+    case prefix, none
 }
 
 /// What a submit run did.
@@ -187,7 +196,8 @@ enum SubmitJob {
                     do {
                         let outcome = try await client.submit(requests, pool: settings.pool, batchID: batchID,
                                                               maxAttempts: settings.maxAttempts, priority: settings.priority,
-                                                              deadlineMilliseconds: settings.deadlineMilliseconds)
+                                                              deadlineMilliseconds: settings.deadlineMilliseconds,
+                                                              affinity: settings.affinity == .prefix ? AffinityKey.of(requests) : 0)
                         return Report(ids: requests.map(\.customID), outcome: .success(outcome))
                     } catch let error as ClientError {
                         if case .unauthorized = error { throw CommandFailure(message: "\(error)") }
