@@ -23,7 +23,10 @@ for p in manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2
 done
 PLAT+=(--platform any)
 # What `opencompass` imports on the paths bench/gpu/opencompass.sh takes (CLI, tasks, every dataset
-# and model module, the evaluators), less what a torch + transformers + vLLM machine has.
+# and model module, the evaluators), less what a torch + transformers + vLLM machine has. Not regex:
+# the machine's transformers needs a newer one than OpenCompass's pin, and has it. yapf: mmengine's
+# Config.dump (the run's config copy). Not ray (~70 MB): OpenCompass's VLLM type only asks
+# ray.is_initialized() before loading; opencompass.sh puts a two-function stand-in on the path.
 WHEELS=(opencompass==0.5.4 mmengine-lite==0.11.0rc3 addict==2.4.0 datasets==3.6.0 pyarrow==19.0.1 dill==0.3.8
   multiprocess==0.70.16 xxhash==3.5.0 fsspec==2025.3.0 aiohttp==3.11.18 aiohappyeyeballs==2.6.1 aiosignal==1.3.2
   frozenlist==1.6.0 multidict==6.4.3 propcache==0.3.1 yarl==1.20.0 attrs==25.3.0 evaluate==0.4.3 pandas==2.2.3
@@ -33,7 +36,8 @@ WHEELS=(opencompass==0.5.4 mmengine-lite==0.11.0rc3 addict==2.4.0 datasets==3.6.
   rapidfuzz==3.13.0 levenshtein==0.27.1 python-levenshtein==0.27.1 tree-sitter==0.21.3 tree-sitter-languages==1.10.2
   jsonlines==4.0.0 colorama==0.4.6 lazy-importer==0.1.0 gradio-client==1.10.0 websockets==15.0.1 cloudpickle==3.1.1
   importlib-metadata==8.7.0 zipp==3.21.0 rich==14.0.0 markdown-it-py==3.0.0 mdurl==0.1.2 pygments==2.19.1
-  regex==2024.11.6 einops==0.8.1 json5==0.12.0 immutabledict==4.2.1 sacrebleu==2.5.1 portalocker==3.1.1 lxml==5.4.0)
+  einops==0.8.1 json5==0.12.0 immutabledict==4.2.1 sacrebleu==2.5.1 portalocker==3.1.1 lxml==5.4.0
+  yapf==0.43.0 platformdirs==4.14.9)
 python3 -m pip download -q "${PLAT[@]}" -d "$DIR/dl" "${WHEELS[@]}"
 # Pure-Python packages published only as source, and compass_client (from a copy: setuptools builds
 # in the source tree): build their wheels here.

@@ -20,7 +20,14 @@ ENGINE=${ENGINE:-vllm}
 N_GEN=${N_GEN:-1024} N_PPL=${N_PPL:-512} MAX_OUT=${MAX_OUT:-128}
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/common.sh"
-export PYTHONPATH="/tmp/site-oc${PYTHONPATH:+:$PYTHONPATH}" HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# OpenCompass's VLLM type imports ray only to ask ray.is_initialized() (tp=1 uses no ray); where ray
+# is not installed, a stand-in answers that, so the comparison needs no 70 MB wheel carried over.
+if ! python3 -c "import ray" 2>/dev/null; then
+  mkdir -p "$WORK/raystub/ray"
+  printf '"""Stand-in for ray (bench/gpu/opencompass.sh): OpenCompass VLLM asks only is_initialized()."""\ndef is_initialized():\n    return False\n\n\ndef shutdown():\n    pass\n' >"$WORK/raystub/ray/__init__.py"
+  RAYSTUB=":$WORK/raystub"
+fi
+export PYTHONPATH="/tmp/site-oc${PYTHONPATH:+:$PYTHONPATH}${RAYSTUB:-}" HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 unset VLLM_WORKER_MULTIPROC_METHOD  # OpenCompass's VLLM runs as users run it; the worker sets spawn itself
 OC_PYTHON=${OC_PYTHON:-python3}
 BENCH="$OC_PYTHON $HERE/opencompass_bench.py"
