@@ -77,19 +77,9 @@ public final class ZMQSocket {
     /// - Parameter dontWait: return `nil` instead of blocking when nothing is waiting.
     /// - Throws: `ZMQError` with `isWouldBlock` when a receive timeout expires.
     public func receive(dontWait: Bool = false) throws -> [Frame]? {
-        var frames: [Frame] = []
-        frames.reserveCapacity(8) // every protocol message fits: one allocation, not one per doubling
-        let flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
-        while true {
-            let frame = Frame()
-            while zmq_msg_recv(frame.msg, handle, frames.isEmpty ? flags : 0) == -1 {
-                let code = zmq_errno()
-                if code == EINTR { continue }
-                if code == EAGAIN && frames.isEmpty && dontWait { return nil }
-                throw ZMQError(code: code, call: "zmq_msg_recv")
-            }
-            frames.append(frame)
-            if zmq_msg_more(frame.msg) == 0 { return frames }
+        switch try receive(dontWait: dontWait, maxFrames: .max, maxBytes: { _ in .max }) {
+        case .message(let frames): return frames
+        case .oversized, nil: return nil // (no bound to pass)
         }
     }
 
