@@ -9,6 +9,10 @@ through compass scores what OpenCompass computes on the model directly:
   tokens equal to the pad token count nothing; positions before ``mask_length`` (the context) are
   masked out; the sum is divided by the number of non-pad tokens minus ``mask_length`` (the first
   token included, as OpenCompass does).
+  Sent as a scoring request (context: the tokens before ``max(1, mask_length)``, continuation:
+  the rest) when the scored tokens hold no pad token, whose one summed logprob is that sum; else
+  (pad tokens inside, or nothing to score) as a ``prompt_logprobs`` request whose per-token
+  logprobs ``perplexity`` sums (``ppl_request_for``, ``ppl_from_result``).
 - ``get_loglikelihood``: the input is tokenized whole; the context is the input with every
   occurrence of the continuation removed, tokenized the same way; the score is the sum of the
   logprobs of the input's tokens from the context's length on.
@@ -57,6 +61,54 @@ def ppl_request(custom_id: str, token_ids: Sequence[int]) -> dict[str, Any]:
 def score_request(custom_id: str, context_ids: Sequence[int], continuation_ids: Sequence[int]) -> dict[str, Any]:
     """A scoring request for one continuation given as token ids after a token-id context."""
     return {"custom_id": custom_id, "prompt_token_ids": list(context_ids), "continuations": [list(continuation_ids)]}
+
+
+def ppl_scored_start(token_ids: Sequence[int], mask_length: int = 0,
+                     pad_token_id: Optional[int] = None) -> Optional[int]:
+    """Where a perplexity's scored tokens start when a scoring request can compute it, else None.
+
+    ``perplexity`` sums the logprobs of the tokens from ``max(1, mask_length)`` on, skipping pad
+    tokens. When that tail is non-empty and holds no pad token, the sum is exactly the summed
+    logprob of the tail as a continuation of the tokens before it: one scoring request, which
+    engines answer with a single number instead of a logprob (and decoded token) per position.
+    """
+    start = max(1, mask_length)
+    if start >= len(token_ids):
+        return None  # nothing to score
+    if pad_token_id is not None and any(token == pad_token_id for token in token_ids[start:]):
+        return None  # pad tokens inside count nothing: only per-token logprobs can leave them out
+    return start
+
+
+def ppl_request_for(custom_id: str, token_ids: Sequence[int], mask_length: int = 0,
+                    pad_token_id: Optional[int] = None) -> dict[str, Any]:
+    """The request ``get_ppl`` sends for one sequence: a scoring request for its scored tokens
+    (context ``token_ids[:start]``, continuation ``token_ids[start:]``) where ``ppl_scored_start``
+    allows one, else a ``prompt_logprobs`` request for every token."""
+    start = ppl_scored_start(token_ids, mask_length, pad_token_id)
+    if start is None:
+        return ppl_request(custom_id, token_ids)
+    return score_request(custom_id, token_ids[:start], token_ids[start:])
+
+
+def ppl_from_result(token_ids: Sequence[int], result: Result, mask_length: int = 0,
+                    pad_token_id: Optional[int] = None) -> float:
+    """The perplexity of ``token_ids`` from the result of ``ppl_request_for``'s request: the same
+    value ``perplexity`` computes from every token's logprob (the same divisor: non-pad tokens
+    minus ``mask_length``)."""
+    start = ppl_scored_start(token_ids, mask_length, pad_token_id)
+    if start is None:
+        got, logprobs = prompt_token_logprobs(result)
+        if got != list(token_ids):
+            raise ValueError(f"request {result.custom_id}: prompt_logprobs for other tokens than sent "
+                             f"({len(got)} tokens back, {len(token_ids)} sent)")
+        return perplexity(token_ids, logprobs, mask_length, pad_token_id)
+    total = continuation_logprob(result)
+    if result.scores[0].tokens != len(token_ids) - start:
+        raise ValueError(f"request {result.custom_id}: a score over {result.scores[0].tokens} tokens, "
+                         f"{len(token_ids) - start} sent")
+    count = sum(1 for token in token_ids if token != pad_token_id) - mask_length
+    return -total / count if count else math.nan
 
 
 def chat_messages(prompt: Prompt) -> list[dict[str, str]]:

@@ -11,8 +11,9 @@ Name it in an OpenCompass config where ``VLLM`` or ``HuggingFaceCausalLM`` would
 Each OpenCompass batch (``batch_size`` prompts) goes to the pool at once, as compass batches of
 ``compass_batch_size`` requests: no pacing, no HTTP. Generation datasets send the prompts as text (or as
 chat messages with ``chat=True``); perplexity (``get_ppl``) and log-likelihood (``get_loglikelihood``)
-datasets send token ids made with the local tokenizer and ask for prompt logprobs or scores, and compute
-what OpenCompass's ``HuggingFaceCausalLM`` computes (``_opencompass_scoring``). A request that fails
+datasets send token ids made with the local tokenizer as scoring requests (a summed logprob back; prompt
+logprobs for the perplexity of a prompt with pad tokens among its scored tokens), and compute what
+OpenCompass's ``HuggingFaceCausalLM`` computes (``_opencompass_scoring``). A request that fails
 raises ``CompassEvaluationError``: OpenCompass then marks the task failed instead of scoring a
 partial or empty prediction, and ``opencompass -r`` resumes it later.
 
@@ -169,14 +170,18 @@ class CompassModel(BaseModel):
     def get_ppl(self, inputs: list[Any], mask_length: Optional[list[int]] = None) -> np.ndarray:
         """Each input's mean token cross-entropy, the first ``mask_length[i]`` tokens masked out."""
         ids = [self._ids(text)[:self.max_seq_len] for text in inputs]
-        results = self._run([scoring.ppl_request(str(i), seq) for i, seq in enumerate(ids)], "perplexity")
+        masks = [mask_length[i] if mask_length else 0 for i in range(len(ids))]
+        # A scoring request (one summed logprob back) where the scored tokens hold no pad token,
+        # else every token's logprob: the same value either way (_opencompass_scoring).
+        requests = [scoring.ppl_request_for(str(i), seq, mask, self.pad_token_id)
+                    for i, (seq, mask) in enumerate(zip(ids, masks))]
+        results = self._run(requests, "perplexity")
         values = []
-        for i, (seq, result) in enumerate(zip(ids, results)):
-            got, logprobs = scoring.prompt_token_logprobs(result)
-            if got != seq:
-                raise CompassEvaluationError(f"request {i}: prompt_logprobs for other tokens than sent "
-                                             f"({len(got)} tokens back, {len(seq)} sent)")
-            values.append(scoring.perplexity(seq, logprobs, mask_length[i] if mask_length else 0, self.pad_token_id))
+        for seq, mask, result in zip(ids, masks, results):
+            try:
+                values.append(scoring.ppl_from_result(seq, result, mask, self.pad_token_id))
+            except ValueError as error:
+                raise CompassEvaluationError(str(error)) from None
         return np.array(values, dtype=np.float64)
 
     def get_loglikelihood(self, inputs: list[Any], conts: list[str],

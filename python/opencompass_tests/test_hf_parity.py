@@ -44,6 +44,9 @@ prompts = ['The quick brown fox', 'Translate the following sentence into French:
            'What is the capital of France?', 'Numbers: 0 1 2 3', 'a']
 contexts = ['Q: What is the capital of France?\\nA:', 'The quick brown', 'Two plus two equals']
 conts = [' Paris', ' fox jumps', ' four']
+# With the pad token among the tokens: CompassModel asks for prompt logprobs where it is scored (the
+# first, unmasked) and a scoring request where only the masked context holds it (the second, mask 4).
+pad_texts = ['Numbers: 0 <pad> 1 2 3', '<pad> The quick brown fox']
 
 
 def masked_ppl(model, texts, masks):
@@ -60,6 +63,8 @@ for name, model in (('hf', hf), ('compass', compass)):
         generate=model.generate(prompts, max_out_len=12),
         ppl=model.get_ppl(prompts).tolist(),
         ppl_masked=masked_ppl(model, prompts[:4], [2, 3, 1, 4]),
+        ppl_pad=model.get_ppl(prompts[:2] + pad_texts).tolist(),
+        ppl_pad_masked=masked_ppl(model, pad_texts, [1, 4]),
         loglikelihood=model.get_loglikelihood([c + x for c, x in zip(contexts, conts)], conts).tolist(),
         token_len=[model.get_token_len(p) for p in prompts])
 print(json.dumps(out))
@@ -97,6 +102,10 @@ def test_hf_workers_score_and_return_prompt_logprobs(hf_pool: Cluster, tiny_mode
     assert ppl.prompt_logprobs is not None and ppl.prompt_logprobs.token_ids == ids
     values = ppl.prompt_logprobs.token_logprobs
     assert values[0] is None and len(values) == len(ids) and all(v is not None and v < 0 for v in values[1:]), values
+    # get_ppl takes a continuation's summed logprob for the sum of its prompt logprobs: the engine's
+    # scoring pass and its prompt-logprobs pass must agree (float32 on CPU).
+    assert score.scores[1].logprob == pytest.approx(sum(values[2:]), **TOLERANCE)
+    assert score.scores[0].logprob == pytest.approx(values[2], **TOLERANCE)
 
 
 def test_model_api_matches_huggingface_causal_lm(hf_pool: Cluster, opencompass_python: Path,
@@ -108,7 +117,7 @@ def test_model_api_matches_huggingface_causal_lm(hf_pool: Cluster, opencompass_p
     hf, compass = out["hf"], out["compass"]
     assert compass["generate"] == hf["generate"]
     assert compass["token_len"] == hf["token_len"]
-    for key in ("ppl", "ppl_masked", "loglikelihood"):
+    for key in ("ppl", "ppl_masked", "ppl_pad", "ppl_pad_masked", "loglikelihood"):
         assert compass[key] == pytest.approx(hf[key], **TOLERANCE), key
 
 
