@@ -12,7 +12,8 @@ extension Suite {
     /// sequence, completions of 8 to 24 tokens), fed by the real `compass submit --batch-size 1`.
     /// Occupancy comes from the engine's own counts (steps, and running sequences summed over them),
     /// which the worker logs every 250 ms; the steady state is from the report after 15 % of the
-    /// requests were answered to the last before 85 %. The ideal rate is the engine's at full
+    /// requests were answered to the last before 85 %. Then the same behind the gateway with 256
+    /// concurrent HTTP clients (`gatewayAdmission`). The ideal rate is the engine's at full
     /// occupancy: capacity / (mean tokens per request × the step time with every slot taken).
     func admission() throws {
         var rows: [[String: Any]] = []
@@ -60,7 +61,62 @@ extension Suite {
                          "measured_step_ms": (stepMs * 100).rounded() / 100, "load_average": loadAverage()])
             log("admission: capacity \(capacity), \(count) one-request batches, window \(window): occupancy \(String(format: "%.3f", occupancy)) steady (\(String(format: "%.3f", whole)) whole run), \(Int(Double(count) / seconds)) requests/s of an ideal \(Int(ideal))/s; a step took \(String(format: "%.1f", stepMs)) ms for a nominal \(Double(stepUs + capacity * seqUs) / 1000) ms")
         }
+        rows.append(try gatewayAdmission(capacity: capacity, stepUs: stepUs, seqUs: seqUs, count: count))
         result["admission"] = rows
+    }
+
+    /// The same engine behind `compass gateway`, fed by 256 concurrent HTTP clients, each sending one
+    /// `/v1/completions` request at a time (bench/gpu/loadgen.py: asyncio, one keep-alive connection
+    /// per client, the GPU benchmark's clients), as lm-evaluation-harness's local-completions does.
+    func gatewayAdmission(capacity: Int, stepUs: Int, seqUs: Int, count: Int) throws -> [String: Any] {
+        let clients = 256
+        let tag = "admgw"
+        let broker = try BrokerProc(bin: bin, dir: dir, name: "\(tag)-broker", transport: "tcp")
+        defer { broker.stop() }
+        let worker = try Child([bin + "/compass-worker", "--broker", broker.backend, "--pool", "bench", "--engine", "synthetic",
+                                "--engine-arg", "capacity=\(capacity)", "--engine-arg", "step_us=\(stepUs)", "--engine-arg", "seq_us=\(seqUs)",
+                                "--stats-interval-ms", "250"], name: "\(tag)-worker", dir: dir)
+        defer { worker.stop(signal: SIGKILL) }
+        let gateway = try Child([bin + "/compass", "gateway", "--broker", broker.frontend, "--listen", "127.0.0.1:0"],
+                                name: "\(tag)-gateway", dir: dir)
+        defer { gateway.stop(signal: SIGKILL) }
+        try waitLog(worker, "registered with broker", timeoutMs: 60_000)
+        let line = try gateway.waitLine("compass gateway")
+        guard let url = line.split(separator: " ").first(where: { $0.hasPrefix("http://") }) else {
+            throw BenchError("admission: no URL in the gateway's line '\(line)'")
+        }
+        let input = "\(dir)/\(tag).jsonl"
+        let meanTokens = try writeAdmissionPrompts(input, count: count)
+        // bin is <root>/.build/release: the load generator is <root>/bench/gpu/loadgen.py.
+        let root = URL(fileURLWithPath: bin).deletingLastPathComponent().deletingLastPathComponent().path
+        let started = monoNs()
+        let clientsRun = try Child(["/usr/bin/env", "python3", root + "/bench/gpu/loadgen.py", "run", "\(url)/v1", input,
+                                    "\(dir)/\(tag).report.json", "--clients", "\(clients)", "--model", "bench"],
+                                   name: "\(tag)-clients", dir: dir)
+        let deadline = started + 600_000_000_000
+        while clientsRun.isRunning && monoNs() < deadline { usleep(20_000) }
+        guard !clientsRun.isRunning, clientsRun.status == 0 else {
+            clientsRun.stop(signal: SIGKILL)
+            throw BenchError("the HTTP clients did not finish cleanly (status \(clientsRun.status)): \(((try? String(contentsOfFile: clientsRun.outPath, encoding: .utf8)) ?? "").suffix(2000))")
+        }
+        let seconds = Double(monoNs() - started) / 1e9
+        let samples = engineSamples((try? String(contentsOfFile: worker.errPath, encoding: .utf8)) ?? "")
+        let steady = samples.filter { $0.completed >= count * 15 / 100 && $0.completed <= count * 85 / 100 }
+        guard let first = steady.first, let last = steady.last, last.steps > first.steps else {
+            throw BenchError("admission through the gateway: no engine statistics in steady state (\(samples.count) reports)")
+        }
+        let occupancy = Double(last.sequenceSteps - first.sequenceSteps) / Double((last.steps - first.steps) * capacity)
+        let whole = samples.last.map { Double($0.sequenceSteps) / Double(max(1, $0.steps) * capacity) } ?? 0
+        let ideal = Double(capacity) / (meanTokens * Double(stepUs + capacity * seqUs) / 1e6)
+        let stepMs = (samples.last?.steps ?? 0) > 0 ? seconds * 1000 / Double(samples.last!.steps) : 0
+        log("admission: capacity \(capacity) behind the gateway, \(clients) HTTP clients, \(count) requests: occupancy \(String(format: "%.3f", occupancy)) steady (\(String(format: "%.3f", whole)) whole run), \(Int(Double(count) / seconds)) requests/s of an ideal \(Int(ideal))/s")
+        return ["capacity": capacity, "step_us": stepUs, "seq_us": seqUs, "requests": count, "batch_size": 1,
+                "window": "gateway, \(clients) HTTP clients",
+                "occupancy_steady": (occupancy * 1000).rounded() / 1000, "occupancy_whole_run": (whole * 1000).rounded() / 1000,
+                "steady_steps": last.steps - first.steps, "seconds": (seconds * 100).rounded() / 100,
+                "requests_per_s": (Double(count) / seconds).rounded(), "ideal_requests_per_s": ideal.rounded(),
+                "mean_tokens": meanTokens, "nominal_step_ms": Double(stepUs + capacity * seqUs) / 1000,
+                "measured_step_ms": (stepMs * 100).rounded() / 100, "load_average": loadAverage()]
     }
 
     /// Prompts of 30 words with completions of 8 to 24 tokens; returns the mean completion length.
