@@ -124,7 +124,7 @@ extension Scheduler {
             let sessionHeld = s.sessions[session]?.heldBytes ?? 0, share = s.config.sessionByteLimit
             if sessionHeld > 0 && sessionHeld + bytes > share {
                 s.pools[pool]!.counters.rejectedBusy += 1
-                return reject(.busy, "this session holds \(sessionHeld) bytes of its share of \(share) (payloads not finished and results "
+                return reject(.busy, "this session holds \(sessionHeld) bytes of its share of \(share) (payloads and results of its batches "
                               + "not yet acknowledged): ACK the results you have, or retry later", retryAfter: retry)
             }
             if held + bytes > s.config.maxPoolBytes || queued >= s.config.maxQueuedBatches {

@@ -40,6 +40,13 @@ public struct SchedulerSnapshot: Sendable, Codable, Equatable {
         public var session: String
         public var connected: Bool
         public var outstanding: Int
+        /// Bytes the session holds against its share (`--session-max-bytes`); absent from brokers
+        /// that had no share.
+        public var heldBytes: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case session, connected, outstanding, heldBytes = "held_bytes"
+        }
     }
 
     public var pools: [Pool]
@@ -90,7 +97,7 @@ extension Scheduler {
         }
         return names.map { name in
             let s = sessions[name]!
-            return .init(session: name, connected: s.route != nil, outstanding: s.batches.count)
+            return .init(session: name, connected: s.route != nil, outstanding: s.batches.count, heldBytes: s.heldBytes)
         }
     }
 

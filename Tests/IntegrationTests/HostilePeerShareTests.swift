@@ -45,6 +45,8 @@ struct HostilePeerShareTests {
         defer { client.close() }
         let pool = try #require(try await status(client).scheduler.pools.first)
         #expect(pool.heldBytes <= 2 * 500_000 + 100_000, "held \(pool.heldBytes)")
+        let greedyHeld = try await status(client).scheduler.sessions.first { $0.session == "s-greedy" }?.heldBytes ?? 0
+        #expect(greedyHeld > 0 && greedyHeld <= pool.heldBytes, "the greedy session holds \(greedyHeld)")
         // The greedy session stays refused while its results wait.
         try greedy.submit("greedy-more", Self.big("gm"))
         #expect(try greedy.sync().compactMap(\.rejectionCode) == ["busy"])
