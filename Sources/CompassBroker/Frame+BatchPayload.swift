@@ -14,4 +14,12 @@ extension Frame: BatchPayload {
             other.withUnsafeBytes { b in a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0 }
         }
     }
+
+    /// Hashes in place, as the default does over a copy.
+    public var contentHash: Int {
+        var hasher = Hasher()
+        withUnsafeBytes { hasher.combine(bytes: $0) }
+        hasher.combine(count)
+        return hasher.finalize()
+    }
 }

@@ -60,7 +60,11 @@ public final class CompassClient: Sendable {
     public func submit(_ requests: [InferenceRequest], pool: String, batchID: String = UUID().uuidString.lowercased(),
                        maxAttempts: UInt16 = 0, priority: Int16 = 0, deadlineMilliseconds: UInt32 = 0,
                        affinity: UInt64 = 0) async throws -> BatchOutcome {
-        let payload = [UInt8](try JSONEncoder().encode(requests))
+        // Sorted keys: the same requests encode to the same bytes in every process, so a re-SUBMIT
+        // after a restart (`compass submit --resume`) is the same SUBMIT, not `payload_mismatch`.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        let payload = [UInt8](try encoder.encode(requests))
         let meta = BatchMeta(requestCount: UInt32(requests.count), maxAttempts: maxAttempts, priority: priority,
                              deadlineMilliseconds: deadlineMilliseconds, affinity: affinity)
         return try await submit(batchID: batchID, pool: pool, payload: payload, meta: meta)

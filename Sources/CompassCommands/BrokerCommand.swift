@@ -30,7 +30,11 @@ public struct BrokerCommand: ParsableCommand {
     @Option(name: .customLong("pool-attempts"), help: "Attempts per batch for one pool, as POOL=N (repeatable).")
     var poolAttempts: [String] = []
     @Option(help: "Bytes a pool may hold (queued payloads plus unacknowledged results) before SUBMIT gets 'busy'.")
-    var maxPoolBytes: Int = 1 << 30
+    var maxPoolBytes: Int = WireProtocol.defaultMaxPoolBytes
+    @Option(help: "Bytes one producer session may hold, all pools together (its payloads plus its unacknowledged results) before its own SUBMITs get 'busy' (default: a quarter of --max-pool-bytes).")
+    var sessionMaxBytes: Int?
+    @Option(help: "Acknowledged batch ids remembered (the most recent), so that a late re-SUBMIT of one is refused rather than run again.")
+    var rememberedAcks: Int = WireProtocol.defaultRememberedAcks
     @Option(help: "Batches a pool may queue before SUBMIT gets 'busy'.") var maxQueuedBatches: Int = 100_000
     @Option(help: "Largest batch payload in bytes.") var maxPayloadBytes: Int = WireProtocol.defaultMaxPayloadBytes
     @Option(help: "Milliseconds a worker may hold one batch before it is taken back (0: no lease).") var leaseMs: UInt64 = 0
@@ -61,6 +65,8 @@ public struct BrokerCommand: ParsableCommand {
         guard heartbeatMs >= 10 else { throw ValidationError("--heartbeat-ms must be at least 10") }
         guard liveness >= 1 else { throw ValidationError("--liveness must be at least 1") }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
+        if let sessionMaxBytes, sessionMaxBytes < 1 { throw ValidationError("--session-max-bytes must be at least 1") }
+        guard rememberedAcks >= 0 else { throw ValidationError("--remembered-acks must be 0 or more") }
         guard affinityLoadFactor == 0 || (affinityLoadFactor >= 1 && affinityLoadFactor <= 1000) else {
             throw ValidationError("--affinity-load-factor must be 0 (off) or from 1 to 1000")
         }
@@ -93,6 +99,8 @@ public struct BrokerCommand: ParsableCommand {
             options.scheduler.poolMaxAttempts[String(parts[0])] = UInt16(parts[1])
         }
         options.scheduler.maxPoolBytes = maxPoolBytes
+        options.scheduler.maxSessionBytes = sessionMaxBytes
+        options.scheduler.rememberedAcks = rememberedAcks
         options.scheduler.maxQueuedBatches = maxQueuedBatches
         options.scheduler.leaseMilliseconds = leaseMs
         options.scheduler.resultRetentionMilliseconds = resultRetentionMs

@@ -47,6 +47,15 @@ public enum WireProtocol {
     public static let maxJSONDepth = 64
     /// Sessions listed in STATUS (`scheduler.sessions`); `scheduler.sessions_total` counts them all.
     public static let maxStatusSessions = 1000
+    /// Bytes a pool may hold by default (`compass-broker --max-pool-bytes`): payloads queued or
+    /// running plus results not yet acknowledged.
+    public static let defaultMaxPoolBytes = 1 << 30
+    /// A session's share of a pool's bytes by default: one part in this many of the pool's limit
+    /// (`compass-broker --session-max-bytes` sets it in bytes).
+    public static let defaultSessionShareDivisor = 4
+    /// Acknowledged batch ids a broker remembers by default (the last ones ACKed), so that a late
+    /// re-SUBMIT of one is refused instead of run again (`compass-broker --remembered-acks`).
+    public static let defaultRememberedAcks = 65_536
 
     /// The most bytes a whole message (all its frames) may have, given its command byte: a SUBMIT,
     /// RESULT or FAILED may carry a payload of up to `maxPayloadBytes` plus headroom for its other
@@ -155,6 +164,9 @@ public enum RejectCode: String, Sendable, CaseIterable {
     /// A connection that has not said HELLO re-submitted a batch id of a named session: say HELLO
     /// with your session, then re-SUBMIT (a reconnected socket may deliver queued SUBMITs first).
     case sessionRequired = "session_required"
+    /// The batch id is known (held, or recently acknowledged) with another payload or pool: a batch
+    /// id names one batch; choose a new id for new work.
+    case payloadMismatch = "payload_mismatch"
 }
 
 /// Why a batch or a request failed (the `code` of FAILED and of a per-request error).

@@ -78,10 +78,12 @@ extension Scheduler {
             record.totalDispatches = s.charged  // attempts reported to the producer: hand-backs are not
             sessions[s.session, default: SessionRecord()].batches.insert(s.id)
             pools[s.pool]!.heldBytes += s.payload.byteCount
+            sessions[s.session]!.heldBytes += s.payload.byteCount
             if let outcome = s.outcome {
                 record.state = .finished(outcome.scheduled, at: now)
                 batches[s.id] = record
                 pools[s.pool]!.heldBytes += batches[s.id]!.heldBytes - s.payload.byteCount
+                sessions[s.session]!.heldBytes += batches[s.id]!.heldBytes - s.payload.byteCount
                 finishedOrder.append((s.id, now))
             } else {
                 batches[s.id] = record

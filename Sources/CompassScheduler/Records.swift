@@ -105,6 +105,9 @@ struct SessionRecord {
     /// The last HELLO, ACK or HEARTBEAT of the session's connection: a session that holds no
     /// batches and stays silent longer than `SchedulerConfig.idleSessionMilliseconds` is forgotten.
     var lastSeen = Timestamp(nanoseconds: 0)
+    /// Bytes the session's batches hold (`BatchRecord.heldBytes` of each batch it submitted:
+    /// payload, and result once finished), checked against `SchedulerConfig.sessionByteLimit`.
+    var heldBytes = 0
 }
 
 /// Counters per pool, for STATUS and metrics.

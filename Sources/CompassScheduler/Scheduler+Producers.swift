@@ -75,14 +75,27 @@ extension Scheduler {
                     // with the same pool and payload: the producer reconnected with a new socket.
                     // The identical payload is the proof: a thief who guesses an id does not know it.
                     s.rebind(batchID, to: session)
+                } else if existing.parent != nil {
+                    // The id of a half the broker cut from a batch (poison isolation): internal.
+                    return reject(.duplicate, "batch id \(batchID) is in use; batch ids must be unique")
+                } else if existing.pool != pool || !existing.payload.hasSameBytes(as: payload) {
+                    // The same id for other work: answering with the old batch's outcome would hand
+                    // the producer results of requests it did not send this time.
+                    let what = existing.pool != pool ? "pool '\(existing.pool)'" : "another payload (\(existing.payload.byteCount) bytes)"
+                    return reject(.payloadMismatch, "batch id \(batchID) is already in use with \(what); "
+                                  + "a batch id names one batch: re-SUBMIT it unchanged, or choose a new id for new work")
                 }
                 // A re-SUBMIT after a reconnect: confirm, and re-send the outcome if there is one.
                 s.emit(.toProducer(route, .accepted(batchID: batchID)))
                 s.deliver(batchID)
                 return
             }
-            if s.recentAckSet.contains(batchID) {
-                return reject(.duplicate, "batch \(batchID) was already completed and acknowledged")
+            if let acked = s.recentAckSet[batchID] {
+                if acked.pool == pool && acked.payloadBytes == payload.byteCount && acked.payloadHash == payload.contentHash {
+                    return reject(.duplicate, "batch \(batchID) was already completed and acknowledged")
+                }
+                return reject(.payloadMismatch, "batch id \(batchID) was completed and acknowledged with another "
+                              + (acked.pool == pool ? "payload" : "pool ('\(acked.pool)')") + "; choose a new id for new work")
             }
             guard s.accepting else { return reject(.shuttingDown, "the broker is shutting down", retryAfter: 1000) }
             guard WireProtocol.isValidPoolName(pool) else {
@@ -104,9 +117,18 @@ extension Scheduler {
             if bytes > s.config.maxPoolBytes {
                 return reject(.tooLarge, "payload of \(bytes) bytes exceeds the pool limit of \(s.config.maxPoolBytes) bytes")
             }
+            let retry = UInt32(clamping: max(50, s.config.heartbeatMilliseconds / 4))
+            // The session's share first: a producer that never ACKs (or floods) fills its own share
+            // and gets `busy`, while the pool keeps room for every other session. A session that
+            // holds nothing may always submit one batch the pool can take.
+            let sessionHeld = s.sessions[session]?.heldBytes ?? 0, share = s.config.sessionByteLimit
+            if sessionHeld > 0 && sessionHeld + bytes > share {
+                s.pools[pool]!.counters.rejectedBusy += 1
+                return reject(.busy, "this session holds \(sessionHeld) bytes of its share of \(share) (payloads and results of its batches "
+                              + "not yet acknowledged): ACK the results you have, or retry later", retryAfter: retry)
+            }
             if held + bytes > s.config.maxPoolBytes || queued >= s.config.maxQueuedBatches {
                 s.pools[pool]!.counters.rejectedBusy += 1
-                let retry = UInt32(clamping: max(50, s.config.heartbeatMilliseconds / 4))
                 return reject(.busy, "pool '\(pool)' is full (\(queued) batches queued, \(held) bytes held); retry later", retryAfter: retry)
             }
             let maxAttempts = meta.maxAttempts > 0 ? meta.maxAttempts
@@ -116,6 +138,7 @@ extension Scheduler {
                                      payload: payload, acceptedAt: now, deadline: deadline)
             s.batches[batchID] = record
             s.sessions[session]!.batches.insert(batchID)
+            s.sessions[session]!.heldBytes += bytes
             if let deadline { s.deadlines.insert(DeadlineEntry(at: deadline, batchID: batchID)) }
             s.withPool(pool) { p in
                 p.queue.push(batchID, session: session, priority: meta.priority)
@@ -134,7 +157,9 @@ extension Scheduler {
     mutating func rebind(_ id: String, to session: String) {
         guard let old = batches[id]?.session, old != session else { return }
         batches[id]!.session = session
+        let bytes = batches[id]!.heldBytes
         sessions[old]?.batches.remove(id)
+        sessions[old]?.heldBytes -= bytes
         if let record = sessions[old], record.batches.isEmpty, record.route == nil || old.hasPrefix("anon:") {
             // An anonymous session left empty is forgotten with its binding; the connection, if
             // it is still there, gets a fresh one with its next message.
@@ -142,12 +167,14 @@ extension Scheduler {
             if let route = record.route, routeSessions[route] == old { routeSessions[route] = nil }
         }
         sessions[session, default: SessionRecord()].batches.insert(id)
+        sessions[session]!.heldBytes += bytes
         journal(.rebound(batchID: id, session: session))
     }
 
     /// Moves every batch of an anonymous session into a named one.
     mutating func adopt(anonymous old: String, into session: String) {
         guard let record = sessions.removeValue(forKey: old) else { return }
+        sessions[session, default: SessionRecord()].heldBytes += record.heldBytes
         for id in record.batches {
             batches[id]?.session = session
             sessions[session, default: SessionRecord()].batches.insert(id)
@@ -189,11 +216,13 @@ extension Scheduler {
                 s.emit(.toProducer(route, .rejected(batchID: batchID, code: .unknownBatch, message: why, retryAfterMilliseconds: 0)))
                 return
             }
-            s.forget(batchID)
+            // Remember the id with its pool and a hash of its payload (not the payload): a late
+            // re-SUBMIT is refused `duplicate`, or `payload_mismatch` if it is other work.
+            s.recentAckSet[batchID] = AckedBatch(pool: b.pool, payloadHash: b.payload.contentHash, payloadBytes: b.payload.byteCount)
             s.recentAcks.append(batchID)
-            s.recentAckSet.insert(batchID)
-            if s.recentAcks.count > s.config.rememberedAcks, let old = s.recentAcks.popFirst() {
-                s.recentAckSet.remove(old)
+            s.forget(batchID)
+            while s.recentAcks.count > max(0, s.config.rememberedAcks), let old = s.recentAcks.popFirst() {
+                s.recentAckSet[old] = nil
             }
         }
     }

@@ -20,8 +20,12 @@ public struct Scheduler<Payload: BatchPayload> {
     var routeSessions: [PeerID: String] = [:]
     /// When `tick` last looked for idle sessions (once a second at most).
     var lastSessionSweep = Timestamp(nanoseconds: 0)
+    /// The last `SchedulerConfig.rememberedAcks` ACKed batch ids, oldest first (an id is in it at
+    /// most once: it cannot be submitted, so ACKed, again while it is remembered).
     var recentAcks: Deque<String> = []
-    var recentAckSet: Set<String> = []
+    /// What a remembered ACKed batch was (its pool and a hash of its payload, not the payload), so
+    /// that its re-SUBMIT is told `duplicate` or `payload_mismatch`.
+    var recentAckSet: [String: AckedBatch] = [:]
     /// Finished batches in finishing order, for result retention.
     var finishedOrder: Deque<(id: String, at: Timestamp)> = []
     /// Deadlines of batches, soonest first (entries of finished batches are skipped when popped).
@@ -301,6 +305,7 @@ public struct Scheduler<Payload: BatchPayload> {
         journal(.finished(batchID: id, outcome: outcome.journaled))
         batches[id] = b
         let added = b.heldBytes - before
+        sessions[b.session]?.heldBytes += added
         withPool(b.pool) { p in
             p.heldBytes += added
             if case .result = outcome {
@@ -374,9 +379,17 @@ public struct Scheduler<Payload: BatchPayload> {
         if b.parent == nil { journal(.removed(batchID: id)) }
         if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         pools[b.pool]?.heldBytes -= b.heldBytes
+        if b.parent == nil { sessions[b.session]?.heldBytes -= b.heldBytes }
         sessions[b.session]?.batches.remove(id)
         if let s = sessions[b.session], s.batches.isEmpty, s.route == nil { sessions[b.session] = nil }
     }
+}
+
+/// An acknowledged batch, as remembered after the broker forgot it.
+struct AckedBatch {
+    let pool: String
+    let payloadHash: Int
+    let payloadBytes: Int
 }
 
 /// A batch's deadline in the deadline heap.

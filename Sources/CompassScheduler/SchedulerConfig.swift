@@ -11,7 +11,12 @@ public struct SchedulerConfig: Sendable {
     /// Pools accepted before any worker registers for them. A pool a worker registers for is added.
     public var declaredPools: Set<String> = []
     /// Bytes a pool may hold: payloads queued or running plus results not yet acknowledged.
-    public var maxPoolBytes: Int = 1 << 30
+    public var maxPoolBytes: Int = WireProtocol.defaultMaxPoolBytes
+    /// Bytes one producer session may hold, all pools together: the payloads of its batches
+    /// (queued, running, or finished and not yet acknowledged) plus their results. Beyond it only
+    /// that session's SUBMITs get `busy`, so a producer that never ACKs fills its own share, not
+    /// the pool. nil: a share of the pool, `maxPoolBytes / WireProtocol.defaultSessionShareDivisor`.
+    public var maxSessionBytes: Int?
     /// Batches a pool may hold in its queue.
     public var maxQueuedBatches: Int = 100_000
     /// How long a worker may hold one dispatch before it is taken back (0 = no lease).
@@ -29,8 +34,10 @@ public struct SchedulerConfig: Sendable {
     public var maxCredit: Int = 1024
     /// Dispatches of removed workers remembered so that their late answers return credit.
     public var maxOrphanedDispatches: Int = 65_536
-    /// Acknowledged batch ids remembered, so a late duplicate SUBMIT is refused instead of re-run.
-    public var rememberedAcks: Int = 65_536
+    /// Acknowledged batch ids remembered (the last this many ACKed, with a hash of each payload),
+    /// so a late duplicate SUBMIT is refused instead of re-run. An id ACKed longer ago than that,
+    /// or before a broker restart, is new again.
+    public var rememberedAcks: Int = WireProtocol.defaultRememberedAcks
     /// Failure codes that mean "this batch may have killed its engine or worker".
     public var killCodes: Set<String> = ["engine_dead", "worker_lost", "timeout", "oom"]
     /// Kills after which a batch of several requests is split in halves (a split half, already
@@ -48,6 +55,9 @@ public struct SchedulerConfig: Sendable {
     public var journaling = false
 
     public init() {}
+
+    /// The bytes one session may hold: `maxSessionBytes`, else its default share of the pool.
+    public var sessionByteLimit: Int { maxSessionBytes ?? maxPoolBytes / WireProtocol.defaultSessionShareDivisor }
 
     /// A worker is dead after this long without a message.
     public var expiryMilliseconds: UInt64 { heartbeatMilliseconds * liveness }

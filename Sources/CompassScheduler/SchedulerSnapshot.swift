@@ -40,6 +40,13 @@ public struct SchedulerSnapshot: Sendable, Codable, Equatable {
         public var session: String
         public var connected: Bool
         public var outstanding: Int
+        /// Bytes the session holds against its share (`--session-max-bytes`); absent from brokers
+        /// that had no share.
+        public var heldBytes: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case session, connected, outstanding, heldBytes = "held_bytes"
+        }
     }
 
     public var pools: [Pool]
@@ -90,7 +97,7 @@ extension Scheduler {
         }
         return names.map { name in
             let s = sessions[name]!
-            return .init(session: name, connected: s.route != nil, outstanding: s.batches.count)
+            return .init(session: name, connected: s.route != nil, outstanding: s.batches.count, heldBytes: s.heldBytes)
         }
     }
 
@@ -98,9 +105,10 @@ extension Scheduler {
     /// For tests: cheap enough to call after every step of a randomized run.
     public func checkInvariants() -> [String] {
         var problems: [String] = []
-        var queued: [String: Int] = [:], running: [String: Int] = [:], held: [String: Int] = [:]
+        var queued: [String: Int] = [:], running: [String: Int] = [:], held: [String: Int] = [:], sessionHeld: [String: Int] = [:]
         for (id, b) in batches {
             held[b.pool, default: 0] += b.heldBytes
+            if b.parent == nil { sessionHeld[b.session, default: 0] += b.heldBytes }
             switch b.state {
             case .queued: queued[b.pool, default: 0] += 1
             case .running(let w, _, _):
@@ -132,6 +140,9 @@ extension Scheduler {
             if p.queuedBatches != queued[name, default: 0] { problems.append("pool \(name) counts \(p.queuedBatches) queued, holds \(queued[name, default: 0])") }
             if p.runningBatches != running[name, default: 0] { problems.append("pool \(name) counts \(p.runningBatches) running, holds \(running[name, default: 0])") }
             if p.heldBytes != held[name, default: 0] { problems.append("pool \(name) counts \(p.heldBytes) bytes, holds \(held[name, default: 0])") }
+        }
+        for (name, record) in sessions where record.heldBytes != sessionHeld[name, default: 0] {
+            problems.append("session \(name) counts \(record.heldBytes) bytes, holds \(sessionHeld[name, default: 0])")
         }
         return problems
     }

@@ -51,10 +51,20 @@ public protocol BatchPayload {
     init(payloadBytes: [UInt8])
     /// Whether `other` holds the same bytes.
     func hasSameBytes(as other: Self) -> Bool
+    /// A hash of the bytes, for telling payloads apart after they are gone (remembered ACKs): the
+    /// process's seeded hasher, so a peer can neither predict it nor make two payloads collide on
+    /// purpose. Equal only within one process.
+    var contentHash: Int { get }
 }
 
 extension BatchPayload {
     public func hasSameBytes(as other: Self) -> Bool { byteCount == other.byteCount && payloadBytes == other.payloadBytes }
+    public var contentHash: Int {
+        var hasher = Hasher()
+        payloadBytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+        hasher.combine(byteCount)
+        return hasher.finalize()
+    }
 }
 
 extension Array: BatchPayload where Element == UInt8 {

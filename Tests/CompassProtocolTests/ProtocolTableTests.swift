@@ -111,6 +111,9 @@ struct ProtocolTableTests {
         #expect(limits?["message_headroom_bytes"]?.int == WireProtocol.messageHeadroomBytes)
         #expect(limits?["json_depth"]?.int == WireProtocol.maxJSONDepth)
         #expect(limits?["status_sessions"]?.int == WireProtocol.maxStatusSessions)
+        #expect(limits?["default_max_pool_bytes"]?.int == WireProtocol.defaultMaxPoolBytes)
+        #expect(limits?["default_session_share_divisor"]?.int == WireProtocol.defaultSessionShareDivisor)
+        #expect(limits?["default_remembered_acks"]?.int == WireProtocol.defaultRememberedAcks)
     }
 
     @Test func readyRequiresTheTablesRequiredFieldsOnly() throws {

@@ -32,11 +32,16 @@ struct Harness {
     @discardableResult
     mutating func submit(_ id: String, from producer: String = "prod", pool: String = "p", requests: UInt32 = 1,
                          priority: Int16 = 0, maxAttempts: UInt16 = 0, deadline: UInt32 = 0, bytes: Int = 10,
-                         affinity: UInt64 = 0) -> [SchedulerAction<[UInt8]>] {
+                         affinity: UInt64 = 0, fill: UInt8 = 1) -> [SchedulerAction<[UInt8]>] {
         let meta = BatchMeta(requestCount: requests, maxAttempts: maxAttempts, priority: priority, deadlineMilliseconds: deadline,
                              affinity: affinity)
         return record(scheduler.submit(from: PeerID(producer), batchID: id, pool: pool, meta: meta,
-                                       payload: [UInt8](repeating: 1, count: bytes), now: now))
+                                       payload: [UInt8](repeating: fill, count: bytes), now: now))
+    }
+
+    @discardableResult
+    mutating func ack(_ id: String, from producer: String = "prod") -> [SchedulerAction<[UInt8]>] {
+        record(scheduler.ack(from: PeerID(producer), batchID: id, now: now))
     }
 
     @discardableResult

@@ -56,7 +56,7 @@ struct ProducerTests {
     }
 
     @Test func fullPoolSaysBusyWithARetryHint() {
-        var h = Harness { $0.maxPoolBytes = 100 }
+        var h = Harness { $0.maxPoolBytes = 100; $0.maxSessionBytes = 100 }
         #expect(h.submit("a", bytes: 60).accepted == ["a"])
         let out = h.submit("b", bytes: 60)
         #expect(out.rejections.map(\.code) == [.busy])

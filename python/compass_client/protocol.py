@@ -68,6 +68,7 @@ class RejectCode(str, Enum):
     UNKNOWN_BATCH = "unknown_batch"
     SHUTTING_DOWN = "shutting_down"
     SESSION_REQUIRED = "session_required"
+    PAYLOAD_MISMATCH = "payload_mismatch"
 
 
 class FailureCode(str, Enum):

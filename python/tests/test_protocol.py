@@ -17,7 +17,8 @@ def test_header_and_command_bytes_match_the_doc() -> None:
     assert [int(c) for c in p.BrokerReply] == [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88]
     assert {c.value for c in p.RejectCode} == {
         "bad_frame", "bad_version", "unknown_command", "unknown_pool", "bad_payload", "too_large", "busy",
-        "duplicate", "unknown_batch", "shutting_down", "session_required"}
+        "duplicate", "unknown_batch", "shutting_down", "session_required",
+        "payload_mismatch"}
     assert len(p.FailureCode) == 9
 
 

@@ -40,6 +40,11 @@ def test_codes_and_limits() -> None:
     assert limits["frames_per_message"] >= 9
     assert limits["control_message_bytes"] < limits["message_headroom_bytes"] <= limits["default_max_payload_bytes"]
     assert limits["json_depth"] >= 1 and limits["status_sessions"] >= 1
+    # A session's default share of a pool (docs/protocol.md, Producer rules): a part of the pool
+    # that still holds several of the largest payloads; and a window of remembered ACKs.
+    share = limits["default_max_pool_bytes"] // limits["default_session_share_divisor"]
+    assert limits["default_max_payload_bytes"] <= share < limits["default_max_pool_bytes"]
+    assert limits["default_remembered_acks"] >= 1
 
 
 def test_producer_messages_have_the_tables_fields() -> None:
