@@ -75,8 +75,10 @@ struct EngineHostTests {
         let outcome = try await task.value
         #expect(try outcome.results().count == 48)
         #expect(try outcome.results().allSatisfy { $0.error == nil })
-        #expect(outcome.attempts == 2)
         let log = w.log()
+        // Seen 3 times at 4 to 37 attempts while other suites ran beside this one on a loaded machine
+        // (never alone, nor under 4 CPU burners): the worker's and the broker's logs say why next time.
+        #expect(outcome.attempts == 2, "worker log:\n\(log.suffix(6000))\nbroker log:\n\(broker.process.log().suffix(4000))")
         #expect(log.contains("engine died") && log.contains("code=engine_dead"))
         #expect(log.components(separatedBy: "engine ready").count - 1 == 2, "the engine was not restarted once")
     }
