@@ -40,26 +40,10 @@ extension Suite {
                 submit.stop(signal: SIGKILL)
                 throw BenchError("compass submit did not finish (status \(submit.status)): \(((try? String(contentsOfFile: submit.errPath, encoding: .utf8)) ?? "").suffix(2000))")
             }
-            let seconds = Double(monoNs() - started) / 1e9
-            let samples = engineSamples((try? String(contentsOfFile: worker.errPath, encoding: .utf8)) ?? "")
-            let steady = samples.filter { $0.completed >= count * 15 / 100 && $0.completed <= count * 85 / 100 }
-            guard let first = steady.first, let last = steady.last, last.steps > first.steps else {
-                throw BenchError("admission: no engine statistics in steady state (\(samples.count) reports)")
-            }
-            let occupancy = Double(last.sequenceSteps - first.sequenceSteps) / Double((last.steps - first.steps) * capacity)
-            let whole = samples.last.map { Double($0.sequenceSteps) / Double(max(1, $0.steps) * capacity) } ?? 0
-            let ideal = Double(capacity) / (meanTokens * Double(stepUs + capacity * seqUs) / 1e6)
-            // What a step really took (the engine sleeps for its cost; a loaded machine wakes it late):
-            // where requests/s falls short of the ideal while occupancy is full, this says why.
-            let totalSteps = samples.last?.steps ?? 0
-            let stepMs = totalSteps > 0 ? seconds * 1000 / Double(totalSteps) : 0
-            rows.append(["capacity": capacity, "step_us": stepUs, "seq_us": seqUs, "requests": count, "batch_size": 1, "window": window,
-                         "occupancy_steady": (occupancy * 1000).rounded() / 1000, "occupancy_whole_run": (whole * 1000).rounded() / 1000,
-                         "steady_steps": last.steps - first.steps, "seconds": (seconds * 100).rounded() / 100,
-                         "requests_per_s": (Double(count) / seconds).rounded(), "ideal_requests_per_s": ideal.rounded(),
-                         "mean_tokens": meanTokens, "nominal_step_ms": Double(stepUs + capacity * seqUs) / 1000,
-                         "measured_step_ms": (stepMs * 100).rounded() / 100, "load_average": loadAverage()])
-            log("admission: capacity \(capacity), \(count) one-request batches, window \(window): occupancy \(String(format: "%.3f", occupancy)) steady (\(String(format: "%.3f", whole)) whole run), \(Int(Double(count) / seconds)) requests/s of an ideal \(Int(ideal))/s; a step took \(String(format: "%.1f", stepMs)) ms for a nominal \(Double(stepUs + capacity * seqUs) / 1000) ms")
+            let row = try occupancyRow(worker: worker, started: started, count: count, capacity: capacity, stepUs: stepUs, seqUs: seqUs,
+                                       meanTokens: meanTokens, window: window)
+            rows.append(row)
+            log("admission: capacity \(capacity), \(count) one-request batches, window \(window): \(row["summary"]!)")
         }
         rows.append(try gatewayAdmission(capacity: capacity, stepUs: stepUs, seqUs: seqUs, count: count))
         result["admission"] = rows
@@ -99,24 +83,38 @@ extension Suite {
             clientsRun.stop(signal: SIGKILL)
             throw BenchError("the HTTP clients did not finish cleanly (status \(clientsRun.status)): \(((try? String(contentsOfFile: clientsRun.outPath, encoding: .utf8)) ?? "").suffix(2000))")
         }
+        let row = try occupancyRow(worker: worker, started: started, count: count, capacity: capacity, stepUs: stepUs, seqUs: seqUs,
+                                   meanTokens: meanTokens, window: "gateway, \(clients) HTTP clients")
+        log("admission: capacity \(capacity) behind the gateway, \(clients) HTTP clients, \(count) requests: \(row["summary"]!)")
+        return row
+    }
+
+    /// One row of the admission table from the worker's `engine statistics`: occupancy in the steady
+    /// state (from the report after 15 % of the requests were answered to the last before 85 %) and
+    /// over the whole run, requests/s against the engine's ideal (capacity / (mean tokens × the step
+    /// with every slot taken)), and what a step really took (the engine sleeps for its cost; a loaded
+    /// machine wakes it late: where requests/s falls short of the ideal at full occupancy, this says why).
+    func occupancyRow(worker: Child, started: UInt64, count: Int, capacity: Int, stepUs: Int, seqUs: Int, meanTokens: Double,
+                      window: Any) throws -> [String: Any] {
         let seconds = Double(monoNs() - started) / 1e9
         let samples = engineSamples((try? String(contentsOfFile: worker.errPath, encoding: .utf8)) ?? "")
         let steady = samples.filter { $0.completed >= count * 15 / 100 && $0.completed <= count * 85 / 100 }
         guard let first = steady.first, let last = steady.last, last.steps > first.steps else {
-            throw BenchError("admission through the gateway: no engine statistics in steady state (\(samples.count) reports)")
+            throw BenchError("admission (\(window)): no engine statistics in steady state (\(samples.count) reports)")
         }
         let occupancy = Double(last.sequenceSteps - first.sequenceSteps) / Double((last.steps - first.steps) * capacity)
         let whole = samples.last.map { Double($0.sequenceSteps) / Double(max(1, $0.steps) * capacity) } ?? 0
-        let ideal = Double(capacity) / (meanTokens * Double(stepUs + capacity * seqUs) / 1e6)
-        let stepMs = (samples.last?.steps ?? 0) > 0 ? seconds * 1000 / Double(samples.last!.steps) : 0
-        log("admission: capacity \(capacity) behind the gateway, \(clients) HTTP clients, \(count) requests: occupancy \(String(format: "%.3f", occupancy)) steady (\(String(format: "%.3f", whole)) whole run), \(Int(Double(count) / seconds)) requests/s of an ideal \(Int(ideal))/s")
-        return ["capacity": capacity, "step_us": stepUs, "seq_us": seqUs, "requests": count, "batch_size": 1,
-                "window": "gateway, \(clients) HTTP clients",
+        let nominalMs = Double(stepUs + capacity * seqUs) / 1000
+        let ideal = Double(capacity) / (meanTokens * nominalMs / 1000)
+        let totalSteps = samples.last?.steps ?? 0
+        let stepMs = totalSteps > 0 ? seconds * 1000 / Double(totalSteps) : 0
+        let summary = "occupancy \(String(format: "%.3f", occupancy)) steady (\(String(format: "%.3f", whole)) whole run), \(Int(Double(count) / seconds)) requests/s of an ideal \(Int(ideal))/s; a step took \(String(format: "%.1f", stepMs)) ms for a nominal \(nominalMs) ms"
+        return ["capacity": capacity, "step_us": stepUs, "seq_us": seqUs, "requests": count, "batch_size": 1, "window": window,
                 "occupancy_steady": (occupancy * 1000).rounded() / 1000, "occupancy_whole_run": (whole * 1000).rounded() / 1000,
                 "steady_steps": last.steps - first.steps, "seconds": (seconds * 100).rounded() / 100,
                 "requests_per_s": (Double(count) / seconds).rounded(), "ideal_requests_per_s": ideal.rounded(),
-                "mean_tokens": meanTokens, "nominal_step_ms": Double(stepUs + capacity * seqUs) / 1000,
-                "measured_step_ms": (stepMs * 100).rounded() / 100, "load_average": loadAverage()]
+                "mean_tokens": meanTokens, "nominal_step_ms": nominalMs,
+                "measured_step_ms": (stepMs * 100).rounded() / 100, "load_average": loadAverage(), "summary": summary]
     }
 
     /// Prompts of 30 words with completions of 8 to 24 tokens; returns the mean completion length.
