@@ -41,9 +41,40 @@ struct FuzzTests {
         (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
     }
 
-    /// One hostile message: random frames, a random command, or a mutated well-formed message.
+    /// One hostile message: random frames, a random command, a mutated well-formed message, or one
+    /// of the shapes issue #20 found: too many frames, oversized control messages, results for
+    /// batches the sender was never given (stale or stolen), another session's HELLO, ACK and CANCEL.
     static func message(frontend: Bool, _ rng: inout Seeded) -> [[UInt8]] {
-        switch Int.random(in: 0..<10, using: &rng) {
+        let h = WireProtocol.header
+        switch Int.random(in: 0..<14, using: &rng) {
+        case 10:
+            // Past the 16-frame bound: a well-formed message with 17 to 48 frames more.
+            return templates(frontend: frontend).randomElement(using: &rng)!
+                + (0..<Int.random(in: 17...48, using: &rng)).map { _ in randomBytes(Int.random(in: 0...64, using: &rng), &rng) }
+        case 11:
+            // Control messages past the 64 KiB bound: a huge session name, READY with a huge gpus
+            // array, a HEARTBEAT with a huge frame.
+            let blob = Array(repeating: UInt8(ascii: "9"), count: Int.random(in: 70_000...300_000, using: &rng))
+            if frontend { return [h, [1], blob] }
+            if Bool.random(using: &rng) {
+                let gpus = "[" + String(repeating: "{\"index\":0},", count: blob.count / 12) + "{\"index\":0}]"
+                return [h, [0x11], Array(#"{"pool":"default","credit":3,"gpus":\#(gpus)}"#.utf8)]
+            }
+            return [h, [0x12], blob]
+        case 12:
+            // Stale and foreign answers: a RESULT or FAILED for the batch id the producers use, at
+            // any attempt, from a worker that was never sent it.
+            let attempt: [UInt8] = [0, 0, 0, UInt8.random(in: 1...6, using: &rng)]
+            return Bool.random(using: &rng)
+                ? [h, [0x14], Array("fz-1".utf8), attempt, Array("{}".utf8), Array(#"[{"custom_id":"f","text":"stolen"}]"#.utf8)]
+                : [h, [0x15], Array("fz-1".utf8), attempt, Array("engine_error".utf8), [1], Array("x".utf8), []]
+        case 13:
+            // Session takeover: HELLO as one of a few shared sessions, then ACK or CANCEL the shared id.
+            switch Int.random(in: 0..<3, using: &rng) {
+            case 0: return [h, [1], Array("sess-\(Int.random(in: 0..<3, using: &rng))".utf8)]
+            case 1: return [h, [3], Array("fz-1".utf8)]
+            default: return [h, [4], Array("fz-1".utf8)]
+            }
         case 0...2:
             return (0..<Int.random(in: 1...10, using: &rng)).map { _ in
                 randomBytes(Bool.random(using: &rng) ? Int.random(in: 0...40, using: &rng) : Int.random(in: 0...4000, using: &rng), &rng)
