@@ -23,23 +23,15 @@ extension Suite {
             let tag = "adm\(window)"
             let broker = try BrokerProc(bin: bin, dir: dir, name: "\(tag)-broker", transport: "tcp")
             defer { broker.stop() }
-            let worker = try Child([bin + "/compass-worker", "--broker", broker.backend, "--pool", "bench", "--engine", "synthetic",
-                                    "--engine-arg", "capacity=\(capacity)", "--engine-arg", "step_us=\(stepUs)", "--engine-arg", "seq_us=\(seqUs)",
-                                    "--stats-interval-ms", "250"], name: "\(tag)-worker", dir: dir)
+            let worker = try continuousWorker(broker, tag: tag, capacity: capacity, stepUs: stepUs, seqUs: seqUs)
             defer { worker.stop(signal: SIGKILL) }
-            try waitLog(worker, "registered with broker", timeoutMs: 60_000)
             let input = "\(dir)/\(tag).jsonl"
             let meanTokens = try writeAdmissionPrompts(input, count: count)
             let started = monoNs()
             let submit = try Child([bin + "/compass", "submit", input, "--broker", broker.frontend, "--pool", "bench", "--batch-size", "1",
                                     "--window", "\(window)", "--out", "\(dir)/\(tag).out.jsonl", "--overwrite", "--quiet"],
                                    name: "\(tag)-submit", dir: dir)
-            let deadline = started + 600_000_000_000
-            while submit.isRunning && monoNs() < deadline { usleep(20_000) }
-            guard !submit.isRunning, submit.status == 0 else {
-                submit.stop(signal: SIGKILL)
-                throw BenchError("compass submit did not finish (status \(submit.status)): \(((try? String(contentsOfFile: submit.errPath, encoding: .utf8)) ?? "").suffix(2000))")
-            }
+            try waitToEnd(submit, started: started, what: "compass submit", output: submit.errPath)
             let row = try occupancyRow(worker: worker, started: started, count: count, capacity: capacity, stepUs: stepUs, seqUs: seqUs,
                                        meanTokens: meanTokens, window: window)
             rows.append(row)
@@ -57,14 +49,11 @@ extension Suite {
         let tag = "admgw"
         let broker = try BrokerProc(bin: bin, dir: dir, name: "\(tag)-broker", transport: "tcp")
         defer { broker.stop() }
-        let worker = try Child([bin + "/compass-worker", "--broker", broker.backend, "--pool", "bench", "--engine", "synthetic",
-                                "--engine-arg", "capacity=\(capacity)", "--engine-arg", "step_us=\(stepUs)", "--engine-arg", "seq_us=\(seqUs)",
-                                "--stats-interval-ms", "250"], name: "\(tag)-worker", dir: dir)
+        let worker = try continuousWorker(broker, tag: tag, capacity: capacity, stepUs: stepUs, seqUs: seqUs)
         defer { worker.stop(signal: SIGKILL) }
         let gateway = try Child([bin + "/compass", "gateway", "--broker", broker.frontend, "--listen", "127.0.0.1:0"],
                                 name: "\(tag)-gateway", dir: dir)
         defer { gateway.stop(signal: SIGKILL) }
-        try waitLog(worker, "registered with broker", timeoutMs: 60_000)
         let line = try gateway.waitLine("compass gateway")
         guard let url = line.split(separator: " ").first(where: { $0.hasPrefix("http://") }) else {
             throw BenchError("admission: no URL in the gateway's line '\(line)'")
@@ -77,16 +66,37 @@ extension Suite {
         let clientsRun = try Child(["/usr/bin/env", "python3", root + "/bench/gpu/loadgen.py", "run", "\(url)/v1", input,
                                     "\(dir)/\(tag).report.json", "--clients", "\(clients)", "--model", "bench"],
                                    name: "\(tag)-clients", dir: dir)
-        let deadline = started + 600_000_000_000
-        while clientsRun.isRunning && monoNs() < deadline { usleep(20_000) }
-        guard !clientsRun.isRunning, clientsRun.status == 0 else {
-            clientsRun.stop(signal: SIGKILL)
-            throw BenchError("the HTTP clients did not finish cleanly (status \(clientsRun.status)): \(((try? String(contentsOfFile: clientsRun.outPath, encoding: .utf8)) ?? "").suffix(2000))")
-        }
+        try waitToEnd(clientsRun, started: started, what: "the HTTP clients", output: clientsRun.outPath)
         let row = try occupancyRow(worker: worker, started: started, count: count, capacity: capacity, stepUs: stepUs, seqUs: seqUs,
                                    meanTokens: meanTokens, window: "gateway, \(clients) HTTP clients")
         log("admission: capacity \(capacity) behind the gateway, \(clients) HTTP clients, \(count) requests: \(row["summary"]!)")
         return row
+    }
+
+    /// A registered `compass-worker` with the synthetic engine in its continuous mode, logging its
+    /// engine statistics every 250 ms.
+    func continuousWorker(_ broker: BrokerProc, tag: String, capacity: Int, stepUs: Int, seqUs: Int) throws -> Child {
+        let worker = try Child([bin + "/compass-worker", "--broker", broker.backend, "--pool", "bench", "--engine", "synthetic",
+                                "--engine-arg", "capacity=\(capacity)", "--engine-arg", "step_us=\(stepUs)", "--engine-arg", "seq_us=\(seqUs)",
+                                "--stats-interval-ms", "250"], name: "\(tag)-worker", dir: dir)
+        do {
+            try waitLog(worker, "registered with broker", timeoutMs: 60_000)
+        } catch {
+            worker.stop(signal: SIGKILL)
+            throw error
+        }
+        return worker
+    }
+
+    /// Waits (at most 10 minutes from `started`) for a load-making child to exit 0; else kills it
+    /// and throws with the end of its `output` file.
+    func waitToEnd(_ child: Child, started: UInt64, what: String, output: String) throws {
+        let deadline = started + 600_000_000_000
+        while child.isRunning && monoNs() < deadline { usleep(20_000) }
+        guard !child.isRunning, child.status == 0 else {
+            child.stop(signal: SIGKILL)
+            throw BenchError("\(what) did not finish cleanly (status \(child.status)): \(((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").suffix(2000))")
+        }
     }
 
     /// One row of the admission table from the worker's `engine statistics`: occupancy in the steady
