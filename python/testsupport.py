@@ -102,23 +102,29 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
         CHILDREN.discard(proc)
 
 
-@pytest.fixture(autouse=True)
-def _watchdog() -> Iterator[None]:
-    """Bounds each test: on expiry, print every thread's stack, kill the children, exit.
-    (Imported into each suite's conftest, which is what makes it apply there.)"""
+def watchdog(limit: float) -> Iterator[None]:
+    """Bounds what runs while it is suspended: after `limit` seconds, print every thread's stack,
+    kill the children, exit. (A generator: fixtures yield from it with their own bound.)"""
 
     def expire() -> None:
-        sys.stderr.write(f"\nTEST WATCHDOG: the test ran over {TEST_WATCHDOG_S} s\n")
+        sys.stderr.write(f"\nTEST WATCHDOG: the test ran over {limit} s\n")
         faulthandler.dump_traceback(all_threads=True)
         for proc in list(CHILDREN):
             proc.kill()
         os._exit(3)
 
-    timer = threading.Timer(TEST_WATCHDOG_S, expire)
+    timer = threading.Timer(limit, expire)
     timer.daemon = True
     timer.start()
     # Backstop that needs no GIL (a call blocked in C may hold it); children die by PDEATHSIG.
-    faulthandler.dump_traceback_later(TEST_WATCHDOG_S + 15, exit=True)
+    faulthandler.dump_traceback_later(limit + 15, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
     timer.cancel()
+
+
+@pytest.fixture(autouse=True)
+def _watchdog() -> Iterator[None]:
+    """Bounds each test by TEST_WATCHDOG_S (`watchdog`). (Imported into each suite's conftest,
+    which is what makes it apply there.)"""
+    yield from watchdog(TEST_WATCHDOG_S)

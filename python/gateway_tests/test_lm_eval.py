@@ -31,13 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import faulthandler
-import threading
-
 import pytest
 from conftest import Cluster, Gateway
 from lm_eval_env import ensure_lm_eval, lm_eval_command, offline_environment
-from testsupport import CHILDREN, full_framework_test
+from testsupport import full_framework_test, watchdog
 
 REPO = Path(__file__).resolve().parents[2]
 #: Longest one lm-eval run may take (it takes 15-40 s on the 2-core test machine).
@@ -92,22 +89,7 @@ def _watchdog() -> Iterator[None]:
     """The suite's watchdog (testsupport) with a longer bound: a test here runs lm-eval once or
     twice, tens of seconds each on an idle machine, minutes on a loaded one. (The install, in a
     module fixture, runs before it starts and is bounded by its own timeout.)"""
-    limit = 3 * RUN_TIMEOUT_S
-
-    def expire() -> None:
-        sys.stderr.write(f"\nTEST WATCHDOG: the test ran over {limit} s\n")
-        faulthandler.dump_traceback(all_threads=True)
-        for proc in list(CHILDREN):
-            proc.kill()
-        os._exit(3)
-
-    timer = threading.Timer(limit, expire)
-    timer.daemon = True
-    timer.start()
-    faulthandler.dump_traceback_later(limit + 15, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
-    timer.cancel()
+    yield from watchdog(3 * RUN_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
