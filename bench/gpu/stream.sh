@@ -12,16 +12,22 @@
 #   batch      compass submit --batch-size 512 -> compass-broker -> compass-worker --engine vllm
 #   one        compass submit --batch-size 1 --window WINDOW: one-request batches
 #   gateway    compass gateway with the same CLIENTS HTTP clients as `serve`
-# Each is timed over PASSES passes: the first after its engine loaded (cold), the others warm; the
-# compass paths share one worker, so only their first pass is cold, and they take turns (one,
-# batch, gateway, one, ...). `loadgen` measures the HTTP clients against a server that does no
-# work (loadgen.py null): the most requests per second they can make here, so a run that reaches a
-# small part of it is not held back by its clients. Texts are compared with LLM.generate's
-# (greedy; batch composition may change a few on a GPU: counted, not asserted).
 #
-# Environment: N (2048), CLIENTS (256), WINDOW (1024: one-request batches in flight), PASSES (3),
-# VLLM_ARGS (gpu_memory_utilization=0.85 max_model_len=2048), PYTHON, MODEL, OUT, WORK, BUNDLE,
-# PATHS (generate serve compass loadgen).
+# Interleaved: the three engines (LLM.generate's, vllm serve's and the compass worker's) are loaded
+# side by side on the GPU, each with the same share of its memory (GMU) and otherwise vLLM's
+# defaults, and idle while another runs. Then PASSES rounds, each one pass of every path, in an
+# order that rotates from round to round. A path's ratio in a round is its rate over LLM.generate's
+# in the same round: drift of the machine over the run (clocks, caches, vLLM warming up over its
+# first passes) falls on both sides of each ratio. Round 1 is every engine's first pass (cold).
+# `loadgen` measures the HTTP clients against a server that does no work (loadgen.py null): the
+# most requests per second they can make here, so a run that reaches a small part of it is not
+# held back by its clients. Texts are compared with LLM.generate's (greedy; batch composition may
+# change some on a GPU: counted, not asserted).
+#
+# Environment: N (2048), CLIENTS (256), WINDOW (1024: one-request batches in flight), PASSES (5),
+# GMU (0.28: each engine's gpu_memory_utilization), VLLM_ARGS (gpu_memory_utilization=$GMU
+# max_model_len=2048), BUDGET_S (stop starting rounds after this many seconds, 540), PYTHON, MODEL,
+# OUT, WORK, BUNDLE, PATHS (generate serve compass loadgen), PACK (one archive of $OUT).
 set -uo pipefail
 B=${BUNDLE:-/tmp/compass}
 OUT=${OUT:-/tmp/out-stream}
@@ -31,18 +37,23 @@ TP=${1:-1}
 N=${N:-2048}
 CLIENTS=${CLIENTS:-256}
 WINDOW=${WINDOW:-1024}
-PASSES=${PASSES:-3}
+PASSES=${PASSES:-5}
+GMU=${GMU:-0.28}
+BUDGET_S=${BUDGET_S:-540}
 PATHS=${PATHS:-generate serve compass loadgen}
 PY=${PYTHON:-python3}
-read -r -a VLLM_ARGS <<<"${VLLM_ARGS:-gpu_memory_utilization=0.85 max_model_len=2048}"
+read -r -a VLLM_ARGS <<<"${VLLM_ARGS:-gpu_memory_utilization=$GMU max_model_len=2048}"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 wants() { case " $PATHS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 GPUS=$(seq -s, 0 $((TP - 1)))
+START=$SECONDS
+arg() { for kv in "${VLLM_ARGS[@]}"; do [ "${kv%%=*}" = "$1" ] && echo "${kv#*=}"; done; }
+elapsed() { python3 -c "print(round($(now) - $1, 1))"; }
 
 make_model
 PROMPTS="$WORK/prompts.jsonl"
 "$PY" "$B/gpu/prompts.py" "$PROMPTS" "$N" --max-tokens 64 --ignore-eos
-RESULTS="$OUT/stream-results.jsonl"  # one line per timed pass: {path, pass, cold, seconds, tokens/s, ...}
+RESULTS="$OUT/stream-results.jsonl"  # one line per timed pass: {path, pass, seconds, tokens/s, ...}
 : >"$RESULTS"
 record() {  # record PATH PASS SECONDS RESULTS_JSONL [EXTRA_JSON]
   "$PY" - "$@" <<'PY' >>"$RESULTS"
@@ -50,8 +61,9 @@ import json, sys, subprocess
 path, k, seconds, results = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] else {}
 import os
+compare = os.environ["REFERENCE"] if path != "generate" and os.path.exists(os.environ["REFERENCE"]) else None
 check = json.loads(subprocess.run([sys.executable, os.environ["B"] + "/gpu/check_results.py", os.environ["PROMPTS"], results]
-                                  + (["--compare", os.environ["REFERENCE"]] if os.path.exists(os.environ["REFERENCE"]) else []),
+                                  + (["--compare", compare] if compare else []),
                                   capture_output=True, text=True).stdout or "{}")
 line = {"path": path, "pass": k, "seconds": round(seconds, 3), **check, **extra}
 line["completion_tokens_per_second"] = round(check.get("completion_tokens", 0) / seconds, 1) if seconds else 0
@@ -59,51 +71,53 @@ print(json.dumps(line))
 PY
   tail -1 "$RESULTS" | tee -a "$OUT/run.log"
 }
-export B PROMPTS REFERENCE="$WORK/generate.jsonl"
+export B PROMPTS REFERENCE="$WORK/generate-reference.jsonl"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done; wait 2>/dev/null; }
+trap cleanup EXIT
+order=()
 
-# (1) LLM.generate
+# (1) LLM.generate, loaded once; one pass per line written to its standard input.
 if wants generate; then
-  log "generate: LLM.generate over $N prompts, $PASSES passes"
-  "$PY" "$B/gpu/vllm_direct.py" "$MODEL" "$PROMPTS" "$OUT/generate.json" --tp "$TP" --passes "$PASSES" \
-    --out "$WORK/generate.jsonl" >"$OUT/generate.log" 2>&1 || { log "LLM.generate failed"; tail -20 "$OUT/generate.log"; }
-  "$PY" - "$OUT/generate.json" <<'PY' >>"$RESULTS"
-import json, sys
-r = json.load(open(sys.argv[1]))
-for p in r["passes"]:
-    print(json.dumps({"path": "generate", "pass": p["pass"], "seconds": p["seconds"], "completion_tokens": p["completion_tokens"],
-                      "completion_tokens_per_second": p["completion_tokens_per_second"], "missing": 0, "duplicated": 0,
-                      "load_seconds": r["load_seconds"]}))
-PY
-  tail -"$PASSES" "$RESULTS" | tee -a "$OUT/run.log"
+  log "generate: loading LLM ($GMU of the GPU)"
+  mkfifo "$WORK/generate.in"
+  "$PY" "$B/gpu/vllm_direct.py" "$MODEL" "$PROMPTS" "$OUT/generate.json" --tp "$TP" --on-demand \
+    --gpu-memory-utilization "$GMU" --max-model-len "$(arg max_model_len)" --out "$WORK/generate.jsonl" \
+    <"$WORK/generate.in" >"$WORK/generate.lines" 2>"$OUT/generate.log" &
+  generator=$!
+  pids+=("$generator")
+  exec 3>"$WORK/generate.in"
+  t0=$(now)
+  if wait_for "$WORK/generate.lines" '"ready"' 1 900 "$generator"; then
+    log "LLM up after $(elapsed "$t0") s"
+    order+=(generate)
+  else
+    tail -30 "$OUT/generate.log"
+  fi
 fi
 
-# (2) vllm serve, CLIENTS HTTP clients
+# (2) vllm serve
 if wants serve; then
-  log "serve: vllm serve, $CLIENTS clients"
+  log "serve: loading vllm serve ($GMU of the GPU)"
   serve_args=()
   for kv in "${VLLM_ARGS[@]}"; do serve_args+=("--${kv%%=*}" "${kv#*=}"); done
   serve_args=("${serve_args[@]//_/-}")
   "$PY" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name gpu --port 8100 \
     --tensor-parallel-size "$TP" --seed 0 "${serve_args[@]}" >"$OUT/serve.log" 2>&1 &
   server=$!
+  pids+=("$server")
   t0=$(now)
+  up=1
   until "$PY" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8100/v1/models', timeout=2)" 2>/dev/null; do
-    kill -0 "$server" 2>/dev/null || { log "vllm serve exited"; tail -30 "$OUT/serve.log"; break; }
+    kill -0 "$server" 2>/dev/null || { log "vllm serve exited"; tail -30 "$OUT/serve.log"; up=0; break; }
     sleep 0.5
   done
-  log "vllm serve up after $(python3 -c "print(round($(now) - $t0, 1))") s"
-  for k in $(seq 1 "$PASSES"); do
-    "$PY" "$B/gpu/loadgen.py" run http://127.0.0.1:8100/v1 "$PROMPTS" "$WORK/serve-$k.json" --clients "$CLIENTS" \
-      --model gpu --out "$WORK/serve-$k.jsonl" >>"$OUT/loadgen.log" 2>&1
-    record serve "$k" "$(python3 -c "import json;print(json.load(open('$WORK/serve-$k.json'))['seconds'])")" "$WORK/serve-$k.jsonl" \
-      "$(python3 -c "import json;r=json.load(open('$WORK/serve-$k.json'));print(json.dumps({'errors':r['errors'],'latency_ms':r['latency_ms']}))")"
-  done
-  kill -INT "$server"; wait "$server"
+  [ "$up" = 1 ] && { log "vllm serve up after $(elapsed "$t0") s"; order+=(serve); }
 fi
 
 # (3) compass: one broker, one vLLM worker, the gateway
 if wants compass; then
-  log "compass: broker, worker --engine vllm (tp $TP), gateway"
+  log "compass: broker, worker --engine vllm (tp $TP, $GMU of the GPU), gateway"
   fe="ipc://$WORK/fe" be="ipc://$WORK/be"
   engine_args=()
   for kv in "${VLLM_ARGS[@]}"; do engine_args+=(--engine-arg "$kv"); done
@@ -114,35 +128,66 @@ if wants compass; then
   worker=$!
   compass gateway --broker "$fe" --listen 127.0.0.1:8200 >"$OUT/gateway.log" 2>&1 &
   gateway=$!
+  pids+=("$gateway" "$worker" "$broker")
   t0=$(now)
   if wait_for "$OUT/worker.log" "registered with broker" 1 900 "$worker"; then
-    log "worker up after $(python3 -c "print(round($(now) - $t0, 1))") s: $(grep -m1 'engine ready' "$OUT/worker.log" | cut -c1-300)"
-    for k in $(seq 1 "$PASSES"); do
-      for mode in one batch gateway; do
-        t0=$(now)
-        case $mode in
-          one) compass submit "$PROMPTS" --broker "$fe" --pool gpu --batch-size 1 --window "$WINDOW" \
-                 --out "$WORK/one-$k.jsonl" --overwrite --quiet >"$OUT/one-$k.txt" 2>&1 ;;
-          batch) compass submit "$PROMPTS" --broker "$fe" --pool gpu --batch-size 512 --window 4 \
-                 --out "$WORK/batch-$k.jsonl" --overwrite --quiet >"$OUT/batch-$k.txt" 2>&1 ;;
-          gateway) "$PY" "$B/gpu/loadgen.py" run http://127.0.0.1:8200/v1 "$PROMPTS" "$WORK/gateway-$k.json" \
-                 --clients "$CLIENTS" --model gpu --out "$WORK/gateway-$k.jsonl" >>"$OUT/loadgen.log" 2>&1 ;;
-        esac
-        t1=$(now)
-        extra=""
-        [ "$mode" = gateway ] && extra=$(python3 -c "import json;r=json.load(open('$WORK/gateway-$k.json'));print(json.dumps({'errors':r['errors'],'latency_ms':r['latency_ms'],'seconds_loadgen':r['seconds']}))")
-        record "$mode" "$k" "$(python3 -c "print($t1 - $t0)")" "$WORK/$mode-$k.jsonl" "$extra"
-      done
-    done
-    grep "engine statistics" "$OUT/worker.log" | tail -40 >"$OUT/occupancy.txt"
+    log "worker up after $(elapsed "$t0") s: $(grep -m1 'engine ready' "$OUT/worker.log" | cut -c1-300)"
+    order+=(one batch gateway)
   else
     tail -30 "$OUT/worker.log"
   fi
-  kill -TERM "$gateway" "$worker" 2>/dev/null; wait "$worker"; kill -TERM "$broker"; wait "$broker" 2>/dev/null
-  grep -h -i "start method\|Cannot re-initialize" "$OUT/worker.log" | head -5 >"$OUT/start-method.txt"
 fi
 
-# (4) the clients' own ceiling
+run_pass() {  # run_pass PATH ROUND
+  local path=$1 k=$2 t0 t1 extra=""
+  case $path in
+    generate)
+      echo "$k" >&3
+      wait_for "$WORK/generate.lines" '"pass"' "$k" 600 "$generator" || return
+      local line
+      line=$(grep '"pass"' "$WORK/generate.lines" | sed -n "${k}p")
+      [ "$k" = 1 ] && cp "$WORK/generate.jsonl" "$REFERENCE"  # the texts the others are compared with
+      record generate "$k" "$(python3 -c "import json,sys;print(json.loads(sys.argv[1])['seconds'])" "$line")" "$WORK/generate.jsonl"
+      return ;;
+  esac
+  t0=$(now)
+  case $path in
+    serve) "$PY" "$B/gpu/loadgen.py" run http://127.0.0.1:8100/v1 "$PROMPTS" "$WORK/serve-$k.json" --clients "$CLIENTS" \
+             --model gpu --out "$WORK/serve-$k.jsonl" >>"$OUT/loadgen.log" 2>&1 ;;
+    one) compass submit "$PROMPTS" --broker "$fe" --pool gpu --batch-size 1 --window "$WINDOW" \
+           --out "$WORK/one-$k.jsonl" --overwrite --quiet >"$OUT/one-$k.txt" 2>&1 ;;
+    batch) compass submit "$PROMPTS" --broker "$fe" --pool gpu --batch-size 512 --window 4 \
+             --out "$WORK/batch-$k.jsonl" --overwrite --quiet >"$OUT/batch-$k.txt" 2>&1 ;;
+    gateway) "$PY" "$B/gpu/loadgen.py" run http://127.0.0.1:8200/v1 "$PROMPTS" "$WORK/gateway-$k.json" \
+               --clients "$CLIENTS" --model gpu --out "$WORK/gateway-$k.jsonl" >>"$OUT/loadgen.log" 2>&1 ;;
+  esac
+  t1=$(now)
+  case $path in
+    serve|gateway) extra=$(python3 -c "import json;r=json.load(open('$WORK/$path-$k.json'));print(json.dumps({'errors':r['errors'],'latency_ms':r['latency_ms'],'seconds_loadgen':r['seconds']}))") ;;
+  esac
+  # The HTTP paths are timed by the load generator (first request to last answer), the others
+  # from the command's start to its end.
+  local seconds
+  if [ -n "$extra" ]; then seconds=$(python3 -c "import json;print(json.load(open('$WORK/$path-$k.json'))['seconds'])"); else seconds=$(python3 -c "print($t1 - $t0)"); fi
+  record "$path" "$k" "$seconds" "$WORK/$path-$k.jsonl" "$extra"
+}
+
+# (4) the rounds
+log "rounds: ${order[*]}"
+for k in $(seq 1 "$PASSES"); do
+  if [ "$k" -gt 1 ] && [ $((SECONDS - START)) -gt "$BUDGET_S" ]; then log "budget spent: stopping after $((k - 1)) rounds"; break; fi
+  n=${#order[@]}
+  for i in $(seq 0 $((n - 1))); do
+    run_pass "${order[$(( (i + k - 1) % n ))]}" "$k"
+  done
+done
+exec 3>&-
+[ -n "${worker:-}" ] && grep "engine statistics" "$OUT/worker.log" | tail -60 >"$OUT/occupancy.txt"
+[ -n "${worker:-}" ] && grep -h -i "start method\|Cannot re-initialize" "$OUT/worker.log" | head -5 >"$OUT/start-method.txt"
+cleanup
+pids=()
+
+# (5) the clients' own ceiling
 if wants loadgen; then
   "$PY" "$B/gpu/loadgen.py" null 8300 >"$OUT/null.log" 2>&1 &
   null=$!
@@ -157,6 +202,6 @@ fi
 cat "$OUT/stream-report.md"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 cp "$B/BUILD" "$OUT/" 2>/dev/null
-log "done; results in $OUT"
+log "done in $((SECONDS - START)) s; results in $OUT"
 # The device tool returns few files: PACK=FILE packs everything into one.
 if [ -n "${PACK:-}" ]; then tar -C "$OUT" --exclude "$(basename "$PACK")" -czf "$PACK" . && ls -la "$PACK"; fi

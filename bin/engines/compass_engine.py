@@ -69,6 +69,7 @@ from compass_request import (  # noqa: F401 - re-exported
     _is_int,
     apply_stop,
     parse_request,
+    prefetch_encoder,
     scoring_tokens,
 )
 

@@ -333,3 +333,36 @@ def scoring_tokens(request: Request, encode: Callable[[str], list[int]],
     if not context:
         return start(), [list(c) if isinstance(c, list) else encode(moved + c) for c in conts]
     return context, [list(c) if isinstance(c, list) else encode(stripped + moved + c)[len(context):] for c in conts]
+
+
+def scoring_texts(request: Request) -> list[str]:
+    """The texts `scoring_tokens(request, ...)` encodes (those of a text context that encodes to
+    tokens: a context that encodes to none asks for others, which `prefetch_encoder` then encodes
+    one by one)."""
+    texts = [c for c in request.continuations or [] if isinstance(c, str)]
+    if request.prompt_token_ids is not None:
+        return texts
+    text = request.prompt or ""
+    stripped = text.rstrip()
+    moved = text[len(stripped):]
+    if not stripped:
+        return [moved + c for c in texts]
+    return [stripped] + [stripped + moved + c for c in texts]
+
+
+def prefetch_encoder(requests: Sequence[Request], encode: Callable[[str], list[int]],
+                     encode_many: Callable[[list[str]], Sequence[Sequence[int]]] | None) -> Callable[[str], list[int]]:
+    """`encode` for the scoring requests of one batch, with every text they need (`scoring_texts`)
+    encoded beforehand in one `encode_many(texts)` call. Scoring encodes each context once and
+    again with every continuation (about five long texts per four-choice item): one call per text
+    holds the GIL for all of it, while a fast tokenizer's batch call runs on every core and lets
+    the engine's other threads go on. A text not encoded beforehand, or a batch whose call fails
+    (a text the tokenizer refuses: that request then fails alone), goes to `encode`."""
+    texts = list(dict.fromkeys(t for r in requests if r.is_scoring for t in scoring_texts(r)))
+    if encode_many is None or len(texts) < 2:
+        return encode
+    try:
+        known = dict(zip(texts, (list(ids) for ids in encode_many(texts)), strict=True))
+    except Exception:  # noqa: BLE001 - each text again on its own, where its request fails alone
+        return encode
+    return lambda text: known[text] if text in known else encode(text)

@@ -89,6 +89,7 @@ from compass_engine import (  # noqa: E402
     fatal_exit,
     is_out_of_memory,
     log,
+    prefetch_encoder,
     run,
     scoring_tokens,
 )
@@ -778,9 +779,13 @@ class HFBackend:
     def encode_plain(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def encode_scoring(self, request: Request) -> tuple[list[int], list[list[int]]]:
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def encode_scoring(self, request: Request, encode: Callable[[str], list[int]]) -> tuple[list[int], list[list[int]]]:
         """The context's tokens and each continuation's (compass_request.scoring_tokens: the
-        context is the same for every continuation, so it is computed once)."""
+        context is the same for every continuation, so it is computed once); `encode` is the
+        batch's (compass_request.prefetch_encoder)."""
 
         def start() -> list[int]:
             if self.start_token is None:
@@ -788,7 +793,7 @@ class HFBackend:
                                  "an empty context after")
             return [self.start_token]
 
-        return scoring_tokens(request, self.encode_plain, start)
+        return scoring_tokens(request, encode, start)
 
     def check(self, request: Request, tokens: list[int], length: int, what: str) -> tuple[str, str] | None:
         """Why these tokens cannot run, as (code, message): ids outside the vocabulary or too long
@@ -815,6 +820,8 @@ class HFBackend:
             results[pos] = Result.failure(request.custom_id, f"request {request.custom_id}: {message}", code)
             progress.add(done=1)
 
+        fast = getattr(self.tokenizer, "is_fast", False) is True
+        encode = prefetch_encoder(requests, self.encode_plain, self.encode_many if fast else None)
         for pos, request in enumerate(requests):
             wants_tree = request.is_scoring or request.logprobs is not None or request.prompt_logprobs is not None
             if wants_tree and self.tree_mask_error:
@@ -822,7 +829,7 @@ class HFBackend:
                 continue
             try:
                 if request.is_scoring:
-                    context, conts = self.encode_scoring(request)
+                    context, conts = self.encode_scoring(request, encode)
                 else:
                     ids = self.encode(request)
             except Exception as error:  # noqa: BLE001 - a template that rejects these messages, say

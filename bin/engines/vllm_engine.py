@@ -94,6 +94,7 @@ from compass_engine import (  # noqa: E402
     Request,
     Result,
     log,
+    prefetch_encoder,
     run,
     scoring_tokens,
 )
@@ -122,8 +123,21 @@ Decode = Callable[[int], str]
 # MARK: What a request asks for, in the request model of docs/protocol.md
 
 
-def score_tokens(tok: Any, request: Request) -> tuple[list[int], list[list[int]]]:
-    """The context's token ids and each continuation's (compass_request.scoring_tokens) with vLLM's tokenizer."""
+def plain_encoder(tok: Any) -> Callable[[str], list[int]]:
+    return lambda text: list(tok.encode(text, add_special_tokens=False))
+
+
+def many_encoder(tok: Any) -> Callable[[list[str]], Any] | None:
+    """The tokenizer's batch call (a Hugging Face tokenizer's __call__ on a list), where it has one."""
+    if not callable(tok) or getattr(tok, "is_fast", None) is not True:
+        return None
+    return lambda texts: tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def score_tokens(tok: Any, request: Request, encode: Callable[[str], list[int]] | None = None,
+                 ) -> tuple[list[int], list[list[int]]]:
+    """The context's token ids and each continuation's (compass_request.scoring_tokens) with vLLM's
+    tokenizer (`encode`: the batch's prefetched one, compass_request.prefetch_encoder)."""
 
     def start() -> list[int]:
         token = getattr(tok, "bos_token_id", None)
@@ -133,7 +147,7 @@ def score_tokens(tok: Any, request: Request) -> tuple[list[int], list[list[int]]
             raise ValueError("scoring after an empty context needs the model's BOS or EOS token; its tokenizer has neither")
         return [int(token)]
 
-    return scoring_tokens(request, lambda text: list(tok.encode(text, add_special_tokens=False)), start)
+    return scoring_tokens(request, encode or plain_encoder(tok), start)
 
 
 # MARK: vLLM's logprobs, read
@@ -568,6 +582,9 @@ class VLLMBackend:
             callable(getattr(self.engine, name, None))
             for name in ("add_request", "step", "has_unfinished_requests", "abort_request"))
         self.tokenizer = self.llm.get_tokenizer()
+        if many_encoder(self.tokenizer) is None:
+            log(f"scoring encodes its texts one at a time: the tokenizer ({type(self.tokenizer).__name__}) is not a "
+                "fast Hugging Face tokenizer with a batch call")
         model_config = getattr(self.engine, "model_config", None) or self.llm.model_config
         self.max_model_len = int(model_config.max_model_len)
         self.score_prefix_cache = score_prefix_cache and "skip_reading_prefix_cache" in self.param_names
@@ -647,10 +664,11 @@ class VLLMBackend:
             raise ValueError(f"prompt too long: {length} tokens; max_model_len is {self.max_model_len}, "
                              f"so at most {self.max_model_len - 1} prompt tokens")
 
-    def prepare(self, pos: int, request: Request) -> tuple[Answer, list[Part]] | Result:
+    def prepare(self, pos: int, request: Request, encode: Callable[[str], list[int]] | None = None,
+                ) -> tuple[Answer, list[Part]] | Result:
         """What one request becomes: its answer and the prompts to run, or its result at once."""
         if request.is_scoring:
-            context, continuations = score_tokens(self.tokenizer, request)
+            context, continuations = score_tokens(self.tokenizer, request, encode)
             for cont in continuations:
                 if not cont:
                     raise ValueError("a continuation has no tokens of its own (it encodes into the context)")
@@ -679,9 +697,10 @@ class VLLMBackend:
         answers: dict[int, Answer] = {}
         parts: list[Part] = []
         with self.tokenizer_lock:
+            encode = prefetch_encoder(requests, plain_encoder(self.tokenizer), many_encoder(self.tokenizer))
             for pos, request in enumerate(requests):
                 try:
-                    prepared = self.prepare(pos, request)
+                    prepared = self.prepare(pos, request, encode)
                 except Exception as error:  # noqa: BLE001 - bad sampling values, a template error: this request only
                     prepared = Result.failure(request.custom_id, str(error))
                 if isinstance(prepared, Result):

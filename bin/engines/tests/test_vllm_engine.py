@@ -614,3 +614,46 @@ def test_continuations_are_tokenized_by_the_protocol_rule() -> None:
         split(MergingTokenizer(bos=None, eos=None), prompt="", continuations=["x"])
     # A token-id context: token-id continuations as they are, text ones encoded on their own.
     assert split(tok, prompt_token_ids=[5, 6], continuations=[[7], " c"]) == ([5, 6], [[7], [1099]])
+
+
+def test_a_batch_of_scoring_requests_is_encoded_in_one_call_with_the_same_tokens() -> None:
+    """prefetch_encoder: every text the batch's scoring requests need goes to the tokenizer's batch
+    call once; the tokens are those of encoding each on its own, whatever the request's shape."""
+    sys.path.insert(0, str(TESTS.parent))
+    from compass_request import parse_request, prefetch_encoder
+
+    import vllm_engine
+
+    tok = MergingTokenizer()
+    plain = vllm_engine.plain_encoder(tok)
+    requests = [parse_request(i, r) for i, r in enumerate((
+        {"custom_id": "a", "prompt": "ab ", "continuations": ["c", "cd", [7, 8]]},
+        {"custom_id": "b", "prompt": "ab", "continuations": [" c"]},
+        {"custom_id": "c", "prompt": "  ", "continuations": ["x"]},
+        {"custom_id": "d", "prompt_token_ids": [5, 6], "continuations": [[7], " c"]},
+        {"custom_id": "e", "prompt": "no scoring here", "max_tokens": 1},
+    ))]
+    calls: list[list[str]] = []
+    singles: list[str] = []
+
+    def many(texts: list[str]) -> list[list[int]]:
+        calls.append(texts)
+        return [plain(t) for t in texts]
+
+    def one(text: str) -> list[int]:
+        singles.append(text)
+        return plain(text)
+
+    encode = prefetch_encoder(requests, one, many)
+    for request in requests[:4]:
+        assert vllm_engine.score_tokens(tok, request, encode) == vllm_engine.score_tokens(tok, request)
+    assert len(calls) == 1 and singles == []
+    assert sorted(calls[0]) == sorted({"ab", "ab c", "ab cd", " c", "  x", "ab c"})
+
+    # A batch call that fails (or answers the wrong number of texts) leaves each text to `encode`.
+    singles.clear()
+    encode = prefetch_encoder(requests, one, lambda texts: [])
+    assert vllm_engine.score_tokens(tok, requests[0], encode) == vllm_engine.score_tokens(tok, requests[0])
+    assert singles == ["ab", "ab c", "ab cd"]
+    # A tokenizer without a fast batch call is not asked for one.
+    assert vllm_engine.many_encoder(tok) is None
