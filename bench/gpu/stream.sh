@@ -10,7 +10,8 @@
 #   generate   vLLM's own LLM.generate, all prompts in one call (the reference: 1.0)
 #   serve      vLLM's own OpenAI server (vllm serve), CLIENTS concurrent HTTP clients (loadgen.py)
 #   batch      compass submit --batch-size 512 -> compass-broker -> compass-worker --engine vllm
-#   one        compass submit --batch-size 1 --window WINDOW: one-request batches
+#   one        compass submit --batch-size 1 --window WINDOW: one-request batches, all N in flight
+#              by default, as LLM.generate has all N at once
 #   gateway    compass gateway with the same CLIENTS HTTP clients as `serve`
 #
 # Interleaved: the three engines (LLM.generate's, vllm serve's and the compass worker's) are loaded
@@ -24,7 +25,7 @@
 # held back by its clients. Texts are compared with LLM.generate's (greedy; batch composition may
 # change some on a GPU: counted, not asserted).
 #
-# Environment: N (2048), CLIENTS (256), WINDOW (1024: one-request batches in flight), PASSES (5),
+# Environment: N (2048), CLIENTS (256), WINDOW (N: one-request batches in flight), PASSES (5),
 # GMU (0.28: each engine's gpu_memory_utilization), VLLM_ARGS (gpu_memory_utilization=$GMU
 # max_model_len=2048), BUDGET_S (stop starting rounds after this many seconds, 540), PYTHON, MODEL,
 # OUT, WORK, BUNDLE, PATHS (generate serve compass loadgen), PACK (one archive of $OUT).
@@ -36,7 +37,7 @@ WORK=${WORK:-/tmp/work-stream}
 TP=${1:-1}
 N=${N:-2048}
 CLIENTS=${CLIENTS:-256}
-WINDOW=${WINDOW:-1024}
+WINDOW=${WINDOW:-$N}
 PASSES=${PASSES:-5}
 GMU=${GMU:-0.28}
 BUDGET_S=${BUDGET_S:-540}
