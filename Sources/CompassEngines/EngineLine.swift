@@ -15,18 +15,20 @@ struct EngineLine {
         self.members = members
     }
 
-    /// The member named `name` (the first, if the engine wrote it twice). Keys are compared as
+    /// The member named `key` (the first, if the engine wrote it twice). Keys are compared as
     /// written, so a key spelled with escapes is not recognized; no engine writes one.
-    func member(_ name: StaticString) -> JSONSyntax.Member? {
-        let n = name.utf8CodeUnitCount
-        return members.first { m in
-            m.key.count == n + 2 && memcmp(bytes.baseAddress! + m.key.lowerBound + 1, name.utf8Start, n) == 0
+    func member(_ key: EngineProtocol.Key) -> JSONSyntax.Member? {
+        var name = key.rawValue
+        return name.withUTF8 { name in
+            members.first { m in
+                m.key.count == name.count + 2 && memcmp(bytes.baseAddress! + m.key.lowerBound + 1, name.baseAddress!, name.count) == 0
+            }
         }
     }
 
     func raw(_ m: JSONSyntax.Member) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: bytes[m.value]) }
 
-    func string(_ name: StaticString) -> String? {
+    func string(_ name: EngineProtocol.Key) -> String? {
         guard let m = member(name), bytes[m.value.lowerBound] == UInt8(ascii: "\"") else { return nil }
         let inner = UnsafeRawBufferPointer(rebasing: bytes[(m.value.lowerBound + 1)..<(m.value.upperBound - 1)])
         guard let base = inner.baseAddress else { return "" }
@@ -34,20 +36,20 @@ struct EngineLine {
         return decode(m) as? String
     }
 
-    func int(_ name: StaticString) -> Int? {
+    func int(_ name: EngineProtocol.Key) -> Int? {
         guard let m = member(name) else { return nil }
         if let i = Int(String(decoding: raw(m), as: UTF8.self)) { return i }
         guard let d = double(name), d.rounded() == d, abs(d) < 1e15 else { return nil }
         return Int(d)
     }
 
-    func double(_ name: StaticString) -> Double? {
+    func double(_ name: EngineProtocol.Key) -> Double? {
         guard let m = member(name), let first = bytes[m.value.lowerBound...].first,
               first == UInt8(ascii: "-") || (first >= UInt8(ascii: "0") && first <= UInt8(ascii: "9")) else { return nil }
         return Double(String(decoding: raw(m), as: UTF8.self))
     }
 
-    func bool(_ name: StaticString) -> Bool? {
+    func bool(_ name: EngineProtocol.Key) -> Bool? {
         guard let m = member(name) else { return nil }
         switch bytes[m.value.lowerBound] {
         case UInt8(ascii: "t"): return true
@@ -57,7 +59,7 @@ struct EngineLine {
     }
 
     /// A small object member (`stats`), decoded with Foundation.
-    func object(_ name: StaticString) -> [String: Any]? {
+    func object(_ name: EngineProtocol.Key) -> [String: Any]? {
         member(name).flatMap { decode($0) as? [String: Any] }
     }
 

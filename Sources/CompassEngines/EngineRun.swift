@@ -76,7 +76,7 @@ struct EngineRun {
             writing.append(contentsOf: lines)
             if stop && !stopping {
                 stopping = true
-                writing.append(Array(#"{"type":"shutdown"}"#.utf8) + [0x0a])
+                writing.append(EngineProtocol.shutdown)
                 if status == nil {
                     child.signalGroup(SIGTERM)
                     killAt = now + graceMilliseconds

@@ -58,9 +58,7 @@ public final class ProcessEngine: Engine, Sendable {
     }
 
     public func submit(_ job: EngineJob) {
-        var head = Array(#"{"type":"batch","batch_id":"#.utf8)
-        JSON.writeString(job.batchID, into: &head)
-        head += Array(#","attempt":\#(job.attempt),"deadline_ms":\#(job.meta.deadlineMilliseconds),"requests":"#.utf8)
+        let head = EngineProtocol.batchHead(batchID: job.batchID, attempt: job.attempt, deadlineMilliseconds: job.meta.deadlineMilliseconds)
         // The payload goes out as it came (the array shares its storage: no copy). It passed the
         // broker's JSON check, so a raw CR or LF in it can only be whitespace between tokens:
         // blanking them, in the rare payload that has any, keeps the message on one line.
@@ -72,14 +70,11 @@ public final class ProcessEngine: Engine, Sendable {
         if breaksLine {
             payload = payload.map { $0 == 0x0a || $0 == 0x0d ? 0x20 : $0 }
         }
-        send([head, payload, Array("}\n".utf8)])
+        send([head, payload, EngineProtocol.batchTail])
     }
 
     public func cancel(batchID: String, attempt: UInt32) {
-        var line = Array(#"{"type":"cancel","batch_id":"#.utf8)
-        JSON.writeString(batchID, into: &line)
-        line += Array(#","attempt":\#(attempt)}"#.utf8) + [0x0a]
-        send([line])
+        send([EngineProtocol.cancel(batchID: batchID, attempt: attempt)])
     }
 
     public func takeEvents() -> [EngineEvent] {

@@ -112,6 +112,59 @@ def log(message: str) -> None:
         pass
 
 
+# MARK: Protocol messages
+
+
+class ToEngine:
+    """The types of the worker's messages, on fd 3 (docs/engines.md; spec/protocol.json
+    `engine_protocol`, which tests/test_protocol_table.py holds these names to)."""
+
+    BATCH = "batch"
+    CANCEL = "cancel"
+    SHUTDOWN = "shutdown"
+
+
+class FromEngine:
+    """The types of the engine's messages, on fd 4; the `*_message` functions below build each."""
+
+    READY = "ready"
+    PROGRESS = "progress"
+    RESULT = "result"
+    FAILED = "failed"
+    FATAL = "fatal"
+
+
+# A backend's cumulative `engine_stats()`, as a result's `stats.engine` carries them (with `occupancy`).
+ENGINE_COUNTERS = ("capacity", "steps", "sequence_steps")
+
+
+def ready_message(model: str, detail: str, start_method: str, capacity: int | None = None,
+                  capacity_tokens: int | None = None, max_batches: int | None = None) -> dict[str, Any]:
+    """`ready`, with those of its optional members that are not None."""
+    message: dict[str, Any] = {"type": FromEngine.READY, "model": model, "detail": detail, "start_method": start_method}
+    optional = {"capacity": capacity, "capacity_tokens": capacity_tokens, "max_batches": max_batches}
+    message.update((key, value) for key, value in optional.items() if value is not None)
+    return message
+
+
+def progress_message(batch_id: str, attempt: int, done: int, total: int, tokens: int) -> dict[str, Any]:
+    return {"type": FromEngine.PROGRESS, "batch_id": batch_id, "attempt": attempt, "done": done, "total": total,
+            "tokens": tokens}
+
+
+def result_message(batch_id: str, attempt: int, results: list[Any], stats: dict[str, Any]) -> dict[str, Any]:
+    return {"type": FromEngine.RESULT, "batch_id": batch_id, "attempt": attempt, "results": results, "stats": stats}
+
+
+def failed_message(batch_id: str, attempt: int, code: str, retryable: bool, message: str) -> dict[str, Any]:
+    return {"type": FromEngine.FAILED, "batch_id": batch_id, "attempt": attempt, "code": code, "retryable": retryable,
+            "message": message}
+
+
+def fatal_message(code: str, message: str) -> dict[str, Any]:
+    return {"type": FromEngine.FATAL, "code": code, "message": message}
+
+
 # MARK: Settings
 
 
@@ -269,8 +322,7 @@ class Progress:
             if now - self._sent_at < (min(0.1, self._interval) if self._urgent else self._interval):
                 return
             self._sent, self._sent_at, self._urgent = moved, now, False
-            self._send({"type": "progress", "batch_id": self._batch_id, "attempt": self._attempt,
-                        "done": min(self.done, self.total), "total": self.total, "tokens": self.tokens})
+            self._send(progress_message(self._batch_id, self._attempt, min(self.done, self.total), self.total, self.tokens))
 
     def close(self) -> None:
         with self._lock:
@@ -495,9 +547,9 @@ class EngineHost:
         except (ValueError, KeyError, TypeError, AttributeError):
             log(f"ignoring a line that is not a protocol message: {line[:200]!r}")
             return
-        if kind == "batch":
+        if kind == ToEngine.BATCH:
             self.inbox.put(_Batch(key[0], key[1], message.get("requests")))
-        elif kind == "cancel":
+        elif kind == ToEngine.CANCEL:
             with self.state_lock:
                 matching = [b for b in self.running if b.key == key]
                 for batch in matching:
@@ -507,7 +559,7 @@ class EngineHost:
                     if len(self.early_cancels) > 1000:
                         self.early_cancels.clear()
                     self.early_cancels.add(key)
-        elif kind == "shutdown":
+        elif kind == ToEngine.SHUTDOWN:
             self.stop("shutdown")
         else:
             log(f"ignoring unknown message type {kind!r}")
@@ -561,9 +613,8 @@ class EngineHost:
         try:
             for batch in batches:
                 if not isinstance(batch.requests, list):
-                    self.send({"type": "failed", "batch_id": batch.batch_id, "attempt": batch.attempt,
-                               "code": "bad_request", "retryable": False,
-                               "message": "the batch's requests are not a JSON array"})
+                    self.send(failed_message(batch.batch_id, batch.attempt, "bad_request", False,
+                                             "the batch's requests are not a JSON array"))
                     continue
                 parsed = [parse_request(i, raw) for i, raw in enumerate(batch.requests)]
                 member = _Member(batch, parsed, Progress(self.send, batch.batch_id, batch.attempt, len(parsed)))
@@ -606,9 +657,8 @@ class EngineHost:
                     continue
                 it = iter(mine)
                 results = [next(it) if isinstance(p, Request) else p for p in member.parsed]
-                self.send({"type": "result", "batch_id": member.batch.batch_id, "attempt": member.batch.attempt,
-                           "results": [r.to_json() for r in results],
-                           "stats": self.batch_stats(started, results, counters_before)})
+                self.send(result_message(member.batch.batch_id, member.batch.attempt, [r.to_json() for r in results],
+                                         self.batch_stats(started, results, counters_before)))
         finally:
             for member in members:
                 member.progress.close()  # (closed already, unless parsing failed half way)
@@ -618,14 +668,12 @@ class EngineHost:
     def answer_failure(self, batch: _Batch, error: BaseException) -> None:
         """A batch's `failed`: `cancelled` when the worker cancelled it (nothing when shutdown or EOF
         stopped it: nobody waits for its answer), else the error's code (`oom`, `engine_error`)."""
-        base = {"batch_id": batch.batch_id, "attempt": batch.attempt}
         if isinstance(error, Cancelled) or batch.cancelled.is_set():
             if batch.cancel_requested:
-                self.send({"type": "failed", **base, "code": "cancelled", "retryable": False, "message": "cancelled"})
+                self.send(failed_message(batch.batch_id, batch.attempt, "cancelled", False, "cancelled"))
             return
         code = "oom" if is_out_of_memory(error) else "engine_error"
-        self.send({"type": "failed", **base, "code": code, "retryable": True,
-                   "message": f"{type(error).__name__}: {error}"[:2000]})
+        self.send(failed_message(batch.batch_id, batch.attempt, code, True, f"{type(error).__name__}: {error}"[:2000]))
 
     def engine_counters(self) -> dict[str, int] | None:
         """The backend's cumulative step counters (`engine_stats()`), where it keeps them."""
@@ -636,7 +684,7 @@ class EngineHost:
             counters = stats()
             if counters is None:
                 return None
-            return {key: int(counters[key]) for key in ("capacity", "steps", "sequence_steps")}
+            return {key: int(counters[key]) for key in ENGINE_COUNTERS}
         except Exception as error:  # noqa: BLE001 - statistics never fail a batch
             log(f"engine_stats() failed: {error}")
             return None
@@ -687,7 +735,7 @@ class EngineHost:
                 traceback.print_exc(file=sys.stderr)
             code = "oom" if is_out_of_memory(error) else "startup_failed"
             message = str(error) if isinstance(error, EngineConfigError) else f"{type(error).__name__}: {error}"
-            self.send({"type": "fatal", "code": code, "message": message[:2000]}, final=True)
+            self.send(fatal_message(code, message[:2000]), final=True)
             _exit(1)
         self.max_batches = max_batches
         # The start method of the processes the engine starts: the backend's word for it (vLLM
@@ -698,17 +746,14 @@ class EngineHost:
             stopping = self.stopping
         if stopping:
             self.inbox.put(None)
-        ready = {"type": "ready", "model": settings.model, "detail": detail, "start_method": method}
         if capacity is not None:
             # The worker admits requests up to the capacity (and a short queue), so any number of
             # batches may be inside at once; the worker, not this process, bounds them.
-            ready["capacity"] = capacity
-            if capacity_tokens is not None:
-                ready["capacity_tokens"] = capacity_tokens
+            ready = ready_message(settings.model, detail, method, capacity=capacity, capacity_tokens=capacity_tokens)
             admits = f"capacity {capacity} sequences" + (f", {capacity_tokens} KV-cache tokens" if capacity_tokens else "")
         else:
-            if max_batches != 1:  # 1 is the protocol's default: the message stays as it always was
-                ready["max_batches"] = max_batches
+            # 1 is the protocol's default: the message stays as it always was
+            ready = ready_message(settings.model, detail, method, max_batches=max_batches if max_batches != 1 else None)
             admits = f"max_batches {max_batches}"
         log(f"ready: {detail}; multiprocessing start method {method}; {admits}")
         self.send(ready)
@@ -792,7 +837,7 @@ class EngineHost:
     def fatal(self, code: str, message: str) -> NoReturn:
         """Sends `fatal` (the first one only: nothing is sent after it) and ends the process."""
         log(f"fatal ({code}): {message}")
-        self.send({"type": "fatal", "code": code, "message": message[:2000]}, final=True)
+        self.send(fatal_message(code, message[:2000]), final=True)
         _exit(1)
 
     def close_backend(self) -> None:
@@ -858,6 +903,6 @@ def run(backend: Backend) -> NoReturn:
         settings = EngineSettings.from_environment(backend.name, backend.arguments)
     except EngineConfigError as error:
         log(f"cannot start: {error}")
-        host.send({"type": "fatal", "code": "startup_failed", "message": str(error)}, final=True)
+        host.send(fatal_message("startup_failed", str(error)), final=True)
         _exit(1)
     host.serve(settings)

@@ -18,6 +18,10 @@ import sys
 import threading
 import time
 
+# The protocol's message types (docs/engines.md): the worker's, then the engine's.
+BATCH, CANCEL, SHUTDOWN = "batch", "cancel", "shutdown"
+READY, PROGRESS, RESULT, FAILED, FATAL = "ready", "progress", "result", "failed", "fatal"
+
 ARGS = json.loads(os.environ.get("COMPASS_ENGINE_ARGS") or "{}")
 events = os.fdopen(int(os.environ.get("COMPASS_ENGINE_OUT", "4")), "w", encoding="utf-8")
 requests = os.fdopen(int(os.environ.get("COMPASS_ENGINE_IN", "3")), "r", encoding="utf-8")
@@ -37,13 +41,13 @@ def read_requests():
     """Reads fd 3 on its own thread, so that a cancel reaches a batch that is running."""
     for line in requests:
         message = json.loads(line)
-        if message["type"] == "batch":
+        if message["type"] == BATCH:
             batches.put(message)
-        elif message["type"] == "cancel":
+        elif message["type"] == CANCEL:
             with cancels:
                 cancelled.add((message["batch_id"], message["attempt"]))
                 cancels.notify_all()
-        elif message["type"] == "shutdown":
+        elif message["type"] == SHUTDOWN:
             break
     batches.put(None)  # shutdown, or end of file: the worker is gone
 
@@ -63,7 +67,7 @@ def answer(request, key):
     if "@@crash" in text:
         os._exit(3)
     if "@@oom" in text:
-        send(type="fatal", code="oom", message="example engine: out of memory (@@oom)")
+        send(type=FATAL, code="oom", message="example engine: out of memory (@@oom)")
         sys.exit(1)
     if "@@hang" in text:
         with cancels:
@@ -75,13 +79,13 @@ def answer(request, key):
 def main():
     unknown = set(ARGS) - {"startup_ms", "never_ready", "stuck_after_eof"}
     if unknown:
-        send(type="fatal", code="startup_failed", message=f"unknown engine args: {sorted(unknown)}")
+        send(type=FATAL, code="startup_failed", message=f"unknown engine args: {sorted(unknown)}")
         sys.exit(1)
     time.sleep(int(ARGS.get("startup_ms", "0")) / 1000)
     while ARGS.get("never_ready") == "1":
         time.sleep(3600)
     threading.Thread(target=read_requests, daemon=True).start()
-    send(type="ready", model=os.environ.get("COMPASS_MODEL", ""), detail="example engine: upper-cases prompts",
+    send(type=READY, model=os.environ.get("COMPASS_MODEL", ""), detail="example engine: upper-cases prompts",
          start_method="none")
     while (batch := batches.get()) is not None:
         started, ids = time.monotonic(), {"batch_id": batch["batch_id"], "attempt": batch["attempt"]}
@@ -92,11 +96,11 @@ def main():
             if key in cancelled:
                 break
             tokens += results[-1]["completion_tokens"]
-            send(type="progress", **ids, done=len(results), total=len(batch["requests"]), tokens=tokens)
+            send(type=PROGRESS, **ids, done=len(results), total=len(batch["requests"]), tokens=tokens)
         if key in cancelled:
-            send(type="failed", **ids, code="cancelled", retryable=False, message="cancelled")
+            send(type=FAILED, **ids, code="cancelled", retryable=False, message="cancelled")
         else:
-            send(type="result", **ids, results=results, stats={"engine_ms": (time.monotonic() - started) * 1000})
+            send(type=RESULT, **ids, results=results, stats={"engine_ms": (time.monotonic() - started) * 1000})
     while ARGS.get("stuck_after_eof") == "1":
         time.sleep(3600)
 

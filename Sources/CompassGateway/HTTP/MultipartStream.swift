@@ -1,5 +1,4 @@
 import Foundation
-
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -126,46 +125,4 @@ struct MultipartStream {
             }
         }
     }
-}
-
-/// A part's content kept in memory, up to a limit (the small fields of a form).
-final class MemorySink: MultipartStream.Sink {
-    let limit: Int
-    let field: String
-    private(set) var bytes: [UInt8] = []
-
-    init(limit: Int, field: String) {
-        self.limit = limit
-        self.field = field
-    }
-
-    func write(_ chunk: ArraySlice<UInt8>) throws {
-        guard bytes.count + chunk.count <= limit else {
-            throw APIError.badRequest("The multipart field '\(field)' is longer than \(limit) bytes", code: "invalid_multipart", param: field)
-        }
-        bytes += chunk
-    }
-}
-
-/// A part's content written to a file as it arrives.
-final class FileSink: MultipartStream.Sink {
-    let path: String
-    private let handle: FileHandle
-    private(set) var bytes = 0
-
-    init(path: String) throws {
-        guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
-            throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: "cannot create \(path)"])
-        }
-        self.path = path
-        self.handle = handle
-    }
-
-    func write(_ chunk: ArraySlice<UInt8>) throws {
-        guard !chunk.isEmpty else { return }
-        try handle.write(contentsOf: chunk)
-        bytes += chunk.count
-    }
-
-    func close() { try? handle.close() }
 }

@@ -1,12 +1,6 @@
 import CompassProtocol
 import Foundation
 
-/// The two generation endpoints the gateway serves.
-public enum Endpoint: String, Sendable, CaseIterable {
-    case completions = "/v1/completions"
-    case chat = "/v1/chat/completions"
-}
-
 /// One OpenAI request (an HTTP body, or the body of a Batch API line) read into compass requests:
 /// one per prompt (a completion's `prompt` may be a list), all for the pool `model` names.
 public struct Call: Sendable {
@@ -121,59 +115,5 @@ public struct Call: Sendable {
         guard let missing else { return .success(result) }
         return .failure(CompassFailure(code: CompassFailure.unsupportedCode,
                                        message: "The engine of pool '\(model)' returned no \(missing): it cannot score (engines that score return them: synthetic, and hf with scoring support)"))
-    }
-}
-
-extension RequestRules {
-    /// The request field a problem names: its message starts with it (`max_tokens must be …`,
-    /// `messages[0].role must be …`); the two input messages name no single field (nil).
-    /// Tested against every message of spec/requests.json.
-    static func field(of problem: Problem) -> String? {
-        let head = problem.message.prefix { $0 != " " && $0 != "[" && $0 != "." }
-        return head == "give" ? nil : String(head)
-    }
-}
-
-/// Reads the OpenAI-only fields of a JSON object, with messages that name the field.
-struct FieldReader {
-    let body: JSON
-    var prefix = ""
-
-    func value(_ key: String) -> JSON? {
-        guard let v = body[key], !v.isNull else { return nil }
-        return v
-    }
-
-    func requiredString(_ key: String) throws(APIError) -> String {
-        guard let v = value(key) else { throw .badRequest("Missing required field '\(prefix)\(key)'", code: "missing_field", param: key) }
-        guard let s = v.string, !s.isEmpty else { throw .badRequest("'\(prefix)\(key)' must be a non-empty string", param: key) }
-        return s
-    }
-
-    func int(_ key: String) throws(APIError) -> Int? {
-        guard let v = value(key) else { return nil }
-        guard let i = v.int else { throw .badRequest("'\(prefix)\(key)' must be an integer", param: key) }
-        return i
-    }
-
-    func bool(_ key: String) throws(APIError) -> Bool? {
-        guard let v = value(key) else { return nil }
-        guard let b = v.bool else { throw .badRequest("'\(prefix)\(key)' must be true or false", param: key) }
-        return b
-    }
-
-    /// A completion's `prompt`, one compass input per choice: a string, a list of strings, a list
-    /// of token ids (one prompt), or a list of token-id lists. The items' values are RequestRules'.
-    func prompts() throws(APIError) -> [(String, JSON)] {
-        guard let v = value("prompt") else { throw .badRequest("Missing required field 'prompt'", code: "missing_field", param: "prompt") }
-        if v.string != nil { return [("prompt", v)] }
-        let shape = "'prompt' must be a string, a list of strings, a list of token ids or a list of token-id lists"
-        guard let list = v.array, let first = list.first else { throw .badRequest(shape, param: "prompt") }
-        switch first {
-        case .int, .double: return [("prompt_token_ids", v)]
-        case .string where list.allSatisfy({ $0.string != nil }): return list.map { ("prompt", $0) }
-        case .array where list.allSatisfy({ $0.array != nil }): return list.map { ("prompt_token_ids", $0) }
-        default: throw .badRequest(shape, param: "prompt")
-        }
     }
 }

@@ -1,42 +1,6 @@
 import Foundation
 import Synchronization
 
-/// The broker's pools, from its STATUS document (the few keys the gateway reads).
-public struct PoolInfo: Sendable, Equatable, Decodable {
-    public var name: String
-    public var workers: Int
-    public var queuedBatches: Int
-    public var runningBatches: Int
-
-    enum CodingKeys: String, CodingKey {
-        case name, workers, queuedBatches = "queued_batches", runningBatches = "running_batches"
-    }
-}
-
-struct StatusDocument: Decodable {
-    struct Scheduler: Decodable { var pools: [PoolInfo] }
-    /// A worker's READY, of which the gateway reads its pool and its capacity in sequences.
-    struct Worker: Decodable {
-        struct Capabilities: Decodable { var pool: String; var capacity: Int? }
-        var capabilities: Capabilities?
-    }
-    var brokerID: String?
-    var scheduler: Scheduler
-    var workers: [Worker]?
-    enum CodingKeys: String, CodingKey { case brokerID = "broker_id", scheduler, workers }
-
-    /// Each pool's summed worker capacity, for the pools where every worker reports one.
-    var capacities: [String: Int] {
-        var sums: [String: Int] = [:]
-        var unknown: Set<String> = []
-        for case let caps? in (workers ?? []).map(\.capabilities) {
-            if let c = caps.capacity, c > 0 { sums[caps.pool, default: 0] += c } else { unknown.insert(caps.pool) }
-        }
-        for pool in unknown { sums[pool] = nil }
-        return sums
-    }
-}
-
 /// A cache of the broker's pools, refreshed by a STATUS every `refreshInterval`, so the gateway can
 /// answer 404 (no such pool) and 503 (no worker serves it) without a round trip per request.
 ///

@@ -2,56 +2,6 @@ import CompassProtocol
 import Foundation
 import Synchronization
 
-/// What one compass batch came back with: the results it has (by custom_id) and, when the batch
-/// failed as a whole, why (a FAILED batch may still carry some results).
-public struct BatchAnswer: Sendable {
-    public var results: [String: InferenceResult]
-    public var failure: CompassFailure?
-
-    public init(results: [String: InferenceResult] = [:], failure: CompassFailure? = nil) {
-        self.results = results
-        self.failure = failure
-    }
-}
-
-/// Submits one batch to a pool and waits for its answer (never throws: failures are answers).
-public typealias SubmitBatch = @Sendable (_ pool: String, _ requests: [InferenceRequest], _ deadlineMilliseconds: UInt32) async -> BatchAnswer
-
-/// Sends batches through `once`; a batch refused as `too_large` is cut in halves and sent again,
-/// down to single requests, so gathering requests never makes one fail that would pass alone.
-public struct Submitter: Sendable {
-    public let once: SubmitBatch
-
-    public init(_ once: @escaping SubmitBatch) { self.once = once }
-
-    /// Each request's result, by custom_id.
-    public func submit(pool: String, requests: [InferenceRequest], deadlineMilliseconds: UInt32 = 0) async -> [String: Result<InferenceResult, CompassFailure>] {
-        guard !requests.isEmpty else { return [:] }
-        let answer = await once(pool, requests, deadlineMilliseconds)
-        if let failure = answer.failure, failure.code == RejectCode.tooLarge.rawValue, requests.count > 1, answer.results.isEmpty {
-            let middle = requests.count / 2
-            async let first = submit(pool: pool, requests: Array(requests[..<middle]), deadlineMilliseconds: deadlineMilliseconds)
-            async let second = submit(pool: pool, requests: Array(requests[middle...]), deadlineMilliseconds: deadlineMilliseconds)
-            return (await first).merging(await second) { a, _ in a }
-        }
-        var out: [String: Result<InferenceResult, CompassFailure>] = [:]
-        for request in requests {
-            let id = request.customID
-            if let result = answer.results[id] {
-                if let error = result.error {
-                    out[id] = .failure(CompassFailure(code: error.code, message: error.message))
-                } else {
-                    out[id] = .success(result)
-                }
-            } else {
-                out[id] = .failure(answer.failure ?? CompassFailure(code: FailureCode.engineError.rawValue,
-                                                                    message: "the engine returned no result for this request"))
-            }
-        }
-        return out
-    }
-}
-
 /// Dynamic batching: requests for the same pool go to the broker as one batch when they meet
 /// while the pool is busy; a request for a pool with room goes at once (`BatchWindow` decides, and
 /// says how). Each caller gets its own request's result. Flushes run concurrently: a slow batch
@@ -222,42 +172,5 @@ public final class Batcher: Sendable {
                     code: FailureCode.engineError.rawValue, message: "no result for this request")))
             }
         }
-    }
-}
-
-/// Where one waiting request's result goes: resumed once, by whichever comes first (the batch's
-/// answer, the deadline, or cancellation), even before the caller has started to wait.
-final class Slot: Sendable {
-    private struct State {
-        var continuation: CheckedContinuation<InferenceResult, any Error>?
-        var early: Result<InferenceResult, any Error>?
-        var finished = false
-    }
-    private let state = Mutex(State())
-
-    var isFinished: Bool { state.withLock { $0.finished } }
-
-    func set(_ continuation: CheckedContinuation<InferenceResult, any Error>) {
-        let early: Result<InferenceResult, any Error>? = state.withLock { s in
-            if let e = s.early { s.early = nil; return e }
-            s.continuation = continuation
-            return nil
-        }
-        if let early { continuation.resume(with: early) }
-    }
-
-    /// True when this call delivered the result (false: something else already had).
-    @discardableResult
-    func resume(_ result: Result<InferenceResult, some Error>) -> Bool {
-        let mapped = result.mapError { $0 as any Error }
-        let (delivered, continuation): (Bool, CheckedContinuation<InferenceResult, any Error>?) = state.withLock { s in
-            guard !s.finished else { return (false, nil) }
-            s.finished = true
-            if let c = s.continuation { s.continuation = nil; return (true, c) }
-            s.early = mapped
-            return (true, nil)
-        }
-        continuation?.resume(with: mapped)
-        return delivered
     }
 }
