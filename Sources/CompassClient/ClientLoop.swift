@@ -66,7 +66,7 @@ final class ClientLoop {
             }
         }
         inbox.failAll(with: ClientError.closed)
-        perform(machine.close())
+        perform(machine.close()) // a no-op after `.close`, which closed the machine already
     }
 
     func handle(_ command: Command) {
