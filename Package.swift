@@ -116,6 +116,7 @@ let package = Package(
             "CompassWorker", "CompassEngines", "CompassProtocol",
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
+        .testTarget(name: "CompassClientTests", dependencies: ["CompassClient", "CompassProtocol"]),
         .testTarget(name: "CompassTopologyTests", dependencies: ["CompassTopology", "CompassLauncher", "CompassSystem", "Yams"]),
         .testTarget(name: "CompassJournalTests", dependencies: ["CompassJournal", "CompassScheduler", "CompassProtocol"]),
         .testTarget(name: "CompassGatewayTests", dependencies: ["CompassGateway", "CompassProtocol", "CompassTopology", "CompassLauncher"]),
