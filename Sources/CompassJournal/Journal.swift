@@ -95,7 +95,7 @@ public final class Journal {
                             .execute(arguments: [Journal.data(stats), Journal.data(payload), now, id])
                     case .finished(let id, .failed(let code, let message, let partial)):
                         try db.cachedStatement(sql: "UPDATE batch SET outcome = 'failed', code = ?, message = ?, result = ?, finished_at = ? WHERE id = ?")
-                            .execute(arguments: [code, message, partial.map { Journal.data($0) }, now, id])
+                            .execute(arguments: [code.rawValue, message, partial.map { Journal.data($0) }, now, id])
                     case .removed(let id):
                         try db.cachedStatement(sql: "DELETE FROM batch WHERE id = ?").execute(arguments: [id])
                     case .rebound(let id, let session):
@@ -124,7 +124,7 @@ public final class Journal {
                     outcome = .result(stats: P(payloadBytes: [UInt8](stats)), payload: P(payloadBytes: [UInt8](result)))
                 case "failed":
                     let partial: Data? = row["result"]
-                    outcome = .failed(code: row["code"] ?? "engine_error", message: row["message"] ?? "",
+                    outcome = .failed(code: AnyFailureCode(rawValue: row["code"] ?? FailureCode.engineError.rawValue), message: row["message"] ?? "",
                                       partial: partial.map { P(payloadBytes: [UInt8]($0)) })
                 default:
                     outcome = nil

@@ -18,7 +18,7 @@ public enum JournalOperation<Payload> {
 
 public enum JournalOutcome<Payload> {
     case result(stats: Payload, payload: Payload)
-    case failed(code: String, message: String, partial: Payload?)
+    case failed(code: AnyFailureCode, message: String, partial: Payload?)
 }
 
 /// A batch as the journal stores it, and as recovery gives it back.

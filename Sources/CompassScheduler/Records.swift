@@ -13,7 +13,7 @@ enum BatchState<Payload> {
 
 enum Outcome<Payload> {
     case result(stats: Payload, payload: Payload)
-    case failed(code: String, message: String, partial: Payload?)
+    case failed(code: AnyFailureCode, message: String, partial: Payload?)
 }
 
 struct BatchRecord<Payload: BatchPayload> {

@@ -198,7 +198,7 @@ extension Scheduler {
             if case .running(let worker, _, _) = b.state {
                 s.sendWorker(worker, .cancel(batchID: batchID, attempt: b.attempt), now)
             }
-            s.finish(batchID, .failed(code: FailureCode.cancelled.rawValue, message: "cancelled by the producer", partial: nil), now)
+            s.finish(batchID, .failed(code: AnyFailureCode(.cancelled), message: "cancelled by the producer", partial: nil), now)
         }
     }
 

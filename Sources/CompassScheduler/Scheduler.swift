@@ -201,7 +201,7 @@ public struct Scheduler<Payload: BatchPayload> {
     }
 
     /// A running batch's attempt failed: retry it, split it (it keeps killing engines), or finish it.
-    mutating func attemptFailed(_ id: String, code: String, message: String, retryable: Bool, partial: Payload?,
+    mutating func attemptFailed(_ id: String, code: AnyFailureCode, message: String, retryable: Bool, partial: Payload?,
                                 chargeAttempt: Bool, _ now: Timestamp) {
         guard let b = batches[id], case .running(let worker, _, _) = b.state else { return }
         if !chargeAttempt {
@@ -209,7 +209,7 @@ public struct Scheduler<Payload: BatchPayload> {
             batches[id]!.charged -= 1
             batches[root(of: id)]!.totalDispatches -= 1
         }
-        let killed = retryable && config.killCodes.contains(code)
+        let killed = retryable && code.known.map(config.killCodes.contains) == true
         if killed { batches[id]!.kills += 1 }
         let kills = batches[id]!.kills
         let charged = batches[id]!.charged
@@ -238,7 +238,7 @@ public struct Scheduler<Payload: BatchPayload> {
     }
 
     /// Replaces a batch by its two halves, queued at the front; it finishes when both have.
-    mutating func split(_ id: String, _ halves: (first: [UInt8], second: [UInt8]), code: String, kills: UInt32, _ now: Timestamp) {
+    mutating func split(_ id: String, _ halves: (first: [UInt8], second: [UInt8]), code: AnyFailureCode, kills: UInt32, _ now: Timestamp) {
         let b = batches[id]!
         let counts = [b.meta.requestCount / 2, b.meta.requestCount - b.meta.requestCount / 2]
         let children = ["\(id)~0", "\(id)~1"]
@@ -289,7 +289,7 @@ public struct Scheduler<Payload: BatchPayload> {
                 switch outcome {
                 case .result(let stats, let payload): return (stats.payloadBytes, payload.payloadBytes)
                 case .failed(let code, let message, _):
-                    return (Array("{}".utf8), PayloadSplitting.failedResults(b.payload.payloadBytes, code: code, message: message))
+                    return (Array("{}".utf8), PayloadSplitting.failedResults(b.payload.payloadBytes, code: code.rawValue, message: message))
                 }
             }()
             if case .failed(let code, let message, _) = outcome {

@@ -23,7 +23,7 @@ struct JournalTests {
         try journal.commit([JournalOperation<[UInt8]>.accepted(snapshot("a")), .accepted(snapshot("b")), .accepted(snapshot("c")),
                             .attempt(batchID: "a", attempt: 2, charged: 2, kills: 1)])
         try journal.commit([JournalOperation<[UInt8]>.finished(batchID: "b", outcome: .result(stats: bytes("{}"), payload: bytes("[1]"))),
-                            .finished(batchID: "c", outcome: .failed(code: "oom", message: "too big", partial: nil))])
+                            .finished(batchID: "c", outcome: .failed(code: AnyFailureCode(.oom), message: "too big", partial: nil))])
         let loaded: [BatchSnapshot<[UInt8]>] = try Journal(path: "\(dir)/j.db").load()
         #expect(loaded.map(\.id) == ["a", "b", "c"])
         #expect(loaded[0].attempt == 2 && loaded[0].charged == 2 && loaded[0].kills == 1 && loaded[0].outcome == nil)
@@ -66,7 +66,7 @@ struct JournalTests {
         try journal.commit([JournalOperation<[UInt8]>.accepted(snapshot("r", requests: two)), .accepted(snapshot("f")), .accepted(snapshot("q"))])
         let results = #"[{"custom_id":"ok","error":null},{"custom_id":"bad","error":{"code":"bad_request","message":"m"}}]"#
         try journal.commit([JournalOperation<[UInt8]>.finished(batchID: "r", outcome: .result(stats: bytes("{}"), payload: bytes(results))),
-                            .finished(batchID: "f", outcome: .failed(code: "engine_dead", message: "x", partial: nil))])
+                            .finished(batchID: "f", outcome: .failed(code: AnyFailureCode(.engineDead), message: "x", partial: nil))])
         #expect(try journal.exportFailed(to: "\(dir)/dead.jsonl") == 2)
         let lines = try String(contentsOfFile: "\(dir)/dead.jsonl", encoding: .utf8).split(separator: "\n")
         #expect(lines == [#"{"custom_id":"bad","prompt":"y"}"#, #"{"custom_id":"a","prompt":"x"}"#])
@@ -129,3 +129,6 @@ struct RecoveryTests {
         #expect(s.checkInvariants().isEmpty)
     }
 }
+
+/// Compares a code with its wire text, as the journal stores it.
+func == (code: AnyFailureCode, text: String) -> Bool { code.rawValue == text }

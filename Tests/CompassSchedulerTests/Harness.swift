@@ -62,7 +62,7 @@ struct Harness {
 
     @discardableResult
     mutating func failed(_ worker: String, _ id: String, attempt: UInt32 = 1, code: FailureCode, retryable: Bool) -> [SchedulerAction<[UInt8]>] {
-        record(scheduler.workerFailed(PeerID(worker), batchID: id, attempt: attempt, code: code.rawValue, retryable: retryable,
+        record(scheduler.workerFailed(PeerID(worker), batchID: id, attempt: attempt, code: AnyFailureCode(code), retryable: retryable,
                                       message: "boom", partial: nil, now: now))
     }
 }
@@ -93,9 +93,9 @@ extension Array where Element == SchedulerAction<[UInt8]> {
         compactMap { if case .toProducer(let r, .result(let id, _, _, _)) = $0 { return (r.description, id) }; return nil }
     }
 
-    /// (batch id, code) of every FAILED.
+    /// (batch id, code as sent) of every FAILED.
     var failures: [(id: String, code: String)] {
-        compactMap { if case .toProducer(_, .failed(let id, _, let code, _, _)) = $0 { return (id, code) }; return nil }
+        compactMap { if case .toProducer(_, .failed(let id, _, let code, _, _)) = $0 { return (id, code.rawValue) }; return nil }
     }
 
     func sent(to worker: String) -> [WorkerOutput<[UInt8]>] {
@@ -106,3 +106,6 @@ extension Array where Element == SchedulerAction<[UInt8]> {
         compactMap { if case .event(let e) = $0 { return e }; return nil }
     }
 }
+
+/// Matches a code by its wire text in a pattern (`case .requeued(_, _, "engine_error", _)`).
+func ~= (text: String, code: AnyFailureCode) -> Bool { code.rawValue == text }
