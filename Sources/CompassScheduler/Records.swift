@@ -37,8 +37,8 @@ struct BatchRecord<Payload: BatchPayload> {
     /// producer only ever hears of the batch it submitted.
     var parent: String?
     var depth = 0
-    /// Results of finished halves, by half index, until all are in.
-    var childResults: [Int: (stats: [UInt8], payload: [UInt8])] = [:]
+    /// Results of finished halves, by half index, until all are in (a failed half has no stats).
+    var childResults: [Int: (stats: [UInt8]?, payload: [UInt8])] = [:]
     /// Dispatches of this batch and every half cut from it (on the original batch only).
     var totalDispatches: UInt32 = 0
 

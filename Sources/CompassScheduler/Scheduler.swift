@@ -13,6 +13,9 @@ import HeapModule
 /// - a RESULT or FAILED whose attempt is not the batch's current running attempt changes nothing.
 public struct Scheduler<Payload: BatchPayload> {
     public let config: SchedulerConfig
+    /// What the scheduler may know of payloads: how to cut a batch in halves and join the halves'
+    /// answers (poison isolation). It reads no payload itself.
+    let format: any PayloadFormat
     var pools: [String: PoolState] = [:]
     var batches: [String: BatchRecord<Payload>] = [:]
     var workers: [PeerID: WorkerRecord] = [:]
@@ -49,8 +52,9 @@ public struct Scheduler<Payload: BatchPayload> {
 
     public typealias Action = SchedulerAction<Payload>
 
-    public init(config: SchedulerConfig) {
+    public init(config: SchedulerConfig, format: any PayloadFormat) {
         self.config = config
+        self.format = format
         for pool in config.declaredPools { pools[pool] = PoolState() }
     }
 
@@ -217,7 +221,7 @@ public struct Scheduler<Payload: BatchPayload> {
         // whole; a half (already suspect) is cut again after one kill; a single request that still
         // kills is reported failed alone.
         if killed && b.meta.requestCount >= 2 && kills >= (b.parent == nil ? config.splitAfterKills : 1)
-            && b.depth < config.maxSplitDepth, let halves = PayloadSplitting.halves(b.payload.payloadBytes) {
+            && b.depth < config.maxSplitDepth, let halves = format.halves(b.payload.payloadBytes) {
             detach(id, from: worker, pool: b.pool)
             split(id, halves, code: code, kills: kills, now)
             return
@@ -285,11 +289,11 @@ public struct Scheduler<Payload: BatchPayload> {
         }
         if let parent = b.parent {
             // A half reports to the batch it was cut from, as results: a failed half fails its requests.
-            let (stats, results): ([UInt8], [UInt8]) = {
+            let (stats, results): ([UInt8]?, [UInt8]) = {
                 switch outcome {
                 case .result(let stats, let payload): return (stats.payloadBytes, payload.payloadBytes)
                 case .failed(let code, let message, _):
-                    return (Array("{}".utf8), PayloadSplitting.failedResults(b.payload.payloadBytes, code: code.rawValue, message: message))
+                    return (nil, format.failedResults(b.payload.payloadBytes, code: code, message: message))
                 }
             }()
             if case .failed(let code, let message, _) = outcome {
@@ -326,14 +330,14 @@ public struct Scheduler<Payload: BatchPayload> {
     }
 
     /// A half finished: keep its results; once every half is in, finish the batch with them merged.
-    mutating func halfFinished(_ id: String, index: Int, stats: [UInt8], results: [UInt8], _ now: Timestamp) {
+    mutating func halfFinished(_ id: String, index: Int, stats: [UInt8]?, results: [UInt8], _ now: Timestamp) {
         guard let b = batches[id], case .split(let children) = b.state else { return }
         batches[id]!.childResults[index] = (stats, results)
         guard batches[id]!.childResults.count == children.count else { return }
         let parts = (0..<children.count).compactMap { batches[id]!.childResults[$0] }
         batches[id]!.childResults = [:]
-        let merged = Outcome<Payload>.result(stats: Payload(payloadBytes: PayloadSplitting.mergeStats(parts.map(\.stats), parts: parts.count)),
-                                             payload: Payload(payloadBytes: PayloadSplitting.concatenate(parts.map(\.payload))))
+        let merged = Outcome<Payload>.result(stats: Payload(payloadBytes: format.mergeStats(parts.compactMap(\.stats), parts: parts.count)),
+                                             payload: Payload(payloadBytes: format.concatenate(parts.map(\.payload))))
         finish(id, merged, now)
     }
 

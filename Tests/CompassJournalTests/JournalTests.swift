@@ -85,7 +85,7 @@ struct RecoveryTests {
     }
 
     @Test func journalingEmitsTheRecordsOfABatchsLife() {
-        var s = Scheduler<[UInt8]>(config: config())
+        var s = Scheduler<[UInt8]>(config: config(), format: JSONPayloadFormat())
         let now = Timestamp.milliseconds(1000)
         var ops: [String] = []
         func note(_ actions: [SchedulerAction<[UInt8]>]) {
@@ -107,7 +107,7 @@ struct RecoveryTests {
     }
 
     @Test func restoredBatchesRunAgainAndALateResultIsAcceptedOnce() {
-        var s = Scheduler<[UInt8]>(config: config())
+        var s = Scheduler<[UInt8]>(config: config(), format: JSONPayloadFormat())
         let now = Timestamp.milliseconds(1000)
         s.restore([BatchSnapshot(id: "old", session: "sess", pool: "p", meta: BatchMeta(requestCount: 1), maxAttempts: 3,
                                  payload: Array("[1]".utf8), attempt: 1, charged: 1),

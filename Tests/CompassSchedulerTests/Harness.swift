@@ -7,13 +7,15 @@ struct Harness {
     var now = Timestamp.milliseconds(1_000)
     var log: [SchedulerAction<[UInt8]>] = []
 
-    init(_ configure: (inout SchedulerConfig) -> Void = { _ in }) {
+    /// `format`: what the scheduler knows of payloads; `ByteFormat` (a byte is a request) unless a
+    /// test needs the protocol's JSON.
+    init(format: any PayloadFormat = ByteFormat(), _ configure: (inout SchedulerConfig) -> Void = { _ in }) {
         var config = SchedulerConfig()
         config.declaredPools = ["p"]
         config.heartbeatMilliseconds = 100
         config.liveness = 3
         configure(&config)
-        scheduler = Scheduler(config: config)
+        scheduler = Scheduler(config: config, format: format)
     }
 
     mutating func advance(_ ms: UInt64) -> [SchedulerAction<[UInt8]>] {
