@@ -85,7 +85,7 @@ public final class Journal {
                         try db.cachedStatement(sql: """
                             INSERT OR REPLACE INTO batch (id, session, pool, meta, max_attempts, payload, accepted_at)
                             VALUES (?, ?, ?, ?, ?, ?, ?)
-                            """).execute(arguments: [b.id, b.session, b.pool, Data(b.meta.bytes), Int(b.maxAttempts),
+                            """).execute(arguments: [b.id, b.session.description, b.pool, Data(b.meta.bytes), Int(b.maxAttempts),
                                                      Journal.data(b.payload), now])
                     case .attempt(let id, let attempt, let charged, let kills):
                         try db.cachedStatement(sql: "UPDATE batch SET attempt = ?, charged = ?, kills = ? WHERE id = ?")
@@ -99,7 +99,7 @@ public final class Journal {
                     case .removed(let id):
                         try db.cachedStatement(sql: "DELETE FROM batch WHERE id = ?").execute(arguments: [id])
                     case .rebound(let id, let session):
-                        try db.cachedStatement(sql: "UPDATE batch SET session = ? WHERE id = ?").execute(arguments: [session, id])
+                        try db.cachedStatement(sql: "UPDATE batch SET session = ? WHERE id = ?").execute(arguments: [session.description, id])
                     }
                 }
             }
@@ -131,7 +131,7 @@ public final class Journal {
                 }
                 let accepted: Int64 = row["accepted_at"]
                 return BatchSnapshot(
-                    id: row["id"], session: row["session"], pool: row["pool"], meta: meta,
+                    id: row["id"], session: SessionKey(row["session"] as String), pool: row["pool"], meta: meta,
                     maxAttempts: UInt16(clamping: row["max_attempts"] as Int), payload: P(payloadBytes: [UInt8](payload)),
                     ageMilliseconds: UInt64(max(0, now - accepted)), attempt: UInt32(clamping: row["attempt"] as Int),
                     charged: UInt32(clamping: row["charged"] as Int), kills: UInt32(clamping: row["kills"] as Int), outcome: outcome)

@@ -43,7 +43,7 @@ extension Scheduler {
             while let first = s.finishedOrder.first, now.milliseconds(since: first.at) > s.config.resultRetentionMilliseconds {
                 s.finishedOrder.removeFirst()
                 guard let b = s.batches[first.id], b.isFinished else { continue }
-                s.emit(.event(.resultExpired(batchID: first.id, session: b.session)))
+                s.emit(.event(.resultExpired(batchID: first.id, session: b.session.description)))
                 s.forget(first.id)
             }
         }

@@ -19,8 +19,8 @@ public struct Scheduler<Payload: BatchPayload> {
     var pools: [String: PoolState] = [:]
     var batches: [String: BatchRecord<Payload>] = [:]
     var workers: [PeerID: WorkerRecord] = [:]
-    var sessions: [String: SessionRecord] = [:]
-    var routeSessions: [PeerID: String] = [:]
+    var sessions: [SessionKey: SessionRecord] = [:]
+    var routeSessions: [PeerID: SessionKey] = [:]
     /// When `tick` last looked for idle sessions (once a second at most).
     var lastSessionSweep = Timestamp(nanoseconds: 0)
     /// The last `SchedulerConfig.rememberedAcks` ACKed batch ids, oldest first (an id is in it at
@@ -245,16 +245,16 @@ public struct Scheduler<Payload: BatchPayload> {
     mutating func split(_ id: String, _ halves: (first: [UInt8], second: [UInt8]), code: AnyFailureCode, kills: UInt32, _ now: Timestamp) {
         let b = batches[id]!
         let counts = [b.meta.requestCount / 2, b.meta.requestCount - b.meta.requestCount / 2]
-        let children = ["\(id)~0", "\(id)~1"]
-        batches[id]!.state = .split(children: children)
+        let children = [SplitHalf(parent: id, index: 0), SplitHalf(parent: id, index: 1)]
+        batches[id]!.state = .split(children: children.map(\.batchID))
         // Pushed to the front in reverse, so the first half runs first.
         for (index, bytes) in [halves.first, halves.second].enumerated().reversed() {
             var meta = b.meta
             meta.requestCount = counts[index]
             meta.deadlineMilliseconds = 0 // the original batch's deadline covers its halves
-            var child = BatchRecord(id: children[index], pool: b.pool, session: b.session, meta: meta, maxAttempts: b.maxAttempts,
+            var child = BatchRecord(id: children[index].batchID, pool: b.pool, session: b.session, meta: meta, maxAttempts: b.maxAttempts,
                                     payload: Payload(payloadBytes: bytes), acceptedAt: now, deadline: nil)
-            child.parent = id
+            child.half = children[index]
             child.depth = b.depth + 1
             batches[child.id] = child
             pools[b.pool]!.heldBytes += bytes.count
@@ -287,7 +287,7 @@ public struct Scheduler<Payload: BatchPayload> {
         case .split(let children):
             for child in children { abandon(child, now) } // finished early (cancel, deadline)
         }
-        if let parent = b.parent {
+        if let half = b.half {
             // A half reports to the batch it was cut from, as results: a failed half fails its requests.
             let (stats, results): ([UInt8]?, [UInt8]) = {
                 switch outcome {
@@ -300,7 +300,7 @@ public struct Scheduler<Payload: BatchPayload> {
                 emit(.event(.isolated(batchID: root(of: id), requests: Int(b.meta.requestCount), code: code, message: message)))
             }
             forget(id)
-            halfFinished(parent, index: id.hasSuffix("~0") ? 0 : 1, stats: stats, results: results, now)
+            halfFinished(half.parent, index: half.index, stats: stats, results: results, now)
             return
         }
         let before = b.heldBytes

@@ -40,6 +40,7 @@ public enum SchedulerEvent: Sendable, Equatable {
     case staleDropped(batchID: String, worker: PeerID, attempt: UInt32)
     case unknownWorker(worker: PeerID)
     case rejected(code: RejectCode, message: String)
+    /// `session`: as logs show it (`SessionKey.description`).
     case resultExpired(batchID: String, session: String)
     /// A batch that kept killing engines was cut in halves (depth: how many times so far).
     case split(batchID: String, requests: Int, depth: Int, kills: UInt32, code: AnyFailureCode)
