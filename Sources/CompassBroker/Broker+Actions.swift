@@ -95,7 +95,7 @@ extension Broker {
         case .result(let id, let attempts, let stats, let payload):
             return .result(batchID: id, attempts: attempts, stats: stats, payload: payload)
         case .failed(let id, let attempts, let code, let message, let partial):
-            return .failed(batchID: id, attempts: attempts, code: code, message: message, partial: partial ?? Frame(bytes: [UInt8]()))
+            return .failed(batchID: id, attempts: attempts, code: code.rawValue, message: message, partial: partial ?? Frame(bytes: [UInt8]()))
         case .heartbeat:
             return .heartbeat(brokerID: instanceID)
         }

@@ -45,7 +45,7 @@ extension Broker {
             execute(scheduler.workerResult(worker, batchID: id, attempt: attempt, stats: stats, payload: payload,
                                            check: options.validatePayloads ? check : nil, now: t))
         case .failed(let id, let attempt, let code, let retryable, let message, let partial):
-            execute(scheduler.workerFailed(worker, batchID: id, attempt: attempt, code: code, retryable: retryable,
+            execute(scheduler.workerFailed(worker, batchID: id, attempt: attempt, code: AnyFailureCode(rawValue: code), retryable: retryable,
                                            message: message, partial: partial.isEmpty ? nil : partial, now: t))
         case .heartbeat(let stats):
             if !stats.isEmpty, capabilities[worker] != nil {
@@ -69,7 +69,7 @@ extension Broker {
         let problem = (error as? ProtocolError) ?? ProtocolError(.badFrame, "\(error)")
         badInput.warning(logger, "rejected worker message", metadata: [
             "peer": "\(worker)", "code": "\(problem.code.rawValue)", "reason": "\(problem.message)"])
-        execute(scheduler.workerRefused(worker, code: problem.code.rawValue, reason: problem.message, now: now))
+        execute(scheduler.workerRefused(worker, code: problem.code, reason: problem.message, now: now))
         capabilities[worker] = nil
         heartbeatStats[worker] = nil
     }

@@ -68,7 +68,7 @@ public final class Broker {
             let journal = try Journal(path: path, durability: options.journalDurability)
             self.journal = journal
             config.journaling = true
-            scheduler = Scheduler(config: config)
+            scheduler = Scheduler(config: config, format: JSONPayloadFormat())
             let snapshots: [BatchSnapshot<Frame>] = try journal.load()
             scheduler.restore(snapshots, now: Timestamp(nanoseconds: MonotonicClock.nanoseconds()))
             let finished = snapshots.filter { $0.outcome != nil }.count
@@ -76,7 +76,7 @@ public final class Broker {
                                                      "recovered_queued": "\(snapshots.count - finished)", "recovered_finished": "\(finished)"])
         } else {
             journal = nil
-            scheduler = Scheduler(config: config)
+            scheduler = Scheduler(config: config, format: JSONPayloadFormat())
         }
         if let curve = options.curve {
             // The ZAP handler must be bound before a CURVE socket sees its first handshake.

@@ -74,15 +74,15 @@ struct BrokerMetrics {
         case .completed(_, let pool, _, let latencyMilliseconds):
             latency(pool).recordMilliseconds(latencyMilliseconds)
         case .failed(_, let pool, let code, _):
-            counter("compass_batch_failures_total", [("pool", pool), ("code", code)]).increment()
+            counter("compass_batch_failures_total", [("pool", pool), ("code", code.rawValue)]).increment()
         case .requeued(_, _, let code, _):
-            counter("compass_batch_retries_total", [("code", code)]).increment()
+            counter("compass_batch_retries_total", [("code", code.rawValue)]).increment()
         case .workerLost(_, let pool, _, _):
             counter("compass_workers_lost_total", [("pool", pool)]).increment()
         case .rejected(let code, _):
             counter("compass_submits_rejected_total", [("code", code.rawValue)]).increment()
         case .split(_, _, _, _, let code):
-            counter("compass_batch_splits_total", [("code", code)]).increment()
+            counter("compass_batch_splits_total", [("code", code.rawValue)]).increment()
         default:
             break
         }

@@ -85,7 +85,7 @@ public final class Journal {
                         try db.cachedStatement(sql: """
                             INSERT OR REPLACE INTO batch (id, session, pool, meta, max_attempts, payload, accepted_at)
                             VALUES (?, ?, ?, ?, ?, ?, ?)
-                            """).execute(arguments: [b.id, b.session, b.pool, Data(b.meta.bytes), Int(b.maxAttempts),
+                            """).execute(arguments: [b.id, b.session.description, b.pool, Data(b.meta.bytes), Int(b.maxAttempts),
                                                      Journal.data(b.payload), now])
                     case .attempt(let id, let attempt, let charged, let kills):
                         try db.cachedStatement(sql: "UPDATE batch SET attempt = ?, charged = ?, kills = ? WHERE id = ?")
@@ -95,11 +95,11 @@ public final class Journal {
                             .execute(arguments: [Journal.data(stats), Journal.data(payload), now, id])
                     case .finished(let id, .failed(let code, let message, let partial)):
                         try db.cachedStatement(sql: "UPDATE batch SET outcome = 'failed', code = ?, message = ?, result = ?, finished_at = ? WHERE id = ?")
-                            .execute(arguments: [code, message, partial.map { Journal.data($0) }, now, id])
+                            .execute(arguments: [code.rawValue, message, partial.map { Journal.data($0) }, now, id])
                     case .removed(let id):
                         try db.cachedStatement(sql: "DELETE FROM batch WHERE id = ?").execute(arguments: [id])
                     case .rebound(let id, let session):
-                        try db.cachedStatement(sql: "UPDATE batch SET session = ? WHERE id = ?").execute(arguments: [session, id])
+                        try db.cachedStatement(sql: "UPDATE batch SET session = ? WHERE id = ?").execute(arguments: [session.description, id])
                     }
                 }
             }
@@ -124,14 +124,14 @@ public final class Journal {
                     outcome = .result(stats: P(payloadBytes: [UInt8](stats)), payload: P(payloadBytes: [UInt8](result)))
                 case "failed":
                     let partial: Data? = row["result"]
-                    outcome = .failed(code: row["code"] ?? "engine_error", message: row["message"] ?? "",
+                    outcome = .failed(code: AnyFailureCode(rawValue: row["code"] ?? FailureCode.engineError.rawValue), message: row["message"] ?? "",
                                       partial: partial.map { P(payloadBytes: [UInt8]($0)) })
                 default:
                     outcome = nil
                 }
                 let accepted: Int64 = row["accepted_at"]
                 return BatchSnapshot(
-                    id: row["id"], session: row["session"], pool: row["pool"], meta: meta,
+                    id: row["id"], session: SessionKey(row["session"] as String), pool: row["pool"], meta: meta,
                     maxAttempts: UInt16(clamping: row["max_attempts"] as Int), payload: P(payloadBytes: [UInt8](payload)),
                     ageMilliseconds: UInt64(max(0, now - accepted)), attempt: UInt32(clamping: row["attempt"] as Int),
                     charged: UInt32(clamping: row["charged"] as Int), kills: UInt32(clamping: row["kills"] as Int), outcome: outcome)

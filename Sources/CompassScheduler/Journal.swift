@@ -13,18 +13,18 @@ public enum JournalOperation<Payload> {
     /// Acknowledged, expired or cancelled before acceptance: delete it.
     case removed(batchID: String)
     /// The batch now belongs to another session (its connection said HELLO after submitting).
-    case rebound(batchID: String, session: String)
+    case rebound(batchID: String, session: SessionKey)
 }
 
 public enum JournalOutcome<Payload> {
     case result(stats: Payload, payload: Payload)
-    case failed(code: String, message: String, partial: Payload?)
+    case failed(code: AnyFailureCode, message: String, partial: Payload?)
 }
 
 /// A batch as the journal stores it, and as recovery gives it back.
 public struct BatchSnapshot<Payload> {
     public var id: String
-    public var session: String
+    public var session: SessionKey
     public var pool: String
     public var meta: BatchMeta
     public var maxAttempts: UInt16
@@ -36,7 +36,7 @@ public struct BatchSnapshot<Payload> {
     public var kills: UInt32
     public var outcome: JournalOutcome<Payload>?
 
-    public init(id: String, session: String, pool: String, meta: BatchMeta, maxAttempts: UInt16, payload: Payload,
+    public init(id: String, session: SessionKey, pool: String, meta: BatchMeta, maxAttempts: UInt16, payload: Payload,
                 ageMilliseconds: UInt64 = 0, attempt: UInt32 = 0, charged: UInt32 = 0, kills: UInt32 = 0, outcome: JournalOutcome<Payload>? = nil) {
         self.id = id
         self.session = session

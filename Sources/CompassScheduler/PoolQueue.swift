@@ -7,9 +7,9 @@ import DequeModule
 /// Removal is lazy: `pop` asks `isQueued` and skips entries that were cancelled meanwhile.
 struct PoolQueue {
     private struct Level {
-        var lines: [String: Deque<String>] = [:]
+        var lines: [SessionKey: Deque<String>] = [:]
         /// Sessions with a non-empty line, in serving order.
-        var ring: Deque<String> = []
+        var ring: Deque<SessionKey> = []
     }
 
     private var levels: [Int16: Level] = [:]
@@ -18,7 +18,7 @@ struct PoolQueue {
     /// Entries held, including lazily removed ones.
     private(set) var entries = 0
 
-    mutating func push(_ batchID: String, session: String, priority: Int16, atFront: Bool = false) {
+    mutating func push(_ batchID: String, session: SessionKey, priority: Int16, atFront: Bool = false) {
         if levels[priority] == nil {
             levels[priority] = Level()
             let at = priorities.firstIndex(where: { $0 < priority }) ?? priorities.endIndex

@@ -13,14 +13,14 @@ enum BatchState<Payload> {
 
 enum Outcome<Payload> {
     case result(stats: Payload, payload: Payload)
-    case failed(code: String, message: String, partial: Payload?)
+    case failed(code: AnyFailureCode, message: String, partial: Payload?)
 }
 
 struct BatchRecord<Payload: BatchPayload> {
     let id: String
     let pool: String
     /// The producer session the outcome goes to (re-bound when an anonymous connection says HELLO).
-    var session: String
+    var session: SessionKey
     let meta: BatchMeta
     let maxAttempts: UInt16
     let payload: Payload
@@ -33,12 +33,13 @@ struct BatchRecord<Payload: BatchPayload> {
     var charged: UInt32 = 0
     /// Failures with a kill code (engine died, worker lost, hang, OOM) so far.
     var kills: UInt32 = 0
-    /// For a half made by poison isolation: the batch it was cut from. Halves are internal: the
-    /// producer only ever hears of the batch it submitted.
-    var parent: String?
+    /// For a half made by poison isolation: the batch it was cut from, and which half it is.
+    /// Halves are internal: the producer only ever hears of the batch it submitted.
+    var half: SplitHalf?
+    var parent: String? { half?.parent }
     var depth = 0
-    /// Results of finished halves, by half index, until all are in.
-    var childResults: [Int: (stats: [UInt8], payload: [UInt8])] = [:]
+    /// Results of finished halves, by half index, until all are in (a failed half has no stats).
+    var childResults: [Int: (stats: [UInt8]?, payload: [UInt8])] = [:]
     /// Dispatches of this batch and every half cut from it (on the original batch only).
     var totalDispatches: UInt32 = 0
 

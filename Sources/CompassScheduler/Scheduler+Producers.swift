@@ -2,9 +2,9 @@ import CompassProtocol
 
 extension Scheduler {
     /// The session a connection speaks for: the one it said HELLO with, else an anonymous one of its own.
-    mutating func session(of route: PeerID) -> String {
+    mutating func session(of route: PeerID) -> SessionKey {
         if let s = routeSessions[route] { return s }
-        let anonymous = "anon:\(route)"
+        let anonymous = SessionKey.anonymous(route)
         routeSessions[route] = anonymous
         sessions[anonymous, default: SessionRecord()].route = route
         return anonymous
@@ -13,11 +13,14 @@ extension Scheduler {
     /// HELLO(session): binds the connection to the session and re-sends every result it has not ACKed.
     /// Batches the connection submitted before its HELLO (libzmq delivers what was queued in a
     /// reconnecting socket first) move into the session.
-    public mutating func hello(from route: PeerID, session: String, now: Timestamp) -> [Action] {
-        collect { s in
+    ///
+    /// - Parameter name: the HELLO's session, as sent (WELCOME echoes it).
+    public mutating func hello(from route: PeerID, session name: String, now: Timestamp) -> [Action] {
+        let session = SessionKey(name)
+        return collect { s in
             if let old = s.routeSessions[route] {
                 if old != session {
-                    if old.hasPrefix("anon:") {
+                    if old.isAnonymous {
                         s.adopt(anonymous: old, into: session)
                     } else if let record = s.sessions[old], record.batches.isEmpty {
                         // A connection speaks for one session at a time: the one it leaves is
@@ -28,18 +31,18 @@ extension Scheduler {
                         s.sessions[old]?.route = nil
                     }
                 }
-            } else if s.sessions["anon:\(route)"] != nil {
+            } else if s.sessions[.anonymous(route)] != nil {
                 // This connection's batches from before the binding was lost (a broker restart that
                 // restored them from its journal, or a send that failed while libzmq reconnected
                 // the same socket): the same routing id is the same connection.
-                s.adopt(anonymous: "anon:\(route)", into: session)
+                s.adopt(anonymous: .anonymous(route), into: session)
             }
             if let previous = s.sessions[session]?.route, previous != route { s.routeSessions[previous] = nil }
             s.routeSessions[route] = session
             s.sessions[session, default: SessionRecord()].route = route
             s.sessions[session]!.lastSeen = now
             let finished = s.sessions[session]!.batches.filter { s.batches[$0]?.isFinished ?? false }.sorted()
-            s.emit(.toProducer(route, .welcome(session: session, pendingResults: finished.count)))
+            s.emit(.toProducer(route, .welcome(session: name, pendingResults: finished.count)))
             for id in finished { s.deliver(id) }
         }
     }
@@ -59,7 +62,7 @@ extension Scheduler {
                 if existing.session != session {
                     // No connection acts for another session's batch: it cannot collect, ACK or
                     // cancel it. Only the session that holds a batch re-SUBMITs it.
-                    let anonymous = session.hasPrefix("anon:"), ownerAnonymous = existing.session.hasPrefix("anon:")
+                    let anonymous = session.isAnonymous, ownerAnonymous = existing.session.isAnonymous
                     if anonymous && !ownerAnonymous {
                         // A connection without a HELLO: a thief guessing ids, or an honest producer
                         // whose reconnected socket flushed its queued SUBMITs before its HELLO. Neither
@@ -154,13 +157,13 @@ extension Scheduler {
     }
 
     /// Moves one batch into another session.
-    mutating func rebind(_ id: String, to session: String) {
+    mutating func rebind(_ id: String, to session: SessionKey) {
         guard let old = batches[id]?.session, old != session else { return }
         batches[id]!.session = session
         let bytes = batches[id]!.heldBytes
         sessions[old]?.batches.remove(id)
         sessions[old]?.heldBytes -= bytes
-        if let record = sessions[old], record.batches.isEmpty, record.route == nil || old.hasPrefix("anon:") {
+        if let record = sessions[old], record.batches.isEmpty, record.route == nil || old.isAnonymous {
             // An anonymous session left empty is forgotten with its binding; the connection, if
             // it is still there, gets a fresh one with its next message.
             sessions[old] = nil
@@ -172,7 +175,7 @@ extension Scheduler {
     }
 
     /// Moves every batch of an anonymous session into a named one.
-    mutating func adopt(anonymous old: String, into session: String) {
+    mutating func adopt(anonymous old: SessionKey, into session: SessionKey) {
         guard let record = sessions.removeValue(forKey: old) else { return }
         sessions[session, default: SessionRecord()].heldBytes += record.heldBytes
         for id in record.batches {
@@ -198,7 +201,7 @@ extension Scheduler {
             if case .running(let worker, _, _) = b.state {
                 s.sendWorker(worker, .cancel(batchID: batchID, attempt: b.attempt), now)
             }
-            s.finish(batchID, .failed(code: FailureCode.cancelled.rawValue, message: "cancelled by the producer", partial: nil), now)
+            s.finish(batchID, .failed(code: AnyFailureCode(.cancelled), message: "cancelled by the producer", partial: nil), now)
         }
     }
 

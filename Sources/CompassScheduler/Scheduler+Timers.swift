@@ -19,7 +19,7 @@ extension Scheduler {
                 for batchID in w.running {
                     guard let b = s.batches[batchID], case .running(_, _, let lease?) = b.state, now >= lease else { continue }
                     s.sendWorker(id, .cancel(batchID: batchID, attempt: b.attempt), now)
-                    s.attemptFailed(batchID, code: FailureCode.timeout.rawValue,
+                    s.attemptFailed(batchID, code: AnyFailureCode(.timeout),
                                     message: "lease of \(s.config.leaseMilliseconds) ms expired on worker \(id)",
                                     retryable: true, partial: nil, chargeAttempt: true, now)
                 }
@@ -33,7 +33,7 @@ extension Scheduler {
                 if case .running(let worker, _, _) = b.state {
                     s.sendWorker(worker, .cancel(batchID: next.batchID, attempt: b.attempt), now)
                 }
-                s.finish(next.batchID, .failed(code: FailureCode.timeout.rawValue,
+                s.finish(next.batchID, .failed(code: AnyFailureCode(.timeout),
                                                message: "deadline of \(b.meta.deadlineMilliseconds) ms passed", partial: nil), now)
             }
             if now.milliseconds(since: s.lastSessionSweep) >= 1_000 {
@@ -43,7 +43,7 @@ extension Scheduler {
             while let first = s.finishedOrder.first, now.milliseconds(since: first.at) > s.config.resultRetentionMilliseconds {
                 s.finishedOrder.removeFirst()
                 guard let b = s.batches[first.id], b.isFinished else { continue }
-                s.emit(.event(.resultExpired(batchID: first.id, session: b.session)))
+                s.emit(.event(.resultExpired(batchID: first.id, session: b.session.description)))
                 s.forget(first.id)
             }
         }

@@ -33,10 +33,10 @@ extension Scheduler {
     /// take): DISCONNECT tells it to register again, so the broker forgets it as the worker will
     /// forget its batches (docs/protocol.md, Worker rules 5): what it held goes back to the queue,
     /// charged as a `worker_lost` attempt, and its late answers count as stale.
-    public mutating func workerRefused(_ id: PeerID, code: String, reason: String, now: Timestamp) -> [Action] {
+    public mutating func workerRefused(_ id: PeerID, code: RejectCode, reason: String, now: Timestamp) -> [Action] {
         collect { s in
-            if s.workers[id] != nil { s.loseWorker(id, reason: "refused (\(code)): \(reason)", now) }
-            s.emit(.toWorker(id, .disconnect(reason: "\(code): \(reason)")))
+            if s.workers[id] != nil { s.loseWorker(id, reason: "refused (\(code.rawValue)): \(reason)", now) }
+            s.emit(.toWorker(id, .disconnect(reason: "\(code.rawValue): \(reason)")))
         }
     }
 
@@ -139,7 +139,7 @@ extension Scheduler {
                 s.settle(id, Dispatch(batchID: batchID, attempt: attempt))
                 let pool = s.workers[id]!.pool
                 if s.isCurrent(batchID, attempt, on: id) {
-                    s.attemptFailed(batchID, code: FailureCode.engineError.rawValue, message: message, retryable: true,
+                    s.attemptFailed(batchID, code: AnyFailureCode(.engineError), message: message, retryable: true,
                                     partial: nil, chargeAttempt: true, now)
                 } else {
                     s.pools[pool]!.counters.staleDropped += 1
@@ -174,7 +174,7 @@ extension Scheduler {
     }
 
     /// FAILED from a worker: retried when retryable and attempts remain, else delivered as FAILED.
-    public mutating func workerFailed(_ id: PeerID, batchID: String, attempt: UInt32, code: String, retryable: Bool,
+    public mutating func workerFailed(_ id: PeerID, batchID: String, attempt: UInt32, code: AnyFailureCode, retryable: Bool,
                                       message: String, partial: Payload?, now: Timestamp) -> [Action] {
         collect { s in
             guard s.touch(id, now) else { return }
@@ -185,7 +185,7 @@ extension Scheduler {
                 // can hand back each batch once. From a worker that is not draining it is a failure
                 // like any other, charged, or a worker that keeps handing back would have the
                 // broker re-dispatch to it forever, beyond max_attempts.
-                let handedBack = code == FailureCode.handedBack.rawValue
+                let handedBack = code.known == .handedBack
                 let free = handedBack && s.workers[id]!.drainingSince != nil
                 s.attemptFailed(batchID, code: code, message: handedBack && !free ? "\(message) (handed back by a worker that is not draining: charged as an attempt)" : message,
                                 retryable: retryable || handedBack, partial: partial, chargeAttempt: !free, now)
@@ -245,7 +245,7 @@ extension Scheduler {
         removeWorker(id)
         let held = w.running.sorted()
         for batchID in held {
-            attemptFailed(batchID, code: FailureCode.workerLost.rawValue, message: "worker \(id) lost: \(reason)",
+            attemptFailed(batchID, code: AnyFailureCode(.workerLost), message: "worker \(id) lost: \(reason)",
                           retryable: true, partial: nil, chargeAttempt: true, now)
         }
         emit(.event(.workerLost(worker: id, pool: w.pool, reason: reason, requeued: held.count)))

@@ -13,11 +13,14 @@ import HeapModule
 /// - a RESULT or FAILED whose attempt is not the batch's current running attempt changes nothing.
 public struct Scheduler<Payload: BatchPayload> {
     public let config: SchedulerConfig
+    /// What the scheduler may know of payloads: how to cut a batch in halves and join the halves'
+    /// answers (poison isolation). It reads no payload itself.
+    let format: any PayloadFormat
     var pools: [String: PoolState] = [:]
     var batches: [String: BatchRecord<Payload>] = [:]
     var workers: [PeerID: WorkerRecord] = [:]
-    var sessions: [String: SessionRecord] = [:]
-    var routeSessions: [PeerID: String] = [:]
+    var sessions: [SessionKey: SessionRecord] = [:]
+    var routeSessions: [PeerID: SessionKey] = [:]
     /// When `tick` last looked for idle sessions (once a second at most).
     var lastSessionSweep = Timestamp(nanoseconds: 0)
     /// The last `SchedulerConfig.rememberedAcks` ACKed batch ids, oldest first (an id is in it at
@@ -49,8 +52,9 @@ public struct Scheduler<Payload: BatchPayload> {
 
     public typealias Action = SchedulerAction<Payload>
 
-    public init(config: SchedulerConfig) {
+    public init(config: SchedulerConfig, format: any PayloadFormat) {
         self.config = config
+        self.format = format
         for pool in config.declaredPools { pools[pool] = PoolState() }
     }
 
@@ -201,7 +205,7 @@ public struct Scheduler<Payload: BatchPayload> {
     }
 
     /// A running batch's attempt failed: retry it, split it (it keeps killing engines), or finish it.
-    mutating func attemptFailed(_ id: String, code: String, message: String, retryable: Bool, partial: Payload?,
+    mutating func attemptFailed(_ id: String, code: AnyFailureCode, message: String, retryable: Bool, partial: Payload?,
                                 chargeAttempt: Bool, _ now: Timestamp) {
         guard let b = batches[id], case .running(let worker, _, _) = b.state else { return }
         if !chargeAttempt {
@@ -209,7 +213,7 @@ public struct Scheduler<Payload: BatchPayload> {
             batches[id]!.charged -= 1
             batches[root(of: id)]!.totalDispatches -= 1
         }
-        let killed = retryable && config.killCodes.contains(code)
+        let killed = retryable && code.known.map(config.killCodes.contains) == true
         if killed { batches[id]!.kills += 1 }
         let kills = batches[id]!.kills
         let charged = batches[id]!.charged
@@ -217,7 +221,7 @@ public struct Scheduler<Payload: BatchPayload> {
         // whole; a half (already suspect) is cut again after one kill; a single request that still
         // kills is reported failed alone.
         if killed && b.meta.requestCount >= 2 && kills >= (b.parent == nil ? config.splitAfterKills : 1)
-            && b.depth < config.maxSplitDepth, let halves = PayloadSplitting.halves(b.payload.payloadBytes) {
+            && b.depth < config.maxSplitDepth, let halves = format.halves(b.payload.payloadBytes) {
             detach(id, from: worker, pool: b.pool)
             split(id, halves, code: code, kills: kills, now)
             return
@@ -238,19 +242,19 @@ public struct Scheduler<Payload: BatchPayload> {
     }
 
     /// Replaces a batch by its two halves, queued at the front; it finishes when both have.
-    mutating func split(_ id: String, _ halves: (first: [UInt8], second: [UInt8]), code: String, kills: UInt32, _ now: Timestamp) {
+    mutating func split(_ id: String, _ halves: (first: [UInt8], second: [UInt8]), code: AnyFailureCode, kills: UInt32, _ now: Timestamp) {
         let b = batches[id]!
         let counts = [b.meta.requestCount / 2, b.meta.requestCount - b.meta.requestCount / 2]
-        let children = ["\(id)~0", "\(id)~1"]
-        batches[id]!.state = .split(children: children)
+        let children = [SplitHalf(parent: id, index: 0), SplitHalf(parent: id, index: 1)]
+        batches[id]!.state = .split(children: children.map(\.batchID))
         // Pushed to the front in reverse, so the first half runs first.
         for (index, bytes) in [halves.first, halves.second].enumerated().reversed() {
             var meta = b.meta
             meta.requestCount = counts[index]
             meta.deadlineMilliseconds = 0 // the original batch's deadline covers its halves
-            var child = BatchRecord(id: children[index], pool: b.pool, session: b.session, meta: meta, maxAttempts: b.maxAttempts,
+            var child = BatchRecord(id: children[index].batchID, pool: b.pool, session: b.session, meta: meta, maxAttempts: b.maxAttempts,
                                     payload: Payload(payloadBytes: bytes), acceptedAt: now, deadline: nil)
-            child.parent = id
+            child.half = children[index]
             child.depth = b.depth + 1
             batches[child.id] = child
             pools[b.pool]!.heldBytes += bytes.count
@@ -283,20 +287,20 @@ public struct Scheduler<Payload: BatchPayload> {
         case .split(let children):
             for child in children { abandon(child, now) } // finished early (cancel, deadline)
         }
-        if let parent = b.parent {
+        if let half = b.half {
             // A half reports to the batch it was cut from, as results: a failed half fails its requests.
-            let (stats, results): ([UInt8], [UInt8]) = {
+            let (stats, results): ([UInt8]?, [UInt8]) = {
                 switch outcome {
                 case .result(let stats, let payload): return (stats.payloadBytes, payload.payloadBytes)
                 case .failed(let code, let message, _):
-                    return (Array("{}".utf8), PayloadSplitting.failedResults(b.payload.payloadBytes, code: code, message: message))
+                    return (nil, format.failedResults(b.payload.payloadBytes, code: code, message: message))
                 }
             }()
             if case .failed(let code, let message, _) = outcome {
                 emit(.event(.isolated(batchID: root(of: id), requests: Int(b.meta.requestCount), code: code, message: message)))
             }
             forget(id)
-            halfFinished(parent, index: id.hasSuffix("~0") ? 0 : 1, stats: stats, results: results, now)
+            halfFinished(half.parent, index: half.index, stats: stats, results: results, now)
             return
         }
         let before = b.heldBytes
@@ -326,14 +330,14 @@ public struct Scheduler<Payload: BatchPayload> {
     }
 
     /// A half finished: keep its results; once every half is in, finish the batch with them merged.
-    mutating func halfFinished(_ id: String, index: Int, stats: [UInt8], results: [UInt8], _ now: Timestamp) {
+    mutating func halfFinished(_ id: String, index: Int, stats: [UInt8]?, results: [UInt8], _ now: Timestamp) {
         guard let b = batches[id], case .split(let children) = b.state else { return }
         batches[id]!.childResults[index] = (stats, results)
         guard batches[id]!.childResults.count == children.count else { return }
         let parts = (0..<children.count).compactMap { batches[id]!.childResults[$0] }
         batches[id]!.childResults = [:]
-        let merged = Outcome<Payload>.result(stats: Payload(payloadBytes: PayloadSplitting.mergeStats(parts.map(\.stats), parts: parts.count)),
-                                             payload: Payload(payloadBytes: PayloadSplitting.concatenate(parts.map(\.payload))))
+        let merged = Outcome<Payload>.result(stats: Payload(payloadBytes: format.mergeStats(parts.compactMap(\.stats), parts: parts.count)),
+                                             payload: Payload(payloadBytes: format.concatenate(parts.map(\.payload))))
         finish(id, merged, now)
     }
 

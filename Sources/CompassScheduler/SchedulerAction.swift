@@ -25,7 +25,7 @@ public enum ProducerOutput<Payload> {
     case rejected(batchID: String, code: RejectCode, message: String, retryAfterMilliseconds: UInt32)
     case progress(batchID: String, done: UInt32, total: UInt32)
     case result(batchID: String, attempts: UInt32, stats: Payload, payload: Payload)
-    case failed(batchID: String, attempts: UInt32, code: String, message: String, partial: Payload?)
+    case failed(batchID: String, attempts: UInt32, code: AnyFailureCode, message: String, partial: Payload?)
     case heartbeat
 }
 
@@ -34,15 +34,16 @@ public enum SchedulerEvent: Sendable, Equatable {
     case workerRegistered(worker: PeerID, pool: String, credit: Int)
     case workerLost(worker: PeerID, pool: String, reason: String, requeued: Int)
     case workerLeft(worker: PeerID, pool: String)
-    case requeued(batchID: String, attempt: UInt32, code: String, reason: String)
+    case requeued(batchID: String, attempt: UInt32, code: AnyFailureCode, reason: String)
     case completed(batchID: String, pool: String, attempts: UInt32, latencyMilliseconds: UInt64)
-    case failed(batchID: String, pool: String, code: String, message: String)
+    case failed(batchID: String, pool: String, code: AnyFailureCode, message: String)
     case staleDropped(batchID: String, worker: PeerID, attempt: UInt32)
     case unknownWorker(worker: PeerID)
     case rejected(code: RejectCode, message: String)
+    /// `session`: as logs show it (`SessionKey.description`).
     case resultExpired(batchID: String, session: String)
     /// A batch that kept killing engines was cut in halves (depth: how many times so far).
-    case split(batchID: String, requests: Int, depth: Int, kills: UInt32, code: String)
+    case split(batchID: String, requests: Int, depth: Int, kills: UInt32, code: AnyFailureCode)
     /// Requests of a split batch failed alone (the poison), the rest of the batch goes on.
-    case isolated(batchID: String, requests: Int, code: String, message: String)
+    case isolated(batchID: String, requests: Int, code: AnyFailureCode, message: String)
 }

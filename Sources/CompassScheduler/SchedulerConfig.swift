@@ -39,7 +39,7 @@ public struct SchedulerConfig: Sendable {
     /// or before a broker restart, is new again.
     public var rememberedAcks: Int = WireProtocol.defaultRememberedAcks
     /// Failure codes that mean "this batch may have killed its engine or worker".
-    public var killCodes: Set<String> = ["engine_dead", "worker_lost", "timeout", "oom"]
+    public var killCodes: Set<FailureCode> = [.engineDead, .workerLost, .timeout, .oom]
     /// Kills after which a batch of several requests is split in halves (a split half, already
     /// suspect, is split again after one), and a single request is reported failed.
     public var splitAfterKills: UInt32 = 2

@@ -84,19 +84,19 @@ extension Scheduler {
     /// sessions peers open.
     func listedSessions() -> [SchedulerSnapshot.Session] {
         let limit = WireProtocol.maxStatusSessions
-        let names: [String]
+        let listed: [SessionKey]
         if sessions.count <= limit {
-            names = sessions.keys.sorted()
+            listed = Array(sessions.keys)
         } else {
             var heap = Heap<SessionRank>()
-            for (name, record) in sessions {
-                heap.insert(SessionRank(outstanding: record.batches.count, name: name))
+            for (key, record) in sessions {
+                heap.insert(SessionRank(outstanding: record.batches.count, name: key.description, key: key))
                 if heap.count > limit { _ = heap.popMin() }
             }
-            names = heap.unordered.map(\.name).sorted()
+            listed = heap.unordered.map(\.key)
         }
-        return names.map { name in
-            let s = sessions[name]!
+        return listed.map { (name: $0.description, key: $0) }.sorted { $0.name < $1.name }.map { name, key in
+            let s = sessions[key]!
             return .init(session: name, connected: s.route != nil, outstanding: s.batches.count, heldBytes: s.heldBytes)
         }
     }
@@ -105,7 +105,7 @@ extension Scheduler {
     /// For tests: cheap enough to call after every step of a randomized run.
     public func checkInvariants() -> [String] {
         var problems: [String] = []
-        var queued: [String: Int] = [:], running: [String: Int] = [:], held: [String: Int] = [:], sessionHeld: [String: Int] = [:]
+        var queued: [String: Int] = [:], running: [String: Int] = [:], held: [String: Int] = [:], sessionHeld: [SessionKey: Int] = [:]
         for (id, b) in batches {
             held[b.pool, default: 0] += b.heldBytes
             if b.parent == nil { sessionHeld[b.session, default: 0] += b.heldBytes }
@@ -152,6 +152,7 @@ extension Scheduler {
 struct SessionRank: Comparable {
     let outstanding: Int
     let name: String
+    let key: SessionKey
 
     /// The lesser is the one to drop first: fewer batches, or a later name among equals.
     static func < (a: SessionRank, b: SessionRank) -> Bool {

@@ -41,9 +41,10 @@ public struct PeerID: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// What the scheduler needs of a payload it holds. It reads the bytes on two rare paths only:
-/// splitting a batch that keeps killing engines (poison isolation), and comparing a re-SUBMIT
-/// that claims a batch of a connection that never said HELLO with the batch it claims.
+/// What the scheduler needs of a payload it holds. It takes the bytes on two rare paths only:
+/// splitting a batch that keeps killing engines (poison isolation, through its `PayloadFormat`),
+/// and comparing a re-SUBMIT that claims a batch of a connection that never said HELLO with the
+/// batch it claims.
 public protocol BatchPayload {
     var byteCount: Int { get }
     /// A copy of the bytes.

@@ -1,4 +1,4 @@
-import CompassJournal
+@testable import CompassJournal
 import CompassProtocol
 import CompassScheduler
 import Foundation
@@ -15,7 +15,7 @@ struct JournalTests {
     func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 
     func snapshot(_ id: String, requests: String = #"[{"custom_id":"a","prompt":"x"}]"#) -> BatchSnapshot<[UInt8]> {
-        BatchSnapshot(id: id, session: "s", pool: "p", meta: BatchMeta(requestCount: 1, priority: 2), maxAttempts: 3, payload: bytes(requests))
+        BatchSnapshot(id: id, session: .named("s"), pool: "p", meta: BatchMeta(requestCount: 1, priority: 2), maxAttempts: 3, payload: bytes(requests))
     }
 
     @Test func recordsRoundTrip() throws {
@@ -23,7 +23,7 @@ struct JournalTests {
         try journal.commit([JournalOperation<[UInt8]>.accepted(snapshot("a")), .accepted(snapshot("b")), .accepted(snapshot("c")),
                             .attempt(batchID: "a", attempt: 2, charged: 2, kills: 1)])
         try journal.commit([JournalOperation<[UInt8]>.finished(batchID: "b", outcome: .result(stats: bytes("{}"), payload: bytes("[1]"))),
-                            .finished(batchID: "c", outcome: .failed(code: "oom", message: "too big", partial: nil))])
+                            .finished(batchID: "c", outcome: .failed(code: AnyFailureCode(.oom), message: "too big", partial: nil))])
         let loaded: [BatchSnapshot<[UInt8]>] = try Journal(path: "\(dir)/j.db").load()
         #expect(loaded.map(\.id) == ["a", "b", "c"])
         #expect(loaded[0].attempt == 2 && loaded[0].charged == 2 && loaded[0].kills == 1 && loaded[0].outcome == nil)
@@ -66,7 +66,7 @@ struct JournalTests {
         try journal.commit([JournalOperation<[UInt8]>.accepted(snapshot("r", requests: two)), .accepted(snapshot("f")), .accepted(snapshot("q"))])
         let results = #"[{"custom_id":"ok","error":null},{"custom_id":"bad","error":{"code":"bad_request","message":"m"}}]"#
         try journal.commit([JournalOperation<[UInt8]>.finished(batchID: "r", outcome: .result(stats: bytes("{}"), payload: bytes(results))),
-                            .finished(batchID: "f", outcome: .failed(code: "engine_dead", message: "x", partial: nil))])
+                            .finished(batchID: "f", outcome: .failed(code: AnyFailureCode(.engineDead), message: "x", partial: nil))])
         #expect(try journal.exportFailed(to: "\(dir)/dead.jsonl") == 2)
         let lines = try String(contentsOfFile: "\(dir)/dead.jsonl", encoding: .utf8).split(separator: "\n")
         #expect(lines == [#"{"custom_id":"bad","prompt":"y"}"#, #"{"custom_id":"a","prompt":"x"}"#])
@@ -85,7 +85,7 @@ struct RecoveryTests {
     }
 
     @Test func journalingEmitsTheRecordsOfABatchsLife() {
-        var s = Scheduler<[UInt8]>(config: config())
+        var s = Scheduler<[UInt8]>(config: config(), format: JSONPayloadFormat())
         let now = Timestamp.milliseconds(1000)
         var ops: [String] = []
         func note(_ actions: [SchedulerAction<[UInt8]>]) {
@@ -107,11 +107,11 @@ struct RecoveryTests {
     }
 
     @Test func restoredBatchesRunAgainAndALateResultIsAcceptedOnce() {
-        var s = Scheduler<[UInt8]>(config: config())
+        var s = Scheduler<[UInt8]>(config: config(), format: JSONPayloadFormat())
         let now = Timestamp.milliseconds(1000)
-        s.restore([BatchSnapshot(id: "old", session: "sess", pool: "p", meta: BatchMeta(requestCount: 1), maxAttempts: 3,
+        s.restore([BatchSnapshot(id: "old", session: .named("sess"), pool: "p", meta: BatchMeta(requestCount: 1), maxAttempts: 3,
                                  payload: Array("[1]".utf8), attempt: 1, charged: 1),
-                   BatchSnapshot(id: "done", session: "sess", pool: "p", meta: BatchMeta(requestCount: 1), maxAttempts: 3,
+                   BatchSnapshot(id: "done", session: .named("sess"), pool: "p", meta: BatchMeta(requestCount: 1), maxAttempts: 3,
                                  payload: Array("[1]".utf8), attempt: 1, charged: 1, outcome: .result(stats: [], payload: Array("[9]".utf8)))],
                   now: now)
         #expect(s.checkInvariants().isEmpty)
@@ -127,5 +127,36 @@ struct RecoveryTests {
         let delivered = replay.compactMap { a -> String? in if case .toProducer(_, .result(let id, _, _, _)) = a { return id }; return nil }
         #expect(delivered.sorted() == ["done", "old"])
         #expect(s.checkInvariants().isEmpty)
+    }
+}
+
+/// Compares a code with its wire text, as the journal stores it.
+func == (code: AnyFailureCode, text: String) -> Bool { code.rawValue == text }
+
+@Suite("Journal: sessions as text")
+struct JournalSessionTests {
+    @Test("Sessions are stored as the text they always were, and a journal written that way replays")
+    func sessionsKeepTheirText() throws {
+        let dir = NSTemporaryDirectory() + "journal-session-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let journal = try Journal(path: "\(dir)/j.db")
+        let route = PeerID([0x00, 0x80, 0x00, 0x00, 0x29])
+        func accepted(_ id: String, _ session: SessionKey) -> JournalOperation<[UInt8]> {
+            .accepted(BatchSnapshot(id: id, session: session, pool: "p", meta: BatchMeta(requestCount: 1), maxAttempts: 3, payload: [1]))
+        }
+        try journal.commit([accepted("a", .anonymous(route)), accepted("b", .named("sess")), accepted("c", .anonymous(PeerID("prod"))),
+                            .rebound(batchID: "c", session: .named("later"))])
+        // What an earlier broker wrote: the sessions' text, anonymous ones as `anon:` and the route.
+        try journal.queue.write { db in
+            try db.execute(sql: """
+                INSERT INTO batch (id, session, pool, meta, max_attempts, payload, accepted_at)
+                VALUES ('old', 'anon:0x0080000030', 'p', ?, 3, x'5b315d', 0)
+                """, arguments: [Data(BatchMeta(requestCount: 1).bytes)])
+        }
+        let stored = try journal.queue.read { db in try String.fetchAll(db, sql: "SELECT session FROM batch ORDER BY rowid") }
+        #expect(stored == ["anon:0x0080000029", "sess", "later", "anon:0x0080000030"])
+        let loaded: [BatchSnapshot<[UInt8]>] = try journal.load()
+        #expect(Dictionary(uniqueKeysWithValues: loaded.map { ($0.id, $0.session) })
+                == ["a": .anonymous(route), "b": .named("sess"), "c": .named("later"), "old": .anonymous(PeerID([0x00, 0x80, 0x00, 0x00, 0x30]))])
     }
 }

@@ -7,13 +7,15 @@ struct Harness {
     var now = Timestamp.milliseconds(1_000)
     var log: [SchedulerAction<[UInt8]>] = []
 
-    init(_ configure: (inout SchedulerConfig) -> Void = { _ in }) {
+    /// `format`: what the scheduler knows of payloads; `ByteFormat` (a byte is a request) unless a
+    /// test needs the protocol's JSON.
+    init(format: any PayloadFormat = ByteFormat(), _ configure: (inout SchedulerConfig) -> Void = { _ in }) {
         var config = SchedulerConfig()
         config.declaredPools = ["p"]
         config.heartbeatMilliseconds = 100
         config.liveness = 3
         configure(&config)
-        scheduler = Scheduler(config: config)
+        scheduler = Scheduler(config: config, format: format)
     }
 
     mutating func advance(_ ms: UInt64) -> [SchedulerAction<[UInt8]>] {
@@ -62,7 +64,7 @@ struct Harness {
 
     @discardableResult
     mutating func failed(_ worker: String, _ id: String, attempt: UInt32 = 1, code: FailureCode, retryable: Bool) -> [SchedulerAction<[UInt8]>] {
-        record(scheduler.workerFailed(PeerID(worker), batchID: id, attempt: attempt, code: code.rawValue, retryable: retryable,
+        record(scheduler.workerFailed(PeerID(worker), batchID: id, attempt: attempt, code: AnyFailureCode(code), retryable: retryable,
                                       message: "boom", partial: nil, now: now))
     }
 }
@@ -93,9 +95,9 @@ extension Array where Element == SchedulerAction<[UInt8]> {
         compactMap { if case .toProducer(let r, .result(let id, _, _, _)) = $0 { return (r.description, id) }; return nil }
     }
 
-    /// (batch id, code) of every FAILED.
+    /// (batch id, code as sent) of every FAILED.
     var failures: [(id: String, code: String)] {
-        compactMap { if case .toProducer(_, .failed(let id, _, let code, _, _)) = $0 { return (id, code) }; return nil }
+        compactMap { if case .toProducer(_, .failed(let id, _, let code, _, _)) = $0 { return (id, code.rawValue) }; return nil }
     }
 
     func sent(to worker: String) -> [WorkerOutput<[UInt8]>] {
@@ -106,3 +108,6 @@ extension Array where Element == SchedulerAction<[UInt8]> {
         compactMap { if case .event(let e) = $0 { return e }; return nil }
     }
 }
+
+/// Matches a code by its wire text in a pattern (`case .requeued(_, _, "engine_error", _)`).
+func ~= (text: String, code: AnyFailureCode) -> Bool { code.rawValue == text }

@@ -56,7 +56,7 @@ struct PoisonTests {
 
     @Test("64 requests, one kills the engine: 63 succeed, 1 fails with engine_dead, one RESULT, bounded dispatches")
     func oneBadRequestOfSixtyFour() throws {
-        var h = Harness()
+        var h = Harness(format: JSONPayloadFormat())
         let ids = (0..<64).map { "r\($0)" }
         let worker = SimulatedWorker(name: "w", poison: ["r37"])
         _ = submitBatch(&h, "big", ids)
@@ -87,7 +87,7 @@ struct PoisonTests {
 
     @Test("Two poison requests in one batch are both isolated")
     func twoBadRequests() throws {
-        var h = Harness()
+        var h = Harness(format: JSONPayloadFormat())
         let ids = (0..<16).map { "r\($0)" }
         let worker = SimulatedWorker(name: "w", poison: ["r2", "r11"])
         _ = submitBatch(&h, "b", ids)
@@ -101,7 +101,7 @@ struct PoisonTests {
 
     @Test("A single-request batch that kills engines fails after its attempts, as FAILED")
     func singlePoisonRequest() {
-        var h = Harness()
+        var h = Harness(format: JSONPayloadFormat())
         let worker = SimulatedWorker(name: "w", poison: ["x"])
         _ = submitBatch(&h, "one", ["x"])
         worker.run(&h, from: h.ready("w"))
@@ -111,7 +111,7 @@ struct PoisonTests {
 
     @Test("Cancel while split drops every half and answers once")
     func cancelWhileSplit() {
-        var h = Harness()
+        var h = Harness(format: JSONPayloadFormat())
         let ids = (0..<8).map { "r\($0)" }
         _ = submitBatch(&h, "b", ids)
         h.ready("w", credit: 4)
@@ -130,21 +130,11 @@ struct PoisonTests {
 
     @Test("Non-kill failures are retried whole, never split")
     func ordinaryFailuresDoNotSplit() {
-        var h = Harness()
+        var h = Harness(format: JSONPayloadFormat())
         _ = submitBatch(&h, "b", ["a", "b", "c", "d"])
         h.ready("w")
         h.failed("w", "b", attempt: 1, code: .engineError, retryable: true)
         h.failed("w", "b", attempt: 2, code: .engineError, retryable: true)
         #expect(h.log.dispatches.map(\.id) == ["b", "b", "b"])
-    }
-
-    @Test("Splitting and joining keep every element byte for byte")
-    func splittingPreservesBytes() throws {
-        let raw = Array(#"[ {"custom_id":"a","prompt":"x\ny","n":1.50} ,{"custom_id":"b","prompt":"[,]"},{"custom_id":"c"} ]"#.utf8)
-        let (first, second) = try #require(PayloadSplitting.halves(raw))
-        #expect(String(decoding: first, as: UTF8.self) == #"[{"custom_id":"a","prompt":"x\ny","n":1.50}]"#)
-        #expect(String(decoding: second, as: UTF8.self) == #"[{"custom_id":"b","prompt":"[,]"},{"custom_id":"c"}]"#)
-        #expect(PayloadSplitting.concatenate([first, second]) == Array(#"[{"custom_id":"a","prompt":"x\ny","n":1.50},{"custom_id":"b","prompt":"[,]"},{"custom_id":"c"}]"#.utf8))
-        #expect(PayloadSplitting.halves(Array(#"[{"custom_id":"a"}]"#.utf8)) == nil)
     }
 }

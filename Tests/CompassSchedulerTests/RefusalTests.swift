@@ -14,7 +14,7 @@ struct RefusalTests {
         h.submit("a")
         h.submit("b")
         #expect(h.log.dispatches.map(\.id) == ["a", "b"])
-        let out = h.record(h.scheduler.workerRefused(PeerID("w"), code: "bad_frame", reason: "attempt must be 4 bytes", now: h.now))
+        let out = h.record(h.scheduler.workerRefused(PeerID("w"), code: .badFrame, reason: "attempt must be 4 bytes", now: h.now))
         #expect(out.sent(to: "w").count == 1)
         guard case .disconnect(let reason)? = out.sent(to: "w").first else { Issue.record("no DISCONNECT: \(out)"); return }
         #expect(reason == "bad_frame: attempt must be 4 bytes")
@@ -29,7 +29,7 @@ struct RefusalTests {
 
     @Test func refusingAnUnknownWorkerOnlyAnswers() {
         var h = Harness()
-        let out = h.record(h.scheduler.workerRefused(PeerID("x"), code: "bad_frame", reason: "r", now: h.now))
+        let out = h.record(h.scheduler.workerRefused(PeerID("x"), code: .badFrame, reason: "r", now: h.now))
         #expect(out.sent(to: "x").count == 1 && out.events.isEmpty)
     }
 
@@ -61,10 +61,10 @@ struct RefusalTests {
         _ = h.advance(100)
         #expect((0..<50).map { _ in disconnects() }.reduce(0, +) == 1)
         // A refused message always gets its DISCONNECT, with the reason.
-        #expect(h.record(h.scheduler.workerRefused(PeerID("ghost"), code: "bad_frame", reason: "r", now: h.now)).sent(to: "ghost").count == 1)
+        #expect(h.record(h.scheduler.workerRefused(PeerID("ghost"), code: .badFrame, reason: "r", now: h.now)).sent(to: "ghost").count == 1)
         // A worker that registers again is told at once when it is lost again, in the same interval.
         h.ready("ghost")
-        h.record(h.scheduler.workerRefused(PeerID("ghost"), code: "bad_frame", reason: "r", now: h.now))
+        h.record(h.scheduler.workerRefused(PeerID("ghost"), code: .badFrame, reason: "r", now: h.now))
         #expect(disconnects() == 1)
     }
 

@@ -1,22 +1,24 @@
 import Foundation
 
-/// The few payload operations the broker needs when it isolates a poison request: it splits a
-/// batch's request array in halves and joins the halves' result arrays back into one. Elements are
-/// cut and joined as raw bytes at the JSON scanner's element boundaries, so requests and results
-/// pass through byte for byte.
-public enum PayloadSplitting {
+/// The payload format of the protocol: a batch is a JSON array of requests, its results a JSON
+/// array of results (one per request, by `custom_id`), its stats a JSON object of figures. The
+/// broker gives it to its scheduler for poison isolation. Elements are cut and joined as raw bytes
+/// at the JSON scanner's element boundaries, so requests and results pass through byte for byte.
+public struct JSONPayloadFormat: PayloadFormat {
+    public init() {}
+
     /// The first and second half of a request array, or nil when it holds fewer than 2 requests.
-    public static func halves(_ payload: [UInt8]) -> (first: [UInt8], second: [UInt8])? {
-        guard let elements = JSONSyntax.arrayElements(payload), elements.count >= 2 else { return nil }
+    public func halves(_ requests: [UInt8]) -> (first: [UInt8], second: [UInt8])? {
+        guard let elements = JSONSyntax.arrayElements(requests), elements.count >= 2 else { return nil }
         let middle = elements.count / 2
-        return (array(payload, elements[..<middle]), array(payload, elements[middle...]))
+        return (Self.array(requests, elements[..<middle]), Self.array(requests, elements[middle...]))
     }
 
-    /// One JSON array holding the elements of `arrays`, in order (arrays that do not parse are skipped).
-    public static func concatenate(_ arrays: [[UInt8]]) -> [UInt8] {
+    /// One JSON array holding the elements of `results`, in order (arrays that do not parse are skipped).
+    public func concatenate(_ results: [[UInt8]]) -> [UInt8] {
         var out: [UInt8] = [UInt8(ascii: "[")]
         var first = true
-        for payload in arrays {
+        for payload in results {
             guard let elements = JSONSyntax.arrayElements(payload) else { continue }
             for range in elements {
                 if !first { out.append(UInt8(ascii: ",")) }
@@ -28,19 +30,20 @@ public enum PayloadSplitting {
         return out
     }
 
-    /// A result array that fails every request of `requests` with `code` and `message`.
-    public static func failedResults(_ requests: [UInt8], code: String, message: String) -> [UInt8] {
+    /// A result array that fails every request of `requests` with `code` and `message` (a request
+    /// without a `custom_id` is named by its index, `#3`).
+    public func failedResults(_ requests: [UInt8], code: AnyFailureCode, message: String) -> [UInt8] {
         let elements = JSONSyntax.arrayElements(requests) ?? []
         let results: [InferenceResult] = elements.enumerated().map { index, range in
             let object = (try? JSONSerialization.jsonObject(with: Data(requests[range]))) as? [String: Any]
             let id = object?["custom_id"] as? String ?? "#\(index)"
-            return .failure(id, code: code, message: message)
+            return .failure(id, code: code.rawValue, message: message)
         }
         return (try? JSONEncoder().encode(results)).map { [UInt8]($0) } ?? Array("[]".utf8)
     }
 
-    /// Sums the numeric fields of RESULT stats objects (the merged stats of a split batch).
-    public static func mergeStats(_ stats: [[UInt8]], parts: Int) -> [UInt8] {
+    /// Sums the numeric fields of RESULT stats objects, and says in how many parts (`split_parts`).
+    public func mergeStats(_ stats: [[UInt8]], parts: Int) -> [UInt8] {
         var total: [String: Double] = [:]
         for s in stats {
             guard let object = (try? JSONSerialization.jsonObject(with: Data(s))) as? [String: Any] else { continue }
