@@ -383,7 +383,11 @@ class Backend(Protocol):
     sequences it runs at once, or `max_batches`, how many batches it takes at once (read after
     `load`; default 1 batch); `engine_stats()`, its cumulative step counters. With `capacity` or
     `max_batches` above 1, `generate` is called from several threads at once, one per batch, and
-    must be thread-safe."""
+    must be thread-safe. `start(requests, progress, cancelled, done)`, with `capacity`: instead
+    of `generate`, the host hands each batch over and returns; the backend calls `done(results,
+    None)` or `done(None, error)` exactly once, from any thread, when the batch is over (raise
+    Cancelled as the error when `cancelled` stopped it, FatalEngineError when the engine is gone).
+    `start` runs on the host's main thread, one batch after another."""
 
     name: str
     arguments: dict[str, str]  # the --engine-arg keys it takes, with a word on each
@@ -433,6 +437,20 @@ class _Member:
     def __init__(self, batch: _Batch, parsed: list[Request | Result], progress: Progress) -> None:
         self.batch, self.parsed, self.progress = batch, parsed, progress
         self.valid = [p for p in parsed if isinstance(p, Request)]
+
+
+@dataclass
+class _Call:
+    """One call of the backend over admitted batches: what `end_call` needs to answer each."""
+
+    batches: list[_Batch]
+    members: list[_Member]
+    live: list[_Member]  # those not cancelled before the call
+    requests: list[Request]
+    progress: Any
+    cancelled: Any
+    started: float
+    counters_before: dict[str, int] | None
 
 
 class _SharedProgress:
@@ -505,6 +523,8 @@ class EngineHost:
         self.write_lock = threading.Lock()
         self.silenced = False  # after `fatal`, nothing more is sent (under write_lock)
         self.state_lock = threading.Lock()
+        self.state_changed = threading.Condition(self.state_lock)  # `started_calls` went down
+        self.started_calls = 0  # batches handed to a backend's `start`, not yet answered
         self.inbox: queue.Queue[_Batch | None] = queue.Queue()
         self.running: list[_Batch] = []  # admitted and not yet answered
         self.early_cancels: set[tuple[str, int]] = set()
@@ -608,6 +628,40 @@ class EngineHost:
         (several only for a backend that merges batches: `merge_requests`). Each batch is answered
         on its own: its results, or its failure, or `cancelled` when the worker cancelled it before
         the call ended."""
+        call = self.begin_call(batches)
+        try:
+            produced = self.backend.generate(call.requests, call.progress, call.cancelled) if call.requests else []
+        except Exception as error:  # noqa: BLE001 - every failure becomes each batch's answer
+            self.end_call(call, None, error)
+        else:
+            self.end_call(call, produced, None)
+
+    def start_batch(self, batch: _Batch) -> None:
+        """Hands an admitted batch to a backend with `start` and returns at once: the backend
+        answers through `end_call` when the batch's requests are done (from its own thread)."""
+        call = self.begin_call([batch])
+        if not call.requests:
+            self.end_call(call, [], None)
+            return
+        with self.state_lock:
+            self.started_calls += 1
+
+        def done(produced: list[Result] | None, error: BaseException | None) -> None:
+            try:
+                self.end_call(call, produced, error)
+            finally:
+                with self.state_lock:
+                    self.started_calls -= 1
+                    self.state_changed.notify_all()
+
+        try:
+            self.backend.start(call.requests, call.progress, call.cancelled, done)  # type: ignore[attr-defined]
+        except Exception as error:  # noqa: BLE001 - refused before it started: this batch's answer
+            done(None, error)
+
+    def begin_call(self, batches: list[_Batch]) -> _Call:
+        """Parses the batches' requests (bad ones are answered at once), answers those cancelled
+        already, and gathers the rest into one call."""
         started = time.monotonic()
         members: list[_Member] = []
         try:
@@ -628,42 +682,50 @@ class EngineHost:
                     self.answer_failure(member.batch, Cancelled())
                 else:
                     live.append(member)
-            requests = [r for m in live for r in m.valid]
-            if len(live) == 1:
-                progress: Any = live[0].progress
-                cancelled: Any = live[0].batch.cancelled
-            else:
-                progress, cancelled = _SharedProgress(live), _AllCancelled([m.batch.cancelled for m in live])
-            try:
-                try:
-                    produced = self.backend.generate(requests, progress, cancelled) if requests else []
-                finally:  # no progress may follow a batch's answer
-                    for member in live:
-                        member.progress.close()
-                if len(produced) != len(requests):
-                    raise RuntimeError(f"the backend returned {len(produced)} results for {len(requests)} requests")
-            except FatalEngineError as error:
-                self.fatal(error.code, str(error))
-            except Exception as error:  # noqa: BLE001 - every failure becomes each batch's answer
+        except BaseException:
+            self.release(batches, members)
+            raise
+        requests = [r for m in live for r in m.valid]
+        if len(live) == 1:
+            progress: Any = live[0].progress
+            cancelled: Any = live[0].batch.cancelled
+        else:
+            progress, cancelled = _SharedProgress(live), _AllCancelled([m.batch.cancelled for m in live])
+        return _Call(batches, members, live, requests, progress, cancelled, started, counters_before)
+
+    def end_call(self, call: _Call, produced: list[Result] | None, error: BaseException | None) -> None:
+        """Answers each batch of a call: its results, or the call's failure (`error`)."""
+        try:
+            for member in call.live:  # no progress may follow a batch's answer
+                member.progress.close()
+            if error is None and produced is not None and len(produced) != len(call.requests):
+                error = RuntimeError(f"the backend returned {len(produced)} results for {len(call.requests)} requests")
+            if error is not None or produced is None:
+                error = error or RuntimeError("the backend answered neither results nor an error")
+                if isinstance(error, FatalEngineError):
+                    self.fatal(error.code, str(error))
                 if not isinstance(error, Cancelled):
-                    traceback.print_exc(file=sys.stderr)
-                for member in live:
+                    traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+                for member in call.live:
                     self.answer_failure(member.batch, error)
                 return
-            for member in live:
+            for member in call.live:
                 mine, produced = produced[:len(member.valid)], produced[len(member.valid):]
-                if len(live) > 1 and member.batch.cancelled.is_set():  # cancelled alone, while the others ran
+                if len(call.live) > 1 and member.batch.cancelled.is_set():  # cancelled alone, while the others ran
                     self.answer_failure(member.batch, Cancelled())
                     continue
                 it = iter(mine)
                 results = [next(it) if isinstance(p, Request) else p for p in member.parsed]
                 self.send(result_message(member.batch.batch_id, member.batch.attempt, [r.to_json() for r in results],
-                                         self.batch_stats(started, results, counters_before)))
+                                         self.batch_stats(call.started, results, call.counters_before)))
         finally:
-            for member in members:
-                member.progress.close()  # (closed already, unless parsing failed half way)
-            with self.state_lock:
-                self.running = [b for b in self.running if all(b is not m for m in batches)]
+            self.release(call.batches, call.members)
+
+    def release(self, batches: list[_Batch], members: list[_Member]) -> None:
+        for member in members:
+            member.progress.close()  # (closed already, unless parsing failed half way)
+        with self.state_lock:
+            self.running = [b for b in self.running if all(b is not m for m in batches)]
 
     def answer_failure(self, batch: _Batch, error: BaseException) -> None:
         """A batch's `failed`: `cancelled` when the worker cancelled it (nothing when shutdown or EOF
@@ -759,6 +821,8 @@ class EngineHost:
         self.send(ready)
         if merge is not None:
             self.serve_merged(merge)
+        elif capacity is not None and callable(getattr(self.backend, "start", None)):
+            self.serve_started()
         elif capacity is not None:
             self.serve_concurrently(None)
         elif max_batches == 1:
@@ -800,6 +864,26 @@ class EngineHost:
             for member in group:
                 self.admit(member)
             self.run_batches(group)
+
+    def serve_started(self, stop_wait: float = 30.0) -> None:
+        """For a backend with `start` and a capacity (a continuously batching engine with a loop of
+        its own): the main thread parses each batch and hands it to the backend, which answers
+        from its own thread. No thread per batch: a stream of hundreds of one-request batches
+        costs a parse and a hand-over each, not a thread each contending for the GIL with the
+        engine's loop."""
+        while True:
+            batch = self.inbox.get()
+            if batch is None or self.stopping:
+                break
+            self.admit(batch)
+            self.start_batch(batch)
+        # Stopping: every running batch's cancel event is set; give them a bounded time to end.
+        deadline = time.monotonic() + stop_wait
+        with self.state_lock:
+            while self.started_calls and (left := deadline - time.monotonic()) > 0:
+                self.state_changed.wait(left)
+            if self.started_calls:
+                log(f"{self.started_calls} batches did not stop within {stop_wait:.0f}s; closing anyway")
 
     def serve_concurrently(self, max_batches: int | None, stop_wait: float = 30.0) -> None:
         """A batch thread for each batch, up to `max_batches` at once (None: as many as the worker

@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -331,6 +332,7 @@ class BatchRun:
     finished: threading.Event = field(default_factory=threading.Event)
     aborted: bool = False  # stopped by its cancel event
     error: BaseException | None = None  # the engine failed under it
+    on_finish: Callable[[], None] | None = None  # called by the stepper after `finished` is set (start())
 
     def refused(self, part: Part, message: str) -> None:
         """vLLM refused a part (its own validation): the request fails alone; its other parts run out."""
@@ -351,7 +353,7 @@ class Stepper:
         self.incoming: list[BatchRun] = []
         self.closing = False
         # The stepper thread's own: the batches it holds and which batch each request id is of.
-        self.active: list[BatchRun] = []
+        self.active: dict[BatchRun, None] = {}  # an ordered set
         self.owners: dict[str, BatchRun] = {}
         self.counter = 0
         # Step counters for engine_stats(): written by the stepper, read by batch threads (ints:
@@ -398,7 +400,7 @@ class Stepper:
                     if self.closing:
                         break
                     new, self.incoming = self.incoming, []
-                self.active.extend(new)
+                self.active.update(dict.fromkeys(new))
                 for batch in new:
                     self.add(batch)
                 try:
@@ -421,7 +423,7 @@ class Stepper:
             with self.cond:
                 self.closing = True
                 left, self.incoming = self.incoming, []
-            for batch in left + self.active:
+            for batch in left + list(self.active):
                 self.fail(batch, RuntimeError("the vLLM engine is closing"))
 
     def add(self, batch: BatchRun) -> None:
@@ -494,9 +496,10 @@ class Stepper:
         self.finish(batch)
 
     def finish(self, batch: BatchRun) -> None:
-        if batch in self.active:
-            self.active.remove(batch)
+        self.active.pop(batch, None)
         batch.finished.set()
+        if batch.on_finish is not None:
+            batch.on_finish()
 
 
 def vllm_setting(engine: Any, group: str, name: str) -> int | None:
@@ -596,6 +599,8 @@ class VLLMBackend:
             blocks = vllm_setting(self.engine, "cache_config", "num_gpu_blocks")
             block_size = vllm_setting(self.engine, "cache_config", "block_size")
             self.stepper = Stepper(self.engine, engine_input, seqs)
+            self.finisher: queue.Queue[Any] = queue.Queue()
+            threading.Thread(target=self.finish_loop, name="compass-vllm-finisher", daemon=True).start()
             if by_batches is None:
                 self.capacity = seqs
                 self.capacity_tokens = blocks * block_size if blocks and block_size else None
@@ -693,6 +698,60 @@ class VLLMBackend:
     # Batches
 
     def generate(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> list[Result]:
+        batch = self.prepare_batch(requests, progress, cancelled)
+        try:
+            if self.stepper is not None:
+                self.stepper.submit(batch)
+                self.stepper.wait(batch)
+            else:
+                self.run_chunks(batch)
+        except Exception as error:
+            raise self.engine_error(error) from error
+        return self.collect(requests, batch)
+
+    def start(self, requests: list[Request], progress: Progress, cancelled: threading.Event,
+              done: Callable[[list[Result] | None, BaseException | None], None]) -> None:
+        """The engine host's hand-over (compass_engine.Backend): the batch goes into the stepper
+        and this returns; the finisher thread answers `done` when the stepper is through with it.
+        Without the step API, a thread runs `generate`."""
+        if self.stepper is None:
+            def run() -> None:
+                try:
+                    results = self.generate(requests, progress, cancelled)
+                except Exception as error:  # noqa: BLE001 - the batch's answer
+                    done(None, error)
+                else:
+                    done(results, None)
+            threading.Thread(target=run, name="compass-vllm-batch", daemon=True).start()
+            return
+        batch = self.prepare_batch(requests, progress, cancelled)
+        batch.on_finish = lambda: self.finisher.put((requests, batch, done))
+        self.stepper.submit(batch)
+
+    def finish_loop(self) -> None:
+        """The finisher thread: turns each batch the stepper is through with into its results
+        (decoding, logprobs objects, scores) off the stepper's thread, and answers it."""
+        while True:
+            requests, batch, done = self.finisher.get()
+            try:
+                if batch.error is not None:
+                    raise self.engine_error(batch.error)
+                if batch.aborted:
+                    raise Cancelled()
+                results = self.collect(requests, batch)
+            except Exception as error:  # noqa: BLE001 - the batch's answer
+                done(None, error)
+            else:
+                done(results, None)
+
+    @staticmethod
+    def engine_error(error: BaseException) -> BaseException:
+        if type(error).__name__ == "EngineDeadError":  # vLLM's engine core died: restart us
+            return FatalEngineError(f"vLLM engine died: {error}")
+        return error
+
+    def prepare_batch(self, requests: list[Request], progress: Progress, cancelled: threading.Event) -> BatchRun:
+        """The batch's prompts for the engine; requests that cannot run are answered at once."""
         results: list[Result | None] = [None] * len(requests)
         answers: dict[int, Answer] = {}
         parts: list[Part] = []
@@ -709,20 +768,13 @@ class VLLMBackend:
                     continue
                 answers[pos], new = prepared
                 parts.extend(new)
-        batch = BatchRun(parts, answers, results, progress, cancelled)
-        try:
-            if self.stepper is not None:
-                self.stepper.submit(batch)
-                self.stepper.wait(batch)
-            else:
-                self.run_chunks(batch)
-        except Exception as error:
-            if type(error).__name__ == "EngineDeadError":  # vLLM's engine core died: restart us
-                raise FatalEngineError(f"vLLM engine died: {error}") from error
-            raise
-        retried = 0
+        return BatchRun(parts, answers, results, progress, cancelled)
+
+    def collect(self, requests: list[Request], batch: BatchRun) -> list[Result]:
+        """Each request's result once the batch is through the engine."""
+        results, retried = batch.results, 0
         with self.tokenizer_lock:
-            for pos, answer in answers.items():
+            for pos, answer in batch.answers.items():
                 if pos in batch.failed:
                     results[pos] = Result.failure(requests[pos].custom_id, batch.failed[pos])
                 else:

@@ -305,6 +305,9 @@ def test_capacity_is_max_num_seqs_and_many_one_request_batches_run_together(star
     together = [c for c in fake.calls("step") if len(c["scheduled"]) == 40]
     assert together, "the 40 batches' requests never ran in one step"
     assert engine_threads(fake) == {"compass-vllm-stepper"} and fake.calls("concurrent") == []
+    # No thread per batch: the host hands each batch over from its main thread and the finisher
+    # answers it (main, reader, progress ticker, stepper, finisher, and the writer's few).
+    assert max(c["threads"] for c in fake.calls("step")) <= 8
 
 
 def test_generation_outputs_are_final_only_unless_stream_progress(start_engine: StartEngine, fake: Fake) -> None:

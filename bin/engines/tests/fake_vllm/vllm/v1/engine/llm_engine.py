@@ -178,7 +178,8 @@ class LLMEngine:
                 del self.sequences[seq.request_id]
         record("step", scheduled=[seq.request_id for seq in scheduled], outputs=[o.request_id for o in outputs],
                finished=[o.request_id for o in outputs if o.finished],
-               cached={seq.request_id: seq.num_cached_tokens for seq in starting})
+               cached={seq.request_id: seq.num_cached_tokens for seq in starting},
+               threads=threading.active_count())
         return outputs
 
     def cached_prefix(self, ids: list[int]) -> int:
