@@ -526,7 +526,7 @@ class EngineHost:
         self.state_changed = threading.Condition(self.state_lock)  # `started_calls` went down
         self.started_calls = 0  # batches handed to a backend's `start`, not yet answered
         self.inbox: queue.Queue[_Batch | None] = queue.Queue()
-        self.running: list[_Batch] = []  # admitted and not yet answered
+        self.running: dict[int, _Batch] = {}  # admitted and not yet answered, by id(): an ordered set
         self.early_cancels: set[tuple[str, int]] = set()
         self.loaded = False
         self.stopping = False
@@ -571,7 +571,7 @@ class EngineHost:
             self.inbox.put(_Batch(key[0], key[1], message.get("requests")))
         elif kind == ToEngine.CANCEL:
             with self.state_lock:
-                matching = [b for b in self.running if b.key == key]
+                matching = [b for b in self.running.values() if b.key == key]
                 for batch in matching:
                     batch.cancel_requested = True
                     batch.cancelled.set()
@@ -599,7 +599,7 @@ class EngineHost:
             if self.stopping:
                 return
             self.stopping = True
-            for batch in self.running:
+            for batch in self.running.values():
                 batch.cancelled.set()
             loaded = self.loaded
         log(f"stopping: {why}")
@@ -611,7 +611,7 @@ class EngineHost:
         """Makes `batch` one of the running ones, so cancel and stop reach it; on the main thread,
         before the batch's own thread starts, so that a stop in between cannot miss it."""
         with self.state_lock:
-            self.running.append(batch)
+            self.running[id(batch)] = batch
             if batch.key in self.early_cancels:
                 self.early_cancels.discard(batch.key)
                 batch.cancel_requested = True
@@ -725,7 +725,8 @@ class EngineHost:
         for member in members:
             member.progress.close()  # (closed already, unless parsing failed half way)
         with self.state_lock:
-            self.running = [b for b in self.running if all(b is not m for m in batches)]
+            for batch in batches:
+                self.running.pop(id(batch), None)
 
     def answer_failure(self, batch: _Batch, error: BaseException) -> None:
         """A batch's `failed`: `cancelled` when the worker cancelled it (nothing when shutdown or EOF
