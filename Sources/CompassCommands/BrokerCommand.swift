@@ -124,9 +124,11 @@ public struct BrokerCommand: ParsableCommand {
         } else if !insecure, let exposed = [frontend, backend].first(where: { !isLoopbackEndpoint($0) }) {
             logger.warning("\(exposed) is reachable from other hosts and runs without CURVE: anyone who can reach it can submit work, read results or pose as a worker. Use --curve-secret (docs/security.md), or --insecure to silence this.")
         }
+        var metricsServer: Task<Void, Never>?
+        defer { metricsServer?.cancel() }
         if let metrics {
             do {
-                try MetricsEndpoint.start(metrics, logger: logger)
+                metricsServer = try MetricsEndpoint.start(metrics, logger: logger)
             } catch let failure as CommandFailure {
                 throw fail("compass-broker", failure.message, code: 2)
             }

@@ -9,7 +9,9 @@ import Prometheus
 enum MetricsEndpoint {
     /// Bootstraps the metrics system and starts serving `GET /metrics` on `address` (HOST:PORT,
     /// port 0 picks one). Prints `compass-broker metrics http://HOST:PORT/metrics` once listening.
-    static func start(_ address: String, logger: Logger) throws {
+    /// Returns the task that serves it: the broker cancels it once its own run is over, so the
+    /// endpoint answers while the broker drains (it takes no signals of its own) and stops with it.
+    static func start(_ address: String, logger: Logger) throws -> Task<Void, Never> {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
             throw CommandFailure(message: "--metrics must be HOST:PORT, e.g. 127.0.0.1:9464")
         }
@@ -34,9 +36,10 @@ enum MetricsEndpoint {
                 fflush(nil)
             },
             logger: Logger(label: "compass-metrics"))
-        Task.detached {
+        return Task.detached {
             do {
-                try await app.runService()
+                try await app.runService(gracefulShutdownSignals: [])
+            } catch is CancellationError {
             } catch {
                 logger.critical("the metrics endpoint stopped", metadata: ["address": "\(address)", "error": "\(error)"])
             }
