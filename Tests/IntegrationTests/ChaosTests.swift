@@ -1,4 +1,5 @@
 import CompassClient
+import CompassProtocol
 import Foundation
 import Testing
 import ZMQ
@@ -36,7 +37,7 @@ struct ChaosTests {
         let started = Date()
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "16",
                                              "--out", dir.file("out.jsonl"), "--quiet", "--max-attempts", "10"], in: dir, name: "submit")
-        var rng = Seeded(state: seed)
+        var rng = SplitMix64(state: seed)
         var kills = 0, stops = 0
         // Hostile peers: 4 producers and 4 would-be workers. A READY that the broker would accept is
         // left out: an unauthenticated peer that registers and holds batches costs the run retries
@@ -45,7 +46,7 @@ struct ChaosTests {
         let hostile = try (0..<4).map { try holder.dealer(broker.frontend, id: "chaos-front-\($0)") }
             + (0..<4).map { try holder.dealer(broker.backend, id: "chaos-back-\($0)") }
         var hostileSent = 0
-        var hostileRng = Seeded(state: seed ^ 0x5EED_0F_C4A0) // its own: the faults' schedule stays the seed's
+        var hostileRng = SplitMix64(state: seed ^ 0x5EED_0F_C4A0) // its own: the faults' schedule stays the seed's
         var stopped: (index: Int, until: Date)?
         while submit.child.poll() == nil {
             try await Task.sleep(nanoseconds: UInt64.random(in: 100_000_000...250_000_000, using: &rng))
