@@ -221,7 +221,7 @@ public struct Scheduler<Payload: BatchPayload> {
         // whole; a half (already suspect) is cut again after one kill; a single request that still
         // kills is reported failed alone.
         if killed && b.meta.requestCount >= 2 && kills >= (b.parent == nil ? config.splitAfterKills : 1)
-            && b.depth < config.maxSplitDepth, let halves = format.halves(b.payload.payloadBytes) {
+            && b.depth < config.maxSplitDepth, !halfIDsTaken(id), let halves = format.halves(b.payload.payloadBytes) {
             detach(id, from: worker, pool: b.pool)
             split(id, halves, code: code, kills: kills, now)
             return
@@ -262,6 +262,12 @@ public struct Scheduler<Payload: BatchPayload> {
         }
         emit(.event(.split(batchID: id, requests: Int(b.meta.requestCount), depth: b.depth + 1, kills: kills, code: code)))
         dispatch(b.pool, now)
+    }
+
+    /// Whether a batch holds the id of a half of `id` (only one restored from a journal written
+    /// before producers' ids were refused `~`): then the batch is retried whole, not split.
+    func halfIDsTaken(_ id: String) -> Bool {
+        (0...1).contains { batches[SplitHalf(parent: id, index: $0).batchID] != nil }
     }
 
     /// The batch a producer submitted that `id` is, or was cut from.
