@@ -63,7 +63,7 @@ struct HostilePeerTests {
         try thief.send(.hello(session: "anon:victim-conn"))
         let told = try thief.sync()
         #expect(told.compactMap(\.rejectionCode) == ["bad_frame"], "\(told)")
-        #expect(!told.contains(where: \.isWelcome), "\(told)")
+        #expect(!told.contains { $0.isWelcome }, "\(told)")
         let worker = try startWorker(broker.backend, in: dir, name: "w")
         try worker.waitForLog("registered with broker")
         #expect(try victim.receive(until: \.isOutcome).compactMap(\.outcomeID) == ["v-1"])
@@ -81,7 +81,7 @@ struct HostilePeerTests {
         try producer.submit("s-tilde~0", Self.payload)
         let told = try producer.sync()
         #expect(told.compactMap(\.rejectionCode) == ["bad_frame"], "\(told)")
-        #expect(!told.contains(where: \.isAccepted))
+        #expect(!told.contains { $0.isAccepted })
     }
 
     @Test("After a broker restart, a reconnected socket's queued re-SUBMIT (before its HELLO) is refused, then accepted after HELLO and delivered once")
