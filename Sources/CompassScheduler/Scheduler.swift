@@ -118,16 +118,24 @@ public struct Scheduler<Payload: BatchPayload> {
     /// Pops the next worker of `pool` with credit, or nil.
     mutating func nextWorker(_ pool: String) -> PeerID? {
         while let entry = pools[pool]!.ready.popFirst() {
-            guard let w = workers[entry.worker], w.generation == entry.generation, w.inRing else { continue }
-            if w.credit > 0 && w.drainingSince == nil { return entry.worker }
-            workers[entry.worker]!.inRing = false
+            // The record's fields in place: a copy of it would retain (and release) its sets.
+            guard let slot = workers.index(forKey: entry.worker), workers.values[slot].generation == entry.generation,
+                  workers.values[slot].inRing else { continue }
+            if workers.values[slot].credit > 0 && workers.values[slot].drainingSince == nil { return entry.worker }
+            workers.values[slot].inRing = false
         }
         return nil
     }
 
+    /// Batches queued in `pool`, read in place (a copy of the pool would retain its queue and ring).
+    func queuedBatches(_ pool: String) -> Int {
+        guard let slot = pools.index(forKey: pool) else { return 0 }
+        return pools.values[slot].queuedBatches
+    }
+
     /// Hands queued batches of `pool` to workers with credit, as long as both exist.
     mutating func dispatch(_ pool: String, _ now: Timestamp) {
-        while (pools[pool]?.queuedBatches ?? 0) > 0 {
+        while queuedBatches(pool) > 0 {
             guard let wid = nextWorker(pool) else { return }
             // The queue is moved out while it is popped, so the closure can read `batches` without
             // overlapping access to `pools` and without copying either.
