@@ -48,7 +48,7 @@ let package = Package(
             // optimizer specialize it there (without this, every call instantiates generic metadata).
             // Serialize every function, not only those the optimizer picks: it left SUBMIT's
             // transition (and dispatch under it) unserialized, so the broker ran them unspecialized,
-            // through value witnesses and generic metadata, on every batch (README, Broker numbers).
+            // through value witnesses and generic metadata, on every batch (README, "A ceiling for the broker").
             // This needs no `private` declaration in the module (PoolQueue says why).
             .unsafeFlags(["-cross-module-optimization", "-Xllvm", "-sil-cross-module-serialize-all"], .when(configuration: .release)),
         ]),
