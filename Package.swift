@@ -46,7 +46,11 @@ let package = Package(
         ], swiftSettings: [
             // The scheduler is generic over the payload and runs in the broker's module: let the
             // optimizer specialize it there (without this, every call instantiates generic metadata).
-            .unsafeFlags(["-cross-module-optimization"], .when(configuration: .release)),
+            // Serialize every function, not only those the optimizer picks: it left SUBMIT's
+            // transition (and dispatch under it) unserialized, so the broker ran them unspecialized,
+            // through value witnesses and generic metadata, on every batch (README, "A ceiling for the broker").
+            // This needs no `private` declaration in the module (PoolQueue says why).
+            .unsafeFlags(["-cross-module-optimization", "-Xllvm", "-sil-cross-module-serialize-all"], .when(configuration: .release)),
         ]),
         // The broker's durable journal (SQLite in WAL mode through GRDB).
         .target(name: "CompassJournal", dependencies: [

@@ -69,6 +69,30 @@ public enum WireProtocol {
         }
     }
 
+    /// Sessions whose text starts with this are the broker's own: a connection that has not said
+    /// HELLO has the session `anon:` + its routing id (STATUS, logs and the journal show it so).
+    /// A HELLO naming such a session is refused `bad_frame`, or a peer could name another
+    /// connection's anonymous session and collect its results.
+    public static let reservedSessionPrefix = "anon:"
+    /// The character that joins a batch id and the index of a half cut from it by poison isolation
+    /// (`b~0`, `b~1`, as workers see them). A producer's batch id may not contain it (SUBMIT is
+    /// refused `bad_frame`), so no batch a producer names is ever a half of another.
+    public static let splitSeparator: Character = "~"
+
+    /// Why a HELLO's session cannot be taken, or nil when it can.
+    public static func helloSessionProblem(_ session: String) -> String? {
+        guard session.hasPrefix(reservedSessionPrefix) else { return nil }
+        return "session '\(session)' starts with '\(reservedSessionPrefix)', which is reserved for the broker's anonymous sessions; "
+            + "choose another session id"
+    }
+
+    /// Why a SUBMIT's batch id cannot be taken, or nil when it can.
+    public static func submitBatchIDProblem(_ batchID: String) -> String? {
+        guard batchID.utf8.contains(UInt8(ascii: "~")) else { return nil }
+        return "batch id '\(batchID)' contains '\(splitSeparator)', which is reserved for the halves the broker cuts from a batch; "
+            + "choose a batch id without it"
+    }
+
     /// Whether `name` is a valid pool name: 1-64 bytes of `[A-Za-z0-9._-]`.
     public static func isValidPoolName(_ name: String) -> Bool {
         let utf8 = name.utf8

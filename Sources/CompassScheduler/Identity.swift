@@ -1,3 +1,5 @@
+import CompassProtocol
+
 /// A producer session as the scheduler keys it.
 public enum SessionKey: Hashable, Sendable, CustomStringConvertible {
     /// A session a connection named with HELLO.
@@ -6,7 +8,7 @@ public enum SessionKey: Hashable, Sendable, CustomStringConvertible {
     /// batches then move into the named session).
     case anonymous(PeerID)
 
-    static let anonymousPrefix = "anon:"
+    static let anonymousPrefix = WireProtocol.reservedSessionPrefix
 
     /// The session as text, as STATUS, logs and the journal show it: its name, or `anon:` and the
     /// connection's routing id.
@@ -70,5 +72,5 @@ struct SplitHalf: Hashable {
     /// The half's batch id, as workers see it (`WireProtocol.maxDispatchIDBytes`): the parent's id
     /// and `~0` or `~1`. Made here only and never parsed: a worker's answer names it, and the
     /// half is found by it.
-    var batchID: String { "\(parent)~\(index)" }
+    var batchID: String { "\(parent)\(WireProtocol.splitSeparator)\(index)" }
 }

@@ -5,18 +5,24 @@ import DequeModule
 /// batch goes back to the front of its own line.
 ///
 /// Removal is lazy: `pop` asks `isQueued` and skips entries that were cancelled meanwhile.
+///
+/// Nothing here is `private`: the broker's module specializes the scheduler for its payload type
+/// through cross-module optimization, which serializes every function of this module (Package.swift)
+/// and cannot serialize one that touches a private declaration: a caller that inlined `push` or
+/// `pop` would then run unspecialized, through generic metadata and value witnesses, on every
+/// SUBMIT. Use `push` and `pop` only.
 struct PoolQueue {
-    private struct Level {
+    struct Level {
         var lines: [SessionKey: Deque<String>] = [:]
         /// Sessions with a non-empty line, in serving order.
         var ring: Deque<SessionKey> = []
     }
 
-    private var levels: [Int16: Level] = [:]
+    var levels: [Int16: Level] = [:]
     /// Priorities with entries, highest first.
-    private var priorities: [Int16] = []
+    var priorities: [Int16] = []
     /// Entries held, including lazily removed ones.
-    private(set) var entries = 0
+    var entries = 0
 
     mutating func push(_ batchID: String, session: SessionKey, priority: Int16, atFront: Bool = false) {
         if levels[priority] == nil {
@@ -61,7 +67,7 @@ struct PoolQueue {
         return nil
     }
 
-    private mutating func modifyLevel(_ priority: Int16, _ body: (inout Level) -> Void) {
+    mutating func modifyLevel(_ priority: Int16, _ body: (inout Level) -> Void) {
         body(&levels[priority]!)
     }
 }

@@ -14,8 +14,15 @@ extension Scheduler {
     /// Batches the connection submitted before its HELLO (libzmq delivers what was queued in a
     /// reconnecting socket first) move into the session.
     ///
+    /// A HELLO naming a session in the broker's anonymous form (`anon:` and a routing id) is
+    /// refused `bad_frame` and changes nothing: that text names another connection's session, and
+    /// routing ids can be guessed. Anonymous sessions come only from connections (and the journal).
+    ///
     /// - Parameter name: the HELLO's session, as sent (WELCOME echoes it).
     public mutating func hello(from route: PeerID, session name: String, now: Timestamp) -> [Action] {
+        if let problem = WireProtocol.helloSessionProblem(name) {
+            return collect { s in s.emit(.toProducer(route, .rejected(batchID: "", code: .badFrame, message: problem, retryAfterMilliseconds: 0))) }
+        }
         let session = SessionKey(name)
         return collect { s in
             if let old = s.routeSessions[route] {
@@ -58,6 +65,7 @@ extension Scheduler {
                 s.emit(.toProducer(route, .rejected(batchID: batchID, code: code, message: message, retryAfterMilliseconds: retryAfter)))
                 s.emit(.event(.rejected(code: code, message: "\(batchID): \(message)")))
             }
+            if let problem = WireProtocol.submitBatchIDProblem(batchID) { return reject(.badFrame, problem) }
             if let existing = s.batches[batchID] {
                 if existing.session != session {
                     // No connection acts for another session's batch: it cannot collect, ACK or
@@ -78,9 +86,6 @@ extension Scheduler {
                     // with the same pool and payload: the producer reconnected with a new socket.
                     // The identical payload is the proof: a thief who guesses an id does not know it.
                     s.rebind(batchID, to: session)
-                } else if existing.parent != nil {
-                    // The id of a half the broker cut from a batch (poison isolation): internal.
-                    return reject(.duplicate, "batch id \(batchID) is in use; batch ids must be unique")
                 } else if existing.pool != pool || !existing.payload.hasSameBytes(as: payload) {
                     // The same id for other work: answering with the old batch's outcome would hand
                     // the producer results of requests it did not send this time.

@@ -118,16 +118,24 @@ public struct Scheduler<Payload: BatchPayload> {
     /// Pops the next worker of `pool` with credit, or nil.
     mutating func nextWorker(_ pool: String) -> PeerID? {
         while let entry = pools[pool]!.ready.popFirst() {
-            guard let w = workers[entry.worker], w.generation == entry.generation, w.inRing else { continue }
-            if w.credit > 0 && w.drainingSince == nil { return entry.worker }
-            workers[entry.worker]!.inRing = false
+            // The record's fields in place: a copy of it would retain (and release) its sets.
+            guard let slot = workers.index(forKey: entry.worker), workers.values[slot].generation == entry.generation,
+                  workers.values[slot].inRing else { continue }
+            if workers.values[slot].credit > 0 && workers.values[slot].drainingSince == nil { return entry.worker }
+            workers.values[slot].inRing = false
         }
         return nil
     }
 
+    /// Batches queued in `pool`, read in place (a copy of the pool would retain its queue and ring).
+    func queuedBatches(_ pool: String) -> Int {
+        guard let slot = pools.index(forKey: pool) else { return 0 }
+        return pools.values[slot].queuedBatches
+    }
+
     /// Hands queued batches of `pool` to workers with credit, as long as both exist.
     mutating func dispatch(_ pool: String, _ now: Timestamp) {
-        while (pools[pool]?.queuedBatches ?? 0) > 0 {
+        while queuedBatches(pool) > 0 {
             guard let wid = nextWorker(pool) else { return }
             // The queue is moved out while it is popped, so the closure can read `batches` without
             // overlapping access to `pools` and without copying either.
@@ -221,7 +229,7 @@ public struct Scheduler<Payload: BatchPayload> {
         // whole; a half (already suspect) is cut again after one kill; a single request that still
         // kills is reported failed alone.
         if killed && b.meta.requestCount >= 2 && kills >= (b.parent == nil ? config.splitAfterKills : 1)
-            && b.depth < config.maxSplitDepth, let halves = format.halves(b.payload.payloadBytes) {
+            && b.depth < config.maxSplitDepth, !halfIDsTaken(id), let halves = format.halves(b.payload.payloadBytes) {
             detach(id, from: worker, pool: b.pool)
             split(id, halves, code: code, kills: kills, now)
             return
@@ -262,6 +270,12 @@ public struct Scheduler<Payload: BatchPayload> {
         }
         emit(.event(.split(batchID: id, requests: Int(b.meta.requestCount), depth: b.depth + 1, kills: kills, code: code)))
         dispatch(b.pool, now)
+    }
+
+    /// Whether a batch holds the id of a half of `id` (only one restored from a journal written
+    /// before producers' ids were refused `~`): then the batch is retried whole, not split.
+    func halfIDsTaken(_ id: String) -> Bool {
+        (0...1).contains { batches[SplitHalf(parent: id, index: $0).batchID] != nil }
     }
 
     /// The batch a producer submitted that `id` is, or was cut from.

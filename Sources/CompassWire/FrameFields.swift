@@ -21,7 +21,11 @@ public enum Field {
         let count = frame.count
         guard count <= max else { throw ProtocolError(.badFrame, "\(name) is \(count) bytes, the limit is \(max)") }
         guard allowEmpty || count > 0 else { throw ProtocolError(.badFrame, "\(name) is empty") }
-        guard let s = frame.withUnsafeBytes({ String(validating: $0, as: UTF8.self) }) else {
+        guard let s = frame.withUnsafeBytes({ bytes in
+            // ASCII (batch ids, pools, sessions as clients make them) is valid UTF-8 as it is:
+            // `String(decoding:)` then builds the same string without the generic validating path.
+            bytes.allSatisfy { $0 < 0x80 } ? String(decoding: bytes, as: UTF8.self) : String(validating: bytes, as: UTF8.self)
+        }) else {
             throw ProtocolError(.badFrame, "\(name) is not valid UTF-8")
         }
         return s

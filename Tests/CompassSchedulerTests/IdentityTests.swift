@@ -52,4 +52,37 @@ struct IdentityTests {
         #expect(out.contains { if case .journal(.rebound("b", .named("named"))) = $0 { true } else { false } })
         #expect(h.scheduler.snapshot(now: h.now).sessions.map(\.session) == ["named"])
     }
+
+    @Test("A HELLO naming another connection's anonymous session is refused bad_frame and takes nothing from it")
+    func helloInTheAnonymousFormIsRefused() {
+        var h = Harness()
+        h.ready("w")
+        h.submit("b", from: "victim") // no HELLO: the session `anon:victim`
+        h.scheduler.producerUnreachable(PeerID("victim")) // its connection is gone: the result will wait
+        #expect(h.result("w", "b").results.isEmpty)
+        for text in ["anon:victim", "anon:", "anon:0x0080000029"] {
+            let out = h.record(h.scheduler.hello(from: PeerID("thief"), session: text, now: h.now))
+            #expect(out.rejections.map(\.code) == [.badFrame], "\(text)")
+            #expect(out.results.isEmpty, "\(text)")
+            #expect(out.count == 1, "\(text): nothing but the refusal")
+            guard case .toProducer(_, .rejected(_, _, let message, _)) = out.first else { continue }
+            #expect(message.contains("session") && message.contains("reserved"), "\(message)")
+        }
+        #expect(h.scheduler.snapshot(now: h.now).sessions.map(\.session) == ["anon:victim"])
+        // The thief's connection is not bound to the session: its re-SUBMIT of the id is another session's.
+        #expect(h.submit("b", from: "thief").rejections.map(\.code) == [.duplicate])
+        // The connection whose session it is still collects its result.
+        #expect(h.submit("b", from: "victim").results.map(\.id) == ["b"])
+    }
+
+    @Test("A session restored from a journal in the anonymous form still serves its connection without a HELLO")
+    func restoredAnonymousSessionServesItsConnection() {
+        var h = Harness { $0.journaling = true }
+        h.scheduler.restore([BatchSnapshot(id: "b", session: SessionKey("anon:0x0080000029"), pool: "p", meta: BatchMeta(requestCount: 1),
+                                           maxAttempts: 3, payload: [1], outcome: .result(stats: [0], payload: [7]))], now: h.now)
+        let out = h.record(h.scheduler.submit(from: zmqRoute, batchID: "b", pool: "p", meta: BatchMeta(requestCount: 1), payload: [1], now: h.now))
+        #expect(out.accepted == ["b"] && out.results.map(\.id) == ["b"])
+        h.record(h.scheduler.ack(from: zmqRoute, batchID: "b", now: h.now))
+        #expect(h.scheduler.batchCount == 0)
+    }
 }

@@ -137,4 +137,42 @@ struct PoisonTests {
         h.failed("w", "b", attempt: 2, code: .engineError, retryable: true)
         #expect(h.log.dispatches.map(\.id) == ["b", "b", "b"])
     }
+
+    @Test("A producer's batch id may not contain '~' (the halves of a split batch are named with it): refused bad_frame")
+    func batchIDWithTheSplitSeparatorIsRefused() {
+        var h = Harness(format: JSONPayloadFormat())
+        _ = submitBatch(&h, "b", (0..<8).map { "r\($0)" })
+        h.ready("w", credit: 4)
+        h.failed("w", "b", attempt: 1, code: .engineDead, retryable: true)
+        h.failed("w", "b", attempt: 2, code: .engineDead, retryable: true)
+        #expect(h.log.dispatches.map(\.id).suffix(2) == ["b~0", "b~1"])
+        for id in ["b~0", "b~1", "~", "x~y"] {
+            let out = submitBatch(&h, id, ["q"])
+            #expect(out.rejections.map(\.code) == [.badFrame], "\(id)")
+            #expect(out.accepted.isEmpty, "\(id)")
+            guard case .toProducer(_, .rejected(_, _, let message, _)) = out.first(where: { if case .toProducer = $0 { true } else { false } }) else { continue }
+            #expect(message.contains("batch id") && message.contains("~"), "\(message)")
+        }
+        // The halves are untouched: they finish, and the batch answers once with every request.
+        let results = ["b~0", "b~1"].flatMap { id in
+            h.record(h.scheduler.workerResult(PeerID("w"), batchID: id, attempt: 1, stats: Array(#"{"requests":4}"#.utf8),
+                                              payload: [UInt8](try! JSONEncoder().encode((id == "b~0" ? 0..<4 : 4..<8).map {
+                                                  InferenceResult(customID: "r\($0)", text: "ok", promptTokens: 1, completionTokens: 1, finishReason: "stop") })),
+                                              now: h.now))
+        }
+        #expect(results.results.map(\.id) == ["b"])
+    }
+
+    @Test("A batch whose halves' ids are taken (a batch restored from an older journal) is retried whole, not split")
+    func takenHalfIDsPreventTheSplit() {
+        var h = Harness(format: JSONPayloadFormat()) { $0.journaling = true }
+        h.scheduler.restore([BatchSnapshot(id: "b~0", session: SessionKey("prod-session"), pool: "p", meta: BatchMeta(requestCount: 1),
+                                           maxAttempts: 3, payload: payload(["q"]), outcome: .result(stats: [0], payload: [7]))], now: h.now)
+        _ = submitBatch(&h, "b", (0..<8).map { "r\($0)" })
+        h.ready("w")
+        h.failed("w", "b", attempt: 1, code: .engineDead, retryable: true)
+        h.failed("w", "b", attempt: 2, code: .engineDead, retryable: true)
+        #expect(h.log.dispatches.map(\.id) == ["b", "b", "b"])
+        #expect(h.log.events.allSatisfy { if case .split = $0 { false } else { true } })
+    }
 }

@@ -50,6 +50,40 @@ struct HostilePeerTests {
         #expect(try thief.sync().compactMap(\.rejectionCode) == ["duplicate"])
     }
 
+    @Test("A HELLO naming another connection's anonymous session (anon: and its routing id) is refused bad_frame; the result still goes to that connection")
+    func noAnonymousSessionHijack() throws {
+        let dir = TempDir()
+        let broker = try BrokerProcess(in: dir)
+        let context = try ZMQContext()
+        // No HELLO: its session is `anon:` and its routing id, which a thief can guess. No worker yet: the batch waits.
+        let victim = try RawProducer(context, broker.frontend, id: "victim-conn")
+        try victim.submit("v-1", Self.payload)
+        #expect(try victim.receive(until: \.isAccepted).last?.isAccepted == true)
+        let thief = try RawProducer(context, broker.frontend)
+        try thief.send(.hello(session: "anon:victim-conn"))
+        let told = try thief.sync()
+        #expect(told.compactMap(\.rejectionCode) == ["bad_frame"], "\(told)")
+        #expect(!told.contains { $0.isWelcome }, "\(told)")
+        let worker = try startWorker(broker.backend, in: dir, name: "w")
+        try worker.waitForLog("registered with broker")
+        #expect(try victim.receive(until: \.isOutcome).compactMap(\.outcomeID) == ["v-1"])
+        #expect(try thief.sync().allSatisfy { !$0.isOutcome })
+    }
+
+    @Test("A batch id with '~' (the broker names the halves of a split batch with it) is refused bad_frame at SUBMIT")
+    func splitSeparatorInBatchIDIsRefused() throws {
+        let dir = TempDir()
+        let broker = try BrokerProcess(in: dir)
+        let context = try ZMQContext()
+        let producer = try RawProducer(context, broker.frontend)
+        try producer.send(.hello(session: "s-tilde"))
+        _ = try producer.receive(until: \.isWelcome)
+        try producer.submit("s-tilde~0", Self.payload)
+        let told = try producer.sync()
+        #expect(told.compactMap(\.rejectionCode) == ["bad_frame"], "\(told)")
+        #expect(!told.contains { $0.isAccepted })
+    }
+
     @Test("After a broker restart, a reconnected socket's queued re-SUBMIT (before its HELLO) is refused, then accepted after HELLO and delivered once")
     func queuedResubmitAfterRestartNeedsHello() throws {
         let dir = TempDir()
