@@ -14,8 +14,14 @@ extension ClientStateMachine {
                 if let maxPayloadBytes { m.maxPayloadBytes = maxPayloadBytes }
                 m.noteBroker(brokerID, now)
             case .accepted(let id):
-                m.outstanding[id]?.accepted = true
-                if let pool = m.outstanding[id]?.submission.pool, !m.waitingPools.isEmpty { m.waitingPools.remove(pool) }
+                guard var o = m.outstanding[id] else { break }
+                o.accepted = true
+                if o.cancelAgain {
+                    o.cancelAgain = false
+                    m.send(.cancel(batchID: id), now)
+                }
+                m.outstanding[id] = o
+                if !m.waitingPools.isEmpty { m.waitingPools.remove(o.submission.pool) }
             case .rejected(let id, let code, let message, let retryAfter):
                 m.rejected(id, code: code, message: message, retryAfter: retryAfter, now)
             case .progress(let id, let done, let total):
@@ -35,7 +41,14 @@ extension ClientStateMachine {
     /// REJECTED of an outstanding batch: retry it later, say HELLO first, or fail its caller.
     mutating func rejected(_ id: String, code: String, message: String, retryAfter: UInt32, _ now: UInt64) {
         guard var o = outstanding[id] else { return }
-        if code == RejectCode.busy.rawValue && !options.retryBusy {
+        if code == RejectCode.unknownBatch.rawValue {
+            // Never the answer to a SUBMIT: to our CANCEL (or to an ACK of an earlier batch with this
+            // id). The batch is still awaited and a (re-)SUBMIT of it will be ACCEPTED: a broker that
+            // restarted lost it, and our re-SUBMIT re-creates it (or has, crossing this answer).
+            // Failing the caller would leave that batch's outcome with nobody to ACK it; wait for it
+            // instead, and cancel again once the broker holds the batch.
+            if o.cancelling { outstanding[id]?.cancelAgain = true }
+        } else if code == RejectCode.busy.rawValue && !options.retryBusy {
             outstanding[id] = nil
             emit(.fail(o.caller, .busy(message: message, retryAfterMilliseconds: retryAfter)))
         } else if code == RejectCode.busy.rawValue || code == RejectCode.shuttingDown.rawValue {
@@ -98,8 +111,11 @@ extension ClientStateMachine {
     }
 
     /// Every outstanding batch again, but those waiting out a backoff (their timer sends them).
+    /// A CANCEL sent before may have been lost: it goes again once the batch is ACCEPTED.
     mutating func resubmitOutstanding(_ now: UInt64) {
-        for (id, o) in outstanding where o.retryAt == nil {
+        for (id, o) in outstanding {
+            if o.cancelling { outstanding[id]?.cancelAgain = true }
+            guard o.retryAt == nil else { continue }
             outstanding[id]?.accepted = false
             send(.submit(o.submission), now)
         }

@@ -13,7 +13,9 @@ import DequeModule
 ///   re-sent before anyone asked (a resumed producer); otherwise SUBMIT and wait.
 /// - **Refusals** (`+Broker`): `busy` and `shutting_down` are retried with doubling backoff and
 ///   jitter (or fail at once without `retryBusy`); `unknown_pool` with a hint waits for the pool,
-///   bounded; `session_required` says HELLO and re-submits, three times at most; others are final.
+///   bounded; `session_required` says HELLO and re-submits, three times at most; `unknown_batch`
+///   (the answer to a CANCEL) leaves the batch awaited, and a cancel is sent again once the broker
+///   ACCEPTs the batch's re-SUBMIT; others are final.
 /// - **Outcomes** (`+Broker`): each reaches its caller once, then is ACKed (unless `manualAck`);
 ///   a replay of one already delivered is ACKed again and dropped; one nobody awaits is kept
 ///   (bounded) for a later submit of its id.
@@ -43,6 +45,12 @@ struct ClientStateMachine {
         var poolWaitSince: UInt64?
         /// `session_required` answers so far: each is followed by a HELLO and a re-SUBMIT.
         var sessionRetries = 0
+        /// A caller asked to cancel it: CANCEL was sent.
+        var cancelling = false
+        /// Send CANCEL again when the broker next ACCEPTs the batch: the broker did not know it
+        /// (`unknown_batch`: a restarted broker that lost it, before our re-SUBMIT re-created it), or
+        /// the CANCEL may have been lost with the old socket or broker process.
+        var cancelAgain = false
     }
 
     struct StatusWaiter: Sendable, Equatable {
@@ -148,9 +156,16 @@ struct ClientStateMachine {
 
     /// A caller cancels a batch (its task was cancelled, or `cancel(batchID:)`): CANCEL if it is
     /// outstanding here; the outcome (`failed cancelled`, or the result if it was too late) follows.
+    /// The caller keeps waiting for that outcome: a cancel never answers it by itself. A cancel
+    /// outlives a broker restart and a new socket: when the broker answers `unknown_batch` (it lost
+    /// the batch, and our re-SUBMIT re-creates it) or the CANCEL may have been lost, it is sent
+    /// again once the broker ACCEPTs the re-SUBMIT, so the batch still ends `failed cancelled` and
+    /// is not left at the broker with nobody to ACK it.
     mutating func cancel(batchID: String, now: UInt64) -> [ClientAction] {
         collect { m in
-            if m.outstanding[batchID] != nil { m.send(.cancel(batchID: batchID), now) }
+            guard m.outstanding[batchID] != nil else { return }
+            m.outstanding[batchID]?.cancelling = true
+            m.send(.cancel(batchID: batchID), now)
         }
     }
 
