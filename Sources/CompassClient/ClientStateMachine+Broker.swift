@@ -95,10 +95,15 @@ extension ClientStateMachine {
             return
         }
         if !options.manualAck { send(.ack(batchID: id), now) }
-        delivered.insert(id)
+        rememberDelivered(id)
+        emit(.complete(o.caller, outcome))
+    }
+
+    /// Remembers a batch delivered to its caller (once in the order list), forgetting the oldest past the bound.
+    mutating func rememberDelivered(_ id: String) {
+        guard delivered.insert(id).inserted else { return }
         deliveredOrder.append(id)
         if deliveredOrder.count > Self.rememberedOutcomes { delivered.remove(deliveredOrder.removeFirst()) }
-        emit(.complete(o.caller, outcome))
     }
 
     /// A broker that is not the one we knew has answered: it restarted and may have lost what it

@@ -24,10 +24,14 @@ extension ClientStateMachine {
         if unclaimedOrder.count > Self.rememberedOutcomes || deliveredOrder.count > Self.rememberedOutcomes {
             problems.append("remembered \(unclaimedOrder.count) unclaimed and \(deliveredOrder.count) delivered ids")
         }
-        // An unclaimed outcome claimed by a submit leaves its id in the order list (dropped later).
-        let unclaimedIDs = Set(unclaimedOrder)
-        for id in unclaimed.keys where !unclaimedIDs.contains(id) { problems.append("unclaimed \(id) is not in the order list") }
-        if !delivered.isSubset(of: Set(deliveredOrder)) { problems.append("a delivered id is not in the order list") }
+        // Each order list holds its ids once each, and nothing else (a claimed outcome leaves it).
+        if unclaimedOrder.count != unclaimed.count || !unclaimedOrder.allSatisfy({ unclaimed[$0] != nil }) {
+            problems.append("\(unclaimed.count) unclaimed outcomes, but \(unclaimedOrder.count) ids in their order list")
+        }
+        if deliveredOrder.count != delivered.count || !deliveredOrder.allSatisfy(delivered.contains) {
+            problems.append("\(delivered.count) delivered ids, but \(deliveredOrder.count) in their order list")
+        }
+        for id in unclaimed.keys where delivered.contains(id) { problems.append("\(id) is delivered and unclaimed at once") }
         if !out.isEmpty { problems.append("\(out.count) actions not collected") }
         return problems
     }

@@ -17,8 +17,8 @@ import DequeModule
 ///   (the answer to a CANCEL) leaves the batch awaited, and a cancel is sent again once the broker
 ///   ACCEPTs the batch's re-SUBMIT; others are final.
 /// - **Outcomes** (`+Broker`): each reaches its caller once, then is ACKed (unless `manualAck`);
-///   a replay of one already delivered is ACKed again and dropped; one nobody awaits is kept
-///   (bounded) for a later submit of its id.
+///   a replay of one already delivered (or claimed) is ACKed again and dropped; one nobody awaits
+///   is kept (bounded) for a later submit of its id.
 /// - **Liveness**: HEARTBEAT after a heartbeat interval of silence from us; a new socket, HELLO and
 ///   every outstanding batch again after `heartbeat × liveness` of silence from the broker; HELLO
 ///   and every outstanding batch again when another broker process answers (it restarted).
@@ -140,6 +140,10 @@ struct ClientStateMachine {
             } else if let refused = m.refused {
                 m.emit(.fail(caller, .unauthorized(refused)))
             } else if let outcome = m.unclaimed.removeValue(forKey: id) {
+                // Claimed: delivered, so a replay of it is ACKed rather than kept again. (A scan of
+                // the order list; claims mostly come in the order the outcomes arrived, near its front.)
+                if let index = m.unclaimedOrder.firstIndex(of: id) { m.unclaimedOrder.remove(at: index) }
+                m.rememberDelivered(id)
                 if !m.options.manualAck { m.send(.ack(batchID: id), now) }
                 m.emit(.complete(caller, outcome))
             } else if submission.payload.count > m.maxPayloadBytes {

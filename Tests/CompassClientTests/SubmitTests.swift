@@ -157,6 +157,20 @@ struct SubmitTests {
         #expect(h.result("d").completed.map(\.caller) == [d])
     }
 
+    @Test func aClaimedOutcomeCountsAsDeliveredSoAReplayOfItIsAcked() {
+        var h = Harness()
+        h.result("old")
+        h.result("older")
+        let (caller, _) = h.submit("old")
+        #expect(h.machine.delivered.contains("old"))
+        #expect(Array(h.machine.unclaimedOrder) == ["older"], "the claimed id leaves the order list")
+        // The broker re-sends it (our ACK crossed a HELLO): ACKed again, not kept for a second claim.
+        let replay = h.result("old")
+        #expect(replay.acks == ["old"] && replay.completed.isEmpty)
+        #expect(h.machine.unclaimed["old"] == nil)
+        #expect(h.answers[caller] == [.outcome(batchID: "old", completed: true)])
+    }
+
     @Test func closeFailsEveryCallerAndEverythingAfter() {
         var h = Harness()
         let (a, _) = h.submit("a")
