@@ -16,6 +16,7 @@ extension ClientStateMachine {
             case .accepted(let id):
                 guard var o = m.outstanding[id] else { break }
                 o.accepted = true
+                o.poolWaitSince = nil // its pool has a worker: a later wait (after a restart, say) starts again
                 if o.cancelAgain {
                     o.cancelAgain = false
                     m.send(.cancel(batchID: id), now)
@@ -49,7 +50,7 @@ extension ClientStateMachine {
             // instead, and cancel again once the broker holds the batch.
             if o.cancelling { outstanding[id]?.cancelAgain = true }
         } else if code == RejectCode.busy.rawValue && !options.retryBusy {
-            outstanding[id] = nil
+            removeOutstanding(id)
             emit(.fail(o.caller, .busy(message: message, retryAfterMilliseconds: retryAfter)))
         } else if code == RejectCode.busy.rawValue || code == RejectCode.shuttingDown.rawValue {
             // Back off: the broker's hint, doubled per refusal, with jitter, capped.
@@ -75,7 +76,7 @@ extension ClientStateMachine {
             helloBeforeRetry = true
             outstanding[id] = o
         } else {
-            outstanding[id] = nil
+            removeOutstanding(id)
             let waited = o.poolWaitSince.map { " (waited \(now.since($0) / 1000) s for a worker of pool '\(o.submission.pool)')" } ?? ""
             emit(.fail(o.caller, .rejected(code: code, message: message + waited)))
         }
@@ -84,7 +85,7 @@ extension ClientStateMachine {
     /// Hands an outcome to whoever awaits it, once; keeps one nobody awaits yet (unacknowledged).
     mutating func deliver(_ outcome: BatchOutcome, _ now: UInt64) {
         let id = outcome.batchID
-        guard let o = outstanding.removeValue(forKey: id) else {
+        guard let o = removeOutstanding(id) else {
             if delivered.contains(id) {
                 send(.ack(batchID: id), now)
             } else if unclaimed[id] == nil {
@@ -97,6 +98,18 @@ extension ClientStateMachine {
         if !options.manualAck { send(.ack(batchID: id), now) }
         rememberDelivered(id)
         emit(.complete(o.caller, outcome))
+    }
+
+    /// Takes an answered (or abandoned) batch out of `outstanding`; its pool leaves `waitingPools`
+    /// when no other batch waits for it, so the next wait for the pool is announced again.
+    @discardableResult
+    mutating func removeOutstanding(_ id: String) -> Outstanding? {
+        guard let o = outstanding.removeValue(forKey: id) else { return nil }
+        let pool = o.submission.pool
+        if waitingPools.contains(pool) && !outstanding.values.contains(where: { $0.submission.pool == pool && $0.poolWaitSince != nil }) {
+            waitingPools.remove(pool)
+        }
+        return o
     }
 
     /// Remembers a batch delivered to its caller (once in the order list), forgetting the oldest past the bound.

@@ -12,6 +12,9 @@ extension ClientStateMachine {
             if o.busyCount < 0 { problems.append("\(id): busy count \(o.busyCount)") }
             if unclaimed[id] != nil { problems.append("\(id) is outstanding and unclaimed at once") }
         }
+        for pool in waitingPools where !outstanding.values.contains(where: { $0.submission.pool == pool && $0.poolWaitSince != nil }) {
+            problems.append("pool \(pool) is announced as waited for, but no batch waits for it")
+        }
         for waiter in statusWaiters where !callers.insert(waiter.caller).inserted {
             problems.append("caller \(waiter.caller) waits twice")
         }

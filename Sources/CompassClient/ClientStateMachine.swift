@@ -65,7 +65,8 @@ struct ClientStateMachine {
     var lastHeard: UInt64 = 0
     var lastSent: UInt64 = 0
     var outstanding: [String: Outstanding] = [:]
-    /// Pools batches are waiting for (their workers have not registered yet).
+    /// Pools batches are waiting for (their workers have not registered yet), each announced once:
+    /// a pool leaves when a batch of it is accepted or no batch waits for it any more.
     var waitingPools: Set<String> = []
     /// Say HELLO before the next re-SUBMITs: the broker did not know this connection's session.
     var helloBeforeRetry = false
@@ -205,6 +206,7 @@ struct ClientStateMachine {
     mutating func failAll(_ error: ClientError) {
         for (_, o) in outstanding { emit(.fail(o.caller, error)) }
         outstanding.removeAll()
+        waitingPools.removeAll()
         for waiter in statusWaiters { emit(.fail(waiter.caller, error)) }
         statusWaiters.removeAll()
     }
