@@ -30,7 +30,11 @@ extension ClientStateMachine {
             case .outcome(let outcome):
                 m.deliver(outcome, now)
             case .status(let json):
-                if !m.statusWaiters.isEmpty { m.emit(.answerStatus(m.statusWaiters.removeFirst().caller, json)) }
+                if m.lateStatusReplies > 0 {
+                    m.lateStatusReplies -= 1 // the reply to a query that timed out
+                } else if !m.statusWaiters.isEmpty {
+                    m.emit(.answerStatus(m.statusWaiters.removeFirst().caller, json))
+                }
             case .heartbeat(let brokerID):
                 m.noteBroker(brokerID, now)
             case .unreadable:
@@ -126,6 +130,9 @@ extension ClientStateMachine {
         guard let known = brokerID, known != id else { return }
         hello(now)
         resubmitOutstanding(now)
+        // STATUS replies the old process owed are lost, and maybe the requests of queries waiting now.
+        lateStatusReplies = 0
+        for i in statusWaiters.indices { statusWaiters[i].requestMayBeLost = true }
     }
 
     /// Every outstanding batch again, but those waiting out a backoff (their timer sends them).
@@ -147,7 +154,12 @@ extension ClientStateMachine {
         collect { m in
             m.hello(now)
             m.resubmitOutstanding(now)
-            for _ in m.statusWaiters { m.send(.status, now) }
+            // The old socket's replies never come; each query waiting asks again on this one.
+            m.lateStatusReplies = 0
+            for i in m.statusWaiters.indices {
+                m.statusWaiters[i].requestMayBeLost = false
+                m.send(.status, now)
+            }
         }
     }
 

@@ -22,7 +22,8 @@ import DequeModule
 /// - **Liveness**: HEARTBEAT after a heartbeat interval of silence from us; a new socket, HELLO and
 ///   every outstanding batch again after `heartbeat × liveness` of silence from the broker; HELLO
 ///   and every outstanding batch again when another broker process answers (it restarted).
-/// - **STATUS** queries, answered in order, each failing at its deadline.
+/// - **STATUS** queries, answered in order, each failing at its deadline; the late replies of
+///   those that timed out are dropped, not given to the next query (`lateStatusReplies`).
 /// - **Handshakes**: a refused key, or three failed handshakes in a row, fail everything waiting and
 ///   every later submit until a handshake succeeds.
 ///
@@ -56,6 +57,9 @@ struct ClientStateMachine {
     struct StatusWaiter: Sendable, Equatable {
         let caller: CallerID
         let deadline: UInt64
+        /// Its request went out before a broker restart we heard of since, and may have been lost
+        /// with the old process: timing out, it owes no late reply.
+        var requestMayBeLost = false
     }
 
     /// Why the last handshake failed; submits fail at once while it is set.
@@ -71,6 +75,14 @@ struct ClientStateMachine {
     /// Say HELLO before the next re-SUBMITs: the broker did not know this connection's session.
     var helloBeforeRetry = false
     var statusWaiters: [StatusWaiter] = []
+    /// STATUS replies still owed to queries that timed out. The protocol's STATUS carries no request
+    /// id; the broker answers a connection's STATUS requests in order, one reply each, so the next
+    /// replies that arrive belong to those queries: that many are dropped before a reply answers
+    /// the oldest waiting query. Forgotten with the socket (`reconnected`: the old one's replies
+    /// never come) and when another broker process answers (what the old one owed is lost). A
+    /// request libzmq dropped (its queue full while the broker is away) owes a reply that never
+    /// comes: the new socket that a silent broker brings forgets it.
+    var lateStatusReplies = 0
     /// The broker process we last heard from; a different one means it restarted.
     var brokerID: String?
     /// Outcomes the broker re-sent for this session (after HELLO) before anyone asked for them:
@@ -234,6 +246,7 @@ struct ClientStateMachine {
         if statusWaiters.contains(where: { now >= $0.deadline }) {
             for waiter in statusWaiters where now >= waiter.deadline {
                 emit(.fail(waiter.caller, .timedOut("the broker's STATUS at \(options.broker)")))
+                if !waiter.requestMayBeLost { lateStatusReplies += 1 }
             }
             statusWaiters.removeAll { now >= $0.deadline }
         }

@@ -171,6 +171,31 @@ struct SubmitTests {
         #expect(h.answers[caller] == [.outcome(batchID: "old", completed: true)])
     }
 
+    @Test func aLateReplyToATimedOutStatusQueryIsDroppedNotGivenToTheNextQuery() {
+        var h = Harness()
+        let (first, _) = h.status(timeout: 50)
+        #expect(h.advance(50).failures.map(\.caller) == [first])
+        let (second, _) = h.status(timeout: 1_000)
+        #expect(h.reply(.status(json: [1])).statusAnswers.isEmpty, "the first query's reply, late: it is not the second's")
+        #expect(h.reply(.status(json: [2])).statusAnswers.map(\.json) == [[2]])
+        #expect(h.answers[second] == [.status([2])])
+
+        // A new socket: the replies owed on the old one never come.
+        h.reply(.heartbeat(brokerID: "b"))
+        let (third, _) = h.status(timeout: 50)
+        let lost = h.advance(301)
+        #expect(lost.failures.map(\.caller) == [third] && lost.reconnects == 1)
+        let (fourth, _) = h.status(timeout: 1_000)
+        #expect(h.reply(.status(json: [4])).statusAnswers.map(\.caller) == [fourth])
+
+        // A restarted broker lost the request of a query waiting then: its timeout owes nothing.
+        let (fifth, _) = h.status(timeout: 50)
+        h.reply(.heartbeat(brokerID: "b2"))
+        #expect(h.advance(50).failures.map(\.caller) == [fifth])
+        let (sixth, _) = h.status(timeout: 1_000)
+        #expect(h.reply(.status(json: [6])).statusAnswers.map(\.caller) == [sixth])
+    }
+
     @Test func closeFailsEveryCallerAndEverythingAfter() {
         var h = Harness()
         let (a, _) = h.submit("a")
