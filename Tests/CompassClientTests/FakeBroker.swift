@@ -22,7 +22,7 @@ struct FakeBroker {
     /// Silent: it reads nothing and answers nothing (the client should give the socket up).
     var silent = false
     var helloSeen = false
-    /// The test's step, stamped on each STATUS reply: when the broker read the request.
+    /// The test's step, stamped on each STATUS reply with the broker's id: when, and which process, read the request.
     var clock = 0
     /// CANCELs of batches it did not hold (a restart lost them, say), answered `unknown_batch`.
     var unknownCancels = 0
@@ -75,7 +75,7 @@ struct FakeBroker {
                 outbound.append(.rejected(batchID: batchID, code: RejectCode.unknownBatch.rawValue, message: "", retryAfterMilliseconds: 0))
             }
         case .status:
-            outbound.append(.status(json: Array(String(clock).utf8)))
+            outbound.append(.status(json: Array("\(clock) \(id)".utf8)))
         case .heartbeat:
             outbound.append(.heartbeat(brokerID: id))
         }
