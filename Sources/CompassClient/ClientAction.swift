@@ -71,6 +71,7 @@ enum ClientEvent: Sendable, Equatable {
     case progress(batchID: String, done: UInt32, total: UInt32)
     /// The broker answered `busy` (or `shutting_down`); the SUBMIT goes again after this wait.
     case busy(batchID: String, retryAfterMilliseconds: UInt32)
-    /// A batch waits for the first worker of its pool (once per pool until a batch of it is accepted).
+    /// A batch waits for the first worker of its pool (once per pool until a batch of it is
+    /// accepted, or no batch waits for it any more).
     case waitingForPool(pool: String, message: String)
 }

@@ -14,8 +14,15 @@ extension ClientStateMachine {
                 if let maxPayloadBytes { m.maxPayloadBytes = maxPayloadBytes }
                 m.noteBroker(brokerID, now)
             case .accepted(let id):
-                m.outstanding[id]?.accepted = true
-                if let pool = m.outstanding[id]?.submission.pool, !m.waitingPools.isEmpty { m.waitingPools.remove(pool) }
+                guard var o = m.outstanding[id] else { break }
+                o.accepted = true
+                o.poolWaitSince = nil // its pool has a worker: a later wait (after a restart, say) starts again
+                if o.cancelAgain {
+                    o.cancelAgain = false
+                    m.send(.cancel(batchID: id), now)
+                }
+                m.outstanding[id] = o
+                if !m.waitingPools.isEmpty { m.waitingPools.remove(o.submission.pool) }
             case .rejected(let id, let code, let message, let retryAfter):
                 m.rejected(id, code: code, message: message, retryAfter: retryAfter, now)
             case .progress(let id, let done, let total):
@@ -23,7 +30,11 @@ extension ClientStateMachine {
             case .outcome(let outcome):
                 m.deliver(outcome, now)
             case .status(let json):
-                if !m.statusWaiters.isEmpty { m.emit(.answerStatus(m.statusWaiters.removeFirst().caller, json)) }
+                if m.lateStatusReplies > 0 {
+                    m.lateStatusReplies -= 1 // the reply to a query that timed out
+                } else if !m.statusWaiters.isEmpty {
+                    m.emit(.answerStatus(m.statusWaiters.removeFirst().caller, json))
+                }
             case .heartbeat(let brokerID):
                 m.noteBroker(brokerID, now)
             case .unreadable:
@@ -35,8 +46,15 @@ extension ClientStateMachine {
     /// REJECTED of an outstanding batch: retry it later, say HELLO first, or fail its caller.
     mutating func rejected(_ id: String, code: String, message: String, retryAfter: UInt32, _ now: UInt64) {
         guard var o = outstanding[id] else { return }
-        if code == RejectCode.busy.rawValue && !options.retryBusy {
-            outstanding[id] = nil
+        if code == RejectCode.unknownBatch.rawValue {
+            // Never the answer to a SUBMIT: to our CANCEL (or to an ACK of an earlier batch with this
+            // id). The batch is still awaited and a (re-)SUBMIT of it will be ACCEPTED: a broker that
+            // restarted lost it, and our re-SUBMIT re-creates it (or has, crossing this answer).
+            // Failing the caller would leave that batch's outcome with nobody to ACK it; wait for it
+            // instead, and cancel again once the broker holds the batch.
+            if o.cancelling { outstanding[id]?.cancelAgain = true }
+        } else if code == RejectCode.busy.rawValue && !options.retryBusy {
+            removeOutstanding(id)
             emit(.fail(o.caller, .busy(message: message, retryAfterMilliseconds: retryAfter)))
         } else if code == RejectCode.busy.rawValue || code == RejectCode.shuttingDown.rawValue {
             // Back off: the broker's hint, doubled per refusal, with jitter, capped.
@@ -62,7 +80,7 @@ extension ClientStateMachine {
             helloBeforeRetry = true
             outstanding[id] = o
         } else {
-            outstanding[id] = nil
+            removeOutstanding(id)
             let waited = o.poolWaitSince.map { " (waited \(now.since($0) / 1000) s for a worker of pool '\(o.submission.pool)')" } ?? ""
             emit(.fail(o.caller, .rejected(code: code, message: message + waited)))
         }
@@ -71,7 +89,7 @@ extension ClientStateMachine {
     /// Hands an outcome to whoever awaits it, once; keeps one nobody awaits yet (unacknowledged).
     mutating func deliver(_ outcome: BatchOutcome, _ now: UInt64) {
         let id = outcome.batchID
-        guard let o = outstanding.removeValue(forKey: id) else {
+        guard let o = removeOutstanding(id) else {
             if delivered.contains(id) {
                 send(.ack(batchID: id), now)
             } else if unclaimed[id] == nil {
@@ -82,10 +100,27 @@ extension ClientStateMachine {
             return
         }
         if !options.manualAck { send(.ack(batchID: id), now) }
-        delivered.insert(id)
+        rememberDelivered(id)
+        emit(.complete(o.caller, outcome))
+    }
+
+    /// Takes an answered (or abandoned) batch out of `outstanding`; its pool leaves `waitingPools`
+    /// when no other batch waits for it, so the next wait for the pool is announced again.
+    @discardableResult
+    mutating func removeOutstanding(_ id: String) -> Outstanding? {
+        guard let o = outstanding.removeValue(forKey: id) else { return nil }
+        let pool = o.submission.pool
+        if waitingPools.contains(pool) && !outstanding.values.contains(where: { $0.submission.pool == pool && $0.poolWaitSince != nil }) {
+            waitingPools.remove(pool)
+        }
+        return o
+    }
+
+    /// Remembers a batch delivered to its caller (once in the order list), forgetting the oldest past the bound.
+    mutating func rememberDelivered(_ id: String) {
+        guard delivered.insert(id).inserted else { return }
         deliveredOrder.append(id)
         if deliveredOrder.count > Self.rememberedOutcomes { delivered.remove(deliveredOrder.removeFirst()) }
-        emit(.complete(o.caller, outcome))
     }
 
     /// A broker that is not the one we knew has answered: it restarted and may have lost what it
@@ -95,11 +130,17 @@ extension ClientStateMachine {
         guard let known = brokerID, known != id else { return }
         hello(now)
         resubmitOutstanding(now)
+        // STATUS replies the old process owed are lost, and maybe the requests of queries waiting now.
+        lateStatusReplies = 0
+        for i in statusWaiters.indices { statusWaiters[i].requestMayBeLost = true }
     }
 
     /// Every outstanding batch again, but those waiting out a backoff (their timer sends them).
+    /// A CANCEL sent before may have been lost: it goes again once the batch is ACCEPTED.
     mutating func resubmitOutstanding(_ now: UInt64) {
-        for (id, o) in outstanding where o.retryAt == nil {
+        for (id, o) in outstanding {
+            if o.cancelling { outstanding[id]?.cancelAgain = true }
+            guard o.retryAt == nil else { continue }
             outstanding[id]?.accepted = false
             send(.submit(o.submission), now)
         }
@@ -113,7 +154,12 @@ extension ClientStateMachine {
         collect { m in
             m.hello(now)
             m.resubmitOutstanding(now)
-            for _ in m.statusWaiters { m.send(.status, now) }
+            // The old socket's replies never come; each query waiting asks again on this one.
+            m.lateStatusReplies = 0
+            for i in m.statusWaiters.indices {
+                m.statusWaiters[i].requestMayBeLost = false
+                m.send(.status, now)
+            }
         }
     }
 

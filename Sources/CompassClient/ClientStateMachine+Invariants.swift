@@ -12,6 +12,9 @@ extension ClientStateMachine {
             if o.busyCount < 0 { problems.append("\(id): busy count \(o.busyCount)") }
             if unclaimed[id] != nil { problems.append("\(id) is outstanding and unclaimed at once") }
         }
+        for pool in waitingPools where !outstanding.values.contains(where: { $0.submission.pool == pool && $0.poolWaitSince != nil }) {
+            problems.append("pool \(pool) is announced as waited for, but no batch waits for it")
+        }
         for waiter in statusWaiters where !callers.insert(waiter.caller).inserted {
             problems.append("caller \(waiter.caller) waits twice")
         }
@@ -24,10 +27,14 @@ extension ClientStateMachine {
         if unclaimedOrder.count > Self.rememberedOutcomes || deliveredOrder.count > Self.rememberedOutcomes {
             problems.append("remembered \(unclaimedOrder.count) unclaimed and \(deliveredOrder.count) delivered ids")
         }
-        // An unclaimed outcome claimed by a submit leaves its id in the order list (dropped later).
-        let unclaimedIDs = Set(unclaimedOrder)
-        for id in unclaimed.keys where !unclaimedIDs.contains(id) { problems.append("unclaimed \(id) is not in the order list") }
-        if !delivered.isSubset(of: Set(deliveredOrder)) { problems.append("a delivered id is not in the order list") }
+        // Each order list holds its ids once each, and nothing else (a claimed outcome leaves it).
+        if unclaimedOrder.count != unclaimed.count || !unclaimedOrder.allSatisfy({ unclaimed[$0] != nil }) {
+            problems.append("\(unclaimed.count) unclaimed outcomes, but \(unclaimedOrder.count) ids in their order list")
+        }
+        if deliveredOrder.count != delivered.count || !deliveredOrder.allSatisfy(delivered.contains) {
+            problems.append("\(delivered.count) delivered ids, but \(deliveredOrder.count) in their order list")
+        }
+        for id in unclaimed.keys where delivered.contains(id) { problems.append("\(id) is delivered and unclaimed at once") }
         if !out.isEmpty { problems.append("\(out.count) actions not collected") }
         return problems
     }

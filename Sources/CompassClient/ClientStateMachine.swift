@@ -13,14 +13,17 @@ import DequeModule
 ///   re-sent before anyone asked (a resumed producer); otherwise SUBMIT and wait.
 /// - **Refusals** (`+Broker`): `busy` and `shutting_down` are retried with doubling backoff and
 ///   jitter (or fail at once without `retryBusy`); `unknown_pool` with a hint waits for the pool,
-///   bounded; `session_required` says HELLO and re-submits, three times at most; others are final.
+///   bounded; `session_required` says HELLO and re-submits, three times at most; `unknown_batch`
+///   (the answer to a CANCEL) leaves the batch awaited, and a cancel is sent again once the broker
+///   ACCEPTs the batch's re-SUBMIT; others are final.
 /// - **Outcomes** (`+Broker`): each reaches its caller once, then is ACKed (unless `manualAck`);
-///   a replay of one already delivered is ACKed again and dropped; one nobody awaits is kept
-///   (bounded) for a later submit of its id.
+///   a replay of one already delivered (or claimed) is ACKed again and dropped; one nobody awaits
+///   is kept (bounded) for a later submit of its id.
 /// - **Liveness**: HEARTBEAT after a heartbeat interval of silence from us; a new socket, HELLO and
 ///   every outstanding batch again after `heartbeat × liveness` of silence from the broker; HELLO
 ///   and every outstanding batch again when another broker process answers (it restarted).
-/// - **STATUS** queries, answered in order, each failing at its deadline.
+/// - **STATUS** queries, answered in order, each failing at its deadline; the late replies of
+///   those that timed out are dropped, not given to the next query (`lateStatusReplies`).
 /// - **Handshakes**: a refused key, or three failed handshakes in a row, fail everything waiting and
 ///   every later submit until a handshake succeeds.
 ///
@@ -43,11 +46,20 @@ struct ClientStateMachine {
         var poolWaitSince: UInt64?
         /// `session_required` answers so far: each is followed by a HELLO and a re-SUBMIT.
         var sessionRetries = 0
+        /// A caller asked to cancel it: CANCEL was sent.
+        var cancelling = false
+        /// Send CANCEL again when the broker next ACCEPTs the batch: the broker did not know it
+        /// (`unknown_batch`: a restarted broker that lost it, before our re-SUBMIT re-created it), or
+        /// the CANCEL may have been lost with the old socket or broker process.
+        var cancelAgain = false
     }
 
     struct StatusWaiter: Sendable, Equatable {
         let caller: CallerID
         let deadline: UInt64
+        /// Its request went out before a broker restart we heard of since, and may have been lost
+        /// with the old process: timing out, it owes no late reply.
+        var requestMayBeLost = false
     }
 
     /// Why the last handshake failed; submits fail at once while it is set.
@@ -57,11 +69,20 @@ struct ClientStateMachine {
     var lastHeard: UInt64 = 0
     var lastSent: UInt64 = 0
     var outstanding: [String: Outstanding] = [:]
-    /// Pools batches are waiting for (their workers have not registered yet).
+    /// Pools batches are waiting for (their workers have not registered yet), each announced once:
+    /// a pool leaves when a batch of it is accepted or no batch waits for it any more.
     var waitingPools: Set<String> = []
     /// Say HELLO before the next re-SUBMITs: the broker did not know this connection's session.
     var helloBeforeRetry = false
     var statusWaiters: [StatusWaiter] = []
+    /// STATUS replies still owed to queries that timed out. The protocol's STATUS carries no request
+    /// id; the broker answers a connection's STATUS requests in order, one reply each, so the next
+    /// replies that arrive belong to those queries: that many are dropped before a reply answers
+    /// the oldest waiting query. Forgotten with the socket (`reconnected`: the old one's replies
+    /// never come) and when another broker process answers (what the old one owed is lost). A
+    /// request libzmq dropped (its queue full while the broker is away) owes a reply that never
+    /// comes: the new socket that a silent broker brings forgets it.
+    var lateStatusReplies = 0
     /// The broker process we last heard from; a different one means it restarted.
     var brokerID: String?
     /// Outcomes the broker re-sent for this session (after HELLO) before anyone asked for them:
@@ -132,6 +153,10 @@ struct ClientStateMachine {
             } else if let refused = m.refused {
                 m.emit(.fail(caller, .unauthorized(refused)))
             } else if let outcome = m.unclaimed.removeValue(forKey: id) {
+                // Claimed: delivered, so a replay of it is ACKed rather than kept again. (A scan of
+                // the order list; claims mostly come in the order the outcomes arrived, near its front.)
+                if let index = m.unclaimedOrder.firstIndex(of: id) { m.unclaimedOrder.remove(at: index) }
+                m.rememberDelivered(id)
                 if !m.options.manualAck { m.send(.ack(batchID: id), now) }
                 m.emit(.complete(caller, outcome))
             } else if submission.payload.count > m.maxPayloadBytes {
@@ -148,9 +173,16 @@ struct ClientStateMachine {
 
     /// A caller cancels a batch (its task was cancelled, or `cancel(batchID:)`): CANCEL if it is
     /// outstanding here; the outcome (`failed cancelled`, or the result if it was too late) follows.
+    /// The caller keeps waiting for that outcome: a cancel never answers it by itself. A cancel
+    /// outlives a broker restart and a new socket: when the broker answers `unknown_batch` (it lost
+    /// the batch, and our re-SUBMIT re-creates it) or the CANCEL may have been lost, it is sent
+    /// again once the broker ACCEPTs the re-SUBMIT, so the batch still ends `failed cancelled` and
+    /// is not left at the broker with nobody to ACK it.
     mutating func cancel(batchID: String, now: UInt64) -> [ClientAction] {
         collect { m in
-            if m.outstanding[batchID] != nil { m.send(.cancel(batchID: batchID), now) }
+            guard m.outstanding[batchID] != nil else { return }
+            m.outstanding[batchID]?.cancelling = true
+            m.send(.cancel(batchID: batchID), now)
         }
     }
 
@@ -186,6 +218,7 @@ struct ClientStateMachine {
     mutating func failAll(_ error: ClientError) {
         for (_, o) in outstanding { emit(.fail(o.caller, error)) }
         outstanding.removeAll()
+        waitingPools.removeAll()
         for waiter in statusWaiters { emit(.fail(waiter.caller, error)) }
         statusWaiters.removeAll()
     }
@@ -213,6 +246,7 @@ struct ClientStateMachine {
         if statusWaiters.contains(where: { now >= $0.deadline }) {
             for waiter in statusWaiters where now >= waiter.deadline {
                 emit(.fail(waiter.caller, .timedOut("the broker's STATUS at \(options.broker)")))
+                if !waiter.requestMayBeLost { lateStatusReplies += 1 }
             }
             statusWaiters.removeAll { now >= $0.deadline }
         }

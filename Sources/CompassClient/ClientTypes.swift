@@ -29,7 +29,7 @@ public struct ClientOptions: Sendable {
     /// before it fails. 0: it fails at once.
     public var unknownPoolWaitMilliseconds: UInt64 = 0
     /// Called on the client's thread when a batch starts waiting for its pool (pool, the broker's
-    /// message), once per pool until a batch of it is accepted.
+    /// message), once per pool until a batch of it is accepted or no batch waits for it any more.
     public var onWaitingForPool: (@Sendable (String, String) -> Void)?
 
     public init(broker: String, session: String = "s-" + UUID().uuidString.lowercased()) {

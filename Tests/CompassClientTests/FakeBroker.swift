@@ -22,6 +22,10 @@ struct FakeBroker {
     /// Silent: it reads nothing and answers nothing (the client should give the socket up).
     var silent = false
     var helloSeen = false
+    /// The test's step, stamped on each STATUS reply with the broker's id: when, and which process, read the request.
+    var clock = 0
+    /// CANCELs of batches it did not hold (a restart lost them, say), answered `unknown_batch`.
+    var unknownCancels = 0
 
     /// Reads the client's next message and answers it.
     mutating func receiveOne(_ rng: inout SplitMix64) {
@@ -43,6 +47,10 @@ struct FakeBroker {
                 if case .finished(let completed) = state { outbound.append(.outcome(Self.outcome(s.batchID, completed: completed))) }
             } else if roll < 10 {
                 outbound.append(.rejected(batchID: s.batchID, code: RejectCode.busy.rawValue, message: "full", retryAfterMilliseconds: 30))
+            } else if roll < 16 && s.pool == "late" {
+                // A pool whose workers have not joined yet (the client waits for it, bounded).
+                outbound.append(.rejected(batchID: s.batchID, code: RejectCode.unknownPool.rawValue, message: "no worker yet",
+                                          retryAfterMilliseconds: 50))
             } else if roll < 13 || !helloSeen {
                 // A restarted broker refuses what a reconnected socket delivered before its HELLO.
                 outbound.append(.rejected(batchID: s.batchID, code: RejectCode.sessionRequired.rawValue, message: "say HELLO",
@@ -57,6 +65,7 @@ struct FakeBroker {
             } else if let state = batches[batchID], case .finished(let completed) = state {
                 outbound.append(.outcome(Self.outcome(batchID, completed: completed))) // too late: the outcome again
             } else {
+                unknownCancels += 1
                 outbound.append(.rejected(batchID: batchID, code: RejectCode.unknownBatch.rawValue, message: "", retryAfterMilliseconds: 0))
             }
         case .ack(let batchID):
@@ -66,7 +75,7 @@ struct FakeBroker {
                 outbound.append(.rejected(batchID: batchID, code: RejectCode.unknownBatch.rawValue, message: "", retryAfterMilliseconds: 0))
             }
         case .status:
-            outbound.append(.status(json: Array("{}".utf8)))
+            outbound.append(.status(json: Array("\(clock) \(id)".utf8)))
         case .heartbeat:
             outbound.append(.heartbeat(brokerID: id))
         }

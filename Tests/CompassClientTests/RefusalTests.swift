@@ -80,6 +80,44 @@ struct RefusalTests {
         #expect(final.failures.first?.error == .rejected(code: "unknown_pool", message: "no worker yet (waited 2 s for a worker of pool 'late')"))
     }
 
+    @Test func aPoolLeavesTheWaitingPoolsWhenNothingWaitsForItAnyMore() {
+        var h = Harness { $0.unknownPoolWaitMilliseconds = 2_000 }
+        let announced: (ClientAction) -> Bool = { if case .notify(.waitingForPool) = $0 { return true }; return false }
+        // The waiting batch fails (a final refusal, the wait's bound, ...).
+        h.submit("a", pool: "late")
+        #expect(h.rejected("a", .unknownPool, retryAfter: 500).filter(announced).count == 1)
+        h.rejected("a", .badPayload)
+        #expect(h.machine.waitingPools.isEmpty)
+        // Its outcome comes (a cancelled batch, say).
+        h.submit("b", pool: "late")
+        #expect(h.rejected("b", .unknownPool, retryAfter: 500).filter(announced).count == 1, "announced again")
+        h.reply(.outcome(Harness.failed("b", "cancelled")))
+        #expect(h.machine.waitingPools.isEmpty)
+        // Another batch still waits: the pool stays.
+        h.submit("c", pool: "late")
+        h.submit("d", pool: "late")
+        #expect(h.rejected("c", .unknownPool, retryAfter: 500).filter(announced).count == 1)
+        #expect(h.rejected("d", .unknownPool, retryAfter: 500).filter(announced).isEmpty)
+        h.rejected("c", .badPayload)
+        #expect(h.machine.waitingPools == ["late"])
+        // The client closes.
+        h.submit("e", pool: "other")
+        #expect(h.rejected("e", .unknownPool, retryAfter: 500).filter(announced).count == 1)
+        h.step { m, _ in m.close() }
+        #expect(h.machine.waitingPools.isEmpty)
+
+        // Accepted: the pool has a worker, and a later wait of that batch (after a broker restart,
+        // say) is bounded afresh.
+        var accepted = Harness { $0.unknownPoolWaitMilliseconds = 2_000 }
+        accepted.submit("a", pool: "late")
+        accepted.rejected("a", .unknownPool, retryAfter: 500)
+        accepted.now += 1_500
+        accepted.reply(.accepted(batchID: "a"))
+        #expect(accepted.machine.waitingPools.isEmpty && accepted.machine.outstanding["a"]?.poolWaitSince == nil)
+        accepted.now += 1_000
+        #expect(accepted.rejected("a", .unknownPool, retryAfter: 500).failures.isEmpty, "a new wait, not 2.5 s of one")
+    }
+
     @Test func unknownPoolIsFinalWithoutAHintOrWithoutAWait() {
         var h = Harness { $0.unknownPoolWaitMilliseconds = 2_000 }
         h.submit("a", pool: "bad name")

@@ -120,6 +120,82 @@ struct SubmitTests {
         #expect(h.reply(.status(json: [2])).statusAnswers.isEmpty, "an answer after the deadline finds nobody")
     }
 
+    @Test func aCancelTheBrokerDidNotKnowIsSentAgainOnceItsReSubmitIsAccepted() {
+        var h = Harness()
+        h.reply(.welcome(brokerID: "b1", maxPayloadBytes: nil))
+        let (caller, _) = h.submit("a")
+        h.reply(.accepted(batchID: "a"))
+        // The broker restarts without a journal; the CANCEL reaches the new process before the
+        // client hears of it, and the re-SUBMIT follows.
+        #expect(h.step { m, t in m.cancel(batchID: "a", now: t) }.cancels == ["a"])
+        #expect(h.reply(.heartbeat(brokerID: "b2")).wire == ["HELLO", "SUBMIT a"])
+        let refused = h.rejected("a", .unknownBatch)
+        #expect(refused.failures.isEmpty && refused.sent.isEmpty, "the re-SUBMIT re-creates the batch: its caller waits")
+        #expect(h.machine.outstanding["a"] != nil)
+        h.reply(.welcome(brokerID: "b2", maxPayloadBytes: nil))
+        #expect(h.reply(.accepted(batchID: "a")).cancels == ["a"], "cancelled again once the broker holds it")
+        #expect(h.reply(.accepted(batchID: "a")).cancels.isEmpty, "once")
+        #expect(h.reply(.outcome(Harness.failed("a", "cancelled"))).acks == ["a"], "the outcome is delivered and ACKed, not orphaned")
+        #expect(h.answers[caller] == [.outcome(batchID: "a", completed: false)])
+        #expect(h.machine.unclaimed.isEmpty)
+
+        // A CANCEL lost with a silent broker's socket goes again after the re-SUBMIT's ACCEPTED.
+        h.submit("b")
+        h.step { m, t in m.cancel(batchID: "b", now: t) }
+        #expect(h.advance(301).submits == ["b"])
+        #expect(h.reply(.accepted(batchID: "b")).cancels == ["b"])
+
+        // Cancelled before its first ACCEPTED came: the CANCEL followed the SUBMIT, once is enough.
+        h.submit("c")
+        h.step { m, t in m.cancel(batchID: "c", now: t) }
+        #expect(h.reply(.accepted(batchID: "c")).cancels.isEmpty)
+
+        // `unknown_batch` for an awaited batch not being cancelled (the answer to an ACK of an earlier
+        // batch with its id, say) is no reason to give it up.
+        let (d, _) = h.submit("d")
+        #expect(h.rejected("d", .unknownBatch).isEmpty)
+        #expect(h.result("d").completed.map(\.caller) == [d])
+    }
+
+    @Test func aClaimedOutcomeCountsAsDeliveredSoAReplayOfItIsAcked() {
+        var h = Harness()
+        h.result("old")
+        h.result("older")
+        let (caller, _) = h.submit("old")
+        #expect(h.machine.delivered.contains("old"))
+        #expect(Array(h.machine.unclaimedOrder) == ["older"], "the claimed id leaves the order list")
+        // The broker re-sends it (our ACK crossed a HELLO): ACKed again, not kept for a second claim.
+        let replay = h.result("old")
+        #expect(replay.acks == ["old"] && replay.completed.isEmpty)
+        #expect(h.machine.unclaimed["old"] == nil)
+        #expect(h.answers[caller] == [.outcome(batchID: "old", completed: true)])
+    }
+
+    @Test func aLateReplyToATimedOutStatusQueryIsDroppedNotGivenToTheNextQuery() {
+        var h = Harness()
+        let (first, _) = h.status(timeout: 50)
+        #expect(h.advance(50).failures.map(\.caller) == [first])
+        let (second, _) = h.status(timeout: 1_000)
+        #expect(h.reply(.status(json: [1])).statusAnswers.isEmpty, "the first query's reply, late: it is not the second's")
+        #expect(h.reply(.status(json: [2])).statusAnswers.map(\.json) == [[2]])
+        #expect(h.answers[second] == [.status([2])])
+
+        // A new socket: the replies owed on the old one never come.
+        h.reply(.heartbeat(brokerID: "b"))
+        let (third, _) = h.status(timeout: 50)
+        let lost = h.advance(301)
+        #expect(lost.failures.map(\.caller) == [third] && lost.reconnects == 1)
+        let (fourth, _) = h.status(timeout: 1_000)
+        #expect(h.reply(.status(json: [4])).statusAnswers.map(\.caller) == [fourth])
+
+        // A restarted broker lost the request of a query waiting then: its timeout owes nothing.
+        let (fifth, _) = h.status(timeout: 50)
+        h.reply(.heartbeat(brokerID: "b2"))
+        #expect(h.advance(50).failures.map(\.caller) == [fifth])
+        let (sixth, _) = h.status(timeout: 1_000)
+        #expect(h.reply(.status(json: [6])).statusAnswers.map(\.caller) == [sixth])
+    }
+
     @Test func closeFailsEveryCallerAndEverythingAfter() {
         var h = Harness()
         let (a, _) = h.submit("a")
