@@ -137,8 +137,11 @@ extension ClientStateMachine {
 
     /// Every outstanding batch again, but those waiting out a backoff (their timer sends them).
     /// A CANCEL sent before may have been lost: it goes again once the batch is ACCEPTED.
+    /// In the order of the batch ids, so a run is the same from one process to the next (a
+    /// dictionary's order is not): seeded tests replay exactly.
     mutating func resubmitOutstanding(_ now: UInt64) {
-        for (id, o) in outstanding {
+        for id in outstanding.keys.sorted() {
+            guard let o = outstanding[id] else { continue }
             if o.cancelling { outstanding[id]?.cancelAgain = true }
             guard o.retryAt == nil else { continue }
             outstanding[id]?.accepted = false

@@ -216,7 +216,7 @@ struct ClientStateMachine {
 
     /// Fails every outstanding batch and STATUS query with `error`.
     mutating func failAll(_ error: ClientError) {
-        for (_, o) in outstanding { emit(.fail(o.caller, error)) }
+        for id in outstanding.keys.sorted() { emit(.fail(outstanding[id]!.caller, error)) }
         outstanding.removeAll()
         waitingPools.removeAll()
         for waiter in statusWaiters { emit(.fail(waiter.caller, error)) }
@@ -237,11 +237,11 @@ struct ClientStateMachine {
             helloBeforeRetry = false
             hello(now)
         }
-        for (id, o) in outstanding {
-            if let at = o.retryAt, now >= at {
-                outstanding[id]?.retryAt = nil
-                send(.submit(o.submission), now)
-            }
+        let due = outstanding.compactMap { id, o in o.retryAt.map { now >= $0 } == true ? id : nil }
+        for id in due.sorted() {  // in id order: replayable (see resubmitOutstanding)
+            guard let o = outstanding[id] else { continue }
+            outstanding[id]?.retryAt = nil
+            send(.submit(o.submission), now)
         }
         if statusWaiters.contains(where: { now >= $0.deadline }) {
             for waiter in statusWaiters where now >= waiter.deadline {
