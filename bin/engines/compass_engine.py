@@ -68,6 +68,7 @@ from compass_request import (  # noqa: F401 - re-exported
     TopLogprob,
     _is_int,
     apply_stop,
+    many_encoder,
     parse_request,
     prefetch_encoder,
     scoring_tokens,

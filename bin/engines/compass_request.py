@@ -350,6 +350,14 @@ def scoring_texts(request: Request) -> list[str]:
     return [stripped] + [stripped + moved + c for c in texts]
 
 
+def many_encoder(tok: Any) -> Callable[[list[str]], Any] | None:
+    """A fast Hugging Face tokenizer's batch call without special tokens (`prefetch_encoder`'s
+    `encode_many`), or None for any other tokenizer, whose batch call may not equal one call per text."""
+    if not callable(tok) or getattr(tok, "is_fast", None) is not True:
+        return None
+    return lambda texts: tok(texts, add_special_tokens=False)["input_ids"]
+
+
 def prefetch_encoder(requests: Sequence[Request], encode: Callable[[str], list[int]],
                      encode_many: Callable[[list[str]], Sequence[Sequence[int]]] | None) -> Callable[[str], list[int]]:
     """`encode` for the scoring requests of one batch, with every text they need (`scoring_texts`)

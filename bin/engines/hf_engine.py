@@ -89,6 +89,7 @@ from compass_engine import (  # noqa: E402
     fatal_exit,
     is_out_of_memory,
     log,
+    many_encoder,
     prefetch_encoder,
     run,
     scoring_tokens,
@@ -779,9 +780,6 @@ class HFBackend:
     def encode_plain(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def encode_many(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-
     def encode_scoring(self, request: Request, encode: Callable[[str], list[int]]) -> tuple[list[int], list[list[int]]]:
         """The context's tokens and each continuation's (compass_request.scoring_tokens: the
         context is the same for every continuation, so it is computed once); `encode` is the
@@ -820,8 +818,7 @@ class HFBackend:
             results[pos] = Result.failure(request.custom_id, f"request {request.custom_id}: {message}", code)
             progress.add(done=1)
 
-        fast = getattr(self.tokenizer, "is_fast", False) is True
-        encode = prefetch_encoder(requests, self.encode_plain, self.encode_many if fast else None)
+        encode = prefetch_encoder(requests, self.encode_plain, many_encoder(self.tokenizer))
         for pos, request in enumerate(requests):
             wants_tree = request.is_scoring or request.logprobs is not None or request.prompt_logprobs is not None
             if wants_tree and self.tree_mask_error:

@@ -95,6 +95,7 @@ from compass_engine import (  # noqa: E402
     Request,
     Result,
     log,
+    many_encoder,
     prefetch_encoder,
     run,
     scoring_tokens,
@@ -126,13 +127,6 @@ Decode = Callable[[int], str]
 
 def plain_encoder(tok: Any) -> Callable[[str], list[int]]:
     return lambda text: list(tok.encode(text, add_special_tokens=False))
-
-
-def many_encoder(tok: Any) -> Callable[[list[str]], Any] | None:
-    """The tokenizer's batch call (a Hugging Face tokenizer's __call__ on a list), where it has one."""
-    if not callable(tok) or getattr(tok, "is_fast", None) is not True:
-        return None
-    return lambda texts: tok(texts, add_special_tokens=False)["input_ids"]
 
 
 def score_tokens(tok: Any, request: Request, encode: Callable[[str], list[int]] | None = None,
