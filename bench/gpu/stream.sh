@@ -13,6 +13,10 @@
 #   one        compass submit --batch-size 1 --window WINDOW: one-request batches, all N in flight
 #              by default, as LLM.generate has all N at once
 #   gateway    compass gateway with the same CLIENTS HTTP clients as `serve`
+#   window     LLM.generate's engine fed at most CLIENTS prompts at a time through add_request and
+#              step, with nothing in between (vllm_direct.py window=): the most any front end with
+#              CLIENTS concurrent requests can get from this engine, the fair ceiling of `serve` and
+#              `gateway`
 #
 # Interleaved: the three engines (LLM.generate's, vllm serve's and the compass worker's) are loaded
 # side by side on the GPU, each with the same share of its memory (GMU) and otherwise vLLM's
@@ -24,6 +28,11 @@
 # most requests per second they can make here, so a run that reaches a small part of it is not
 # held back by its clients. Texts are compared with LLM.generate's (greedy; batch composition may
 # change some on a GPU: counted, not asserted).
+#
+# Inside the engines: LLM.generate's engine and the compass worker's write a line per engine step
+# (trace-generate.txt, trace-compass.txt: start, end, requests inside), and every pass records the
+# CPU seconds each process tree spent in it (proc_cpu.py), so the report can say per pass how many
+# steps the engine took, how full they were, how long each took and how busy the front ends were.
 #
 # Environment: N (2048), CLIENTS (256), WINDOW (N: one-request batches in flight), PASSES (5),
 # GMU (0.28: each engine's gpu_memory_utilization), VLLM_ARGS (gpu_memory_utilization=$GMU
@@ -83,7 +92,7 @@ if wants generate; then
   log "generate: loading LLM ($GMU of the GPU)"
   mkfifo "$WORK/generate.in"
   "$PY" "$B/gpu/vllm_direct.py" "$MODEL" "$PROMPTS" "$OUT/generate.json" --tp "$TP" --on-demand \
-    --gpu-memory-utilization "$GMU" --max-model-len "$(arg max_model_len)" --out "$WORK/generate.jsonl" \
+    --step-trace "$OUT/trace-generate.txt" --gpu-memory-utilization "$GMU" --max-model-len "$(arg max_model_len)" --out "$WORK/generate.jsonl" \
     <"$WORK/generate.in" >"$WORK/generate.lines" 2>"$OUT/generate.log" &
   generator=$!
   pids+=("$generator")
@@ -91,7 +100,7 @@ if wants generate; then
   t0=$(now)
   if wait_for "$WORK/generate.lines" '"ready"' 1 900 "$generator"; then
     log "LLM up after $(elapsed "$t0") s"
-    order+=(generate)
+    order+=(generate window)
   else
     tail -30 "$OUT/generate.log"
   fi
@@ -120,7 +129,7 @@ fi
 if wants compass; then
   log "compass: broker, worker --engine vllm (tp $TP, $GMU of the GPU), gateway"
   fe="ipc://$WORK/fe" be="ipc://$WORK/be"
-  engine_args=()
+  engine_args=(--engine-arg "step_trace=$OUT/trace-compass.txt")
   for kv in "${VLLM_ARGS[@]}"; do engine_args+=(--engine-arg "$kv"); done
   compass-broker --frontend "$fe" --backend "$be" --pool gpu --heartbeat-ms 1000 >"$OUT/broker.log" 2>&1 &
   broker=$!
@@ -139,16 +148,27 @@ if wants compass; then
   fi
 fi
 
+cpu_now() {  # the process trees' CPU seconds, as JSON
+  local roots=()
+  [ -n "${generator:-}" ] && roots+=("generate=$generator")
+  [ -n "${server:-}" ] && roots+=("serve=$server")
+  [ -n "${worker:-}" ] && roots+=("worker=$worker" "broker=$broker" "gateway=$gateway")
+  python3 "$B/gpu/proc_cpu.py" "${roots[@]}"
+}
+generator_passes=0
 run_pass() {  # run_pass PATH ROUND
-  local path=$1 k=$2 t0 t1 extra=""
+  local path=$1 k=$2 t0 t1 extra="" cpu0 cpu1 line
+  cpu0=$(cpu_now)
   case $path in
-    generate)
-      echo "$k" >&3
-      wait_for "$WORK/generate.lines" '"pass"' "$k" 600 "$generator" || return
-      local line
-      line=$(grep '"pass"' "$WORK/generate.lines" | sed -n "${k}p")
-      [ "$k" = 1 ] && cp "$WORK/generate.jsonl" "$REFERENCE"  # the texts the others are compared with
-      record generate "$k" "$(python3 -c "import json,sys;print(json.loads(sys.argv[1])['seconds'])" "$line")" "$WORK/generate.jsonl"
+    generate|window)
+      if [ "$path" = window ]; then echo "$k window=$CLIENTS" >&3; else echo "$k" >&3; fi
+      generator_passes=$((generator_passes + 1))
+      wait_for "$WORK/generate.lines" '"pass"' "$generator_passes" 600 "$generator" || return
+      cpu1=$(cpu_now)
+      line=$(grep '"pass"' "$WORK/generate.lines" | sed -n "${generator_passes}p")
+      [ "$path" = generate ] && [ "$k" = 1 ] && cp "$WORK/generate.jsonl" "$REFERENCE"  # the texts the others are compared with
+      record "$path" "$k" "$(python3 -c "import json,sys;print(json.loads(sys.argv[1])['seconds'])" "$line")" "$WORK/generate.jsonl" \
+        "$(python3 -c "import json,sys;l=json.loads(sys.argv[1]);print(json.dumps({'started':l['started'],'ended':l['ended'],'cpu0':json.loads(sys.argv[2]),'cpu1':json.loads(sys.argv[3])}))" "$line" "$cpu0" "$cpu1")"
       return ;;
   esac
   t0=$(now)
@@ -163,13 +183,18 @@ run_pass() {  # run_pass PATH ROUND
                --clients "$CLIENTS" --model gpu --out "$WORK/gateway-$k.jsonl" >>"$OUT/loadgen.log" 2>&1 ;;
   esac
   t1=$(now)
-  case $path in
-    serve|gateway) extra=$(python3 -c "import json;r=json.load(open('$WORK/$path-$k.json'));print(json.dumps({'errors':r['errors'],'latency_ms':r['latency_ms'],'seconds_loadgen':r['seconds']}))") ;;
-  esac
+  cpu1=$(cpu_now)
+  extra=$(python3 -c "
+import json, sys
+extra = {'started': round($t0, 3), 'ended': round($t1, 3), 'cpu0': json.loads(sys.argv[1]), 'cpu1': json.loads(sys.argv[2])}
+if '$path' in ('serve', 'gateway'):
+    r = json.load(open('$WORK/$path-$k.json'))
+    extra.update(errors=r['errors'], latency_ms=r['latency_ms'], seconds_loadgen=r['seconds'])
+print(json.dumps(extra))" "$cpu0" "$cpu1")
   # The HTTP paths are timed by the load generator (first request to last answer), the others
   # from the command's start to its end.
   local seconds
-  if [ -n "$extra" ]; then seconds=$(python3 -c "import json;print(json.load(open('$WORK/$path-$k.json'))['seconds'])"); else seconds=$(python3 -c "print($t1 - $t0)"); fi
+  if [ "$path" = serve ] || [ "$path" = gateway ]; then seconds=$(python3 -c "import json;print(json.load(open('$WORK/$path-$k.json'))['seconds'])"); else seconds=$(python3 -c "print($t1 - $t0)"); fi
   record "$path" "$k" "$seconds" "$WORK/$path-$k.jsonl" "$extra"
 }
 
@@ -199,7 +224,7 @@ if wants loadgen; then
   kill "$null"
 fi
 
-"$PY" "$B/gpu/stream_report.py" "$RESULTS" >"$OUT/stream-report.md"
+"$PY" "$B/gpu/stream_report.py" "$RESULTS" --trace "generate=$OUT/trace-generate.txt" --trace "compass=$OUT/trace-compass.txt" >"$OUT/stream-report.md"
 cat "$OUT/stream-report.md"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 cp "$B/BUILD" "$OUT/" 2>/dev/null

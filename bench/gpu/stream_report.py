@@ -6,13 +6,20 @@ Ratios are paired: a path's pass in round k over the reference's pass in round k
 every path once per round, interleaved), and the table gives the median of the warm rounds' ratios
 with their range; the goals are judged on those medians.
 
-    python3 stream_report.py stream-results.jsonl > stream-report.md
+    python3 stream_report.py stream-results.jsonl [--trace generate=trace-generate.txt
+        --trace compass=trace-compass.txt] [--capacity 1024] > stream-report.md
+
+Inside the engines (from the step traces and the CPU samples stream.sh records): per pass, the
+engine steps that began while the pass ran, completion tokens per step, how full the steps were
+(requests inside, at most --capacity, over capacity), the mean step time, the share of the pass
+the engine spent in steps, and the CPU of each front end and engine core (one core = 100 %).
 """
 from __future__ import annotations
 
+import argparse
+import bisect
 import json
 import statistics
-import sys
 
 LABELS = {
     "generate": "vLLM `LLM.generate`, all prompts in one call",
@@ -20,11 +27,61 @@ LABELS = {
     "batch": "compass submit, batches of 512",
     "one": "compass submit --batch-size 1 (one-request batches)",
     "gateway": "compass gateway, {clients} HTTP clients",
+    "window": "vLLM's engine fed {clients} at a time (add_request/step, no server)",
 }
+ENGINE_OF = {"generate": "generate", "window": "generate", "one": "compass", "batch": "compass", "gateway": "compass"}
+FRONT_OF = {"generate": "generate", "window": "generate", "serve": "serve", "one": "worker", "batch": "worker",
+            "gateway": "worker"}
+
+
+def read_trace(path: str) -> list[tuple[float, float, int]]:
+    steps = []
+    for line in open(path):
+        parts = line.split()
+        if len(parts) == 3:
+            steps.append((float(parts[0]), float(parts[1]), int(parts[2])))
+    steps.sort()
+    return steps
+
+
+def inside(p: dict, trace: list[tuple[float, float, int]], capacity: int) -> dict | None:
+    """What the engine did while pass `p` ran: its steps that began between the pass's start and end."""
+    if "started" not in p or not trace:
+        return None
+    lo = bisect.bisect_left(trace, (p["started"],))
+    hi = bisect.bisect_right(trace, (p["ended"], float("inf"), 0))
+    steps = trace[lo:hi]
+    span = p["ended"] - p["started"]
+    if not steps or span <= 0:
+        return None
+    busy = sum(end - start for start, end, _ in steps)
+    return {"steps": len(steps), "tokens_per_step": p.get("completion_tokens", 0) / len(steps),
+            "fill": statistics.mean(min(n, capacity) for _, _, n in steps) / capacity,
+            "step_ms": 1000 * busy / len(steps), "busy": busy / span}
+
+
+def cpu_shares(p: dict) -> dict[str, float]:
+    """Each process tree member's CPU over the pass, in cores (1.0 = one core all the time)."""
+    before, after, span = p.get("cpu0") or {}, p.get("cpu1") or {}, p.get("ended", 0) - p.get("started", 0)
+    if span <= 0:
+        return {}
+    return {key: (after[key] - before.get(key, 0.0)) / span for key in after}
 
 
 def main() -> None:
-    lines = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--trace", action="append", default=[], help="ENGINE=FILE (generate, compass)")
+    ap.add_argument("--capacity", type=int, default=1024, help="the engines' max_num_seqs (1,024: vLLM's default here)")
+    a = ap.parse_args()
+    traces = {}
+    for item in a.trace:
+        engine, path = item.split("=", 1)
+        try:
+            traces[engine] = read_trace(path)
+        except OSError:
+            pass
+    lines = [json.loads(line) for line in open(a.results) if line.strip()]
     clients = "256"
     by_path: dict[str, list[dict]] = {}
     for line in lines:
@@ -53,7 +110,7 @@ def main() -> None:
     out = ["| path | cold tokens/s | warm tokens/s (median; all) | warm / LLM.generate, paired by round (median; range) | "
            "warm / vllm serve, paired | exactly once | texts equal to LLM.generate's first pass |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for path in ("generate", "serve", "batch", "one", "gateway"):
+    for path in ("generate", "window", "serve", "batch", "one", "gateway"):
         passes = by_path.get(path)
         if not passes:
             continue
@@ -69,7 +126,7 @@ def main() -> None:
                    f"{f'{min(equal)}–{max(equal)} of {total}' if equal else '-'} |")
     cold_ratios = []
     ref_cold = cold("generate")
-    for path in ("serve", "batch", "one", "gateway"):
+    for path in ("window", "serve", "batch", "one", "gateway"):
         c = cold(path)
         if c and ref_cold:
             cold_ratios.append(f"{path} {c / ref_cold:.2f}")
@@ -84,15 +141,44 @@ def main() -> None:
                    f"the busiest HTTP pass above made {max(used) if used else 0:,.0f} requests/s "
                    f"({(max(used) / rps) if used else 0:.2f} of what the clients can do).")
     out.append("")
+    rows = []
+    for path in ("generate", "window", "serve", "batch", "one", "gateway"):
+        warm_passes = [p for p in by_path.get(path, []) if p["pass"] > 1]
+        if not warm_passes:
+            continue
+        stats = [inside(p, traces.get(ENGINE_OF.get(path, ""), []), a.capacity) for p in warm_passes]
+        stats = [x for x in stats if x]
+        shares = [cpu_shares(p) for p in warm_passes]
+        front = [sum(v for k, v in sh.items() if k.startswith(f"{FRONT_OF[path]}/python")) for sh in shares]
+        core = [sum(v for k, v in sh.items() if k.startswith(FRONT_OF[path] + "/") and "EngineCor" in k) for sh in shares]
+        others = [sum(v for k, v in sh.items() if k.split("/")[0] in ("broker", "gateway") or k == "worker/compass-worker")
+                  for sh in shares] if ENGINE_OF.get(path) == "compass" else []
+
+        def med(key: str, scale: float = 1.0, fmt: str = ".0f") -> str:
+            values = [x[key] * scale for x in stats]
+            return f"{statistics.median(values):{fmt}}" if values else "-"
+        rows.append(f"| {path} | {med('steps')} | {med('tokens_per_step')} | {med('fill', 100)} % | "
+                    f"{med('step_ms', 1, '.1f')} | {med('busy', 100)} % | {100 * statistics.median(front):.0f} % | "
+                    f"{100 * statistics.median(core):.0f} % | "
+                    f"{f'{100 * statistics.median(others):.0f} %' if others else '-'} |")
+    if rows:
+        out += ["Inside the engines, warm passes (medians): engine steps that began during the pass, completion tokens "
+                f"per step, requests inside per step (at most {a.capacity}) over {a.capacity}, mean step time, the share "
+                "of the pass spent in steps; CPU of the front-end Python process, of the engine core process, and of "
+                "compass's Swift processes (worker, broker, gateway), one core = 100 %.", "",
+                "| path | steps | tokens/step | fill | step ms | engine busy | front-end CPU | engine-core CPU | compass Swift CPU |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"] + rows + [""]
     goals = []
     for path, against, name, goal in (("one", "generate", "LLM.generate", 0.9), ("gateway", "generate", "LLM.generate", 0.9),
-                                      ("gateway", "serve", "vllm serve", 1.0), ("batch", "generate", "LLM.generate", 0.98)):
+                                      ("gateway", "serve", "vllm serve", 1.0), ("batch", "generate", "LLM.generate", 0.98),
+                                      ("gateway", "window", f"the engine fed {clients} at a time", None),
+                                      ("serve", "window", f"the engine fed {clients} at a time", None)):
         r = paired(path, against)
         if r:
             m = statistics.median(r)
-            goals.append(f"- {path} / {name} (warm, paired median of {len(r)} rounds): {m:.3f} (goal {goal}): "
-                         f"{'met' if m >= goal else 'NOT met'}")
-    out += ["Goals of issue #17:"] + goals
+            verdict = f" (goal {goal}): {'met' if m >= goal else 'NOT met'}" if goal else " (no goal: the fair ceiling)"
+            goals.append(f"- {path} / {name} (warm, paired median of {len(r)} rounds): {m:.3f}{verdict}")
+    out += ["Goals of issue #17, and the HTTP paths against their fair ceiling:"] + goals
     print("\n".join(out))
 
 

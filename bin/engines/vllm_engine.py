@@ -80,6 +80,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,8 @@ ARGUMENTS = {
                        "finishes (bool, default false)",
     "score_prefix_cache": "scoring reads vLLM's prefix cache for the shared context (bool, default false; "
                           "see bench/gpu/SCORING.md)",
+    "step_trace": "a file to append one line per engine step to: start and end (unix seconds) and the requests "
+                  "inside (a diagnostic for bench/gpu/stream.sh; default none)",
 }
 MAX_BATCHES_LIMIT = 8
 
@@ -340,8 +343,9 @@ class BatchRun:
 class Stepper:
     """The thread that owns `llm_engine` (see the module's docstring)."""
 
-    def __init__(self, engine: Any, engine_input: Any, capacity: int) -> None:
+    def __init__(self, engine: Any, engine_input: Any, capacity: int, trace: Any = None) -> None:
         self.engine = engine
+        self.trace = trace  # a text file for one "start end inside" line per step, or None
         self.engine_input = engine_input
         self.cond = threading.Condition()  # guards `incoming` and `closing`; wakes the stepper
         self.incoming: list[BatchRun] = []
@@ -403,7 +407,11 @@ class Stepper:
                         if not self.engine.has_unfinished_requests():
                             raise RuntimeError(f"vLLM has no unfinished requests but {len(self.owners)} never finished")
                         inside = len(self.owners)
-                        self.route(self.engine.step())
+                        began = time.time() if self.trace is not None else 0.0
+                        outputs = self.engine.step()
+                        if self.trace is not None:
+                            self.trace.write(f"{began:.6f} {time.time():.6f} {inside}\n")
+                        self.route(outputs)
                         self.steps += 1
                         self.sequence_steps += min(inside, self.capacity)
                 except Exception as error:  # noqa: BLE001 - the batches inside fail; the next ones may work
@@ -540,6 +548,7 @@ class VLLMBackend:
         if max_batches > MAX_BATCHES_LIMIT:
             raise EngineConfigError(f"--engine-arg max_batches={max_batches}: expected 1 to {MAX_BATCHES_LIMIT}")
         score_prefix_cache = args.boolean("score_prefix_cache", False)
+        trace_path = args.string("step_trace")
         stream_progress = args.boolean("stream_progress", False)
         if not settings.model:
             raise EngineConfigError("no model: pass --model with a local model directory")
@@ -592,7 +601,8 @@ class VLLMBackend:
             seqs = vllm_setting(self.engine, "scheduler_config", "max_num_seqs") or kwargs.get("max_num_seqs") or 256
             blocks = vllm_setting(self.engine, "cache_config", "num_gpu_blocks")
             block_size = vllm_setting(self.engine, "cache_config", "block_size")
-            self.stepper = Stepper(self.engine, engine_input, seqs)
+            trace = open(trace_path, "a", buffering=1) if trace_path else None  # line by line: read while it runs
+            self.stepper = Stepper(self.engine, engine_input, seqs, trace)
             self.finisher: queue.Queue[Any] = queue.Queue()
             threading.Thread(target=self.finish_loop, name="compass-vllm-finisher", daemon=True).start()
             if by_batches is None:

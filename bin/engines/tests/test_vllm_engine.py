@@ -283,7 +283,9 @@ def test_cancel_of_one_batch_aborts_only_its_requests_and_progress_is_per_batch(
 def test_capacity_is_max_num_seqs_and_many_one_request_batches_run_together(start_engine: StartEngine, fake: Fake,
                                                                            tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    engine = start(start_engine, fake, args={"max_num_seqs": "64"}, FAKE_VLLM_GATE=str(gate), FAKE_VLLM_GPU_BLOCKS="50")
+    trace = tmp_path / "steps.txt"
+    engine = start(start_engine, fake, args={"max_num_seqs": "64", "step_trace": str(trace)}, FAKE_VLLM_GATE=str(gate),
+                   FAKE_VLLM_GPU_BLOCKS="50")
     ready = engine.ready()
     assert (ready["capacity"], ready["capacity_tokens"]) == (64, 200)
     # 40 one-request batches, all held inside the engine until the gate opens: the host takes
@@ -308,6 +310,10 @@ def test_capacity_is_max_num_seqs_and_many_one_request_batches_run_together(star
     # No thread per batch: the host hands each batch over from its main thread and the finisher
     # answers it (main, reader, progress ticker, stepper, finisher, and the writer's few).
     assert max(c["threads"] for c in fake.calls("step")) <= 8
+    # step_trace: a line per step the engine took ("start end inside"), the 40 inside at once.
+    lines = [line.split() for line in trace.read_text().splitlines()]
+    assert len(lines) >= len(fake.calls("step")) > 0 and all(len(line) == 3 for line in lines)  # gated steps unrecorded
+    assert all(float(a) <= float(b) for a, b, _ in lines) and max(int(n) for _, _, n in lines) == 40
 
 
 def test_generation_outputs_are_final_only_unless_stream_progress(start_engine: StartEngine, fake: Fake) -> None:
