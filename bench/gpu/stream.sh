@@ -37,7 +37,10 @@
 # Environment: N (2048), CLIENTS (256), WINDOW (N: one-request batches in flight), PASSES (5),
 # GMU (0.28: each engine's gpu_memory_utilization), VLLM_ARGS (gpu_memory_utilization=$GMU
 # max_model_len=2048), BUDGET_S (stop starting rounds after this many seconds, 540), PYTHON, MODEL,
-# OUT, WORK, BUNDLE, PATHS (generate serve compass loadgen), PACK (one archive of $OUT).
+# OUT, WORK, BUNDLE, PATHS (generate serve compass loadgen), PACK (one archive of $OUT), WORKER_ARGS
+# (more compass-worker options, e.g. "--engine-queue 64"), ALT_WORKER_ARGS (a second compass worker
+# with these options on pool gpu-alt, its own GPU lock directory and the same share of the GPU;
+# adds the paths one-alt and batch-alt: an A/B of worker settings in one run).
 set -uo pipefail
 B=${BUNDLE:-/tmp/compass}
 OUT=${OUT:-/tmp/out-stream}
@@ -134,7 +137,7 @@ if wants compass; then
   compass-broker --frontend "$fe" --backend "$be" --pool gpu --heartbeat-ms 1000 >"$OUT/broker.log" 2>&1 &
   broker=$!
   compass-worker --broker "$be" --pool gpu --engine vllm --model "$MODEL" --tp "$TP" --gpus "$GPUS" \
-    --progress-timeout-ms 600000 --stats-interval-ms 2000 "${engine_args[@]}" >"$OUT/worker.log" 2>&1 &
+    --progress-timeout-ms 600000 --stats-interval-ms 2000 "${engine_args[@]}" ${WORKER_ARGS:-} >"$OUT/worker.log" 2>&1 &
   worker=$!
   compass gateway --broker "$fe" --listen 127.0.0.1:8200 >"$OUT/gateway.log" 2>&1 &
   gateway=$!
@@ -146,6 +149,21 @@ if wants compass; then
   else
     tail -30 "$OUT/worker.log"
   fi
+  if [ -n "${ALT_WORKER_ARGS:-}" ]; then
+    log "compass: a second worker on pool gpu-alt with $ALT_WORKER_ARGS"
+    compass-worker --broker "$be" --pool gpu-alt --engine vllm --model "$MODEL" --tp "$TP" --gpus "$GPUS" \
+      --lock-dir "$WORK/locks-alt" --progress-timeout-ms 600000 --stats-interval-ms 2000 \
+      --engine-arg "step_trace=$OUT/trace-alt.txt" "${engine_args[@]:2}" $ALT_WORKER_ARGS >"$OUT/worker-alt.log" 2>&1 &
+    alt_worker=$!
+    pids+=("$alt_worker")
+    t0=$(now)
+    if wait_for "$OUT/worker-alt.log" "registered with broker" 1 900 "$alt_worker"; then
+      log "second worker up after $(elapsed "$t0") s"
+      order+=(one-alt batch-alt)
+    else
+      tail -30 "$OUT/worker-alt.log"
+    fi
+  fi
 fi
 
 cpu_now() {  # the process trees' CPU seconds, as JSON
@@ -153,9 +171,11 @@ cpu_now() {  # the process trees' CPU seconds, as JSON
   [ -n "${generator:-}" ] && roots+=("generate=$generator")
   [ -n "${server:-}" ] && roots+=("serve=$server")
   [ -n "${worker:-}" ] && roots+=("worker=$worker" "broker=$broker" "gateway=$gateway")
+  [ -n "${alt_worker:-}" ] && roots+=("alt=$alt_worker")
   python3 "$B/gpu/proc_cpu.py" "${roots[@]}"
 }
 generator_passes=0
+pool_of() { case $1 in *-alt) echo gpu-alt ;; *) echo gpu ;; esac; }
 run_pass() {  # run_pass PATH ROUND
   local path=$1 k=$2 t0 t1 extra="" cpu0 cpu1 line
   cpu0=$(cpu_now)
@@ -175,10 +195,10 @@ run_pass() {  # run_pass PATH ROUND
   case $path in
     serve) "$PY" "$B/gpu/loadgen.py" run http://127.0.0.1:8100/v1 "$PROMPTS" "$WORK/serve-$k.json" --clients "$CLIENTS" \
              --model gpu --out "$WORK/serve-$k.jsonl" >>"$OUT/loadgen.log" 2>&1 ;;
-    one) compass submit "$PROMPTS" --broker "$fe" --pool gpu --batch-size 1 --window "$WINDOW" \
-           --out "$WORK/one-$k.jsonl" --overwrite --quiet >"$OUT/one-$k.txt" 2>&1 ;;
-    batch) compass submit "$PROMPTS" --broker "$fe" --pool gpu --batch-size 512 --window 4 \
-             --out "$WORK/batch-$k.jsonl" --overwrite --quiet >"$OUT/batch-$k.txt" 2>&1 ;;
+    one|one-alt) compass submit "$PROMPTS" --broker "$fe" --pool "$(pool_of "$path")" --batch-size 1 --window "$WINDOW" \
+           --out "$WORK/$path-$k.jsonl" --overwrite --quiet >"$OUT/$path-$k.txt" 2>&1 ;;
+    batch|batch-alt) compass submit "$PROMPTS" --broker "$fe" --pool "$(pool_of "$path")" --batch-size 512 --window 4 \
+             --out "$WORK/$path-$k.jsonl" --overwrite --quiet >"$OUT/$path-$k.txt" 2>&1 ;;
     gateway) "$PY" "$B/gpu/loadgen.py" run http://127.0.0.1:8200/v1 "$PROMPTS" "$WORK/gateway-$k.json" \
                --clients "$CLIENTS" --model gpu --out "$WORK/gateway-$k.jsonl" >>"$OUT/loadgen.log" 2>&1 ;;
   esac
@@ -224,7 +244,8 @@ if wants loadgen; then
   kill "$null"
 fi
 
-"$PY" "$B/gpu/stream_report.py" "$RESULTS" --trace "generate=$OUT/trace-generate.txt" --trace "compass=$OUT/trace-compass.txt" >"$OUT/stream-report.md"
+"$PY" "$B/gpu/stream_report.py" "$RESULTS" --trace "generate=$OUT/trace-generate.txt" --trace "compass=$OUT/trace-compass.txt" \
+  --trace "alt=$OUT/trace-alt.txt" --alt "${ALT_WORKER_ARGS:-}" >"$OUT/stream-report.md"
 cat "$OUT/stream-report.md"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 cp "$B/BUILD" "$OUT/" 2>/dev/null

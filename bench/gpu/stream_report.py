@@ -29,9 +29,11 @@ LABELS = {
     "gateway": "compass gateway, {clients} HTTP clients",
     "window": "vLLM's engine fed {clients} at a time (add_request/step, no server)",
 }
-ENGINE_OF = {"generate": "generate", "window": "generate", "one": "compass", "batch": "compass", "gateway": "compass"}
+ENGINE_OF = {"generate": "generate", "window": "generate", "one": "compass", "batch": "compass", "gateway": "compass",
+             "one-alt": "alt", "batch-alt": "alt"}
 FRONT_OF = {"generate": "generate", "window": "generate", "serve": "serve", "one": "worker", "batch": "worker",
-            "gateway": "worker"}
+            "gateway": "worker", "one-alt": "alt", "batch-alt": "alt"}
+PATHS = ("generate", "window", "serve", "batch", "one", "gateway", "batch-alt", "one-alt")
 
 
 def read_trace(path: str) -> list[tuple[float, float, int]]:
@@ -72,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
     ap.add_argument("--trace", action="append", default=[], help="ENGINE=FILE (generate, compass)")
+    ap.add_argument("--alt", default="", help="the second worker's options (stream.sh ALT_WORKER_ARGS), for the labels")
     ap.add_argument("--capacity", type=int, default=1024, help="the engines' max_num_seqs (1,024: vLLM's default here)")
     a = ap.parse_args()
     traces = {}
@@ -110,7 +113,8 @@ def main() -> None:
     out = ["| path | cold tokens/s | warm tokens/s (median; all) | warm / LLM.generate, paired by round (median; range) | "
            "warm / vllm serve, paired | exactly once | texts equal to LLM.generate's first pass |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for path in ("generate", "window", "serve", "batch", "one", "gateway"):
+    labels = dict(LABELS, **{"batch-alt": LABELS["batch"] + f", worker {a.alt}", "one-alt": LABELS["one"] + f", worker {a.alt}"})
+    for path in PATHS:
         passes = by_path.get(path)
         if not passes:
             continue
@@ -120,13 +124,13 @@ def main() -> None:
         errors = sum(p.get("errors", 0) for p in passes)
         equal = [p.get("identical_to_compare") for p in passes if p.get("identical_to_compare") is not None]
         total = passes[0].get("requests", 0)
-        out.append(f"| {LABELS[path].format(clients=clients)} | {c or 0:,.0f} | {w or 0:,.0f} ({all_warm}) | "
+        out.append(f"| {labels[path].format(clients=clients)} | {c or 0:,.0f} | {w or 0:,.0f} ({all_warm}) | "
                    f"{ratio(path, 'generate')} | {ratio(path, 'serve')} | "
                    f"{'yes' if once and not errors else f'NO ({errors} errors)'} | "
                    f"{f'{min(equal)}–{max(equal)} of {total}' if equal else '-'} |")
     cold_ratios = []
     ref_cold = cold("generate")
-    for path in ("window", "serve", "batch", "one", "gateway"):
+    for path in PATHS[1:]:
         c = cold(path)
         if c and ref_cold:
             cold_ratios.append(f"{path} {c / ref_cold:.2f}")
@@ -142,7 +146,7 @@ def main() -> None:
                    f"({(max(used) / rps) if used else 0:.2f} of what the clients can do).")
     out.append("")
     rows = []
-    for path in ("generate", "window", "serve", "batch", "one", "gateway"):
+    for path in PATHS:
         warm_passes = [p for p in by_path.get(path, []) if p["pass"] > 1]
         if not warm_passes:
             continue
@@ -151,8 +155,9 @@ def main() -> None:
         shares = [cpu_shares(p) for p in warm_passes]
         front = [sum(v for k, v in sh.items() if k.startswith(f"{FRONT_OF[path]}/python")) for sh in shares]
         core = [sum(v for k, v in sh.items() if k.startswith(FRONT_OF[path] + "/") and "EngineCor" in k) for sh in shares]
-        others = [sum(v for k, v in sh.items() if k.split("/")[0] in ("broker", "gateway") or k == "worker/compass-worker")
-                  for sh in shares] if ENGINE_OF.get(path) == "compass" else []
+        others = [sum(v for k, v in sh.items() if k.split("/")[0] in ("broker", "gateway")
+                      or k == f"{FRONT_OF[path]}/compass-worker") for sh in shares] \
+            if ENGINE_OF.get(path) in ("compass", "alt") else []
 
         def med(key: str, scale: float = 1.0, fmt: str = ".0f") -> str:
             values = [x[key] * scale for x in stats]
@@ -171,6 +176,7 @@ def main() -> None:
     goals = []
     for path, against, name, goal in (("one", "generate", "LLM.generate", 0.9), ("gateway", "generate", "LLM.generate", 0.9),
                                       ("gateway", "serve", "vllm serve", 1.0), ("batch", "generate", "LLM.generate", 0.98),
+                                      ("one-alt", "generate", "LLM.generate", 0.9), ("batch-alt", "generate", "LLM.generate", 0.98),
                                       ("gateway", "window", f"the engine fed {clients} at a time", None),
                                       ("serve", "window", f"the engine fed {clients} at a time", None)):
         r = paired(path, against)
