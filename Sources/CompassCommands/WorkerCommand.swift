@@ -33,7 +33,7 @@ public struct WorkerCommand: ParsableCommand {
     var credit = 2
     @Option(help: "Requests held beyond an engine's sequence capacity, so a freed slot is filled without waiting for the broker (default: a quarter of the capacity).")
     var readAhead: Int?
-    @Option(help: "Requests handed to an engine beyond its sequence capacity, so it starts the next one the step a sequence ends (default: a sixteenth of the capacity).")
+    @Option(help: "Requests handed to an engine beyond its sequence capacity, so it starts the next one the step a sequence ends (default: the capacity, so a whole engine's worth of requests that end together is replaced at once).")
     var engineQueue: Int?
     @Option(help: "Milliseconds between log lines of the engine's occupancy, from its own step counts (0: never).")
     var statsIntervalMs: UInt64 = 10_000

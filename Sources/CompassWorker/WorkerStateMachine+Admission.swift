@@ -4,16 +4,20 @@ import CompassProtocol
 /// Admission (held batches into the engine) and credit (batches asked of the broker).
 ///
 /// With a sequence capacity C, the worker aims at C + Q requests inside the engine and C + Q + A
-/// held and inside together, where Q (`engineQueue`) is a short queue inside the engine, so a
-/// sequence that ends is replaced at the engine's next step without a trip through the worker,
-/// and A (`readAhead`) is held here, so a slot that frees is filled without a trip to the broker.
+/// held and inside together, where Q (`engineQueue`) is a queue inside the engine, so a sequence
+/// that ends is replaced at the engine's next step without a trip through the worker (C by default:
+/// requests of equal length end together, a whole engine's worth at once, and a shorter queue left
+/// the engine two-thirds full while the next ones came through the worker and the engine process;
+/// bench/gpu/results/2026-12-03-h200-stream-queue), and A (`readAhead`) is held here, so a slot
+/// that frees is filled without a trip to the broker.
 /// The broker sends batches of unknown size, so the credit asked for is the missing requests
 /// divided by the expected batch size (a moving average of the batches received; the engine's
 /// capacity before the first one, which makes the first grant the two batches workers always took).
 extension WorkerStateMachine {
-    /// Requests the worker keeps in the engine's own queue beyond its capacity.
+    /// Requests the worker keeps in the engine's own queue beyond its capacity: a whole capacity
+    /// unless `--engine-queue` says otherwise (a waiting request costs the engine no KV cache).
     public var engineQueue: Int {
-        options.engineQueue ?? max(1, (capacity.sequences ?? 0) / 16)
+        options.engineQueue ?? max(1, capacity.sequences ?? 0)
     }
 
     /// Requests the worker holds beyond what the engine takes.
