@@ -40,7 +40,9 @@
 # OUT, WORK, BUNDLE, PATHS (generate serve compass loadgen), PACK (one archive of $OUT), WORKER_ARGS
 # (more compass-worker options, e.g. "--engine-queue 64"), ALT_WORKER_ARGS (a second compass worker
 # with these options on pool gpu-alt, its own GPU lock directory and the same share of the GPU;
-# adds the paths one-alt and batch-alt: an A/B of worker settings in one run).
+# adds the paths one-alt, batch-alt and gateway-alt: an A/B of worker settings in one run),
+# ALT_WORKER_ENV (environment for that worker and its engine, e.g. COMPASS_SWITCH_INTERVAL=0.0005),
+# ALT_PATHS (which alt paths run: one-alt batch-alt gateway-alt).
 set -uo pipefail
 B=${BUNDLE:-/tmp/compass}
 OUT=${OUT:-/tmp/out-stream}
@@ -149,17 +151,17 @@ if wants compass; then
   else
     tail -30 "$OUT/worker.log"
   fi
-  if [ -n "${ALT_WORKER_ARGS:-}" ]; then
-    log "compass: a second worker on pool gpu-alt with $ALT_WORKER_ARGS"
-    compass-worker --broker "$be" --pool gpu-alt --engine vllm --model "$MODEL" --tp "$TP" --gpus "$GPUS" \
+  if [ -n "${ALT_WORKER_ARGS:-}${ALT_WORKER_ENV:-}" ]; then
+    log "compass: a second worker on pool gpu-alt with ${ALT_WORKER_ENV:-} ${ALT_WORKER_ARGS:-}"
+    env ${ALT_WORKER_ENV:-} compass-worker --broker "$be" --pool gpu-alt --engine vllm --model "$MODEL" --tp "$TP" --gpus "$GPUS" \
       --lock-dir "$WORK/locks-alt" --progress-timeout-ms 600000 --stats-interval-ms 2000 \
-      --engine-arg "step_trace=$OUT/trace-alt.txt" "${engine_args[@]:2}" $ALT_WORKER_ARGS >"$OUT/worker-alt.log" 2>&1 &
+      --engine-arg "step_trace=$OUT/trace-alt.txt" "${engine_args[@]:2}" ${ALT_WORKER_ARGS:-} >"$OUT/worker-alt.log" 2>&1 &
     alt_worker=$!
     pids+=("$alt_worker")
     t0=$(now)
     if wait_for "$OUT/worker-alt.log" "registered with broker" 1 900 "$alt_worker"; then
       log "second worker up after $(elapsed "$t0") s"
-      order+=(one-alt batch-alt)
+      order+=(${ALT_PATHS:-one-alt batch-alt gateway-alt})
     else
       tail -30 "$OUT/worker-alt.log"
     fi
@@ -199,22 +201,22 @@ run_pass() {  # run_pass PATH ROUND
            --out "$WORK/$path-$k.jsonl" --overwrite --quiet >"$OUT/$path-$k.txt" 2>&1 ;;
     batch|batch-alt) compass submit "$PROMPTS" --broker "$fe" --pool "$(pool_of "$path")" --batch-size 512 --window 4 \
              --out "$WORK/$path-$k.jsonl" --overwrite --quiet >"$OUT/$path-$k.txt" 2>&1 ;;
-    gateway) "$PY" "$B/gpu/loadgen.py" run http://127.0.0.1:8200/v1 "$PROMPTS" "$WORK/gateway-$k.json" \
-               --clients "$CLIENTS" --model gpu --out "$WORK/gateway-$k.jsonl" >>"$OUT/loadgen.log" 2>&1 ;;
+    gateway|gateway-alt) "$PY" "$B/gpu/loadgen.py" run http://127.0.0.1:8200/v1 "$PROMPTS" "$WORK/$path-$k.json" \
+               --clients "$CLIENTS" --model "$(pool_of "$path")" --out "$WORK/$path-$k.jsonl" >>"$OUT/loadgen.log" 2>&1 ;;
   esac
   t1=$(now)
   cpu1=$(cpu_now)
   extra=$(python3 -c "
 import json, sys
 extra = {'started': round($t0, 3), 'ended': round($t1, 3), 'cpu0': json.loads(sys.argv[1]), 'cpu1': json.loads(sys.argv[2])}
-if '$path' in ('serve', 'gateway'):
+if '$path' in ('serve', 'gateway', 'gateway-alt'):
     r = json.load(open('$WORK/$path-$k.json'))
     extra.update(errors=r['errors'], latency_ms=r['latency_ms'], seconds_loadgen=r['seconds'])
 print(json.dumps(extra))" "$cpu0" "$cpu1")
   # The HTTP paths are timed by the load generator (first request to last answer), the others
   # from the command's start to its end.
   local seconds
-  if [ "$path" = serve ] || [ "$path" = gateway ]; then seconds=$(python3 -c "import json;print(json.load(open('$WORK/$path-$k.json'))['seconds'])"); else seconds=$(python3 -c "print($t1 - $t0)"); fi
+  if [ "$path" = serve ] || [ "$path" = gateway ] || [ "$path" = gateway-alt ]; then seconds=$(python3 -c "import json;print(json.load(open('$WORK/$path-$k.json'))['seconds'])"); else seconds=$(python3 -c "print($t1 - $t0)"); fi
   record "$path" "$k" "$seconds" "$WORK/$path-$k.jsonl" "$extra"
 }
 
@@ -245,7 +247,7 @@ if wants loadgen; then
 fi
 
 "$PY" "$B/gpu/stream_report.py" "$RESULTS" --trace "generate=$OUT/trace-generate.txt" --trace "compass=$OUT/trace-compass.txt" \
-  --trace "alt=$OUT/trace-alt.txt" --alt "${ALT_WORKER_ARGS:-}" >"$OUT/stream-report.md"
+  --trace "alt=$OUT/trace-alt.txt" --alt "${ALT_WORKER_ENV:-} ${ALT_WORKER_ARGS:-}" >"$OUT/stream-report.md"
 cat "$OUT/stream-report.md"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 cp "$B/BUILD" "$OUT/" 2>/dev/null

@@ -30,10 +30,10 @@ LABELS = {
     "window": "vLLM's engine fed {clients} at a time (add_request/step, no server)",
 }
 ENGINE_OF = {"generate": "generate", "window": "generate", "one": "compass", "batch": "compass", "gateway": "compass",
-             "one-alt": "alt", "batch-alt": "alt"}
+             "one-alt": "alt", "batch-alt": "alt", "gateway-alt": "alt"}
 FRONT_OF = {"generate": "generate", "window": "generate", "serve": "serve", "one": "worker", "batch": "worker",
-            "gateway": "worker", "one-alt": "alt", "batch-alt": "alt"}
-PATHS = ("generate", "window", "serve", "batch", "one", "gateway", "batch-alt", "one-alt")
+            "gateway": "worker", "one-alt": "alt", "batch-alt": "alt", "gateway-alt": "alt"}
+PATHS = ("generate", "window", "serve", "batch", "one", "gateway", "batch-alt", "one-alt", "gateway-alt")
 
 
 def read_trace(path: str) -> list[tuple[float, float, int]]:
@@ -113,7 +113,8 @@ def main() -> None:
     out = ["| path | cold tokens/s | warm tokens/s (median; all) | warm / LLM.generate, paired by round (median; range) | "
            "warm / vllm serve, paired | exactly once | texts equal to LLM.generate's first pass |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
-    labels = dict(LABELS, **{"batch-alt": LABELS["batch"] + f", worker {a.alt}", "one-alt": LABELS["one"] + f", worker {a.alt}"})
+    labels = dict(LABELS, **{"batch-alt": LABELS["batch"] + f", worker {a.alt}", "one-alt": LABELS["one"] + f", worker {a.alt}",
+                                 "gateway-alt": LABELS["gateway"] + f", worker {a.alt}"})
     for path in PATHS:
         passes = by_path.get(path)
         if not passes:
@@ -177,6 +178,7 @@ def main() -> None:
     for path, against, name, goal in (("one", "generate", "LLM.generate", 0.9), ("gateway", "generate", "LLM.generate", 0.9),
                                       ("gateway", "serve", "vllm serve", 1.0), ("batch", "generate", "LLM.generate", 0.98),
                                       ("one-alt", "generate", "LLM.generate", 0.9), ("batch-alt", "generate", "LLM.generate", 0.98),
+                                      ("gateway-alt", "generate", "LLM.generate", 0.9), ("gateway-alt", "window", f"the engine fed {clients} at a time", None),
                                       ("gateway", "window", f"the engine fed {clients} at a time", None),
                                       ("serve", "window", f"the engine fed {clients} at a time", None)):
         r = paired(path, against)

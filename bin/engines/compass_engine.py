@@ -981,6 +981,12 @@ def run(backend: Backend) -> NoReturn:
     # Libraries that start processes (torch.multiprocessing, vLLM) must never fork a process
     # that may hold CUDA state or our threads: spawn, whatever the platform default.
     multiprocessing.set_start_method("spawn", force=True)
+    # COMPASS_SWITCH_INTERVAL: seconds a Python thread holds the GIL before another that waits
+    # gets it (sys.setswitchinterval; 0.005 by default), for measuring hand-over latency between
+    # the host's threads and the engine's loop (bench/gpu/stream.sh ALT_WORKER_ENV).
+    if os.environ.get("COMPASS_SWITCH_INTERVAL"):
+        sys.setswitchinterval(float(os.environ["COMPASS_SWITCH_INTERVAL"]))
+        log(f"GIL switch interval {sys.getswitchinterval()} s (COMPASS_SWITCH_INTERVAL)")
     in_fd = int(os.environ.get("COMPASS_ENGINE_IN", "3"))
     out_fd = int(os.environ.get("COMPASS_ENGINE_OUT", "4"))
     global _HOST
