@@ -318,7 +318,7 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Makes a batch terminal and delivers its outcome to its session.
     mutating func finish(_ id: String, _ outcome: Outcome<Payload>, _ now: Timestamp) {
-        guard var b = batches[id] else { return }
+        guard let b = batches[id] else { return }
         switch b.state {
         case .finished:
             return
@@ -349,12 +349,13 @@ public struct Scheduler<Payload: BatchPayload> {
             return
         }
         let before = b.heldBytes
-        b.state = .finished(outcome, at: now)
         if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         journal(.finished(batchID: id, outcome: outcome.journaled))
         // The new state in place (`abandon` above may have removed halves: look the batch up again).
-        withBatch(id) { $0.state = b.state }
-        let added = b.heldBytes - before
+        let added = withBatch(id) { r in
+            r.state = .finished(outcome, at: now)
+            return r.heldBytes
+        } - before
         ifSession(b.session) { $0.heldBytes += added }
         withPool(b.pool) { p in
             p.heldBytes += added
@@ -372,7 +373,7 @@ public struct Scheduler<Payload: BatchPayload> {
         case .failed(let code, let message, _):
             emit(.event(.failed(batchID: id, pool: b.pool, code: code, message: message)))
         }
-        deliver(b)
+        if b.parent == nil { deliver(id, outcome, to: b.session, attempts: b.totalDispatches) }
     }
 
     /// A half finished: keep its results; once every half is in, finish the batch with them merged.
@@ -413,13 +414,18 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// `deliver` for a record at hand.
     mutating func deliver(_ b: BatchRecord<Payload>) {
-        let id = b.id
-        guard b.parent == nil, case .finished(let outcome, _) = b.state, let route = ifSession(b.session, { $0.route }) ?? nil else { return }
+        guard b.parent == nil, case .finished(let outcome, _) = b.state else { return }
+        deliver(b.id, outcome, to: b.session, attempts: b.totalDispatches)
+    }
+
+    /// Sends a batch's outcome to `session`'s current connection, if it has one.
+    mutating func deliver(_ id: String, _ outcome: Outcome<Payload>, to session: SessionKey, attempts: UInt32) {
+        guard let route = ifSession(session, { $0.route }) ?? nil else { return }
         switch outcome {
         case .result(let stats, let payload):
-            emit(.toProducer(route, .result(batchID: id, attempts: b.totalDispatches, stats: stats, payload: payload)))
+            emit(.toProducer(route, .result(batchID: id, attempts: attempts, stats: stats, payload: payload)))
         case .failed(let code, let message, let partial):
-            emit(.toProducer(route, .failed(batchID: id, attempts: b.totalDispatches, code: code, message: message, partial: partial)))
+            emit(.toProducer(route, .failed(batchID: id, attempts: attempts, code: code, message: message, partial: partial)))
         }
     }
 
