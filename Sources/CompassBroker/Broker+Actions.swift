@@ -8,29 +8,34 @@ import ZMQ
 extension Broker {
     /// Carries out the scheduler's actions, and the follow-ups that sending them causes.
     func execute(_ actions: [SchedulerAction<Frame>]) {
-        pending.append(contentsOf: actions)
-        var index = 0
-        while index < pending.count {
-            let action = pending[index]
-            index += 1
-            switch action {
-            case .toWorker(let id, let output) where journal != nil:
-                outbox.append(.worker(id, encode(output)))
-            case .toProducer(let route, let output) where journal != nil:
-                outbox.append(.producer(route, encode(output)))
-            case .toWorker(let id, let output):
-                if !sendWorker(id, encode(output)) {
-                    pending += scheduler.workerUnreachable(id, now: now)
-                }
-            case .toProducer(let route, let output):
-                sendProducer(route, encode(output))
-            case .event(let event):
-                note(event)
-            case .journal(let operation):
-                journalOperations.append(operation)
-            }
+        // Straight from the array they came in (copying every action into `pending` first would
+        // retain and release each frame it holds once more); follow-ups, rare, go after them.
+        for action in actions { perform(action) }
+        while !pending.isEmpty {
+            let followUps = pending
+            pending.removeAll(keepingCapacity: true)
+            for action in followUps { perform(action) }
         }
-        pending.removeAll(keepingCapacity: true)
+    }
+
+    /// Carries out one action; a send that finds a worker gone adds the follow-ups to `pending`.
+    func perform(_ action: SchedulerAction<Frame>) {
+        switch action {
+        case .toWorker(let id, let output) where journal != nil:
+            outbox.append(.worker(id, encode(output)))
+        case .toProducer(let route, let output) where journal != nil:
+            outbox.append(.producer(route, encode(output)))
+        case .toWorker(let id, let output):
+            if !sendWorker(id, encode(output)) {
+                pending += scheduler.workerUnreachable(id, now: now)
+            }
+        case .toProducer(let route, let output):
+            sendProducer(route, encode(output))
+        case .event(let event):
+            note(event)
+        case .journal(let operation):
+            journalOperations.append(operation)
+        }
     }
 
     /// The end of a poll turn with a journal: commit the turn's records in one transaction (group

@@ -239,11 +239,17 @@ public final class Broker {
     func drain(_ socket: ZMQSocket, _ limit: Int, _ handle: ([Frame]) -> Void, _ refuse: ([Frame], ProtocolError) -> Void) throws -> Bool {
         let maxPayloadBytes = options.maxPayloadBytes
         for _ in 0..<limit {
+            // The bound is asked for after every frame; it is worked out once, when the command is in.
+            var bound: Int?
             let received = try socket.receive(dontWait: true, maxFrames: WireProtocol.maxFramesPerMessage) { frames in
+                if let bound { return bound }
                 // [routing id, header, command, ...]: the bound depends on the command once it is read.
                 guard frames.count >= 3 else { return maxPayloadBytes + WireProtocol.messageHeadroomBytes }
-                guard frames[2].count == 1 else { return WireProtocol.maxControlMessageBytes }
-                return WireProtocol.maxMessageBytes(command: frames[2].withUnsafeBytes { $0[0] }, maxPayloadBytes: maxPayloadBytes)
+                let commandBound = frames[2].count == 1
+                    ? WireProtocol.maxMessageBytes(command: frames[2].withUnsafeBytes { $0[0] }, maxPayloadBytes: maxPayloadBytes)
+                    : WireProtocol.maxControlMessageBytes
+                bound = commandBound
+                return commandBound
             }
             switch received {
             case nil:

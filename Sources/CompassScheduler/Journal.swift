@@ -53,8 +53,10 @@ public struct BatchSnapshot<Payload> {
 }
 
 extension Scheduler {
-    mutating func journal(_ operation: JournalOperation<Payload>) {
-        if config.journaling { emit(.journal(operation)) }
+    /// Emits a record to journal, when journaling: without a journal the record is never built
+    /// (SUBMIT's would copy the batch's id, session, pool and payload reference only to drop them).
+    mutating func journal(_ operation: @autoclosure () -> JournalOperation<Payload>) {
+        if config.journaling { emit(.journal(operation())) }
     }
 
     mutating func journalAttempt(_ id: String) {

@@ -16,6 +16,33 @@ struct PoolQueue {
         var lines: [SessionKey: Deque<String>] = [:]
         /// Sessions with a non-empty line, in serving order.
         var ring: Deque<SessionKey> = []
+
+        // Lines are reached through their dictionary index and `values`, in place: one lookup
+        // per push or pop instead of one per step.
+
+        mutating func push(_ batchID: String, session: SessionKey, atFront: Bool) {
+            if let line = lines.index(forKey: session), !lines.values[line].isEmpty {
+                if atFront { lines.values[line].prepend(batchID) } else { lines.values[line].append(batchID) }
+                return
+            }
+            lines[session, default: []].append(batchID)
+            // A session coming back to the queue with a retry is served next; a new one waits its turn.
+            if atFront { ring.prepend(session) } else { ring.append(session) }
+        }
+
+        /// The next entry in serving order (queued or not), or nil when the level holds none.
+        mutating func pop() -> String? {
+            while let session = ring.popFirst() {
+                guard let line = lines.index(forKey: session) else { continue }
+                guard let id = lines.values[line].popFirst() else {
+                    lines.remove(at: line)
+                    continue
+                }
+                if lines.values[line].isEmpty { lines.remove(at: line) } else { ring.append(session) }
+                return id
+            }
+            return nil
+        }
     }
 
     var levels: [Int16: Level] = [:]
@@ -30,44 +57,22 @@ struct PoolQueue {
             let at = priorities.firstIndex(where: { $0 < priority }) ?? priorities.endIndex
             priorities.insert(priority, at: at)
         }
-        modifyLevel(priority) { level in
-            if level.lines[session] == nil || level.lines[session]!.isEmpty {
-                level.lines[session, default: []].append(batchID)
-                // A session coming back to the queue with a retry is served next; a new one waits its turn.
-                if atFront { level.ring.prepend(session) } else { level.ring.append(session) }
-            } else if atFront {
-                level.lines[session]!.prepend(batchID)
-            } else {
-                level.lines[session]!.append(batchID)
-            }
-        }
+        levels.values[levels.index(forKey: priority)!].push(batchID, session: session, atFront: atFront)
         entries += 1
     }
 
     /// The next batch id that is still queued, or nil.
     mutating func pop(isQueued: (String) -> Bool) -> String? {
         while let priority = priorities.first {
-            // Mutate the level in place: copying a Deque out of the dictionary would copy it whole.
-            while let session = levels[priority]!.ring.popFirst() {
-                guard let id = levels[priority]!.lines[session]?.popFirst() else {
-                    levels[priority]!.lines[session] = nil
-                    continue
-                }
+            // The level in place: copying a Deque out of the dictionary would copy it whole.
+            let level = levels.index(forKey: priority)!
+            while let id = levels.values[level].pop() {
                 entries -= 1
-                if levels[priority]!.lines[session]!.isEmpty {
-                    levels[priority]!.lines[session] = nil
-                } else {
-                    levels[priority]!.ring.append(session)
-                }
                 if isQueued(id) { return id }
             }
-            levels[priority] = nil
+            levels.remove(at: level)
             priorities.removeFirst()
         }
         return nil
-    }
-
-    mutating func modifyLevel(_ priority: Int16, _ body: (inout Level) -> Void) {
-        body(&levels[priority]!)
     }
 }

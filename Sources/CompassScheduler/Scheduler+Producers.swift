@@ -120,7 +120,8 @@ extension Scheduler {
                               + "a worker may still be starting: re-SUBMIT after the hint, or declare the pool on the broker (--pool)",
                               retryAfter: s.unknownPoolRetryMilliseconds)
             }
-            let held = s.pools.values[slot].heldBytes, queued = s.pools.values[slot].queuedBatches
+            func counts(_ p: inout PoolState) -> (held: Int, queued: Int) { (p.heldBytes, p.queuedBatches) }
+            let (held, queued) = counts(&s.pools.values[slot])
             let bytes = payload.byteCount
             if bytes > s.config.maxPoolBytes {
                 return reject(.tooLarge, "payload of \(bytes) bytes exceeds the pool limit of \(s.config.maxPoolBytes) bytes")
@@ -129,7 +130,7 @@ extension Scheduler {
             // The session's share first: a producer that never ACKs (or floods) fills its own share
             // and gets `busy`, while the pool keeps room for every other session. A session that
             // holds nothing may always submit one batch the pool can take.
-            let sessionHeld = s.sessions[session]?.heldBytes ?? 0, share = s.config.sessionByteLimit
+            let sessionHeld = s.ifSession(session) { $0.heldBytes } ?? 0, share = s.config.sessionByteLimit
             if sessionHeld > 0 && sessionHeld + bytes > share {
                 s.pools[pool]!.counters.rejectedBusy += 1
                 return reject(.busy, "this session holds \(sessionHeld) bytes of its share of \(share) (payloads and results of its batches "
@@ -145,8 +146,10 @@ extension Scheduler {
             let record = BatchRecord(id: batchID, pool: pool, session: session, meta: meta, maxAttempts: maxAttempts,
                                      payload: payload, acceptedAt: now, deadline: deadline)
             s.batches[batchID] = record
-            s.sessions[session]!.batches.insert(batchID)
-            s.sessions[session]!.heldBytes += bytes
+            s.ifSession(session) { r in
+                r.batches.insert(batchID)
+                r.heldBytes += bytes
+            }
             if let deadline { s.deadlines.insert(DeadlineEntry(at: deadline, batchID: batchID)) }
             s.withPool(pool) { p in
                 p.queue.push(batchID, session: session, priority: meta.priority)
@@ -216,8 +219,16 @@ extension Scheduler {
     public mutating func ack(from route: PeerID, batchID: String, now: Timestamp) -> [Action] {
         collect { s in
             let session = s.session(of: route)
-            s.sessions[session]?.lastSeen = now
-            guard let b = s.batches[batchID], b.session == session, b.isFinished else {
+            s.ifSession(session) { $0.lastSeen = now }
+            // The fields it needs, read in place (a copy of the record would retain each of its fields).
+            let acked: AckedBatch?? = s.batches.index(forKey: batchID).map { slot in
+                func read(_ b: inout BatchRecord<Payload>) -> AckedBatch? {
+                    guard b.session == session, b.isFinished else { return nil }
+                    return AckedBatch(pool: b.pool, payloadHash: b.payload.contentHash, payloadBytes: b.payload.byteCount)
+                }
+                return read(&s.batches.values[slot])
+            }
+            guard let acked = acked ?? nil else {
                 let why = s.batches[batchID].map { $0.session == session && !$0.isFinished } == true
                     ? "batch \(batchID) has not finished: there is no outcome to acknowledge yet"
                     : "no finished batch \(batchID) in this session (unknown, another session's, or already acknowledged)"
@@ -226,7 +237,7 @@ extension Scheduler {
             }
             // Remember the id with its pool and a hash of its payload (not the payload): a late
             // re-SUBMIT is refused `duplicate`, or `payload_mismatch` if it is other work.
-            s.recentAckSet[batchID] = AckedBatch(pool: b.pool, payloadHash: b.payload.contentHash, payloadBytes: b.payload.byteCount)
+            s.recentAckSet[batchID] = acked
             s.recentAcks.append(batchID)
             s.forget(batchID)
             while s.recentAcks.count > max(0, s.config.rememberedAcks), let old = s.recentAcks.popFirst() {

@@ -76,9 +76,19 @@ extension Scheduler {
     }
 
     /// Whether `attempt` of `batchID` is the one currently running on `worker`.
-    func isCurrent(_ batchID: String, _ attempt: UInt32, on worker: PeerID) -> Bool {
-        guard let slot = batches.index(forKey: batchID) else { return false }
-        return batches.values[slot].isRunning(attempt: attempt, on: worker)
+    mutating func isCurrent(_ batchID: String, _ attempt: UInt32, on worker: PeerID) -> Bool {
+        answerState(batchID, attempt, on: worker).current
+    }
+
+    /// What an answer of `worker` about `attempt` of `batchID` needs to know, read once and in place
+    /// (a copy of the record would retain each of its fields): the batch's request count while it
+    /// is held and unfinished (nil otherwise), and whether that attempt is the one running on `worker`.
+    mutating func answerState(_ batchID: String, _ attempt: UInt32, on worker: PeerID) -> (openRequests: UInt32?, current: Bool) {
+        guard let slot = batches.index(forKey: batchID) else { return (nil, false) }
+        func read(_ b: inout BatchRecord<Payload>) -> (UInt32?, Bool) {
+            (b.isFinished ? nil : b.meta.requestCount, b.isRunning(attempt: attempt, on: worker))
+        }
+        return read(&batches.values[slot])
     }
 
     /// A RESULT or FAILED for a dispatch the worker owes returns its credit, whatever becomes of
@@ -86,9 +96,9 @@ extension Scheduler {
     /// reconnected: its READY counted the batch as held). Any other (a duplicate, an unknown
     /// batch, another worker's dispatch) returns none: a worker never holds more than it asked for.
     mutating func settle(_ id: PeerID, _ dispatch: Dispatch) {
-        if workers[id]!.owed.remove(dispatch) != nil {
+        if withWorker(id, { $0.owed.remove(dispatch) != nil }) {
             returnCredit(id)
-        } else if let owner = orphaned[dispatch], !owner.isEmpty, owner == workers[id]!.process {
+        } else if let owner = orphaned[dispatch], !owner.isEmpty, owner == withWorker(id, { $0.process }) {
             orphaned[dispatch] = nil
             returnCredit(id)
         }
@@ -127,8 +137,10 @@ extension Scheduler {
         collect { s in
             // A result the producer cannot use is a failure of the attempt that produced it.
             let recovered = !s.recoveredAttempts.isEmpty && s.recoveredAttempts[batchID].map { attempt <= $0 } == true
-            if let check, let b = s.batches[batchID], !b.isFinished, recovered || s.isCurrent(batchID, attempt, on: id),
-               let problem = check().problem(expecting: b.meta.requestCount) {
+            // The batch's state is read once here: nothing below changes it before `finish`.
+            let (openRequests, current) = s.answerState(batchID, attempt, on: id)
+            if let check, let requests = openRequests, recovered || current,
+               let problem = check().problem(expecting: requests) {
                 let message = "the worker's RESULT was refused: \(problem)"
                 if recovered {
                     // A late answer to the previous broker's dispatch: the batch is queued again already.
@@ -161,8 +173,8 @@ extension Scheduler {
             }
             guard s.touch(id, now) else { return }
             s.settle(id, Dispatch(batchID: batchID, attempt: attempt))
-            let pool = s.workers[id]!.pool
-            if s.isCurrent(batchID, attempt, on: id) {
+            let pool = s.withWorker(id) { $0.pool }
+            if current {
                 s.finish(batchID, .result(stats: stats, payload: payload), now)
             } else {
                 s.pools[pool]!.counters.staleDropped += 1
@@ -208,9 +220,10 @@ extension Scheduler {
     }
 
     mutating func finishDrainIfDone(_ id: PeerID) {
-        guard let w = workers[id], w.drainingSince != nil, w.running.isEmpty else { return }
+        // Read in place: a copy of the record would retain its sets on every answer.
+        guard let pool = ifWorker(id, { w in w.drainingSince != nil && w.running.isEmpty ? w.pool : nil }) ?? nil else { return }
         removeWorker(id)
-        emit(.event(.workerLeft(worker: id, pool: w.pool)))
+        emit(.event(.workerLeft(worker: id, pool: pool)))
     }
 
     /// The I/O layer could not route to the worker: it is gone.

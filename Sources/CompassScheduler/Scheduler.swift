@@ -68,13 +68,29 @@ public struct Scheduler<Payload: BatchPayload> {
 
     mutating func emit(_ action: Action) { out.append(action) }
 
-    /// Runs `body` on a pool's state in place: one dictionary lookup for several updates.
+    // The helpers below reach a record through its dictionary index and `values`, in place: one
+    // lookup for several updates, and no copy. `dict[key]!.field += 1` and `dict[key]?.field`
+    // move the record out of the dictionary and back through an optional (and a plain read of a
+    // record copies it whole, retaining and releasing each of its fields), on every batch.
+
+    /// Runs `body` on a pool's state in place.
     @inline(__always)
-    mutating func withPool<R>(_ name: String, _ body: (inout PoolState) -> R) -> R { body(&pools[name]!) }
+    mutating func withPool<R>(_ name: String, _ body: (inout PoolState) -> R) -> R { body(&pools.values[pools.index(forKey: name)!]) }
 
     /// Runs `body` on a registered worker's record in place.
     @inline(__always)
-    mutating func withWorker<R>(_ id: PeerID, _ body: (inout WorkerRecord) -> R) -> R { body(&workers[id]!) }
+    mutating func withWorker<R>(_ id: PeerID, _ body: (inout WorkerRecord) -> R) -> R { body(&workers.values[workers.index(forKey: id)!]) }
+
+    /// Runs `body` on a batch's record in place.
+    @inline(__always)
+    mutating func withBatch<R>(_ id: String, _ body: (inout BatchRecord<Payload>) -> R) -> R { body(&batches.values[batches.index(forKey: id)!]) }
+
+    /// Runs `body` on a session's record in place if the broker holds the session.
+    @inline(__always) @discardableResult
+    mutating func ifSession<R>(_ key: SessionKey, _ body: (inout SessionRecord) -> R) -> R? {
+        guard let slot = sessions.index(forKey: key) else { return nil }
+        return body(&sessions.values[slot])
+    }
 
     /// Runs `body` on a worker's record in place if the worker is registered.
     @inline(__always) @discardableResult
@@ -84,7 +100,7 @@ public struct Scheduler<Payload: BatchPayload> {
     }
 
     mutating func sendWorker(_ id: PeerID, _ message: WorkerOutput<Payload>, _ now: Timestamp) {
-        workers[id]?.lastSent = now
+        ifWorker(id) { w in w.lastSent = now }
         emit(.toWorker(id, message))
     }
 
@@ -112,37 +128,41 @@ public struct Scheduler<Payload: BatchPayload> {
             return (w.pool, w.generation)
         }
         guard let entry = entry ?? nil else { return }
-        pools[entry.pool]!.ready.append((id, entry.generation))
+        withPool(entry.pool) { p in p.ready.append((id, entry.generation)) }
     }
 
-    /// Pops the next worker of `pool` with credit, or nil.
-    mutating func nextWorker(_ pool: String) -> PeerID? {
-        while let entry = pools[pool]!.ready.popFirst() {
-            // The record's fields in place: a copy of it would retain (and release) its sets.
-            guard let slot = workers.index(forKey: entry.worker), workers.values[slot].generation == entry.generation,
-                  workers.values[slot].inRing else { continue }
-            if workers.values[slot].credit > 0 && workers.values[slot].drainingSince == nil { return entry.worker }
-            workers.values[slot].inRing = false
+    /// A pool's position in `pools`. Pools are never removed, and none is added while batches are
+    /// dispatched, so a position found at the start of `dispatch` holds until it returns.
+    typealias PoolSlot = Dictionary<String, PoolState>.Index
+
+    /// Pops the next worker of the pool at `slot` with credit, or nil.
+    mutating func nextWorker(_ pool: PoolSlot) -> PeerID? {
+        while let entry = pools.values[pool].ready.popFirst() {
+            let ready = ifWorker(entry.worker) { w -> Bool in
+                guard w.generation == entry.generation, w.inRing else { return false }
+                if w.credit > 0 && w.drainingSince == nil { return true }
+                w.inRing = false
+                return false
+            }
+            if ready == true { return entry.worker }
         }
         return nil
     }
 
-    /// Batches queued in `pool`, read in place (a copy of the pool would retain its queue and ring).
-    func queuedBatches(_ pool: String) -> Int {
-        guard let slot = pools.index(forKey: pool) else { return 0 }
-        return pools.values[slot].queuedBatches
-    }
-
     /// Hands queued batches of `pool` to workers with credit, as long as both exist.
     mutating func dispatch(_ pool: String, _ now: Timestamp) {
-        while queuedBatches(pool) > 0 {
-            guard let wid = nextWorker(pool) else { return }
+        guard let slot = pools.index(forKey: pool) else { return }
+        // `queuedBatches` through `withPool`-style access: `pools.values[slot].queuedBatches`
+        // alone would copy the whole pool state (its queue and ring) to read one field.
+        func queued(_ p: inout PoolState) -> Int { p.queuedBatches }
+        while queued(&pools.values[slot]) > 0 {
+            guard let wid = nextWorker(slot) else { return }
             // The queue is moved out while it is popped, so the closure can read `batches` without
             // overlapping access to `pools` and without copying either.
             var queue = PoolQueue()
-            swap(&queue, &pools[pool]!.queue)
-            let next = queue.pop(isQueued: { batches[$0]?.isQueued ?? false })
-            swap(&queue, &pools[pool]!.queue)
+            swap(&queue, &pools.values[slot].queue)
+            let next = queue.pop(isQueued: { isQueued($0) })
+            swap(&queue, &pools.values[slot].queue)
             guard let id = next else {
                 // The counters said there is work but the queue holds none: put the worker back.
                 workers[wid]!.inRing = false
@@ -161,35 +181,46 @@ public struct Scheduler<Payload: BatchPayload> {
                 w.inRing = false
                 return nil
             }
-            if let generation = again { pools[pool]!.ready.append((wid, generation)) }
+            if let generation = again { pools.values[slot].ready.append((wid, generation)) }
         }
+    }
+
+    /// Whether `id` is a queued batch (read in place, as `withBatch` does).
+    mutating func isQueued(_ id: String) -> Bool {
+        guard let slot = batches.index(forKey: id) else { return false }
+        func read(_ b: inout BatchRecord<Payload>) -> Bool { b.isQueued }
+        return read(&batches.values[slot])
     }
 
     /// Moves a queued batch to running on `worker` and emits the BATCH.
     mutating func start(_ id: String, on worker: PeerID, _ now: Timestamp) {
-        var b = batches[id]!
-        b.attempt += 1
-        b.charged += 1
         let lease = config.leaseMilliseconds > 0 ? now.adding(milliseconds: config.leaseMilliseconds) : nil
-        b.state = .running(worker: worker, since: now, leaseUntil: lease)
-        if b.parent == nil { b.totalDispatches += 1 }
-        batches[id] = b
-        withPool(b.pool) { p in
+        let (attempt, pool, isHalf, payload, deadline, maxAttempts, original) = withBatch(id) { b in
+            b.attempt += 1
+            b.charged += 1
+            b.state = .running(worker: worker, since: now, leaseUntil: lease)
+            if b.parent == nil { b.totalDispatches += 1 }
+            return (b.attempt, b.pool, b.parent != nil, b.payload, b.deadline, b.maxAttempts, b.meta)
+        }
+        withPool(pool) { p in
             p.queuedBatches -= 1
-            p.queuedRequests -= Int(b.meta.requestCount)
+            p.queuedRequests -= Int(original.requestCount)
             p.runningBatches += 1
             p.counters.dispatched += 1
         }
-        workers[worker]!.running.insert(id)
-        workers[worker]!.owed.insert(Dispatch(batchID: id, attempt: b.attempt))
-        if b.parent != nil { batches[root(of: id)]!.totalDispatches += 1 }
+        withWorker(worker) { w in
+            w.running.insert(id)
+            w.owed.insert(Dispatch(batchID: id, attempt: attempt))
+            w.lastSent = now
+        }
+        if isHalf { withBatch(root(of: id)) { $0.totalDispatches += 1 } }
         journalAttempt(id)
-        var meta = b.meta
-        meta.maxAttempts = b.maxAttempts
-        if let deadline = b.deadline {
+        var meta = original
+        meta.maxAttempts = maxAttempts
+        if let deadline {
             meta.deadlineMilliseconds = UInt32(clamping: max(1, deadline.milliseconds(since: now)))
         }
-        sendWorker(worker, .batch(batchID: id, attempt: b.attempt, meta: meta, payload: b.payload), now)
+        emit(.toWorker(worker, .batch(batchID: id, attempt: attempt, meta: meta, payload: payload)))
     }
 
     /// Puts a batch back at the front of its queue.
@@ -209,7 +240,7 @@ public struct Scheduler<Payload: BatchPayload> {
             w.running.remove(id)
             if !w.progress.isEmpty { w.progress[id] = nil }
         }
-        pools[pool]!.runningBatches -= 1
+        withPool(pool) { p in p.runningBatches -= 1 }
     }
 
     /// A running batch's attempt failed: retry it, split it (it keeps killing engines), or finish it.
@@ -287,7 +318,7 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Makes a batch terminal and delivers its outcome to its session.
     mutating func finish(_ id: String, _ outcome: Outcome<Payload>, _ now: Timestamp) {
-        guard var b = batches[id] else { return }
+        guard let b = batches[id] else { return }
         switch b.state {
         case .finished:
             return
@@ -318,12 +349,14 @@ public struct Scheduler<Payload: BatchPayload> {
             return
         }
         let before = b.heldBytes
-        b.state = .finished(outcome, at: now)
         if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         journal(.finished(batchID: id, outcome: outcome.journaled))
-        batches[id] = b
-        let added = b.heldBytes - before
-        sessions[b.session]?.heldBytes += added
+        // The new state in place (`abandon` above may have removed halves: look the batch up again).
+        let added = withBatch(id) { r in
+            r.state = .finished(outcome, at: now)
+            return r.heldBytes
+        } - before
+        ifSession(b.session) { $0.heldBytes += added }
         withPool(b.pool) { p in
             p.heldBytes += added
             if case .result = outcome {
@@ -340,7 +373,7 @@ public struct Scheduler<Payload: BatchPayload> {
         case .failed(let code, let message, _):
             emit(.event(.failed(batchID: id, pool: b.pool, code: code, message: message)))
         }
-        deliver(b)
+        if b.parent == nil { deliver(id, outcome, to: b.session, attempts: b.totalDispatches) }
     }
 
     /// A half finished: keep its results; once every half is in, finish the batch with them merged.
@@ -381,13 +414,18 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// `deliver` for a record at hand.
     mutating func deliver(_ b: BatchRecord<Payload>) {
-        let id = b.id
-        guard b.parent == nil, case .finished(let outcome, _) = b.state, let route = sessions[b.session]?.route else { return }
+        guard b.parent == nil, case .finished(let outcome, _) = b.state else { return }
+        deliver(b.id, outcome, to: b.session, attempts: b.totalDispatches)
+    }
+
+    /// Sends a batch's outcome to `session`'s current connection, if it has one.
+    mutating func deliver(_ id: String, _ outcome: Outcome<Payload>, to session: SessionKey, attempts: UInt32) {
+        guard let route = ifSession(session, { $0.route }) ?? nil else { return }
         switch outcome {
         case .result(let stats, let payload):
-            emit(.toProducer(route, .result(batchID: id, attempts: b.totalDispatches, stats: stats, payload: payload)))
+            emit(.toProducer(route, .result(batchID: id, attempts: attempts, stats: stats, payload: payload)))
         case .failed(let code, let message, let partial):
-            emit(.toProducer(route, .failed(batchID: id, attempts: b.totalDispatches, code: code, message: message, partial: partial)))
+            emit(.toProducer(route, .failed(batchID: id, attempts: attempts, code: code, message: message, partial: partial)))
         }
     }
 
@@ -396,10 +434,15 @@ public struct Scheduler<Payload: BatchPayload> {
         guard let b = batches.removeValue(forKey: id) else { return }
         if b.parent == nil { journal(.removed(batchID: id)) }
         if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
-        pools[b.pool]?.heldBytes -= b.heldBytes
-        if b.parent == nil { sessions[b.session]?.heldBytes -= b.heldBytes }
-        sessions[b.session]?.batches.remove(id)
-        if let s = sessions[b.session], s.batches.isEmpty, s.route == nil { sessions[b.session] = nil }
+        let held = b.heldBytes, isRoot = b.parent == nil
+        if let slot = pools.index(forKey: b.pool) { pools.values[slot].heldBytes -= held }
+        guard let slot = sessions.index(forKey: b.session) else { return }
+        let unused: Bool = { (s: inout SessionRecord) in
+            if isRoot { s.heldBytes -= held }
+            s.batches.remove(id)
+            return s.batches.isEmpty && s.route == nil
+        }(&sessions.values[slot])
+        if unused { sessions.remove(at: slot) }
     }
 }
 
