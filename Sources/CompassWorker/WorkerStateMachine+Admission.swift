@@ -8,7 +8,7 @@ import CompassProtocol
 /// that ends is replaced at the engine's next step without a trip through the worker (C by default:
 /// requests of equal length end together, a whole engine's worth at once, and a shorter queue left
 /// the engine two-thirds full while the next ones came through the worker and the engine process;
-/// bench/gpu/results/2026-12-03-h200-stream-queue), and A (`readAhead`) is held here, so a slot
+/// bench/gpu/results/2026-12-02-h200-stream-queue), and A (`readAhead`) is held here, so a slot
 /// that frees is filled without a trip to the broker.
 /// The broker sends batches of unknown size, so the credit asked for is the missing requests
 /// divided by the expected batch size (a moving average of the batches received; the engine's

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gzip
 import json
 import statistics
 
@@ -38,7 +39,7 @@ PATHS = ("generate", "window", "serve", "batch", "one", "gateway", "batch-alt", 
 
 def read_trace(path: str) -> list[tuple[float, float, int]]:
     steps = []
-    for line in open(path):
+    for line in (gzip.open(path, "rt") if path.endswith(".gz") else open(path)):
         parts = line.split()
         if len(parts) == 3:
             steps.append((float(parts[0]), float(parts[1]), int(parts[2])))
