@@ -44,6 +44,7 @@ Standard library only, Python 3.10+.
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -802,6 +803,14 @@ class EngineHost:
             self.send(fatal_message(code, message[:2000]), final=True)
             _exit(1)
         self.max_batches = max_batches
+        # The loaded engine's objects (torch, the model's modules, the engine's own: hundreds of
+        # thousands) are never garbage; a full collection walks all of them while holding the GIL,
+        # which stalled the vLLM adapter's stepper for ~0.5 s while a burst of one-request batches
+        # came in (bench/gpu/results/2026-12-02-h200-stream-queue). Frozen, collections scan only
+        # what is allocated from here on, as vLLM's own server does after it starts (freeze_gc_heap).
+        gc.collect()
+        gc.freeze()
+        log(f"garbage collector: the loaded engine's {gc.get_freeze_count()} objects frozen")
         # The start method of the processes the engine starts: the backend's word for it (vLLM
         # has its own setting), else this interpreter's multiprocessing default (run() sets spawn).
         method = getattr(self.backend, "start_method", None) or multiprocessing.get_start_method(allow_none=True) or "none"

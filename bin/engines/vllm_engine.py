@@ -500,8 +500,12 @@ class Stepper:
     def finish(self, batch: BatchRun) -> None:
         self.active.pop(batch, None)
         batch.finished.set()
-        if batch.on_finish is not None:
-            batch.on_finish()
+        # Taken off the batch before it is called: the callback holds the batch (a reference
+        # cycle), and garbage in cycles waits for a full collection, which holds the GIL for as
+        # long as it takes (130-170 ms for a pass of 2,048 one-request batches).
+        on_finish, batch.on_finish = batch.on_finish, None
+        if on_finish is not None:
+            on_finish()
 
 
 def vllm_setting(engine: Any, group: str, name: str) -> int | None:

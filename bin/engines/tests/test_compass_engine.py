@@ -29,6 +29,18 @@ def test_ready_carries_the_settings(start_engine: StartEngine) -> None:
                      "start_method": "spawn"}
 
 
+def test_the_loaded_engine_heap_is_frozen_before_ready(start_engine: StartEngine) -> None:
+    # A full garbage collection over the loaded engine's objects stalled the vLLM adapter's
+    # stepper; they are frozen (gc.freeze) once loaded, before `ready`.
+    engine = started(start_engine, args={"step_ms": "0"})
+    deadline = time.monotonic() + 10  # stderr is read by its own thread: the line may trail `ready`
+    while "garbage collector:" not in engine.output and time.monotonic() < deadline:
+        time.sleep(0.02)
+    line = next((l for l in engine.output.splitlines() if "garbage collector:" in l), "")
+    frozen = int(line.split("engine's ")[1].split()[0]) if line else 0
+    assert frozen > 1000, engine.output
+
+
 def test_requests_are_validated_one_by_one(start_engine: StartEngine) -> None:
     engine = started(start_engine, args={"step_ms": "0"})
     good = {"custom_id": "good", "messages": [{"role": "user", "content": [{"type": "text", "text": "a "},
