@@ -23,7 +23,7 @@ public struct WorkerOptions: Sendable {
     /// without waiting for the broker (nil: a quarter of the engine's capacity, at least 2).
     public var readAhead: Int?
     /// Requests handed to the engine beyond its capacity, so it starts one the step a sequence ends
-    /// instead of after a round trip through the worker (nil: a sixteenth of capacity, at least 1).
+    /// instead of after a round trip through the worker (nil: the capacity, at least 1).
     public var engineQueue: Int?
     /// How often the worker logs its engine's occupancy (from the engine's own step counts; 0: never).
     public var statsIntervalMilliseconds: UInt64 = 10_000
