@@ -87,6 +87,21 @@ struct AdmissionTests {
         #expect(h.machine.held.count == 2)
     }
 
+    @Test func theEngineQueueIsTheCapacityByDefault() {
+        // Requests of equal length end together: a whole engine's worth waits inside it by default.
+        var h = Harness { $0.readAhead = 2 }
+        h.startReady(EngineCapacity(sequences: 4))
+        h.welcome(.explicit)
+        #expect(h.machine.engineQueue == 4)
+        var inside: [String] = []
+        for i in 0..<10 { inside += h.batch("d\(i)").submitted }
+        #expect(inside.count == 8, "4 running and 4 queued in the engine: \(inside)")
+        // Without a sequence capacity there is no queue to speak of (admission is by batches).
+        var batches = Harness()
+        batches.startReady(EngineCapacity(maxBatches: 1))
+        #expect(batches.machine.engineQueue == 1)
+    }
+
     @Test func noCreditWhileTheEngineIsDownAndTheHeldBatchesWaitForIt() {
         var h = capacityEight()
         for i in 0..<11 { h.batch("b\(i)") }

@@ -158,7 +158,7 @@ struct AdmissionTests {
                                              "--window", "512", "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
         let client = try testClient(broker.frontend)
         defer { client.close() }
-        // Once the worker holds its fill (64 inside, 4 queued in the engine, 200 held), stop it for
+        // Once the worker holds its fill (64 inside, 64 queued in the engine, 200 held), stop it for
         // longer than the broker's liveness (300 ms): the broker declares it lost and requeues all of
         // them, then answers every message the worker sent meanwhile with DISCONNECT.
         try await eventually("the worker to hold more than 200 batches") {

@@ -151,7 +151,10 @@ if wants compass; then
   else
     tail -30 "$OUT/worker.log"
   fi
-  if [ -n "${ALT_WORKER_ARGS:-}${ALT_WORKER_ENV:-}" ]; then
+  engines=$(( $(wants generate && echo 1 || echo 0) + $(wants serve && echo 1 || echo 0) + 2 ))
+  if [ -n "${ALT_WORKER_ARGS:-}${ALT_WORKER_ENV:-}" ] && python3 -c "import sys; sys.exit(0 if $engines * $GMU > 0.9 else 1)"; then
+    log "no second worker: $engines engines at $GMU of the GPU each do not fit (leave serve out of PATHS, or lower GMU)"
+  elif [ -n "${ALT_WORKER_ARGS:-}${ALT_WORKER_ENV:-}" ]; then
     log "compass: a second worker on pool gpu-alt with ${ALT_WORKER_ENV:-} ${ALT_WORKER_ARGS:-}"
     env ${ALT_WORKER_ENV:-} compass-worker --broker "$be" --pool gpu-alt --engine vllm --model "$MODEL" --tp "$TP" --gpus "$GPUS" \
       --lock-dir "$WORK/locks-alt" --progress-timeout-ms 600000 --stats-interval-ms 2000 \

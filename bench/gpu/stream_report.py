@@ -137,7 +137,8 @@ def main() -> None:
         if c and ref_cold:
             cold_ratios.append(f"{path} {c / ref_cold:.2f}")
     if cold_ratios:
-        out += ["", "Cold (round 1, each engine's first pass) over LLM.generate's cold pass: " + ", ".join(cold_ratios) + "."]
+        out += ["", "Cold (round 1, each engine's first pass) over LLM.generate's cold pass: " + ", ".join(cold_ratios)
+                + " (`window` runs on LLM.generate's engine after its first pass: not cold)."]
     null = by_path.get("loadgen-null")
     if null:
         rps = null[0]["requests_per_second"]
@@ -164,8 +165,9 @@ def main() -> None:
         def med(key: str, scale: float = 1.0, fmt: str = ".0f") -> str:
             values = [x[key] * scale for x in stats]
             return f"{statistics.median(values):{fmt}}" if values else "-"
-        rows.append(f"| {path} | {med('steps')} | {med('tokens_per_step')} | {med('fill', 100)} % | "
-                    f"{med('step_ms', 1, '.1f')} | {med('busy', 100)} % | {100 * statistics.median(front):.0f} % | "
+        percent = lambda key: f"{med(key, 100)} %" if stats else "-"  # noqa: E731
+        rows.append(f"| {path} | {med('steps')} | {med('tokens_per_step')} | {percent('fill')} | "
+                    f"{med('step_ms', 1, '.1f')} | {percent('busy')} | {100 * statistics.median(front):.0f} % | "
                     f"{100 * statistics.median(core):.0f} % | "
                     f"{f'{100 * statistics.median(others):.0f} %' if others else '-'} |")
     if rows:

@@ -28,7 +28,7 @@ A backend that batches continuously (like vLLM) says how much it runs at once, r
 `capacity`, the sequences it runs in one step (an int 1..65536), and optionally `capacity_tokens`
 (its KV cache's tokens). The `ready` message carries them and the worker then admits requests,
 not batches: it hands over batches, however many, while the requests inside stay below capacity
-plus a short queue (docs/engines.md, Admission), so a stream of one-request batches fills the
+plus a queue (docs/engines.md, Admission), so a stream of one-request batches fills the
 engine. Each batch's `generate` runs on a thread of its own with its own Progress and cancel
 event, and is answered when it ends, in whatever order they end. A backend that also has
 `engine_stats()` (a dict with `capacity`, `steps` and `sequence_steps`, cumulative) gets them
@@ -820,7 +820,7 @@ class EngineHost:
         if stopping:
             self.inbox.put(None)
         if capacity is not None:
-            # The worker admits requests up to the capacity (and a short queue), so any number of
+            # The worker admits requests up to the capacity (and a queue), so any number of
             # batches may be inside at once; the worker, not this process, bounds them.
             ready = ready_message(settings.model, detail, method, capacity=capacity, capacity_tokens=capacity_tokens)
             admits = f"capacity {capacity} sequences" + (f", {capacity_tokens} KV-cache tokens" if capacity_tokens else "")
@@ -994,8 +994,11 @@ def run(backend: Backend) -> NoReturn:
     # gets it (sys.setswitchinterval; 0.005 by default), for measuring hand-over latency between
     # the host's threads and the engine's loop (bench/gpu/stream.sh ALT_WORKER_ENV).
     if os.environ.get("COMPASS_SWITCH_INTERVAL"):
-        sys.setswitchinterval(float(os.environ["COMPASS_SWITCH_INTERVAL"]))
-        log(f"GIL switch interval {sys.getswitchinterval()} s (COMPASS_SWITCH_INTERVAL)")
+        try:
+            sys.setswitchinterval(float(os.environ["COMPASS_SWITCH_INTERVAL"]))
+            log(f"GIL switch interval {sys.getswitchinterval()} s (COMPASS_SWITCH_INTERVAL)")
+        except ValueError as error:  # not a number, or not above 0: the default stays
+            log(f"ignoring COMPASS_SWITCH_INTERVAL={os.environ['COMPASS_SWITCH_INTERVAL']!r}: {error}")
     in_fd = int(os.environ.get("COMPASS_ENGINE_IN", "3"))
     out_fd = int(os.environ.get("COMPASS_ENGINE_OUT", "4"))
     global _HOST

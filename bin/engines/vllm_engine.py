@@ -49,7 +49,7 @@ Continuous batching across batches: the adapter says its `capacity`, vLLM's `max
 sequences one step runs; 1,024 by default for LLM on a GPU of 70 GiB or more, 256 on smaller
 ones), and `capacity_tokens`, its KV cache (num_gpu_blocks x block_size, which the engine core
 reports back at startup). The worker then hands over batches, however many, while the requests
-inside stay below capacity plus a short queue (docs/engines.md, Admission), so a stream of
+inside stay below capacity plus a queue as large (docs/engines.md, Admission), so a stream of
 one-request batches keeps the engine as full as one large batch would, and the next batch's
 requests join the running ones instead of waiting for the slowest request of the current one.
 `engine_stats()` counts the steps and, per step, the requests inside the engine (at most
@@ -410,7 +410,7 @@ class Stepper:
                         began = time.time() if self.trace is not None else 0.0
                         outputs = self.engine.step()
                         if self.trace is not None:
-                            self.trace.write(f"{began:.6f} {time.time():.6f} {inside}\n")
+                            self.write_trace(began, inside)
                         self.route(outputs)
                         self.steps += 1
                         self.sequence_steps += min(inside, self.capacity)
@@ -427,6 +427,14 @@ class Stepper:
                 left, self.incoming = self.incoming, []
             for batch in left + list(self.active):
                 self.fail(batch, RuntimeError("the vLLM engine is closing"))
+
+    def write_trace(self, began: float, inside: int) -> None:
+        """One step's line; a trace that cannot be written (disk full) is dropped, not the batches."""
+        try:
+            self.trace.write(f"{began:.6f} {time.time():.6f} {inside}\n")
+        except (OSError, ValueError) as error:
+            log(f"step_trace: writing failed ({error}); no more step lines")
+            self.trace = None
 
     def add(self, batch: BatchRun) -> None:
         if batch.cancelled.is_set():
@@ -817,6 +825,8 @@ class VLLMBackend:
     def close(self) -> None:
         if self.stepper is not None:
             self.stepper.close()  # no step may run while the engine core shuts down
+            if self.stepper.trace is not None and not self.stepper.thread.is_alive():
+                self.stepper.trace.close()
         core = getattr(self.engine, "engine_core", None)
         shutdown = getattr(core, "shutdown", None)
         if callable(shutdown):
