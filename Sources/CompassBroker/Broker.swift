@@ -41,6 +41,8 @@ public final class Broker {
     let journal: Journal?
     var journalOperations: [JournalOperation<Frame>] = []
     var outbox: [Outgoing] = []
+    /// Where messages are read into: frames that nothing kept are reused for the next message.
+    var receiveBuffer = ReceiveBuffer()
 
     /// The authenticator of CURVE handshakes (nil in plaintext).
     let zap: ZAPHandler?
@@ -238,10 +240,16 @@ public final class Broker {
     /// frames only: the rest is released as it is read, never decoded.
     func drain(_ socket: ZMQSocket, _ limit: Int, _ handle: ([Frame]) -> Void, _ refuse: ([Frame], ProtocolError) -> Void) throws -> Bool {
         let maxPayloadBytes = options.maxPayloadBytes
+        // The buffer, moved out of `self` while it is read into (and back: no copy).
+        var buffer = ReceiveBuffer(spareLimit: 0)
+        swap(&buffer, &receiveBuffer)
+        defer { swap(&buffer, &receiveBuffer) }
         for _ in 0..<limit {
+            // A message handled, its frames that nothing kept are emptied for the next one.
+            defer { buffer.recycle() }
             // The bound is asked for after every frame; it is worked out once, when the command is in.
             var bound: Int?
-            let received = try socket.receive(dontWait: true, maxFrames: WireProtocol.maxFramesPerMessage) { frames in
+            let received = try socket.receive(into: &buffer, dontWait: true, maxFrames: WireProtocol.maxFramesPerMessage) { frames in
                 if let bound { return bound }
                 // [routing id, header, command, ...]: the bound depends on the command once it is read.
                 guard frames.count >= 3 else { return maxPayloadBytes + WireProtocol.messageHeadroomBytes }
@@ -254,9 +262,10 @@ public final class Broker {
             switch received {
             case nil:
                 return false
-            case .message(let frames)?:
-                handle(frames)
-            case .oversized(let head, let count, let bytes)?:
+            case .message?:
+                handle(buffer.frames)
+            case .oversized(let count, let bytes)?:
+                let head = buffer.frames
                 guard !head.isEmpty else { continue }
                 let command = head.count >= 3 && head[2].count == 1 ? head[2].withUnsafeBytes { $0[0] } : nil
                 let bound = command.map { WireProtocol.maxMessageBytes(command: $0, maxPayloadBytes: maxPayloadBytes) }

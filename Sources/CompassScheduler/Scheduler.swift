@@ -58,12 +58,23 @@ public struct Scheduler<Payload: BatchPayload> {
         for pool in config.declaredPools { pools[pool] = PoolState() }
     }
 
-    /// Collects the actions emitted by `body`.
+    /// Collects the actions emitted by `body`, into the storage of the array last handed back
+    /// with `recycle` when there is one (a new array of 8 otherwise).
     mutating func collect(_ body: (inout Scheduler) -> Void) -> [Action] {
+        if out.capacity == 0 { out.reserveCapacity(8) }
         body(&self)
         let actions = out
-        out.removeAll(keepingCapacity: true)
+        out = []
         return actions
+    }
+
+    /// Hands back an array of actions that has been carried out: emptied, its storage takes the
+    /// next call's actions, which saves allocating (and freeing) an array per call. Optional;
+    /// an array grown past 64 actions (a burst) is let go, so none stays large.
+    public mutating func recycle(_ actions: inout [Action]) {
+        guard out.isEmpty, out.capacity == 0, actions.capacity <= 64 else { return }
+        actions.removeAll(keepingCapacity: true)
+        swap(&out, &actions)
     }
 
     mutating func emit(_ action: Action) { out.append(action) }

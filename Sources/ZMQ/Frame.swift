@@ -57,6 +57,12 @@ public final class Frame {
         msg.deallocate()
     }
 
+    /// Releases the content (libzmq frees it once no copy shares it) and leaves the frame empty.
+    func clear() {
+        zmq_msg_close(msg)
+        zmq_msg_init(msg)
+    }
+
     /// The number of bytes in the frame.
     public var count: Int { zmq_msg_size(msg) }
 

@@ -103,15 +103,42 @@ public final class ZMQSocket {
     ///
     /// - Parameter dontWait: return `nil` instead of blocking when nothing is waiting.
     public func receive(dontWait: Bool = false, maxFrames: Int, maxBytes: ([Frame]) -> Int) throws -> BoundedMessage? {
+        var buffer = ReceiveBuffer(spareLimit: 0)
+        switch try receive(into: &buffer, dontWait: dontWait, maxFrames: maxFrames, maxBytes: maxBytes) {
+        case nil: return nil
+        case .message?: return .message(buffer.frames)
+        case .oversized(let frames, let bytes)?: return .oversized(head: buffer.frames, frames: frames, bytes: bytes)
+        }
+    }
+
+    /// What `receive(into:dontWait:maxFrames:maxBytes:)` read into its buffer.
+    public enum BufferedMessage: Equatable {
+        /// A whole message within the bounds: the buffer's `frames`.
+        case message
+        /// A message past a bound: the buffer's `frames` hold its first frames (at most three), the
+        /// rest was read and released one frame at a time. `frames` and `bytes` count the whole message.
+        case oversized(frames: Int, bytes: Int)
+    }
+
+    /// `receive(dontWait:maxFrames:maxBytes:)` into `buffer`: the message's frames replace what
+    /// `buffer.frames` held, and are read into frames of earlier messages that nothing else kept
+    /// (see `ReceiveBuffer`) rather than into new ones.
+    public func receive(into buffer: inout ReceiveBuffer, dontWait: Bool = false, maxFrames: Int,
+                        maxBytes: ([Frame]) -> Int) throws -> BufferedMessage? {
+        buffer.recycle()
+        // Read into a local array (moved out of the buffer and back: no copy), so `maxBytes` can be
+        // handed the frames so far while `buffer` is being changed.
         var frames: [Frame] = []
-        frames.reserveCapacity(8)
+        swap(&frames, &buffer.frames)
+        defer { swap(&frames, &buffer.frames) }
         var bytes = 0
         let flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
         while true {
-            let frame = Frame()
+            let frame = buffer.takeFrame()
             while zmq_msg_recv(frame.msg, handle, frames.isEmpty ? flags : 0) == -1 {
                 let code = zmq_errno()
                 if code == EINTR { continue }
+                buffer.giveBack(frame)
                 if code == EAGAIN && frames.isEmpty && dontWait { return nil }
                 throw ZMQError(code: code, call: "zmq_msg_recv")
             }
@@ -119,15 +146,15 @@ public final class ZMQSocket {
             var more = zmq_msg_more(frame.msg) != 0
             frames.append(frame)
             guard frames.count > maxFrames || bytes > maxBytes(frames) else {
-                if !more { return .message(frames) }
+                if !more { return .message }
                 continue
             }
             // Past a bound: keep the head, release the rest frame by frame (zmq_msg_recv releases
             // what the scratch frame held before it reads the next one into it).
             var count = frames.count
-            let head = Array(frames.prefix(min(3, count - 1)))
-            frames.removeAll()
-            let scratch = Frame()
+            frames.removeSubrange(min(3, count - 1)...)
+            let scratch = buffer.takeFrame()
+            defer { buffer.giveBack(scratch) }
             while more {
                 while zmq_msg_recv(scratch.msg, handle, 0) == -1 {
                     let code = zmq_errno()
@@ -138,7 +165,7 @@ public final class ZMQSocket {
                 bytes += scratch.count
                 more = zmq_msg_more(scratch.msg) != 0
             }
-            return .oversized(head: head, frames: count, bytes: bytes)
+            return .oversized(frames: count, bytes: bytes)
         }
     }
 

@@ -28,7 +28,7 @@ struct JSONSyntaxTests {
     /// Long strings are scanned 8 bytes at a time: a quote, backslash, control character or invalid
     /// UTF-8 must be found at every offset of a word, next to multi-byte UTF-8 and at the end of the input.
     @Test func specialBytesAtEveryOffsetOfLongStrings() {
-        for length in 0..<24 {
+        for length in 0..<48 { // several 8-byte steps and the tail after them
             for at in 0..<length {
                 var plain = Array(repeating: UInt8(ascii: "a"), count: length)
                 plain.replaceSubrange(at...at, with: [0xc3, 0xa9]) // é: two bytes, valid UTF-8, not special
@@ -54,6 +54,20 @@ struct JSONSyntaxTests {
         }
         #expect(JSONSyntax.check(Array("[\"0123456789abcdef\\\"0123456789\"]".utf8)) == .array(count: 1))
         guard case .invalid = JSONSyntax.check(Array("[\"0123456789abcdef0123".utf8)) else { Issue.record("unterminated accepted"); return }
+    }
+
+    @Test func bytesNextToTheSpecialOnesPassAtEveryOffset() {
+        // Neighbours of the bytes the 8-byte steps look for ('"' 0x22, '\\' 0x5c, controls
+        // below 0x20, non-ASCII from 0x80): all plain string content.
+        for byte: UInt8 in [0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f] {
+            for length in 1..<48 {
+                for at in 0..<length {
+                    var plain = Array(repeating: UInt8(ascii: "a"), count: length)
+                    plain[at] = byte
+                    #expect(JSONSyntax.check(Array("[\"".utf8) + plain + Array("\"]".utf8)) == .array(count: 1))
+                }
+            }
+        }
     }
 
     @Test func depthIsBounded() {

@@ -132,3 +132,36 @@ struct DispatchTests {
         #expect(h.log.dispatches.count == 2)
     }
 }
+
+@Suite("Action arrays handed back")
+struct ActionRecycleTests {
+    @Test("A recycled array's storage takes the next call's actions, and only those")
+    func recycledStorageIsReused() {
+        var h = Harness()
+        h.ready("w1", credit: 4)
+        var first = h.submit("b1")
+        #expect(first.accepted == ["b1"] && first.dispatches.map(\.id) == ["b1"])
+        let storage = first.withUnsafeBufferPointer { $0.baseAddress }
+        h.scheduler.recycle(&first)
+        #expect(first.isEmpty)
+        let second = h.submit("b2")
+        #expect(second.accepted == ["b2"] && second.dispatches.map(\.id) == ["b2"])
+        #expect(second.withUnsafeBufferPointer { $0.baseAddress } == storage)
+    }
+
+    @Test("Handing back is optional, and a large array is let go rather than kept")
+    func largeArraysAreNotKept() {
+        var h = Harness()
+        h.ready("w1", credit: 4)
+        #expect(h.submit("b1").accepted == ["b1"]) // not handed back: the next call has its own
+        #expect(h.submit("b2").accepted == ["b2"])
+        var big = h.submit("b3")
+        big.reserveCapacity(1000)
+        let storage = big.withUnsafeBufferPointer { $0.baseAddress }
+        h.scheduler.recycle(&big)
+        #expect(!big.isEmpty) // untouched
+        let next = h.submit("b4")
+        #expect(next.accepted == ["b4"])
+        #expect(next.withUnsafeBufferPointer { $0.baseAddress } != storage)
+    }
+}

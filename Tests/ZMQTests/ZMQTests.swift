@@ -140,6 +140,64 @@ struct ZMQTests {
         #expect(throws: ZMQError.self) { _ = try router.receive() }
     }
 
+    @Test func receiveBufferReusesFramesNothingKept() throws {
+        let (router, dealer) = try pair()
+        try dealer.send([Frame(string: "one"), Frame(bytes: [1, 2, 3])])
+        try dealer.send([Frame(string: "two"), Frame(bytes: [4, 5])])
+        var buffer = ReceiveBuffer(spareLimit: 8)
+        #expect(try router.receive(into: &buffer, maxFrames: 10, maxBytes: { _ in .max }) == .message)
+        #expect(buffer.frames.map(\.bytes) == [Array("d1".utf8), Array("one".utf8), [1, 2, 3]])
+        let first = ObjectIdentifier(buffer.frames[1])
+        buffer.recycle()
+        #expect(buffer.frames.isEmpty && buffer.spareCount == 3)
+        #expect(try router.receive(into: &buffer, maxFrames: 10, maxBytes: { _ in .max }) == .message)
+        #expect(buffer.spareCount == 0)
+        #expect(buffer.frames.map(\.bytes) == [Array("d1".utf8), Array("two".utf8), [4, 5]])
+        #expect(buffer.frames.contains { ObjectIdentifier($0) == first })
+    }
+
+    @Test func receiveBufferNeverReusesAFrameTheCallerKept() throws {
+        let (router, dealer) = try pair()
+        let payload = [UInt8](repeating: 7, count: 3000)
+        try dealer.send([Frame(string: "keep"), Frame(bytes: payload)])
+        try dealer.send([Frame(string: "next"), Frame(bytes: [9])])
+        var buffer = ReceiveBuffer(spareLimit: 8)
+        _ = try router.receive(into: &buffer, maxFrames: 10, maxBytes: { _ in .max })
+        let kept = buffer.frames[2]
+        // Receiving the next message recycles this one's frames, except the one kept.
+        _ = try router.receive(into: &buffer, maxFrames: 10, maxBytes: { _ in .max })
+        #expect(buffer.frames.map(\.bytes) == [Array("d1".utf8), Array("next".utf8), [9]])
+        #expect(!buffer.frames.contains { $0 === kept })
+        #expect(kept.bytes == payload)
+        buffer.recycle()
+        #expect(buffer.spareCount == 3) // the 2 reused ones plus 1 new, not the kept frame
+        #expect(kept.bytes == payload)
+    }
+
+    @Test func receiveBufferKeepsAtMostItsLimitAndEmptiesWhatItKeeps() throws {
+        let (router, dealer) = try pair()
+        try dealer.send((0..<6).map { Frame(bytes: [UInt8](repeating: UInt8($0), count: 100)) })
+        var buffer = ReceiveBuffer(spareLimit: 4)
+        #expect(try router.receive(into: &buffer, maxFrames: 10, maxBytes: { _ in .max }) == .message)
+        #expect(buffer.frames.count == 7)
+        buffer.recycle()
+        #expect(buffer.spareCount == 4)
+        try dealer.send([Frame(string: "x")])
+        #expect(try router.receive(into: &buffer, maxFrames: 10, maxBytes: { _ in .max }) == .message)
+        #expect(buffer.frames.map(\.bytes) == [Array("d1".utf8), Array("x".utf8)])
+    }
+
+    @Test func receiveBufferHoldsTheHeadOfAnOversizedMessage() throws {
+        let (router, dealer) = try pair()
+        try dealer.send((0..<8).map { Frame(string: "f\($0)") })
+        try dealer.send([Frame(string: "after")])
+        var buffer = ReceiveBuffer(spareLimit: 8)
+        #expect(try router.receive(into: &buffer, maxFrames: 4, maxBytes: { _ in .max }) == .oversized(frames: 9, bytes: 2 + 8 * 2))
+        #expect(buffer.frames.map(\.string) == ["d1", "f0", "f1"])
+        #expect(try router.receive(into: &buffer, maxFrames: 4, maxBytes: { _ in .max }) == .message)
+        #expect(buffer.frames.map(\.string) == ["d1", "after"])
+    }
+
     @Test func pollerSeesSocketsAndFileDescriptors() throws {
         let (router, dealer) = try pair()
         var fds: [Int32] = [0, 0]
