@@ -42,7 +42,8 @@
 # with these options on pool gpu-alt, its own GPU lock directory and the same share of the GPU;
 # adds the paths one-alt, batch-alt and gateway-alt: an A/B of worker settings in one run),
 # ALT_WORKER_ENV (environment for that worker and its engine, e.g. COMPASS_SWITCH_INTERVAL=0.0005),
-# ALT_PATHS (which alt paths run: one-alt batch-alt gateway-alt).
+# ALT_PATHS (which alt paths run: one-alt batch-alt gateway-alt), PROFILE (paths sampled with py-spy in one
+# more pass after the rounds: see (4b)), PY_SPY (its command).
 set -uo pipefail
 B=${BUNDLE:-/tmp/compass}
 OUT=${OUT:-/tmp/out-stream}
@@ -231,6 +232,33 @@ for k in $(seq 1 "$PASSES"); do
   for i in $(seq 0 $((n - 1))); do
     run_pass "${order[$(( (i + k - 1) % n ))]}" "$k"
   done
+done
+# (4b) PROFILE="gateway window ...": one more pass of each of these paths with py-spy sampling which
+# code holds the GIL (--gil, 250 Hz, without stopping the process: --nonblocking) in the Python
+# processes that serve it and their children (LLM.generate's for generate and window, the compass
+# worker's engine host and its vLLM engine core for compass's paths): prof-PATH.txt.gz, collapsed
+# stacks, one line per stack with its sample count. Not in the results: the sampler costs a little.
+PY_SPY=${PY_SPY:-py-spy}
+profile_target() {  # the process to sample for PATH
+  case $1 in
+    generate|window) echo "${generator:-}" ;;
+    *-alt) pgrep -P "${alt_worker:-0}" | head -1 ;;
+    *) pgrep -P "${worker:-0}" | head -1 ;;
+  esac
+}
+for path in ${PROFILE:-}; do
+  case " ${order[*]} " in *" $path "*) ;; *) log "profile: $path did not run"; continue ;; esac
+  target=$(profile_target "$path")
+  [ -n "$target" ] || { log "profile: no process for $path"; continue; }
+  "$PY_SPY" record --gil --nonblocking --subprocesses -r 250 --format raw -o "$OUT/prof-$path.txt" --pid "$target" \
+    >"$OUT/prof-$path.log" 2>&1 &
+  spy=$!
+  sleep 1  # py-spy attaches
+  t0=$(now)
+  RESULTS=$WORK/profiled.jsonl run_pass "$path" 0  # pass 0: not one of the rounds
+  log "profile: $path pass took $(elapsed "$t0") s with the sampler attached"
+  kill -INT "$spy" 2>/dev/null; wait "$spy" 2>/dev/null
+  gzip -f "$OUT/prof-$path.txt" 2>/dev/null
 done
 exec 3>&-
 [ -n "${worker:-}" ] && grep "engine statistics" "$OUT/worker.log" | tail -60 >"$OUT/occupancy.txt"

@@ -303,7 +303,6 @@ class Progress:
         self._sent_at = 0.0
         self._urgent = False  # a request finished since the last message: news worth sending soon
         self._closed = False
-        _Ticker.shared().register(self)
 
     def add(self, done: int = 0, tokens: int = 0) -> None:
         with self._lock:
@@ -311,29 +310,33 @@ class Progress:
             self.tokens += tokens
             if done:
                 self._urgent = True
-        if done:
-            _Ticker.shared().wake()
+        _Ticker.shared().moved(self, urgent=done > 0)
 
-    def _flush(self, now: float) -> None:
+    def _flush(self, now: float) -> bool:
         """Sends what moved, when `interval` passed since the last message (0.1 s after a request
-        finished). Called by the ticker only."""
+        finished). Called by the ticker only; True while news waits for its time. Nothing is sent
+        once every request is done: the batch's result follows, and says more (a progress message
+        for each one-request batch just before its result doubled the messages to the worker)."""
         with self._lock:  # held while sending, so nothing is sent after close()
             moved = (self.done, self.tokens)
-            if self._closed or moved == self._sent:
-                return
+            if self._closed or moved == self._sent or self.done >= self.total:
+                return False
             if now - self._sent_at < (min(0.1, self._interval) if self._urgent else self._interval):
-                return
+                return True
             self._sent, self._sent_at, self._urgent = moved, now, False
             self._send(progress_message(self._batch_id, self._attempt, min(self.done, self.total), self.total, self.tokens))
+            return False
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-        _Ticker.shared().unregister(self)
+        _Ticker.shared().forget(self)
 
 
 class _Ticker:
-    """The one thread that sends every open Progress's news (at most ~10 messages a second each)."""
+    """The one thread that sends the news of every Progress that moved (at most ~10 messages a
+    second each). It looks only at those that moved since it last looked (a worker may hold
+    thousands of batches, most of them with nothing new), not at every open one."""
 
     _instance: _Ticker | None = None
     _instance_lock = threading.Lock()
@@ -348,33 +351,38 @@ class _Ticker:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: dict[int, Progress] = {}
+        self._moved: dict[int, Progress] = {}  # news not sent yet, by id(): an ordered set
         self._wake = threading.Event()
         threading.Thread(target=self._loop, name="compass-progress", daemon=True).start()
 
-    def register(self, progress: Progress) -> None:
+    def moved(self, progress: Progress, urgent: bool) -> None:
         with self._lock:
-            self._open[id(progress)] = progress
+            self._moved[id(progress)] = progress
+        if urgent:
+            self._wake.set()
 
-    def unregister(self, progress: Progress) -> None:
+    def forget(self, progress: Progress) -> None:
         with self._lock:
-            self._open.pop(id(progress), None)
-
-    def wake(self) -> None:
-        self._wake.set()
+            self._moved.pop(id(progress), None)
 
     def _loop(self) -> None:
         while True:
             self._wake.wait(self.TICK)
             self._wake.clear()
             with self._lock:
-                open_now = list(self._open.values())
+                pending, self._moved = self._moved, {}
             now = time.monotonic()
-            for progress in open_now:
+            waiting = []
+            for progress in pending.values():
                 try:
-                    progress._flush(now)
+                    if progress._flush(now):
+                        waiting.append(progress)
                 except Exception as error:  # noqa: BLE001 - one batch's message must not stop the others'
                     log(f"sending progress failed: {error}")
+            if waiting:  # too soon after their last message: looked at again next time
+                with self._lock:
+                    for progress in waiting:
+                        self._moved.setdefault(id(progress), progress)
             time.sleep(0.01)  # several finishing requests make one round of messages, not many
 
 

@@ -152,6 +152,30 @@ def test_progress_is_throttled_and_stops_before_the_result(start_engine: StartEn
     assert all(e["type"] != "progress" for e in engine.events[result_at:])
 
 
+def test_no_progress_says_a_batch_is_done_its_result_says_it() -> None:
+    """Progress's own rule (no threads: `_flush` called as the ticker calls it). A message with
+    every request done would only precede the result: for a stream of one-request batches it
+    doubled the messages to the worker."""
+    from compass_engine import Progress
+
+    sent: list[dict[str, Any]] = []
+    one = Progress(sent.append, "one", 1, total=1)
+    one.add(tokens=5)
+    assert one._flush(100.0) is False and [(m["done"], m["tokens"]) for m in sent] == [(0, 5)]
+    one.add(done=1, tokens=3)
+    assert one._flush(200.0) is False and len(sent) == 1  # done: the result follows
+    three = Progress(sent.append, "three", 1, total=3)
+    three.add(done=1, tokens=4)
+    assert three._flush(100.0) is False and (sent[-1]["batch_id"], sent[-1]["done"]) == ("three", 1)
+    three.add(done=1)
+    assert three._flush(100.05) is True and len(sent) == 2  # news, but too soon after the last: waits
+    assert three._flush(100.2) is False and sent[-1]["done"] == 2
+    three.add(done=1)
+    assert three._flush(300.0) is False and len(sent) == 3
+    one.close()
+    three.close()
+
+
 def test_cancel_running_queued_and_other_attempts(start_engine: StartEngine) -> None:
     engine = started(start_engine, args={"step_ms": "20"})
     slow = [{"custom_id": f"s{i}", "prompt": "x", "max_tokens": 10} for i in range(5)]  # ~1 s
