@@ -101,7 +101,8 @@ async def run(url: str, prompts: list[dict], clients: int, model: str) -> tuple[
               "first_errors": errors[:3], "seconds": round(seconds, 3), "completion_tokens": tokens,
               "completion_tokens_per_second": round(tokens / seconds, 1),
               "requests_per_second": round(len(outcomes) / seconds, 1),
-              "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)}}
+              "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
+                             "mean": round(sum(latencies) / len(latencies) * 1000, 1) if latencies else 0.0}}
     return report, results
 
 

@@ -139,7 +139,7 @@ if wants compass; then
   for kv in "${VLLM_ARGS[@]}"; do engine_args+=(--engine-arg "$kv"); done
   compass-broker --frontend "$fe" --backend "$be" --pool gpu --heartbeat-ms 1000 >"$OUT/broker.log" 2>&1 &
   broker=$!
-  compass-worker --broker "$be" --pool gpu --engine vllm --model "$MODEL" --tp "$TP" --gpus "$GPUS" \
+  COMPASS_HOST_TRACE=$OUT/host-trace-compass.txt compass-worker --broker "$be" --pool gpu --engine vllm --model "$MODEL" --tp "$TP" --gpus "$GPUS" \
     --progress-timeout-ms 600000 --stats-interval-ms 2000 "${engine_args[@]}" ${WORKER_ARGS:-} >"$OUT/worker.log" 2>&1 &
   worker=$!
   compass gateway --broker "$fe" --listen 127.0.0.1:8200 >"$OUT/gateway.log" 2>&1 &
@@ -157,7 +157,7 @@ if wants compass; then
     log "no second worker: $engines engines at $GMU of the GPU each do not fit (leave serve out of PATHS, or lower GMU)"
   elif [ -n "${ALT_WORKER_ARGS:-}${ALT_WORKER_ENV:-}" ]; then
     log "compass: a second worker on pool gpu-alt with ${ALT_WORKER_ENV:-} ${ALT_WORKER_ARGS:-}"
-    env ${ALT_WORKER_ENV:-} compass-worker --broker "$be" --pool gpu-alt --engine vllm --model "$MODEL" --tp "$TP" --gpus "$GPUS" \
+    env COMPASS_HOST_TRACE="$OUT/host-trace-alt.txt" ${ALT_WORKER_ENV:-} compass-worker --broker "$be" --pool gpu-alt --engine vllm --model "$MODEL" --tp "$TP" --gpus "$GPUS" \
       --lock-dir "$WORK/locks-alt" --progress-timeout-ms 600000 --stats-interval-ms 2000 \
       --engine-arg "step_trace=$OUT/trace-alt.txt" "${engine_args[@]:2}" ${ALT_WORKER_ARGS:-} >"$OUT/worker-alt.log" 2>&1 &
     alt_worker=$!
@@ -278,7 +278,7 @@ if wants loadgen; then
 fi
 
 "$PY" "$B/gpu/stream_report.py" "$RESULTS" --trace "generate=$OUT/trace-generate.txt" --trace "compass=$OUT/trace-compass.txt" \
-  --trace "alt=$OUT/trace-alt.txt" --alt "${ALT_WORKER_ENV:-} ${ALT_WORKER_ARGS:-}" >"$OUT/stream-report.md"
+  --trace "alt=$OUT/trace-alt.txt" --host-trace "compass=$OUT/host-trace-compass.txt" --host-trace "alt=$OUT/host-trace-alt.txt" --alt "${ALT_WORKER_ENV:-} ${ALT_WORKER_ARGS:-}" >"$OUT/stream-report.md"
 cat "$OUT/stream-report.md"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 cp "$B/BUILD" "$OUT/" 2>/dev/null

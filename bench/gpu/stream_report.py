@@ -63,6 +63,47 @@ def inside(p: dict, trace: list[tuple[float, float, int]], capacity: int) -> dic
             "step_ms": 1000 * busy / len(steps), "busy": busy / span}
 
 
+def read_host_trace(path: str) -> list[tuple[float, str, int]]:
+    """COMPASS_HOST_TRACE lines (`time kind count`): where requests pass through the engine host."""
+    events = []
+    for line in (gzip.open(path, "rt") if path.endswith(".gz") else open(path)):
+        parts = line.split()
+        if len(parts) == 3:
+            events.append((float(parts[0]), parts[1], int(parts[2])))
+    events.sort()
+    return events
+
+
+HOST_POINTS = ("read", "added", "reaped", "sent")
+
+
+def host_way(p: dict, events: list[tuple[float, str, int]]) -> dict | None:
+    """Mean seconds between the host's points for the requests of pass `p`. Every request passes
+    each point once, so a mean interval is the difference of the mean times (no ids to match);
+    a point some requests never reached in the pass (a batch failed) makes the pass unusable."""
+    if "started" not in p or not events:
+        return None
+    lo = bisect.bisect_left(events, (p["started"],))
+    hi = bisect.bisect_right(events, (p["ended"], "~", 0))
+    sums = {k: 0.0 for k in HOST_POINTS}
+    counts = {k: 0 for k in HOST_POINTS}
+    for t, kind, n in events[lo:hi]:
+        if kind in sums:
+            sums[kind] += t * n
+            counts[kind] += n
+    total = p.get("requests", 0)
+    if not total or any(counts[k] != total for k in HOST_POINTS):
+        return None
+    mean = {k: sums[k] / total for k in HOST_POINTS}
+    way = {"in": mean["added"] - mean["read"], "engine": mean["reaped"] - mean["added"],
+           "out": mean["sent"] - mean["reaped"], "host": mean["sent"] - mean["read"]}
+    latency = (p.get("latency_ms") or {}).get("mean")
+    if latency is not None:
+        way["client"] = latency / 1000
+        way["outside"] = latency / 1000 - way["host"]
+    return way
+
+
 def cpu_shares(p: dict) -> dict[str, float]:
     """Each process tree member's CPU over the pass, in cores (1.0 = one core all the time)."""
     before, after, span = p.get("cpu0") or {}, p.get("cpu1") or {}, p.get("ended", 0) - p.get("started", 0)
@@ -75,6 +116,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
     ap.add_argument("--trace", action="append", default=[], help="ENGINE=FILE (generate, compass)")
+    ap.add_argument("--host-trace", action="append", default=[], help="ENGINE=FILE (compass, alt): COMPASS_HOST_TRACE")
     ap.add_argument("--alt", default="", help="the second worker's options (stream.sh ALT_WORKER_ARGS), for the labels")
     ap.add_argument("--capacity", type=int, default=1024, help="the engines' max_num_seqs (1,024: vLLM's default here)")
     a = ap.parse_args()
@@ -83,6 +125,13 @@ def main() -> None:
         engine, path = item.split("=", 1)
         try:
             traces[engine] = read_trace(path)
+        except OSError:
+            pass
+    host_traces = {}
+    for item in a.host_trace:
+        engine, path = item.split("=", 1)
+        try:
+            host_traces[engine] = read_host_trace(path)
         except OSError:
             pass
     lines = [json.loads(line) for line in open(a.results) if line.strip()]
@@ -177,6 +226,25 @@ def main() -> None:
                 "compass's Swift processes (worker, broker, gateway), one core = 100 %.", "",
                 "| path | steps | tokens/step | fill | step ms | engine busy | front-end CPU | engine-core CPU | compass Swift CPU |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"] + rows + [""]
+    host_rows = []
+    for path in PATHS:
+        events = host_traces.get(ENGINE_OF.get(path, ""), [])
+        ways = [w for w in (host_way(p, events) for p in by_path.get(path, []) if p["pass"] > 1) if w]
+        if not ways:
+            continue
+
+        def ms(key: str) -> str:
+            values = [w[key] * 1000 for w in ways if key in w]
+            return f"{statistics.median(values):.1f}" if values else "-"
+        host_rows.append(f"| {path} | {len(ways)} | {ms('in')} | {ms('engine')} | {ms('out')} | {ms('host')} | "
+                         f"{ms('client')} | {ms('outside')} |")
+    if host_rows:
+        out += ["A request's way, warm passes (medians over passes of each pass's mean, ms; COMPASS_HOST_TRACE): "
+                "in = read by the engine host until added to vLLM, engine = added until its last output was taken "
+                "(reaped), out = reaped until its batch's answer was written; client = the HTTP client's mean latency, "
+                "outside = client - (in + engine + out): HTTP, gateway, broker, worker and the pipes, both ways.", "",
+                "| path | passes | in | engine | out | host | client | outside |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"] + host_rows + [""]
     goals = []
     for path, against, name, goal in (("one", "generate", "LLM.generate", 0.9), ("gateway", "generate", "LLM.generate", 0.9),
                                       ("gateway", "serve", "vllm serve", 1.0), ("batch", "generate", "LLM.generate", 0.98),

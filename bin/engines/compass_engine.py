@@ -114,6 +114,46 @@ def log(message: str) -> None:
         pass
 
 
+class _EventTrace:
+    """COMPASS_HOST_TRACE=FILE: a line per event, `time kind count` (wall-clock seconds), for
+    measuring where a request's time goes (bench/gpu/stream.sh): the host writes `read` when a
+    batch arrives and `sent` when its answer goes out (count: its requests), and adapters call
+    `trace_event` for their own steps (vLLM: `added` into the engine, `reaped` out of it). Every
+    request passes each point once, so the mean time between two points over a pass is the
+    difference of the mean times, with no ids to match. Off unless set; a trace that cannot be
+    written is dropped, never the batches."""
+
+    def __init__(self) -> None:
+        self.file: Any = None
+        self.lock = threading.Lock()
+
+    def open(self, path: str) -> None:
+        try:
+            self.file = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+            log(f"host trace: {path} (COMPASS_HOST_TRACE)")
+        except OSError as error:
+            log(f"host trace: cannot open {path}: {error}")
+
+    def event(self, kind: str, count: int = 1) -> None:
+        if self.file is None:
+            return
+        with self.lock:
+            try:
+                self.file.write(f"{time.time():.6f} {kind} {count}\n")
+            except (OSError, ValueError, AttributeError) as error:
+                log(f"host trace: writing failed ({error}); no more lines")
+                self.file = None
+
+
+_TRACE = _EventTrace()
+
+
+def trace_event(kind: str, count: int = 1) -> None:
+    """An adapter's point in a request's way through the host (see _EventTrace); free when off."""
+    if _TRACE.file is not None:
+        _TRACE.event(kind, count)
+
+
 # MARK: Protocol messages
 
 
@@ -578,7 +618,9 @@ class EngineHost:
             log(f"ignoring a line that is not a protocol message: {line[:200]!r}")
             return
         if kind == ToEngine.BATCH:
-            self.inbox.put(_Batch(key[0], key[1], message.get("requests")))
+            requests = message.get("requests")
+            trace_event("read", len(requests) if isinstance(requests, list) else 0)
+            self.inbox.put(_Batch(key[0], key[1], requests))
         elif kind == ToEngine.CANCEL:
             with self.state_lock:
                 matching = [b for b in self.running.values() if b.key == key]
@@ -728,6 +770,7 @@ class EngineHost:
                 results = [next(it) if isinstance(p, Request) else p for p in member.parsed]
                 self.send(result_message(member.batch.batch_id, member.batch.attempt, [r.to_json() for r in results],
                                          self.batch_stats(call.started, results, call.counters_before)))
+                trace_event("sent", len(results))
         finally:
             self.release(call.batches, call.members)
 
@@ -1007,6 +1050,8 @@ def run(backend: Backend) -> NoReturn:
             log(f"GIL switch interval {sys.getswitchinterval()} s (COMPASS_SWITCH_INTERVAL)")
         except ValueError as error:  # not a number, or not above 0: the default stays
             log(f"ignoring COMPASS_SWITCH_INTERVAL={os.environ['COMPASS_SWITCH_INTERVAL']!r}: {error}")
+    if os.environ.get("COMPASS_HOST_TRACE"):
+        _TRACE.open(os.environ["COMPASS_HOST_TRACE"])
     in_fd = int(os.environ.get("COMPASS_ENGINE_IN", "3"))
     out_fd = int(os.environ.get("COMPASS_ENGINE_OUT", "4"))
     global _HOST

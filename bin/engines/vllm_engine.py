@@ -100,6 +100,7 @@ from compass_engine import (  # noqa: E402
     prefetch_encoder,
     run,
     scoring_tokens,
+    trace_event,
 )
 
 ARGUMENTS = {
@@ -119,6 +120,8 @@ ARGUMENTS = {
                           "see bench/gpu/SCORING.md)",
     "step_trace": "a file to append one line per engine step to: start and end (unix seconds) and the requests "
                   "inside (a diagnostic for bench/gpu/stream.sh; default none)",
+    "eager_add": "hand requests that arrive while the engine core computes a step to it at once, instead of after "
+                 "that step's outputs (watches vLLM's output queue; bool, default false)",
 }
 MAX_BATCHES_LIMIT = 8
 
@@ -343,13 +346,23 @@ class BatchRun:
 # How often the stepper looks at the cancel events of the batches inside: looking at a thousand
 # one-request batches before every step of a few milliseconds took more of the GIL than it saves.
 CANCEL_SCAN_SECONDS = 0.02
+# eager_add: how long the stepper waits for new requests before it looks at vLLM's output queue again.
+EAGER_POLL_SECONDS = 0.0005
 
 
 class Stepper:
     """The thread that owns `llm_engine` (see the module's docstring)."""
 
-    def __init__(self, engine: Any, engine_input: Any, capacity: int, trace: Any = None) -> None:
+    def __init__(self, engine: Any, engine_input: Any, capacity: int, trace: Any = None, eager_add: bool = False) -> None:
         self.engine = engine
+        # eager_add: whether the engine core's next outputs are in (vLLM's SyncMPClient queue), so
+        # that requests arriving meanwhile go in before step() takes them; None: add between steps.
+        outputs = getattr(getattr(engine, "engine_core", None), "outputs_queue", None)
+        self.outputs_ready: Callable[[], bool] | None = None
+        if eager_add and callable(getattr(outputs, "empty", None)):
+            self.outputs_ready = lambda: not outputs.empty()
+        elif eager_add:
+            log("eager_add: this vLLM's engine client has no output queue to watch; requests go in between steps")
         self.trace = trace  # a text file for one "start end inside" line per step, or None
         self.engine_input = engine_input
         self.cond = threading.Condition()  # guards `incoming` and `closing`; wakes the stepper
@@ -415,8 +428,12 @@ class Stepper:
                     if self.owners:
                         if not self.engine.has_unfinished_requests():
                             raise RuntimeError(f"vLLM has no unfinished requests but {len(self.owners)} never finished")
-                        inside = len(self.owners)
                         began = time.time() if self.trace is not None else 0.0
+                        if self.outputs_ready is not None:
+                            self.add_until_outputs()
+                            if self.closing:
+                                continue
+                        inside = len(self.owners)
                         outputs = self.engine.step()
                         if self.trace is not None:
                             self.write_trace(began, inside)
@@ -436,6 +453,20 @@ class Stepper:
                 left, self.incoming = self.incoming, []
             for batch in left + list(self.active):
                 self.fail(batch, RuntimeError("the vLLM engine is closing"))
+
+    def add_until_outputs(self) -> None:
+        """eager_add: adds what arrives until the engine core's next outputs are in (or closing)."""
+        assert self.outputs_ready is not None
+        while not self.outputs_ready():
+            with self.cond:
+                if not self.incoming and not self.closing:
+                    self.cond.wait(EAGER_POLL_SECONDS)
+                if self.closing:
+                    return
+                new, self.incoming = self.incoming, []
+            self.active.update(dict.fromkeys(new))
+            for batch in new:
+                self.add(batch)
 
     def write_trace(self, began: float, inside: int) -> None:
         """One step's line; a trace that cannot be written (disk full) is dropped, not the batches."""
@@ -469,6 +500,7 @@ class Stepper:
             return
         batch.running[request_id] = part
         self.owners[request_id] = batch
+        trace_event("added")
 
     def abort_cancelled(self) -> None:
         for batch in list(self.active):
@@ -489,6 +521,7 @@ class Stepper:
                 continue
             del batch.running[output.request_id]
             del self.owners[output.request_id]
+            trace_event("reaped")
             again = answer.close(part, output)
             if again is not None:
                 self.add_part(batch, again)
@@ -571,6 +604,7 @@ class VLLMBackend:
         score_prefix_cache = args.boolean("score_prefix_cache", False)
         trace_path = args.string("step_trace")
         stream_progress = args.boolean("stream_progress", False)
+        eager_add = args.boolean("eager_add", False)
         if not settings.model:
             raise EngineConfigError("no model: pass --model with a local model directory")
         if not os.path.isdir(settings.model):
@@ -623,7 +657,7 @@ class VLLMBackend:
             blocks = vllm_setting(self.engine, "cache_config", "num_gpu_blocks")
             block_size = vllm_setting(self.engine, "cache_config", "block_size")
             trace = open(trace_path, "a", buffering=1) if trace_path else None  # line by line: read while it runs
-            self.stepper = Stepper(self.engine, engine_input, seqs, trace)
+            self.stepper = Stepper(self.engine, engine_input, seqs, trace, eager_add)
             self.finisher: queue.Queue[Any] = queue.Queue()
             threading.Thread(target=self.finish_loop, name="compass-vllm-finisher", daemon=True).start()
             if by_batches is None:

@@ -715,3 +715,34 @@ def test_a_finished_batch_is_freed_by_reference_counting(tmp_path: Path) -> None
     finally:
         gc.enable()
         backend.close()
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_eager_add_hands_requests_over_while_the_core_computes(start_engine: StartEngine, fake: Fake, tmp_path: Path,
+                                                               eager: bool) -> None:
+    """With eager_add a request that arrives while the engine core computes a step goes in at once
+    (the stepper watches vLLM's output queue instead of blocking in step()); without it, after that
+    step's outputs. The fake's core holds its first step's outputs until the gate file exists."""
+    gate = tmp_path / "step-gate"
+    engine = start(start_engine, fake, args={"eager_add": "true"} if eager else None,
+                   FAKE_VLLM_OUTPUT_QUEUE="1", FAKE_VLLM_STEP_GATE=str(gate))
+    engine.ready()
+    engine.batch("first", [{"custom_id": "a", "prompt": "first one"}])
+    deadline = time.monotonic() + 30
+    while not ids_of(fake, "first"):  # the fake's log, polled: nothing else tells
+        assert time.monotonic() < deadline and engine.alive(), "the first request never reached vLLM"
+        time.sleep(0.02)
+    engine.batch("second", [{"custom_id": "b", "prompt": "second one"}])
+    if eager:
+        while not ids_of(fake, "second"):
+            assert time.monotonic() < deadline and engine.alive(), "the second request waited for the step"
+            time.sleep(0.02)
+        assert fake.calls("step") == []  # in while the first step computed
+    gate.touch()
+    answers = engine.answers(["first", "second"])
+    assert [r["text"] for r in answers["first"]["results"]] == ["one first"]
+    assert [r["text"] for r in answers["second"]["results"]] == ["one second"]
+    log = [c for c in (json.loads(line) for line in fake.log.read_text().splitlines()) if c["event"] in ("add_request", "step")]
+    second = next(i for i, c in enumerate(log) if c["event"] == "add_request" and "second" in c["prompt_text"].split())
+    assert sum(c["event"] == "step" for c in log[:second]) == (0 if eager else 1), [c["event"] for c in log]
+    assert fake.calls("concurrent") == []

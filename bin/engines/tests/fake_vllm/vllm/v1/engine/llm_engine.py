@@ -67,6 +67,23 @@ class LLMEngine:
         self.tokenizer = FakeTokenizer()
         self.sequences: OrderedDict[str, Sequence] = OrderedDict()  # waiting and running, FIFO
         self.step_delay = float(os.environ.get("FAKE_VLLM_STEP_DELAY", "0"))
+        # FAKE_VLLM_OUTPUT_QUEUE=1: an engine core that computes on its own, as vLLM's does in its
+        # process: a step starts when work arrives at an idle core or when the last step's outputs
+        # are taken, and `engine_core.outputs_queue.empty()` says whether its outputs are in.
+        # FAKE_VLLM_STEP_GATE=FILE: no step's outputs are in until FILE exists.
+        self.ready_at: float | None = None
+        self.async_core = os.environ.get("FAKE_VLLM_OUTPUT_QUEUE") == "1"
+        self.step_gate = os.environ.get("FAKE_VLLM_STEP_GATE")
+        if self.async_core:
+            engine = self
+
+            class OutputsQueue:
+                def empty(self) -> bool:
+                    if engine.step_gate and not os.path.exists(engine.step_gate):
+                        return True
+                    return engine.ready_at is None or time.monotonic() < engine.ready_at
+
+            self.engine_core = SimpleNamespace(outputs_queue=OutputsQueue())
         self.inside = threading.Lock()
         self.dead = False
 
@@ -116,12 +133,18 @@ class LLMEngine:
         params = params.clone()
         if params.max_tokens is None:
             params.max_tokens = max_len - len(ids)
+        if self.async_core and not self.sequences:  # an idle core starts a step
+            self.ready_at = time.monotonic() + self.step_delay
         self.sequences[request_id] = Sequence(request_id, ids, params, self.tokenizer)
         return f"{request_id}-{uuid.uuid4().hex[:8]}"  # InputProcessor.assign_request_id
 
     @exclusive
     def step(self) -> list[RequestOutput]:
-        if self.step_delay:
+        while self.step_gate and not os.path.exists(self.step_gate):
+            time.sleep(0.002)
+        if self.step_delay and self.ready_at is not None:
+            time.sleep(max(0.0, self.ready_at - time.monotonic()))
+        elif self.step_delay:
             time.sleep(self.step_delay)
         # A step starts prompts only while they fit its token budget (the first always does), as
         # vLLM's scheduler does with max_num_batched_tokens: later prompts see earlier ones' blocks.
@@ -180,6 +203,8 @@ class LLMEngine:
                finished=[o.request_id for o in outputs if o.finished],
                cached={seq.request_id: seq.num_cached_tokens for seq in starting},
                threads=threading.active_count())
+        if self.async_core:  # taking these outputs starts the next step
+            self.ready_at = time.monotonic() + self.step_delay if self.sequences else None
         return outputs
 
     def cached_prefix(self, ids: list[int]) -> int:
