@@ -720,11 +720,11 @@ def test_a_finished_batch_is_freed_by_reference_counting(tmp_path: Path) -> None
 @pytest.mark.parametrize("eager", [True, False])
 def test_eager_add_hands_requests_over_while_the_core_computes(start_engine: StartEngine, fake: Fake, tmp_path: Path,
                                                                eager: bool) -> None:
-    """With eager_add a request that arrives while the engine core computes a step goes in at once
+    """With eager_add (the default) a request that arrives while the engine core computes a step goes in at once
     (the stepper watches vLLM's output queue instead of blocking in step()); without it, after that
     step's outputs. The fake's core holds its first step's outputs until the gate file exists."""
     gate = tmp_path / "step-gate"
-    engine = start(start_engine, fake, args={"eager_add": "true"} if eager else None,
+    engine = start(start_engine, fake, args=None if eager else {"eager_add": "false"},  # on by default
                    FAKE_VLLM_OUTPUT_QUEUE="1", FAKE_VLLM_STEP_GATE=str(gate))
     engine.ready()
     engine.batch("first", [{"custom_id": "a", "prompt": "first one"}])
