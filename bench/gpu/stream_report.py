@@ -21,6 +21,7 @@ import bisect
 import gzip
 import json
 import statistics
+from typing import Any
 
 LABELS = {
     "generate": "vLLM `LLM.generate`, all prompts in one call",
@@ -120,20 +121,18 @@ def main() -> None:
     ap.add_argument("--alt", default="", help="the second worker's options (stream.sh ALT_WORKER_ARGS), for the labels")
     ap.add_argument("--capacity", type=int, default=1024, help="the engines' max_num_seqs (1,024: vLLM's default here)")
     a = ap.parse_args()
-    traces = {}
-    for item in a.trace:
-        engine, path = item.split("=", 1)
-        try:
-            traces[engine] = read_trace(path)
-        except OSError:
-            pass
-    host_traces = {}
-    for item in a.host_trace:
-        engine, path = item.split("=", 1)
-        try:
-            host_traces[engine] = read_host_trace(path)
-        except OSError:
-            pass
+    def read_all(items: list[str], reader: Any) -> dict[str, Any]:
+        """ENGINE=FILE arguments, read; a file that is not there (a path that did not run) is left out."""
+        out = {}
+        for item in items:
+            engine, path = item.split("=", 1)
+            try:
+                out[engine] = reader(path)
+            except OSError:
+                pass
+        return out
+    traces = read_all(a.trace, read_trace)
+    host_traces = read_all(a.host_trace, read_host_trace)
     lines = [json.loads(line) for line in open(a.results) if line.strip()]
     clients = "256"
     by_path: dict[str, list[dict]] = {}

@@ -421,9 +421,7 @@ class Stepper:
                     if self.closing:
                         break
                     new, self.incoming = self.incoming, []
-                self.active.update(dict.fromkeys(new))
-                for batch in new:
-                    self.add(batch)
+                self.add_all(new)
                 try:
                     now = time.monotonic()
                     if now >= self.next_cancel_scan:  # cancel events are polled: each batch's, every few steps
@@ -468,9 +466,13 @@ class Stepper:
                 if self.closing:
                     return
                 new, self.incoming = self.incoming, []
-            self.active.update(dict.fromkeys(new))
-            for batch in new:
-                self.add(batch)
+            self.add_all(new)
+
+    def add_all(self, new: list[BatchRun]) -> None:
+        """The batches handed over since the stepper last looked: held, and their prompts added."""
+        self.active.update(dict.fromkeys(new))
+        for batch in new:
+            self.add(batch)
 
     def write_trace(self, began: float, inside: int) -> None:
         """One step's line; a trace that cannot be written (disk full) is dropped, not the batches."""
