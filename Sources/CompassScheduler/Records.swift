@@ -152,7 +152,7 @@ public struct PoolCounters: Sendable, Equatable, Codable {
 }
 
 struct PoolState {
-    var queue = PoolQueue()
+    var queue = PoolQueue<BatchRef>()
     /// Workers with credit, in dispatch order (lazy: entries are re-checked when popped).
     var ready: Deque<(worker: PeerID, generation: UInt64)> = []
     var workers: Set<PeerID> = []

@@ -145,14 +145,14 @@ extension Scheduler {
             let deadline = meta.deadlineMilliseconds > 0 ? now.adding(milliseconds: UInt64(meta.deadlineMilliseconds)) : nil
             let record = BatchRecord(id: batchID, pool: pool, session: session, meta: meta, maxAttempts: maxAttempts,
                                      payload: payload, acceptedAt: now, deadline: deadline)
-            s.batches[batchID] = record
+            let batch = s.batches.insert(record)
             s.ifSession(session) { r in
                 r.batches.insert(batchID)
                 r.heldBytes += bytes
             }
             if let deadline { s.deadlines.insert(DeadlineEntry(at: deadline, batchID: batchID)) }
+            s.enqueue(batch, pool: slot, session: session, priority: meta.priority)
             s.withPool(pool) { p in
-                p.queue.push(batchID, session: session, priority: meta.priority)
                 p.queuedBatches += 1
                 p.queuedRequests += Int(meta.requestCount)
                 p.heldBytes += bytes
@@ -221,14 +221,15 @@ extension Scheduler {
             let session = s.session(of: route)
             s.ifSession(session) { $0.lastSeen = now }
             // The fields it needs, read in place (a copy of the record would retain each of its fields).
-            let acked: AckedBatch?? = s.batches.index(forKey: batchID).map { slot in
+            let slot = s.batches.index(forKey: batchID)
+            let acked: AckedBatch?? = slot.map { slot in
                 func read(_ b: inout BatchRecord<Payload>) -> AckedBatch? {
                     guard b.session == session, b.isFinished else { return nil }
                     return AckedBatch(pool: b.pool, payloadHash: b.payload.contentHash, payloadBytes: b.payload.byteCount)
                 }
-                return read(&s.batches.values[slot])
+                return read(&s.batches[slot: slot])
             }
-            guard let acked = acked ?? nil else {
+            guard let slot, let acked = acked ?? nil else {
                 let why = s.batches[batchID].map { $0.session == session && !$0.isFinished } == true
                     ? "batch \(batchID) has not finished: there is no outcome to acknowledge yet"
                     : "no finished batch \(batchID) in this session (unknown, another session's, or already acknowledged)"
@@ -239,7 +240,7 @@ extension Scheduler {
             // re-SUBMIT is refused `duplicate`, or `payload_mismatch` if it is other work.
             s.recentAckSet[batchID] = acked
             s.recentAcks.append(batchID)
-            s.forget(batchID)
+            s.forget(slot: slot)
             while s.recentAcks.count > max(0, s.config.rememberedAcks), let old = s.recentAcks.popFirst() {
                 s.recentAckSet[old] = nil
             }

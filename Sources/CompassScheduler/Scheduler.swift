@@ -16,8 +16,9 @@ public struct Scheduler<Payload: BatchPayload> {
     /// What the scheduler may know of payloads: how to cut a batch in halves and join the halves'
     /// answers (poison isolation). It reads no payload itself.
     let format: any PayloadFormat
-    var pools: [String: PoolState] = [:]
-    var batches: [String: BatchRecord<Payload>] = [:]
+    var pools = PoolTable()
+    /// The batches held, by slot (each id is looked up once per message that names it).
+    var batches = BatchTable<Payload>()
     var workers: [PeerID: WorkerRecord] = [:]
     var sessions: [SessionKey: SessionRecord] = [:]
     var routeSessions: [PeerID: SessionKey] = [:]
@@ -55,7 +56,7 @@ public struct Scheduler<Payload: BatchPayload> {
     public init(config: SchedulerConfig, format: any PayloadFormat) {
         self.config = config
         self.format = format
-        for pool in config.declaredPools { pools[pool] = PoolState() }
+        for pool in config.declaredPools where pools.index(forKey: pool) == nil { pools.add(pool) }
     }
 
     /// Collects the actions emitted by `body`, into the storage of the array last handed back
@@ -94,7 +95,11 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Runs `body` on a batch's record in place.
     @inline(__always)
-    mutating func withBatch<R>(_ id: String, _ body: (inout BatchRecord<Payload>) -> R) -> R { body(&batches.values[batches.index(forKey: id)!]) }
+    mutating func withBatch<R>(_ id: String, _ body: (inout BatchRecord<Payload>) -> R) -> R { body(&batches[slot: batches.index(forKey: id)!]) }
+
+    /// Runs `body` on the record of the batch in `slot` in place.
+    @inline(__always)
+    mutating func withBatch<R>(slot: Int, _ body: (inout BatchRecord<Payload>) -> R) -> R { body(&batches[slot: slot]) }
 
     /// Runs `body` on a session's record in place if the broker holds the session.
     @inline(__always) @discardableResult
@@ -144,7 +149,7 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// A pool's position in `pools`. Pools are never removed, and none is added while batches are
     /// dispatched, so a position found at the start of `dispatch` holds until it returns.
-    typealias PoolSlot = Dictionary<String, PoolState>.Index
+    typealias PoolSlot = Int
 
     /// Pops the next worker of the pool at `slot` with credit, or nil.
     mutating func nextWorker(_ pool: PoolSlot) -> PeerID? {
@@ -170,22 +175,22 @@ public struct Scheduler<Payload: BatchPayload> {
             guard let wid = nextWorker(slot) else { return }
             // The queue is moved out while it is popped, so the closure can read `batches` without
             // overlapping access to `pools` and without copying either.
-            var queue = PoolQueue()
+            var queue = PoolQueue<BatchRef>()
             swap(&queue, &pools.values[slot].queue)
             let next = queue.pop(isQueued: { isQueued($0) })
             swap(&queue, &pools.values[slot].queue)
-            guard let id = next else {
+            guard let batch = next?.slot else {
                 // The counters said there is work but the queue holds none: put the worker back.
                 workers[wid]!.inRing = false
                 offer(wid)
                 return
             }
-            if let chosen = placeByAffinity(id, pool: pool, popped: wid) {
-                start(id, on: chosen, now)
+            if let chosen = placeByAffinity(batch, pool: pool, popped: wid) {
+                start(batch, on: chosen, now)
                 workers[chosen]!.credit -= 1
                 continue
             }
-            start(id, on: wid, now)
+            start(batch, on: wid, now)
             let again: UInt64? = withWorker(wid) { w in
                 w.credit -= 1
                 if w.credit > 0 { return w.generation }
@@ -196,22 +201,29 @@ public struct Scheduler<Payload: BatchPayload> {
         }
     }
 
-    /// Whether `id` is a queued batch (read in place, as `withBatch` does).
-    mutating func isQueued(_ id: String) -> Bool {
-        guard let slot = batches.index(forKey: id) else { return false }
+    /// Whether a pool queue's entry names a queued batch: the batch it was pushed for, still held
+    /// (its slot's generation) and still queued (read in place, as `withBatch` does).
+    mutating func isQueued(_ ref: BatchRef) -> Bool {
+        guard batches.holds(ref) else { return false }
         func read(_ b: inout BatchRecord<Payload>) -> Bool { b.isQueued }
-        return read(&batches.values[slot])
+        return read(&batches[slot: ref.slot])
+    }
+
+    /// Queues the batch in `slot` at the back of its pool's queue, or at the front (a retry).
+    mutating func enqueue(_ slot: Int, pool: PoolSlot, session: SessionKey, priority: Int16, atFront: Bool = false) {
+        let ref = batches.ref(slot)
+        pools.values[pool].queue.push(ref, session: session, priority: priority, atFront: atFront)
     }
 
     /// Moves a queued batch to running on `worker` and emits the BATCH.
-    mutating func start(_ id: String, on worker: PeerID, _ now: Timestamp) {
+    mutating func start(_ slot: Int, on worker: PeerID, _ now: Timestamp) {
         let lease = config.leaseMilliseconds > 0 ? now.adding(milliseconds: config.leaseMilliseconds) : nil
-        let (attempt, pool, isHalf, payload, deadline, maxAttempts, original) = withBatch(id) { b in
+        let (id, attempt, pool, isHalf, payload, deadline, maxAttempts, original) = withBatch(slot: slot) { b in
             b.attempt += 1
             b.charged += 1
             b.state = .running(worker: worker, since: now, leaseUntil: lease)
             if b.parent == nil { b.totalDispatches += 1 }
-            return (b.attempt, b.pool, b.parent != nil, b.payload, b.deadline, b.maxAttempts, b.meta)
+            return (b.id, b.attempt, b.pool, b.parent != nil, b.payload, b.deadline, b.maxAttempts, b.meta)
         }
         withPool(pool) { p in
             p.queuedBatches -= 1
@@ -236,10 +248,12 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Puts a batch back at the front of its queue.
     mutating func requeue(_ id: String) {
-        let b = batches[id]!
-        batches[id]!.state = .queued
+        let slot = batches.index(forKey: id)!
+        let b = batches[slot: slot]
+        batches[slot: slot].state = .queued
+        let pool = pools.index(forKey: b.pool)!
+        enqueue(slot, pool: pool, session: b.session, priority: b.meta.priority, atFront: true)
         withPool(b.pool) { p in
-            p.queue.push(id, session: b.session, priority: b.meta.priority, atFront: true)
             p.queuedBatches += 1
             p.queuedRequests += Int(b.meta.requestCount)
         }
@@ -329,7 +343,14 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Makes a batch terminal and delivers its outcome to its session.
     mutating func finish(_ id: String, _ outcome: Outcome<Payload>, _ now: Timestamp) {
-        guard let b = batches[id] else { return }
+        guard let slot = batches.index(forKey: id) else { return }
+        finish(slot: slot, outcome, now)
+    }
+
+    /// `finish` for the batch in `slot` (held).
+    mutating func finish(slot: Int, _ outcome: Outcome<Payload>, _ now: Timestamp) {
+        let b = batches[slot: slot]
+        let id = b.id
         switch b.state {
         case .finished:
             return
@@ -355,15 +376,15 @@ public struct Scheduler<Payload: BatchPayload> {
             if case .failed(let code, let message, _) = outcome {
                 emit(.event(.isolated(batchID: root(of: id), requests: Int(b.meta.requestCount), code: code, message: message)))
             }
-            forget(id)
+            forget(slot: slot)
             halfFinished(half.parent, index: half.index, stats: stats, results: results, now)
             return
         }
         let before = b.heldBytes
         if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         journal(.finished(batchID: id, outcome: outcome.journaled))
-        // The new state in place (`abandon` above may have removed halves: look the batch up again).
-        let added = withBatch(id) { r in
+        // The new state in place (`abandon` above may have removed halves, never this batch: its slot holds).
+        let added = withBatch(slot: slot) { r in
             r.state = .finished(outcome, at: now)
             return r.heldBytes
         } - before
@@ -442,18 +463,25 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Forgets a batch entirely (after ACK or retention).
     mutating func forget(_ id: String) {
-        guard let b = batches.removeValue(forKey: id) else { return }
+        guard let slot = batches.index(forKey: id) else { return }
+        forget(slot: slot)
+    }
+
+    /// `forget` for the batch in `slot` (held).
+    mutating func forget(slot: Int) {
+        let b = batches.remove(at: slot)
+        let id = b.id
         if b.parent == nil { journal(.removed(batchID: id)) }
         if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         let held = b.heldBytes, isRoot = b.parent == nil
         if let slot = pools.index(forKey: b.pool) { pools.values[slot].heldBytes -= held }
-        guard let slot = sessions.index(forKey: b.session) else { return }
+        guard let place = sessions.index(forKey: b.session) else { return }
         let unused: Bool = { (s: inout SessionRecord) in
             if isRoot { s.heldBytes -= held }
             s.batches.remove(id)
             return s.batches.isEmpty && s.route == nil
-        }(&sessions.values[slot])
-        if unused { sessions.remove(at: slot) }
+        }(&sessions.values[place])
+        if unused { sessions.remove(at: place) }
     }
 }
 
