@@ -64,12 +64,12 @@ struct BatchTable<Payload: BatchPayload> {
     /// Removes the batch in `slot` (held) and returns it.
     @discardableResult
     mutating func remove(at slot: Int) -> BatchRecord<Payload> {
-        var record: BatchRecord<Payload>? = nil
-        swap(&record, &records[slot])
-        slots[record!.id] = nil
+        // Moved out of the array, not copied (a copy retains and releases every field).
+        let record = records[slot].take()!
+        slots[record.id] = nil
         generations[slot] &+= 1
         free.append(slot)
-        return record!
+        return record
     }
 
     mutating func removeValue(forKey id: String) -> BatchRecord<Payload>? {

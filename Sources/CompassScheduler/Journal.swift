@@ -99,7 +99,7 @@ extension Scheduler {
     }
 }
 
-extension JournalOutcome {
+extension JournalOutcome where Payload: BatchPayload {
     var scheduled: Outcome<Payload> {
         switch self {
         case .result(let stats, let payload): .result(stats: stats, payload: payload)

@@ -258,7 +258,7 @@ extension Scheduler {
         guard let w = workers[id] else { return }
         // Remove it first: requeueing dispatches at once, and nothing may go back to this worker.
         removeWorker(id)
-        let held = w.running.sorted()
+        let held = runningIDs(w).sorted()
         for batchID in held {
             attemptFailed(batchID, code: AnyFailureCode(.workerLost), message: "worker \(id) lost: \(reason)",
                           retryable: true, partial: nil, chargeAttempt: true, now)

@@ -74,7 +74,9 @@ public struct Scheduler<Payload: BatchPayload> {
     /// an array grown past 64 actions (a burst) is let go, so none stays large.
     public mutating func recycle(_ actions: inout [Action]) {
         guard out.isEmpty, out.capacity == 0, actions.capacity <= 64 else { return }
-        actions.removeAll(keepingCapacity: true)
+        // Popped one by one: cheaper than `removeAll(keepingCapacity:)` for a few actions (it goes
+        // through the generic `replaceSubrange`).
+        while actions.popLast() != nil {}
         swap(&out, &actions)
     }
 
@@ -88,6 +90,9 @@ public struct Scheduler<Payload: BatchPayload> {
     /// Runs `body` on a pool's state in place.
     @inline(__always)
     mutating func withPool<R>(_ name: String, _ body: (inout PoolState) -> R) -> R { body(&pools.values[pools.index(forKey: name)!]) }
+
+    /// The ids of the batches running on worker `w`, from its slots.
+    func runningIDs(_ w: WorkerRecord) -> [String] { w.running.map { batches[slot: $0].id } }
 
     /// Runs `body` on a registered worker's record in place.
     @inline(__always)
@@ -232,7 +237,7 @@ public struct Scheduler<Payload: BatchPayload> {
             p.counters.dispatched += 1
         }
         withWorker(worker) { w in
-            w.running.insert(id)
+            w.running.append(slot)
             w.owed.insert(Dispatch(batchID: id, attempt: attempt))
             w.lastSent = now
         }
@@ -260,9 +265,9 @@ public struct Scheduler<Payload: BatchPayload> {
     }
 
     /// Takes a running batch off its worker (no state change of the batch itself).
-    mutating func detach(_ id: String, from worker: PeerID, pool: String) {
+    mutating func detach(_ id: String, slot: Int, from worker: PeerID, pool: String) {
         ifWorker(worker) { w in
-            w.running.remove(id)
+            if let at = w.running.lastIndex(of: slot) { w.running.remove(at: at) }
             if !w.progress.isEmpty { w.progress[id] = nil }
         }
         withPool(pool) { p in p.runningBatches -= 1 }
@@ -286,13 +291,13 @@ public struct Scheduler<Payload: BatchPayload> {
         // kills is reported failed alone.
         if killed && b.meta.requestCount >= 2 && kills >= (b.parent == nil ? config.splitAfterKills : 1)
             && b.depth < config.maxSplitDepth, !halfIDsTaken(id), let halves = format.halves(b.payload.payloadBytes) {
-            detach(id, from: worker, pool: b.pool)
+            detach(id, slot: batches.index(forKey: id)!, from: worker, pool: b.pool)
             split(id, halves, code: code, kills: kills, now)
             return
         }
         let isolated = killed && b.meta.requestCount < 2 && kills >= config.splitAfterKills && b.parent != nil
         if retryable && !isolated && charged < UInt32(b.maxAttempts) {
-            detach(id, from: worker, pool: b.pool)
+            detach(id, slot: batches.index(forKey: id)!, from: worker, pool: b.pool)
             requeue(id)
             journalAttempt(id)
             pools[b.pool]!.counters.retried += 1
@@ -349,7 +354,13 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// `finish` for the batch in `slot` (held).
     mutating func finish(slot: Int, _ outcome: Outcome<Payload>, _ now: Timestamp) {
-        let b = batches[slot: slot]
+        // The fields it needs, read in place: a copy of the whole record would retain and
+        // release each of its fields, on every batch.
+        func read(_ r: inout BatchRecord<Payload>) -> Finishing {
+            Finishing(id: r.id, pool: r.pool, session: r.session, state: r.state, requestCount: r.meta.requestCount, half: r.half,
+                      totalDispatches: r.totalDispatches, acceptedAt: r.acceptedAt)
+        }
+        let b = read(&batches[slot: slot])
         let id = b.id
         switch b.state {
         case .finished:
@@ -357,10 +368,10 @@ public struct Scheduler<Payload: BatchPayload> {
         case .queued:
             withPool(b.pool) { p in
                 p.queuedBatches -= 1
-                p.queuedRequests -= Int(b.meta.requestCount)
+                p.queuedRequests -= Int(b.requestCount)
             }
         case .running(let worker, _, _):
-            detach(id, from: worker, pool: b.pool)
+            detach(id, slot: slot, from: worker, pool: b.pool)
         case .split(let children):
             for child in children { abandon(child, now) } // finished early (cancel, deadline)
         }
@@ -370,30 +381,28 @@ public struct Scheduler<Payload: BatchPayload> {
                 switch outcome {
                 case .result(let stats, let payload): return (stats.payloadBytes, payload.payloadBytes)
                 case .failed(let code, let message, _):
-                    return (nil, format.failedResults(b.payload.payloadBytes, code: code, message: message))
+                    return (nil, format.failedResults(batches[slot: slot].payload.payloadBytes, code: code, message: message))
                 }
             }()
             if case .failed(let code, let message, _) = outcome {
-                emit(.event(.isolated(batchID: root(of: id), requests: Int(b.meta.requestCount), code: code, message: message)))
+                emit(.event(.isolated(batchID: root(of: id), requests: Int(b.requestCount), code: code, message: message)))
             }
             forget(slot: slot)
             halfFinished(half.parent, index: half.index, stats: stats, results: results, now)
             return
         }
-        let before = b.heldBytes
         if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         journal(.finished(batchID: id, outcome: outcome.journaled))
-        // The new state in place (`abandon` above may have removed halves, never this batch: its slot holds).
-        let added = withBatch(slot: slot) { r in
-            r.state = .finished(outcome, at: now)
-            return r.heldBytes
-        } - before
+        // The new state in place (`abandon` above may have removed halves, never this batch: its
+        // slot holds). The batch held its payload; now its outcome too (`heldBytes`).
+        withBatch(slot: slot) { r in r.state = .finished(outcome, at: now) }
+        let added = outcome.byteCount
         ifSession(b.session) { $0.heldBytes += added }
         withPool(b.pool) { p in
             p.heldBytes += added
             if case .result = outcome {
                 p.counters.completed += 1
-                p.counters.completedRequests += Int(b.meta.requestCount)
+                p.counters.completedRequests += Int(b.requestCount)
             } else {
                 p.counters.failed += 1
             }
@@ -405,7 +414,19 @@ public struct Scheduler<Payload: BatchPayload> {
         case .failed(let code, let message, _):
             emit(.event(.failed(batchID: id, pool: b.pool, code: code, message: message)))
         }
-        if b.parent == nil { deliver(id, outcome, to: b.session, attempts: b.totalDispatches) }
+        if b.half == nil { deliver(id, outcome, to: b.session, attempts: b.totalDispatches) }
+    }
+
+    /// What `finish` reads of a batch.
+    struct Finishing {
+        let id: String
+        let pool: String
+        let session: SessionKey
+        let state: BatchState<Payload>
+        let requestCount: UInt32
+        let half: SplitHalf?
+        let totalDispatches: UInt32
+        let acceptedAt: Timestamp
     }
 
     /// A half finished: keep its results; once every half is in, finish the batch with them merged.
@@ -429,7 +450,7 @@ public struct Scheduler<Payload: BatchPayload> {
             pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
         case .running(let worker, _, _):
             sendWorker(worker, .cancel(batchID: id, attempt: b.attempt), now)
-            detach(id, from: worker, pool: b.pool)
+            detach(id, slot: batches.index(forKey: id)!, from: worker, pool: b.pool)
         case .split(let children):
             for child in children { abandon(child, now) }
         case .finished:

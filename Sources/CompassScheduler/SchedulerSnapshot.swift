@@ -70,7 +70,7 @@ extension Scheduler {
                              runningBatches: p.runningBatches, heldBytes: p.heldBytes, workers: p.workers.count, counters: p.counters)
             },
             workers: workers.values.sorted { $0.registeredAt < $1.registeredAt }.map { w in
-                .init(id: w.id.description, pool: w.pool, credit: w.credit, running: w.running.sorted(),
+                .init(id: w.id.description, pool: w.pool, credit: w.credit, running: runningIDs(w).sorted(),
                       progress: w.progress.mapValues { [$0.done, $0.total] }, draining: w.drainingSince != nil,
                       uptimeMilliseconds: now.milliseconds(since: w.registeredAt), completed: w.completed,
                       lastSeenMillisecondsAgo: now.milliseconds(since: w.lastSeen))
@@ -113,7 +113,7 @@ extension Scheduler {
             case .queued: queued[b.pool, default: 0] += 1
             case .running(let w, _, _):
                 running[b.pool, default: 0] += 1
-                if workers[w]?.running.contains(id) != true { problems.append("\(id) runs on \(w) which does not hold it") }
+                if workers[w].map({ runningIDs($0).contains(id) }) != true { problems.append("\(id) runs on \(w) which does not hold it") }
             case .split(let children):
                 for child in children where batches[child]?.parent != id && batches[child] != nil {
                     problems.append("\(id) lists half \(child) that does not point back")
@@ -129,7 +129,7 @@ extension Scheduler {
             }
         }
         for (id, w) in workers {
-            for batchID in w.running {
+            for batchID in runningIDs(w) {
                 guard let b = batches[batchID], case .running(let owner, _, _) = b.state, owner == id else {
                     problems.append("worker \(id) holds \(batchID) which is not running on it"); continue
                 }
