@@ -130,7 +130,10 @@ extension Scheduler {
             // The session's share first: a producer that never ACKs (or floods) fills its own share
             // and gets `busy`, while the pool keeps room for every other session. A session that
             // holds nothing may always submit one batch the pool can take.
-            let sessionHeld = s.ifSession(session) { $0.heldBytes } ?? 0, share = s.config.sessionByteLimit
+            // The session's place, found once: nothing below adds or removes a session.
+            let place = s.sessions.index(forKey: session)
+            func sessionBytes(_ r: inout SessionRecord) -> Int { r.heldBytes }
+            let sessionHeld = place.map { sessionBytes(&s.sessions.values[$0]) } ?? 0, share = s.config.sessionByteLimit
             if sessionHeld > 0 && sessionHeld + bytes > share {
                 s.pools[pool]!.counters.rejectedBusy += 1
                 return reject(.busy, "this session holds \(sessionHeld) bytes of its share of \(share) (payloads and results of its batches "
@@ -146,9 +149,12 @@ extension Scheduler {
             let record = BatchRecord(id: batchID, pool: pool, session: session, meta: meta, maxAttempts: maxAttempts,
                                      payload: payload, acceptedAt: now, deadline: deadline)
             let batch = s.batches.insert(record)
-            s.ifSession(session) { r in
-                r.batches.insert(batchID)
-                r.heldBytes += bytes
+            if let place {
+                func add(_ r: inout SessionRecord) {
+                    r.batches.insert(batchID)
+                    r.heldBytes += bytes
+                }
+                add(&s.sessions.values[place])
             }
             if let deadline { s.deadlines.insert(DeadlineEntry(at: deadline, batchID: batchID)) }
             s.enqueue(batch, pool: slot, session: session, priority: meta.priority)

@@ -397,7 +397,11 @@ public struct Scheduler<Payload: BatchPayload> {
         // slot holds). The batch held its payload; now its outcome too (`heldBytes`).
         withBatch(slot: slot) { r in r.state = .finished(outcome, at: now) }
         let added = outcome.byteCount
-        ifSession(b.session) { $0.heldBytes += added }
+        // The session's route read with its bytes (one lookup: nothing below adds or removes a session).
+        let route = ifSession(b.session) { s in
+            s.heldBytes += added
+            return s.route
+        } ?? nil
         withPool(b.pool) { p in
             p.heldBytes += added
             if case .result = outcome {
@@ -414,7 +418,7 @@ public struct Scheduler<Payload: BatchPayload> {
         case .failed(let code, let message, _):
             emit(.event(.failed(batchID: id, pool: b.pool, code: code, message: message)))
         }
-        if b.half == nil { deliver(id, outcome, to: b.session, attempts: b.totalDispatches) }
+        if b.half == nil, let route { deliver(id, outcome, to: route, attempts: b.totalDispatches) }
     }
 
     /// What `finish` reads of a batch.
@@ -474,6 +478,11 @@ public struct Scheduler<Payload: BatchPayload> {
     /// Sends a batch's outcome to `session`'s current connection, if it has one.
     mutating func deliver(_ id: String, _ outcome: Outcome<Payload>, to session: SessionKey, attempts: UInt32) {
         guard let route = ifSession(session, { $0.route }) ?? nil else { return }
+        deliver(id, outcome, to: route, attempts: attempts)
+    }
+
+    /// Sends a batch's outcome to the connection `route`.
+    mutating func deliver(_ id: String, _ outcome: Outcome<Payload>, to route: PeerID, attempts: UInt32) {
         switch outcome {
         case .result(let stats, let payload):
             emit(.toProducer(route, .result(batchID: id, attempts: attempts, stats: stats, payload: payload)))
