@@ -78,17 +78,16 @@ extension Scheduler {
             record.charged = s.charged
             record.kills = s.kills
             record.totalDispatches = s.charged  // attempts reported to the producer: hand-backs are not
-            sessions[s.session, default: SessionRecord()].batches.insert(s.id)
+            let slot = batches.insert(record)
+            sessions[s.session, default: SessionRecord()].batches.insert(slot)
             pools[s.pool]!.heldBytes += s.payload.byteCount
             sessions[s.session]!.heldBytes += s.payload.byteCount
             if let outcome = s.outcome {
-                record.state = .finished(outcome.scheduled, at: now)
-                batches[s.id] = record
+                batches[slot: slot].state = .finished(outcome.scheduled, at: now)
                 pools[s.pool]!.heldBytes += batches[s.id]!.heldBytes - s.payload.byteCount
                 sessions[s.session]!.heldBytes += batches[s.id]!.heldBytes - s.payload.byteCount
                 finishedOrder.append((s.id, now))
             } else {
-                let slot = batches.insert(record)
                 enqueue(slot, pool: pools.index(forKey: s.pool)!, session: s.session, priority: s.meta.priority)
                 pools[s.pool]!.queuedBatches += 1
                 pools[s.pool]!.queuedRequests += Int(s.meta.requestCount)

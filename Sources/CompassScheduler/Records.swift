@@ -106,8 +106,9 @@ struct Dispatch: Hashable {
 struct SessionRecord {
     /// The connection results go to; nil while the producer is away.
     var route: PeerID?
-    /// Batches of this session the broker still holds (queued, running, or finished and unacked).
-    var batches: Set<String> = []
+    /// Batches of this session the broker still holds (queued, running, or finished and unacked),
+    /// by slot in `Scheduler.batches` (an integer hashes and rehashes for much less than an id).
+    var batches: Set<Int> = []
     /// The last HELLO, ACK or HEARTBEAT of the session's connection: a session that holds no
     /// batches and stays silent longer than `SchedulerConfig.idleSessionMilliseconds` is forgotten.
     var lastSeen = Timestamp(nanoseconds: 0)

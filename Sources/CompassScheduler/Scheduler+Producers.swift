@@ -48,7 +48,7 @@ extension Scheduler {
             s.routeSessions[route] = session
             s.sessions[session, default: SessionRecord()].route = route
             s.sessions[session]!.lastSeen = now
-            let finished = s.sessions[session]!.batches.filter { s.batches[$0]?.isFinished ?? false }.sorted()
+            let finished = s.sessions[session]!.batches.filter { s.batches[slot: $0].isFinished }.map { s.batches[slot: $0].id }.sorted()
             s.emit(.toProducer(route, .welcome(session: name, pendingResults: finished.count)))
             for id in finished { s.deliver(id) }
         }
@@ -151,7 +151,7 @@ extension Scheduler {
             let batch = s.batches.insert(record)
             if let place {
                 func add(_ r: inout SessionRecord) {
-                    r.batches.insert(batchID)
+                    r.batches.insert(batch)
                     r.heldBytes += bytes
                 }
                 add(&s.sessions.values[place])
@@ -172,10 +172,12 @@ extension Scheduler {
 
     /// Moves one batch into another session.
     mutating func rebind(_ id: String, to session: SessionKey) {
-        guard let old = batches[id]?.session, old != session else { return }
-        batches[id]!.session = session
-        let bytes = batches[id]!.heldBytes
-        sessions[old]?.batches.remove(id)
+        guard let slot = batches.index(forKey: id) else { return }
+        let old = batches[slot: slot].session
+        guard old != session else { return }
+        batches[slot: slot].session = session
+        let bytes = batches[slot: slot].heldBytes
+        sessions[old]?.batches.remove(slot)
         sessions[old]?.heldBytes -= bytes
         if let record = sessions[old], record.batches.isEmpty, record.route == nil || old.isAnonymous {
             // An anonymous session left empty is forgotten with its binding; the connection, if
@@ -183,7 +185,7 @@ extension Scheduler {
             sessions[old] = nil
             if let route = record.route, routeSessions[route] == old { routeSessions[route] = nil }
         }
-        sessions[session, default: SessionRecord()].batches.insert(id)
+        sessions[session, default: SessionRecord()].batches.insert(slot)
         sessions[session]!.heldBytes += bytes
         journal(.rebound(batchID: id, session: session))
     }
@@ -192,9 +194,10 @@ extension Scheduler {
     mutating func adopt(anonymous old: SessionKey, into session: SessionKey) {
         guard let record = sessions.removeValue(forKey: old) else { return }
         sessions[session, default: SessionRecord()].heldBytes += record.heldBytes
-        for id in record.batches {
-            batches[id]?.session = session
-            sessions[session, default: SessionRecord()].batches.insert(id)
+        for slot in record.batches {
+            batches[slot: slot].session = session
+            sessions[session, default: SessionRecord()].batches.insert(slot)
+            let id = batches[slot: slot].id
             journal(.rebound(batchID: id, session: session))
         }
     }

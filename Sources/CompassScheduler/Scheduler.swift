@@ -508,7 +508,7 @@ public struct Scheduler<Payload: BatchPayload> {
         guard let place = sessions.index(forKey: b.session) else { return }
         let unused: Bool = { (s: inout SessionRecord) in
             if isRoot { s.heldBytes -= held }
-            s.batches.remove(id)
+            s.batches.remove(slot) // freed above, and not taken since
             return s.batches.isEmpty && s.route == nil
         }(&sessions.values[place])
         if unused { sessions.remove(at: place) }

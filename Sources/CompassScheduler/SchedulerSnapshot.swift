@@ -124,7 +124,7 @@ extension Scheduler {
                 guard let p = batches[parent], case .split(let children) = p.state, children.contains(id) else {
                     problems.append("half \(id) has no split parent \(parent)"); continue
                 }
-            } else if sessions[b.session]?.batches.contains(id) != true {
+            } else if sessions[b.session]?.batches.contains(batches.index(forKey: id)!) != true {
                 problems.append("\(id) missing from session \(b.session)")
             }
         }
