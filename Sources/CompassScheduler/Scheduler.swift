@@ -7,7 +7,7 @@ import HeapModule
 /// to carry out. Nothing here touches a socket, a clock or a file, so all of it is unit-tested.
 ///
 /// Invariants (checked by `checkInvariants` in tests):
-/// - a batch is in exactly one state; a running batch is in its worker's `running` set;
+/// - a batch is in exactly one state; a running batch is in its worker's `running` list;
 /// - a batch accepted is answered to its session exactly once with RESULT or FAILED, re-sent only
 ///   on the session's HELLO or re-SUBMIT until ACKed;
 /// - a RESULT or FAILED whose attempt is not the batch's current running attempt changes nothing.

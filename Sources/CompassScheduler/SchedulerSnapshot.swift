@@ -141,6 +141,13 @@ extension Scheduler {
             if p.runningBatches != running[name, default: 0] { problems.append("pool \(name) counts \(p.runningBatches) running, holds \(running[name, default: 0])") }
             if p.heldBytes != held[name, default: 0] { problems.append("pool \(name) counts \(p.heldBytes) bytes, holds \(held[name, default: 0])") }
         }
+        for (name, record) in sessions {
+            // By slot: each must hold a batch of this session (a slot left behind would name a
+            // later batch once reused).
+            for slot in record.batches where !batches.records.indices.contains(slot) || batches.records[slot]?.session != name {
+                problems.append("session \(name) lists slot \(slot), which holds none of its batches")
+            }
+        }
         for (name, record) in sessions where record.heldBytes != sessionHeld[name, default: 0] {
             problems.append("session \(name) counts \(record.heldBytes) bytes, holds \(sessionHeld[name, default: 0])")
         }
