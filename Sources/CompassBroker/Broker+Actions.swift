@@ -9,9 +9,12 @@ extension Broker {
     /// Carries out the scheduler's actions, and the follow-ups that sending them causes.
     func execute(_ actions: consuming [SchedulerAction<Frame>]) {
         // Straight from the array they came in (copying every action into `pending` first would
-        // retain and release each frame it holds once more); follow-ups, rare, go after them.
+        // retain and release each frame it holds once more), each moved out of it in turn (a
+        // `for` loop would copy each action and leave the array to destroy it again); follow-ups,
+        // rare, go after them.
         var actions = actions
-        for action in actions { perform(action) }
+        actions.reverse()
+        while let action = actions.popLast() { perform(action) }
         // Its storage takes the scheduler's next actions (one allocation less per message).
         scheduler.recycle(&actions)
         while !pending.isEmpty {

@@ -69,7 +69,7 @@ extension Scheduler {
     /// A late RESULT for an attempt made before the restart is accepted once.
     public mutating func restore(_ snapshots: [BatchSnapshot<Payload>], now: Timestamp) {
         for s in snapshots {
-            if pools[s.pool] == nil { pools[s.pool] = PoolState() }
+            if pools.index(forKey: s.pool) == nil { pools.add(s.pool) }
             let acceptedAt = Timestamp(nanoseconds: now.nanoseconds.since(s.ageMilliseconds * 1_000_000))
             let deadline = s.meta.deadlineMilliseconds > 0 ? acceptedAt.adding(milliseconds: UInt64(s.meta.deadlineMilliseconds)) : nil
             var record = BatchRecord(id: s.id, pool: s.pool, session: s.session, meta: s.meta, maxAttempts: s.maxAttempts,
@@ -78,18 +78,17 @@ extension Scheduler {
             record.charged = s.charged
             record.kills = s.kills
             record.totalDispatches = s.charged  // attempts reported to the producer: hand-backs are not
-            sessions[s.session, default: SessionRecord()].batches.insert(s.id)
+            let slot = batches.insert(record)
+            sessions[s.session, default: SessionRecord()].batches.insert(slot)
             pools[s.pool]!.heldBytes += s.payload.byteCount
             sessions[s.session]!.heldBytes += s.payload.byteCount
             if let outcome = s.outcome {
-                record.state = .finished(outcome.scheduled, at: now)
-                batches[s.id] = record
+                batches[slot: slot].state = .finished(outcome.scheduled, at: now)
                 pools[s.pool]!.heldBytes += batches[s.id]!.heldBytes - s.payload.byteCount
                 sessions[s.session]!.heldBytes += batches[s.id]!.heldBytes - s.payload.byteCount
                 finishedOrder.append((s.id, now))
             } else {
-                batches[s.id] = record
-                pools[s.pool]!.queue.push(s.id, session: s.session, priority: s.meta.priority)
+                enqueue(slot, pool: pools.index(forKey: s.pool)!, session: s.session, priority: s.meta.priority)
                 pools[s.pool]!.queuedBatches += 1
                 pools[s.pool]!.queuedRequests += Int(s.meta.requestCount)
                 if let deadline { deadlines.insert(DeadlineEntry(at: deadline, batchID: s.id)) }
@@ -99,7 +98,7 @@ extension Scheduler {
     }
 }
 
-extension JournalOutcome {
+extension JournalOutcome where Payload: BatchPayload {
     var scheduled: Outcome<Payload> {
         switch self {
         case .result(let stats, let payload): .result(stats: stats, payload: payload)

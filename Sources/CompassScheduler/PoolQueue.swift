@@ -5,22 +5,23 @@ import DequeModule
 /// batch goes back to the front of its own line.
 ///
 /// Removal is lazy: `pop` asks `isQueued` and skips entries that were cancelled meanwhile.
+/// The scheduler's entries are `BatchRef`s (a batch's slot, not its id: no hashing per entry).
 ///
 /// Nothing here is `private`: the broker's module specializes the scheduler for its payload type
 /// through cross-module optimization, which serializes every function of this module (Package.swift)
 /// and cannot serialize one that touches a private declaration: a caller that inlined `push` or
 /// `pop` would then run unspecialized, through generic metadata and value witnesses, on every
 /// SUBMIT. Use `push` and `pop` only.
-struct PoolQueue {
+struct PoolQueue<Entry> {
     struct Level {
-        var lines: [SessionKey: Deque<String>] = [:]
+        var lines: [SessionKey: Deque<Entry>] = [:]
         /// Sessions with a non-empty line, in serving order.
         var ring: Deque<SessionKey> = []
 
         // Lines are reached through their dictionary index and `values`, in place: one lookup
         // per push or pop instead of one per step.
 
-        mutating func push(_ batchID: String, session: SessionKey, atFront: Bool) {
+        mutating func push(_ batchID: Entry, session: SessionKey, atFront: Bool) {
             if let line = lines.index(forKey: session), !lines.values[line].isEmpty {
                 if atFront { lines.values[line].prepend(batchID) } else { lines.values[line].append(batchID) }
                 return
@@ -31,7 +32,7 @@ struct PoolQueue {
         }
 
         /// The next entry in serving order (queued or not), or nil when the level holds none.
-        mutating func pop() -> String? {
+        mutating func pop() -> Entry? {
             while let session = ring.popFirst() {
                 guard let line = lines.index(forKey: session) else { continue }
                 guard let id = lines.values[line].popFirst() else {
@@ -51,7 +52,7 @@ struct PoolQueue {
     /// Entries held, including lazily removed ones.
     var entries = 0
 
-    mutating func push(_ batchID: String, session: SessionKey, priority: Int16, atFront: Bool = false) {
+    mutating func push(_ batchID: Entry, session: SessionKey, priority: Int16, atFront: Bool = false) {
         if levels[priority] == nil {
             levels[priority] = Level()
             let at = priorities.firstIndex(where: { $0 < priority }) ?? priorities.endIndex
@@ -61,8 +62,8 @@ struct PoolQueue {
         entries += 1
     }
 
-    /// The next batch id that is still queued, or nil.
-    mutating func pop(isQueued: (String) -> Bool) -> String? {
+    /// The next entry that is still queued, or nil.
+    mutating func pop(isQueued: (Entry) -> Bool) -> Entry? {
         while let priority = priorities.first {
             // The level in place: copying a Deque out of the dictionary would copy it whole.
             let level = levels.index(forKey: priority)!

@@ -2,7 +2,7 @@ import CompassProtocol
 import DequeModule
 
 /// Where a batch is in its life.
-enum BatchState<Payload> {
+enum BatchState<Payload: BatchPayload> {
     case queued
     case running(worker: PeerID, since: Timestamp, leaseUntil: Timestamp?)
     /// Split in halves after killing engines; waits for its children's results to merge them.
@@ -11,9 +11,17 @@ enum BatchState<Payload> {
     case finished(Outcome<Payload>, at: Timestamp)
 }
 
-enum Outcome<Payload> {
+enum Outcome<Payload: BatchPayload> {
     case result(stats: Payload, payload: Payload)
     case failed(code: AnyFailureCode, message: String, partial: Payload?)
+
+    /// Bytes the outcome holds (counted in `BatchRecord.heldBytes` once the batch finishes).
+    var byteCount: Int {
+        switch self {
+        case .result(let stats, let result): stats.byteCount + result.byteCount
+        case .failed(_, _, let partial): partial?.byteCount ?? 0
+        }
+    }
 }
 
 struct BatchRecord<Payload: BatchPayload> {
@@ -55,12 +63,7 @@ struct BatchRecord<Payload: BatchPayload> {
     /// Bytes this batch holds in the broker: its payload, plus its result once finished.
     var heldBytes: Int {
         var n = payload.byteCount
-        if case .finished(let outcome, _) = state {
-            switch outcome {
-            case .result(let stats, let result): n += stats.byteCount + result.byteCount
-            case .failed(_, _, let partial): n += partial?.byteCount ?? 0
-            }
-        }
+        if case .finished(let outcome, _) = state { n += outcome.byteCount }
         return n
     }
 }
@@ -72,7 +75,9 @@ struct WorkerRecord {
     var credit: Int
     /// `.explicit`: RESULT and FAILED return no credit; the worker grants every slot with CREDIT.
     var creditMode: CreditMode = .implicit
-    var running: Set<String> = []
+    /// The slots (in `Scheduler.batches`) of the batches running on it: at most its credit, so
+    /// a list searched from the end costs less than hashing an id into a set and out again.
+    var running: [Int] = []
     var lastSeen: Timestamp
     var lastSent: Timestamp
     /// Said BYE: no new batches; removed once `running` is empty or the drain time passes.
@@ -101,8 +106,9 @@ struct Dispatch: Hashable {
 struct SessionRecord {
     /// The connection results go to; nil while the producer is away.
     var route: PeerID?
-    /// Batches of this session the broker still holds (queued, running, or finished and unacked).
-    var batches: Set<String> = []
+    /// Batches of this session the broker still holds (queued, running, or finished and unacked),
+    /// by slot in `Scheduler.batches` (an integer hashes and rehashes for much less than an id).
+    var batches: Set<Int> = []
     /// The last HELLO, ACK or HEARTBEAT of the session's connection: a session that holds no
     /// batches and stays silent longer than `SchedulerConfig.idleSessionMilliseconds` is forgotten.
     var lastSeen = Timestamp(nanoseconds: 0)
@@ -152,7 +158,7 @@ public struct PoolCounters: Sendable, Equatable, Codable {
 }
 
 struct PoolState {
-    var queue = PoolQueue()
+    var queue = PoolQueue<BatchRef>()
     /// Workers with credit, in dispatch order (lazy: entries are re-checked when popped).
     var ready: Deque<(worker: PeerID, generation: UInt64)> = []
     var workers: Set<PeerID> = []

@@ -23,12 +23,15 @@ import CompassProtocol
 ///   so a hot key spills to its second choice instead of queueing behind its first while another
 ///   worker idles; under a backlog every worker is busy and keys stay home.
 extension Scheduler {
-    /// The worker to run queued batch `id` on instead of `popped` (the ready ring's next worker,
+    /// The worker to run the queued batch in `slot` on instead of `popped` (the ready ring's next worker,
     /// already taken off the ring), or nil to keep `popped`. When another worker is chosen, `popped`
     /// goes back to the front of the ring, where it was; the chosen one keeps its own ring entry
     /// (the caller takes one credit, and `nextWorker` drops the entry lazily once it has none).
-    mutating func placeByAffinity(_ id: String, pool: String, popped: PeerID) -> PeerID? {
-        guard config.affinityLoadFactor > 0, let key = batches[id]?.meta.affinity, key != 0 else { return nil }
+    mutating func placeByAffinity(_ slot: Int, pool: String, popped: PeerID) -> PeerID? {
+        guard config.affinityLoadFactor > 0 else { return nil }
+        func read(_ b: inout BatchRecord<Payload>) -> UInt64 { b.meta.affinity }
+        let key = read(&batches[slot: slot])
+        guard key != 0 else { return nil }
         guard let chosen = affinityWorker(key: key, pool: pool) else {
             pools[pool]!.counters.affinityFallback += 1
             return nil

@@ -48,7 +48,7 @@ extension Scheduler {
             s.routeSessions[route] = session
             s.sessions[session, default: SessionRecord()].route = route
             s.sessions[session]!.lastSeen = now
-            let finished = s.sessions[session]!.batches.filter { s.batches[$0]?.isFinished ?? false }.sorted()
+            let finished = s.sessions[session]!.batches.filter { s.batches[slot: $0].isFinished }.map { s.batches[slot: $0].id }.sorted()
             s.emit(.toProducer(route, .welcome(session: name, pendingResults: finished.count)))
             for id in finished { s.deliver(id) }
         }
@@ -130,7 +130,10 @@ extension Scheduler {
             // The session's share first: a producer that never ACKs (or floods) fills its own share
             // and gets `busy`, while the pool keeps room for every other session. A session that
             // holds nothing may always submit one batch the pool can take.
-            let sessionHeld = s.ifSession(session) { $0.heldBytes } ?? 0, share = s.config.sessionByteLimit
+            // The session's place, found once: nothing below adds or removes a session.
+            let place = s.sessions.index(forKey: session)
+            func sessionBytes(_ r: inout SessionRecord) -> Int { r.heldBytes }
+            let sessionHeld = place.map { sessionBytes(&s.sessions.values[$0]) } ?? 0, share = s.config.sessionByteLimit
             if sessionHeld > 0 && sessionHeld + bytes > share {
                 s.pools[pool]!.counters.rejectedBusy += 1
                 return reject(.busy, "this session holds \(sessionHeld) bytes of its share of \(share) (payloads and results of its batches "
@@ -145,14 +148,17 @@ extension Scheduler {
             let deadline = meta.deadlineMilliseconds > 0 ? now.adding(milliseconds: UInt64(meta.deadlineMilliseconds)) : nil
             let record = BatchRecord(id: batchID, pool: pool, session: session, meta: meta, maxAttempts: maxAttempts,
                                      payload: payload, acceptedAt: now, deadline: deadline)
-            s.batches[batchID] = record
-            s.ifSession(session) { r in
-                r.batches.insert(batchID)
-                r.heldBytes += bytes
+            let batch = s.batches.insert(record)
+            if let place {
+                func add(_ r: inout SessionRecord) {
+                    r.batches.insert(batch)
+                    r.heldBytes += bytes
+                }
+                add(&s.sessions.values[place])
             }
             if let deadline { s.deadlines.insert(DeadlineEntry(at: deadline, batchID: batchID)) }
+            s.enqueue(batch, pool: slot, session: session, priority: meta.priority)
             s.withPool(pool) { p in
-                p.queue.push(batchID, session: session, priority: meta.priority)
                 p.queuedBatches += 1
                 p.queuedRequests += Int(meta.requestCount)
                 p.heldBytes += bytes
@@ -166,10 +172,12 @@ extension Scheduler {
 
     /// Moves one batch into another session.
     mutating func rebind(_ id: String, to session: SessionKey) {
-        guard let old = batches[id]?.session, old != session else { return }
-        batches[id]!.session = session
-        let bytes = batches[id]!.heldBytes
-        sessions[old]?.batches.remove(id)
+        guard let slot = batches.index(forKey: id) else { return }
+        let old = batches[slot: slot].session
+        guard old != session else { return }
+        batches[slot: slot].session = session
+        let bytes = batches[slot: slot].heldBytes
+        sessions[old]?.batches.remove(slot)
         sessions[old]?.heldBytes -= bytes
         if let record = sessions[old], record.batches.isEmpty, record.route == nil || old.isAnonymous {
             // An anonymous session left empty is forgotten with its binding; the connection, if
@@ -177,7 +185,7 @@ extension Scheduler {
             sessions[old] = nil
             if let route = record.route, routeSessions[route] == old { routeSessions[route] = nil }
         }
-        sessions[session, default: SessionRecord()].batches.insert(id)
+        sessions[session, default: SessionRecord()].batches.insert(slot)
         sessions[session]!.heldBytes += bytes
         journal(.rebound(batchID: id, session: session))
     }
@@ -186,9 +194,10 @@ extension Scheduler {
     mutating func adopt(anonymous old: SessionKey, into session: SessionKey) {
         guard let record = sessions.removeValue(forKey: old) else { return }
         sessions[session, default: SessionRecord()].heldBytes += record.heldBytes
-        for id in record.batches {
-            batches[id]?.session = session
-            sessions[session, default: SessionRecord()].batches.insert(id)
+        for slot in record.batches {
+            batches[slot: slot].session = session
+            sessions[session, default: SessionRecord()].batches.insert(slot)
+            let id = batches[slot: slot].id
             journal(.rebound(batchID: id, session: session))
         }
     }
@@ -221,14 +230,15 @@ extension Scheduler {
             let session = s.session(of: route)
             s.ifSession(session) { $0.lastSeen = now }
             // The fields it needs, read in place (a copy of the record would retain each of its fields).
-            let acked: AckedBatch?? = s.batches.index(forKey: batchID).map { slot in
+            let slot = s.batches.index(forKey: batchID)
+            let acked: AckedBatch?? = slot.map { slot in
                 func read(_ b: inout BatchRecord<Payload>) -> AckedBatch? {
                     guard b.session == session, b.isFinished else { return nil }
                     return AckedBatch(pool: b.pool, payloadHash: b.payload.contentHash, payloadBytes: b.payload.byteCount)
                 }
-                return read(&s.batches.values[slot])
+                return read(&s.batches[slot: slot])
             }
-            guard let acked = acked ?? nil else {
+            guard let slot, let acked = acked ?? nil else {
                 let why = s.batches[batchID].map { $0.session == session && !$0.isFinished } == true
                     ? "batch \(batchID) has not finished: there is no outcome to acknowledge yet"
                     : "no finished batch \(batchID) in this session (unknown, another session's, or already acknowledged)"
@@ -239,7 +249,7 @@ extension Scheduler {
             // re-SUBMIT is refused `duplicate`, or `payload_mismatch` if it is other work.
             s.recentAckSet[batchID] = acked
             s.recentAcks.append(batchID)
-            s.forget(batchID)
+            s.forget(slot: slot)
             while s.recentAcks.count > max(0, s.config.rememberedAcks), let old = s.recentAcks.popFirst() {
                 s.recentAckSet[old] = nil
             }

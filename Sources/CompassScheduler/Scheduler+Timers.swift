@@ -16,7 +16,9 @@ extension Scheduler {
                     s.loseWorker(id, reason: "did not finish draining within \(s.config.drainMilliseconds) ms", now)
                     continue
                 }
-                for batchID in w.running {
+                // The worker's list now (`w` is the record as the loop began: what an earlier
+                // worker's loss did since is not in it), as ids: the loop body can free slots.
+                for batchID in s.workers[id].map({ s.runningIDs($0) }) ?? [] {
                     guard let b = s.batches[batchID], case .running(_, _, let lease?) = b.state, now >= lease else { continue }
                     s.sendWorker(id, .cancel(batchID: batchID, attempt: b.attempt), now)
                     s.attemptFailed(batchID, code: AnyFailureCode(.timeout),

@@ -14,7 +14,7 @@ extension Scheduler {
         collect { s in
             if s.workers[id] != nil { s.loseWorker(id, reason: "re-registered (restarted)", now) }
             if !s.disconnectedRecently.isEmpty { s.disconnectedRecently.remove(id) }
-            if s.pools[pool] == nil { s.pools[pool] = PoolState() }
+            if s.pools.index(forKey: pool) == nil { s.pools.add(pool) }
             var record = WorkerRecord(id: id, pool: pool, registeredAt: now, credit: min(max(credit, 0), s.config.maxCredit),
                                       lastSeen: now, lastSent: now, generation: s.nextGeneration, process: process)
             record.creditMode = creditMode
@@ -83,12 +83,13 @@ extension Scheduler {
     /// What an answer of `worker` about `attempt` of `batchID` needs to know, read once and in place
     /// (a copy of the record would retain each of its fields): the batch's request count while it
     /// is held and unfinished (nil otherwise), and whether that attempt is the one running on `worker`.
-    mutating func answerState(_ batchID: String, _ attempt: UInt32, on worker: PeerID) -> (openRequests: UInt32?, current: Bool) {
-        guard let slot = batches.index(forKey: batchID) else { return (nil, false) }
+    mutating func answerState(_ batchID: String, _ attempt: UInt32, on worker: PeerID) -> (slot: Int?, openRequests: UInt32?, current: Bool) {
+        guard let slot = batches.index(forKey: batchID) else { return (nil, nil, false) }
         func read(_ b: inout BatchRecord<Payload>) -> (UInt32?, Bool) {
             (b.isFinished ? nil : b.meta.requestCount, b.isRunning(attempt: attempt, on: worker))
         }
-        return read(&batches.values[slot])
+        let (open, current) = read(&batches[slot: slot])
+        return (slot, open, current)
     }
 
     /// A RESULT or FAILED for a dispatch the worker owes returns its credit, whatever becomes of
@@ -138,7 +139,7 @@ extension Scheduler {
             // A result the producer cannot use is a failure of the attempt that produced it.
             let recovered = !s.recoveredAttempts.isEmpty && s.recoveredAttempts[batchID].map { attempt <= $0 } == true
             // The batch's state is read once here: nothing below changes it before `finish`.
-            let (openRequests, current) = s.answerState(batchID, attempt, on: id)
+            let (slot, openRequests, current) = s.answerState(batchID, attempt, on: id)
             if let check, let requests = openRequests, recovered || current,
                let problem = check().problem(expecting: requests) {
                 let message = "the worker's RESULT was refused: \(problem)"
@@ -174,8 +175,9 @@ extension Scheduler {
             guard s.touch(id, now) else { return }
             s.settle(id, Dispatch(batchID: batchID, attempt: attempt))
             let pool = s.withWorker(id) { $0.pool }
-            if current {
-                s.finish(batchID, .result(stats: stats, payload: payload), now)
+            if current, let slot {
+                // `slot` holds: nothing since `answerState` removed a batch.
+                s.finish(slot: slot, .result(stats: stats, payload: payload), now)
             } else {
                 s.pools[pool]!.counters.staleDropped += 1
                 s.emit(.event(.staleDropped(batchID: batchID, worker: id, attempt: attempt)))
@@ -256,7 +258,7 @@ extension Scheduler {
         guard let w = workers[id] else { return }
         // Remove it first: requeueing dispatches at once, and nothing may go back to this worker.
         removeWorker(id)
-        let held = w.running.sorted()
+        let held = runningIDs(w).sorted()
         for batchID in held {
             attemptFailed(batchID, code: AnyFailureCode(.workerLost), message: "worker \(id) lost: \(reason)",
                           retryable: true, partial: nil, chargeAttempt: true, now)

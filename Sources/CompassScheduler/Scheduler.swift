@@ -7,7 +7,7 @@ import HeapModule
 /// to carry out. Nothing here touches a socket, a clock or a file, so all of it is unit-tested.
 ///
 /// Invariants (checked by `checkInvariants` in tests):
-/// - a batch is in exactly one state; a running batch is in its worker's `running` set;
+/// - a batch is in exactly one state; a running batch is in its worker's `running` list;
 /// - a batch accepted is answered to its session exactly once with RESULT or FAILED, re-sent only
 ///   on the session's HELLO or re-SUBMIT until ACKed;
 /// - a RESULT or FAILED whose attempt is not the batch's current running attempt changes nothing.
@@ -16,8 +16,9 @@ public struct Scheduler<Payload: BatchPayload> {
     /// What the scheduler may know of payloads: how to cut a batch in halves and join the halves'
     /// answers (poison isolation). It reads no payload itself.
     let format: any PayloadFormat
-    var pools: [String: PoolState] = [:]
-    var batches: [String: BatchRecord<Payload>] = [:]
+    var pools = PoolTable()
+    /// The batches held, by slot (each id is looked up once per message that names it).
+    var batches = BatchTable<Payload>()
     var workers: [PeerID: WorkerRecord] = [:]
     var sessions: [SessionKey: SessionRecord] = [:]
     var routeSessions: [PeerID: SessionKey] = [:]
@@ -55,7 +56,7 @@ public struct Scheduler<Payload: BatchPayload> {
     public init(config: SchedulerConfig, format: any PayloadFormat) {
         self.config = config
         self.format = format
-        for pool in config.declaredPools { pools[pool] = PoolState() }
+        for pool in config.declaredPools where pools.index(forKey: pool) == nil { pools.add(pool) }
     }
 
     /// Collects the actions emitted by `body`, into the storage of the array last handed back
@@ -73,7 +74,9 @@ public struct Scheduler<Payload: BatchPayload> {
     /// an array grown past 64 actions (a burst) is let go, so none stays large.
     public mutating func recycle(_ actions: inout [Action]) {
         guard out.isEmpty, out.capacity == 0, actions.capacity <= 64 else { return }
-        actions.removeAll(keepingCapacity: true)
+        // Popped one by one: cheaper than `removeAll(keepingCapacity:)` for a few actions (it goes
+        // through the generic `replaceSubrange`).
+        while actions.popLast() != nil {}
         swap(&out, &actions)
     }
 
@@ -88,13 +91,20 @@ public struct Scheduler<Payload: BatchPayload> {
     @inline(__always)
     mutating func withPool<R>(_ name: String, _ body: (inout PoolState) -> R) -> R { body(&pools.values[pools.index(forKey: name)!]) }
 
+    /// The ids of the batches running on worker `w`, from its slots.
+    func runningIDs(_ w: WorkerRecord) -> [String] { w.running.map { batches[slot: $0].id } }
+
     /// Runs `body` on a registered worker's record in place.
     @inline(__always)
     mutating func withWorker<R>(_ id: PeerID, _ body: (inout WorkerRecord) -> R) -> R { body(&workers.values[workers.index(forKey: id)!]) }
 
     /// Runs `body` on a batch's record in place.
     @inline(__always)
-    mutating func withBatch<R>(_ id: String, _ body: (inout BatchRecord<Payload>) -> R) -> R { body(&batches.values[batches.index(forKey: id)!]) }
+    mutating func withBatch<R>(_ id: String, _ body: (inout BatchRecord<Payload>) -> R) -> R { body(&batches[slot: batches.index(forKey: id)!]) }
+
+    /// Runs `body` on the record of the batch in `slot` in place.
+    @inline(__always)
+    mutating func withBatch<R>(slot: Int, _ body: (inout BatchRecord<Payload>) -> R) -> R { body(&batches[slot: slot]) }
 
     /// Runs `body` on a session's record in place if the broker holds the session.
     @inline(__always) @discardableResult
@@ -144,7 +154,7 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// A pool's position in `pools`. Pools are never removed, and none is added while batches are
     /// dispatched, so a position found at the start of `dispatch` holds until it returns.
-    typealias PoolSlot = Dictionary<String, PoolState>.Index
+    typealias PoolSlot = Int
 
     /// Pops the next worker of the pool at `slot` with credit, or nil.
     mutating func nextWorker(_ pool: PoolSlot) -> PeerID? {
@@ -170,22 +180,22 @@ public struct Scheduler<Payload: BatchPayload> {
             guard let wid = nextWorker(slot) else { return }
             // The queue is moved out while it is popped, so the closure can read `batches` without
             // overlapping access to `pools` and without copying either.
-            var queue = PoolQueue()
+            var queue = PoolQueue<BatchRef>()
             swap(&queue, &pools.values[slot].queue)
             let next = queue.pop(isQueued: { isQueued($0) })
             swap(&queue, &pools.values[slot].queue)
-            guard let id = next else {
+            guard let batch = next?.slot else {
                 // The counters said there is work but the queue holds none: put the worker back.
                 workers[wid]!.inRing = false
                 offer(wid)
                 return
             }
-            if let chosen = placeByAffinity(id, pool: pool, popped: wid) {
-                start(id, on: chosen, now)
+            if let chosen = placeByAffinity(batch, pool: pool, popped: wid) {
+                start(batch, on: chosen, now)
                 workers[chosen]!.credit -= 1
                 continue
             }
-            start(id, on: wid, now)
+            start(batch, on: wid, now)
             let again: UInt64? = withWorker(wid) { w in
                 w.credit -= 1
                 if w.credit > 0 { return w.generation }
@@ -196,22 +206,29 @@ public struct Scheduler<Payload: BatchPayload> {
         }
     }
 
-    /// Whether `id` is a queued batch (read in place, as `withBatch` does).
-    mutating func isQueued(_ id: String) -> Bool {
-        guard let slot = batches.index(forKey: id) else { return false }
+    /// Whether a pool queue's entry names a queued batch: the batch it was pushed for, still held
+    /// (its slot's generation) and still queued (read in place, as `withBatch` does).
+    mutating func isQueued(_ ref: BatchRef) -> Bool {
+        guard batches.holds(ref) else { return false }
         func read(_ b: inout BatchRecord<Payload>) -> Bool { b.isQueued }
-        return read(&batches.values[slot])
+        return read(&batches[slot: ref.slot])
+    }
+
+    /// Queues the batch in `slot` at the back of its pool's queue, or at the front (a retry).
+    mutating func enqueue(_ slot: Int, pool: PoolSlot, session: SessionKey, priority: Int16, atFront: Bool = false) {
+        let ref = batches.ref(slot)
+        pools.values[pool].queue.push(ref, session: session, priority: priority, atFront: atFront)
     }
 
     /// Moves a queued batch to running on `worker` and emits the BATCH.
-    mutating func start(_ id: String, on worker: PeerID, _ now: Timestamp) {
+    mutating func start(_ slot: Int, on worker: PeerID, _ now: Timestamp) {
         let lease = config.leaseMilliseconds > 0 ? now.adding(milliseconds: config.leaseMilliseconds) : nil
-        let (attempt, pool, isHalf, payload, deadline, maxAttempts, original) = withBatch(id) { b in
+        let (id, attempt, pool, isHalf, payload, deadline, maxAttempts, original) = withBatch(slot: slot) { b in
             b.attempt += 1
             b.charged += 1
             b.state = .running(worker: worker, since: now, leaseUntil: lease)
             if b.parent == nil { b.totalDispatches += 1 }
-            return (b.attempt, b.pool, b.parent != nil, b.payload, b.deadline, b.maxAttempts, b.meta)
+            return (b.id, b.attempt, b.pool, b.parent != nil, b.payload, b.deadline, b.maxAttempts, b.meta)
         }
         withPool(pool) { p in
             p.queuedBatches -= 1
@@ -220,7 +237,7 @@ public struct Scheduler<Payload: BatchPayload> {
             p.counters.dispatched += 1
         }
         withWorker(worker) { w in
-            w.running.insert(id)
+            w.running.append(slot)
             w.owed.insert(Dispatch(batchID: id, attempt: attempt))
             w.lastSent = now
         }
@@ -236,19 +253,21 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Puts a batch back at the front of its queue.
     mutating func requeue(_ id: String) {
-        let b = batches[id]!
-        batches[id]!.state = .queued
+        let slot = batches.index(forKey: id)!
+        let b = batches[slot: slot]
+        batches[slot: slot].state = .queued
+        let pool = pools.index(forKey: b.pool)!
+        enqueue(slot, pool: pool, session: b.session, priority: b.meta.priority, atFront: true)
         withPool(b.pool) { p in
-            p.queue.push(id, session: b.session, priority: b.meta.priority, atFront: true)
             p.queuedBatches += 1
             p.queuedRequests += Int(b.meta.requestCount)
         }
     }
 
     /// Takes a running batch off its worker (no state change of the batch itself).
-    mutating func detach(_ id: String, from worker: PeerID, pool: String) {
+    mutating func detach(_ id: String, slot: Int, from worker: PeerID, pool: String) {
         ifWorker(worker) { w in
-            w.running.remove(id)
+            if let at = w.running.lastIndex(of: slot) { w.running.remove(at: at) }
             if !w.progress.isEmpty { w.progress[id] = nil }
         }
         withPool(pool) { p in p.runningBatches -= 1 }
@@ -272,13 +291,13 @@ public struct Scheduler<Payload: BatchPayload> {
         // kills is reported failed alone.
         if killed && b.meta.requestCount >= 2 && kills >= (b.parent == nil ? config.splitAfterKills : 1)
             && b.depth < config.maxSplitDepth, !halfIDsTaken(id), let halves = format.halves(b.payload.payloadBytes) {
-            detach(id, from: worker, pool: b.pool)
+            detach(id, slot: batches.index(forKey: id)!, from: worker, pool: b.pool)
             split(id, halves, code: code, kills: kills, now)
             return
         }
         let isolated = killed && b.meta.requestCount < 2 && kills >= config.splitAfterKills && b.parent != nil
         if retryable && !isolated && charged < UInt32(b.maxAttempts) {
-            detach(id, from: worker, pool: b.pool)
+            detach(id, slot: batches.index(forKey: id)!, from: worker, pool: b.pool)
             requeue(id)
             journalAttempt(id)
             pools[b.pool]!.counters.retried += 1
@@ -329,17 +348,30 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Makes a batch terminal and delivers its outcome to its session.
     mutating func finish(_ id: String, _ outcome: Outcome<Payload>, _ now: Timestamp) {
-        guard let b = batches[id] else { return }
+        guard let slot = batches.index(forKey: id) else { return }
+        finish(slot: slot, outcome, now)
+    }
+
+    /// `finish` for the batch in `slot` (held).
+    mutating func finish(slot: Int, _ outcome: Outcome<Payload>, _ now: Timestamp) {
+        // The fields it needs, read in place: a copy of the whole record would retain and
+        // release each of its fields, on every batch.
+        func read(_ r: inout BatchRecord<Payload>) -> Finishing {
+            Finishing(id: r.id, pool: r.pool, session: r.session, state: r.state, requestCount: r.meta.requestCount, half: r.half,
+                      totalDispatches: r.totalDispatches, acceptedAt: r.acceptedAt)
+        }
+        let b = read(&batches[slot: slot])
+        let id = b.id
         switch b.state {
         case .finished:
             return
         case .queued:
             withPool(b.pool) { p in
                 p.queuedBatches -= 1
-                p.queuedRequests -= Int(b.meta.requestCount)
+                p.queuedRequests -= Int(b.requestCount)
             }
         case .running(let worker, _, _):
-            detach(id, from: worker, pool: b.pool)
+            detach(id, slot: slot, from: worker, pool: b.pool)
         case .split(let children):
             for child in children { abandon(child, now) } // finished early (cancel, deadline)
         }
@@ -349,30 +381,32 @@ public struct Scheduler<Payload: BatchPayload> {
                 switch outcome {
                 case .result(let stats, let payload): return (stats.payloadBytes, payload.payloadBytes)
                 case .failed(let code, let message, _):
-                    return (nil, format.failedResults(b.payload.payloadBytes, code: code, message: message))
+                    return (nil, format.failedResults(batches[slot: slot].payload.payloadBytes, code: code, message: message))
                 }
             }()
             if case .failed(let code, let message, _) = outcome {
-                emit(.event(.isolated(batchID: root(of: id), requests: Int(b.meta.requestCount), code: code, message: message)))
+                emit(.event(.isolated(batchID: root(of: id), requests: Int(b.requestCount), code: code, message: message)))
             }
-            forget(id)
+            forget(slot: slot)
             halfFinished(half.parent, index: half.index, stats: stats, results: results, now)
             return
         }
-        let before = b.heldBytes
         if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         journal(.finished(batchID: id, outcome: outcome.journaled))
-        // The new state in place (`abandon` above may have removed halves: look the batch up again).
-        let added = withBatch(id) { r in
-            r.state = .finished(outcome, at: now)
-            return r.heldBytes
-        } - before
-        ifSession(b.session) { $0.heldBytes += added }
+        // The new state in place (`abandon` above may have removed halves, never this batch: its
+        // slot holds). The batch held its payload; now its outcome too (`heldBytes`).
+        withBatch(slot: slot) { r in r.state = .finished(outcome, at: now) }
+        let added = outcome.byteCount
+        // The session's route read with its bytes (one lookup: nothing below adds or removes a session).
+        let route = ifSession(b.session) { s in
+            s.heldBytes += added
+            return s.route
+        } ?? nil
         withPool(b.pool) { p in
             p.heldBytes += added
             if case .result = outcome {
                 p.counters.completed += 1
-                p.counters.completedRequests += Int(b.meta.requestCount)
+                p.counters.completedRequests += Int(b.requestCount)
             } else {
                 p.counters.failed += 1
             }
@@ -384,7 +418,19 @@ public struct Scheduler<Payload: BatchPayload> {
         case .failed(let code, let message, _):
             emit(.event(.failed(batchID: id, pool: b.pool, code: code, message: message)))
         }
-        if b.parent == nil { deliver(id, outcome, to: b.session, attempts: b.totalDispatches) }
+        if b.half == nil, let route { deliver(id, outcome, to: route, attempts: b.totalDispatches) }
+    }
+
+    /// What `finish` reads of a batch.
+    struct Finishing {
+        let id: String
+        let pool: String
+        let session: SessionKey
+        let state: BatchState<Payload>
+        let requestCount: UInt32
+        let half: SplitHalf?
+        let totalDispatches: UInt32
+        let acceptedAt: Timestamp
     }
 
     /// A half finished: keep its results; once every half is in, finish the batch with them merged.
@@ -408,7 +454,7 @@ public struct Scheduler<Payload: BatchPayload> {
             pools[b.pool]!.queuedRequests -= Int(b.meta.requestCount)
         case .running(let worker, _, _):
             sendWorker(worker, .cancel(batchID: id, attempt: b.attempt), now)
-            detach(id, from: worker, pool: b.pool)
+            detach(id, slot: batches.index(forKey: id)!, from: worker, pool: b.pool)
         case .split(let children):
             for child in children { abandon(child, now) }
         case .finished:
@@ -432,6 +478,11 @@ public struct Scheduler<Payload: BatchPayload> {
     /// Sends a batch's outcome to `session`'s current connection, if it has one.
     mutating func deliver(_ id: String, _ outcome: Outcome<Payload>, to session: SessionKey, attempts: UInt32) {
         guard let route = ifSession(session, { $0.route }) ?? nil else { return }
+        deliver(id, outcome, to: route, attempts: attempts)
+    }
+
+    /// Sends a batch's outcome to the connection `route`.
+    mutating func deliver(_ id: String, _ outcome: Outcome<Payload>, to route: PeerID, attempts: UInt32) {
         switch outcome {
         case .result(let stats, let payload):
             emit(.toProducer(route, .result(batchID: id, attempts: attempts, stats: stats, payload: payload)))
@@ -442,18 +493,25 @@ public struct Scheduler<Payload: BatchPayload> {
 
     /// Forgets a batch entirely (after ACK or retention).
     mutating func forget(_ id: String) {
-        guard let b = batches.removeValue(forKey: id) else { return }
+        guard let slot = batches.index(forKey: id) else { return }
+        forget(slot: slot)
+    }
+
+    /// `forget` for the batch in `slot` (held).
+    mutating func forget(slot: Int) {
+        let b = batches.remove(at: slot)
+        let id = b.id
         if b.parent == nil { journal(.removed(batchID: id)) }
         if !recoveredAttempts.isEmpty { recoveredAttempts[id] = nil }
         let held = b.heldBytes, isRoot = b.parent == nil
         if let slot = pools.index(forKey: b.pool) { pools.values[slot].heldBytes -= held }
-        guard let slot = sessions.index(forKey: b.session) else { return }
+        guard let place = sessions.index(forKey: b.session) else { return }
         let unused: Bool = { (s: inout SessionRecord) in
             if isRoot { s.heldBytes -= held }
-            s.batches.remove(id)
+            s.batches.remove(slot) // freed above, and not taken since
             return s.batches.isEmpty && s.route == nil
-        }(&sessions.values[slot])
-        if unused { sessions.remove(at: slot) }
+        }(&sessions.values[place])
+        if unused { sessions.remove(at: place) }
     }
 }
 

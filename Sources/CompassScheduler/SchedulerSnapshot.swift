@@ -70,7 +70,7 @@ extension Scheduler {
                              runningBatches: p.runningBatches, heldBytes: p.heldBytes, workers: p.workers.count, counters: p.counters)
             },
             workers: workers.values.sorted { $0.registeredAt < $1.registeredAt }.map { w in
-                .init(id: w.id.description, pool: w.pool, credit: w.credit, running: w.running.sorted(),
+                .init(id: w.id.description, pool: w.pool, credit: w.credit, running: runningIDs(w).sorted(),
                       progress: w.progress.mapValues { [$0.done, $0.total] }, draining: w.drainingSince != nil,
                       uptimeMilliseconds: now.milliseconds(since: w.registeredAt), completed: w.completed,
                       lastSeenMillisecondsAgo: now.milliseconds(since: w.lastSeen))
@@ -113,7 +113,7 @@ extension Scheduler {
             case .queued: queued[b.pool, default: 0] += 1
             case .running(let w, _, _):
                 running[b.pool, default: 0] += 1
-                if workers[w]?.running.contains(id) != true { problems.append("\(id) runs on \(w) which does not hold it") }
+                if workers[w].map({ runningIDs($0).contains(id) }) != true { problems.append("\(id) runs on \(w) which does not hold it") }
             case .split(let children):
                 for child in children where batches[child]?.parent != id && batches[child] != nil {
                     problems.append("\(id) lists half \(child) that does not point back")
@@ -124,12 +124,12 @@ extension Scheduler {
                 guard let p = batches[parent], case .split(let children) = p.state, children.contains(id) else {
                     problems.append("half \(id) has no split parent \(parent)"); continue
                 }
-            } else if sessions[b.session]?.batches.contains(id) != true {
+            } else if sessions[b.session]?.batches.contains(batches.index(forKey: id)!) != true {
                 problems.append("\(id) missing from session \(b.session)")
             }
         }
         for (id, w) in workers {
-            for batchID in w.running {
+            for batchID in runningIDs(w) {
                 guard let b = batches[batchID], case .running(let owner, _, _) = b.state, owner == id else {
                     problems.append("worker \(id) holds \(batchID) which is not running on it"); continue
                 }
@@ -140,6 +140,13 @@ extension Scheduler {
             if p.queuedBatches != queued[name, default: 0] { problems.append("pool \(name) counts \(p.queuedBatches) queued, holds \(queued[name, default: 0])") }
             if p.runningBatches != running[name, default: 0] { problems.append("pool \(name) counts \(p.runningBatches) running, holds \(running[name, default: 0])") }
             if p.heldBytes != held[name, default: 0] { problems.append("pool \(name) counts \(p.heldBytes) bytes, holds \(held[name, default: 0])") }
+        }
+        for (name, record) in sessions {
+            // By slot: each must hold a batch of this session (a slot left behind would name a
+            // later batch once reused).
+            for slot in record.batches where !batches.records.indices.contains(slot) || batches.records[slot]?.session != name {
+                problems.append("session \(name) lists slot \(slot), which holds none of its batches")
+            }
         }
         for (name, record) in sessions where record.heldBytes != sessionHeld[name, default: 0] {
             problems.append("session \(name) counts \(record.heldBytes) bytes, holds \(sessionHeld[name, default: 0])")

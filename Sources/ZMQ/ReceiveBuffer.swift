@@ -25,11 +25,14 @@ public struct ReceiveBuffer {
     /// `receive(into:...)` does this before reading; calling it once a message is handled
     /// releases its content (a large payload) without waiting for the next one.
     public mutating func recycle() {
-        for i in frames.indices where spare.count < spareLimit && isKnownUniquelyReferenced(&frames[i]) {
-            frames[i].clear()
-            spare.append(frames[i])
+        // Popped one by one: each frame moves out of the array (no retain), and a few `popLast`
+        // cost less than `removeAll(keepingCapacity:)`, which goes through the generic
+        // `replaceSubrange` (about 400 instructions a call, three calls per message).
+        while var frame = frames.popLast() {
+            guard spare.count < spareLimit, isKnownUniquelyReferenced(&frame) else { continue }
+            frame.clear()
+            spare.append(frame)
         }
-        frames.removeAll(keepingCapacity: true)
     }
 
     /// An empty frame to read into: a spare one, or a new one.

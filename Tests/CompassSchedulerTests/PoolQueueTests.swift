@@ -9,7 +9,7 @@ struct PoolQueueTests {
     static let a = SessionKey.named("a"), b = SessionKey.named("b"), anonymous = SessionKey.anonymous(PeerID("route"))
 
     /// Pops every entry, with all of them counted as still queued unless listed in `gone`.
-    static func drain(_ queue: inout PoolQueue, gone: Set<String> = []) -> [String] {
+    static func drain(_ queue: inout PoolQueue<String>, gone: Set<String> = []) -> [String] {
         var order: [String] = []
         while let id = queue.pop(isQueued: { !gone.contains($0) }) { order.append(id) }
         return order
@@ -17,7 +17,7 @@ struct PoolQueueTests {
 
     @Test("Higher priority first; within a level, sessions take turns and each session's line is FIFO")
     func order() {
-        var q = PoolQueue()
+        var q = PoolQueue<String>()
         q.push("a1", session: Self.a, priority: 0)
         q.push("a2", session: Self.a, priority: 0)
         q.push("a3", session: Self.a, priority: 0)
@@ -30,7 +30,7 @@ struct PoolQueueTests {
 
     @Test("A batch pushed back to the front leads its session's line; a session that comes back with one is served next")
     func atFront() {
-        var q = PoolQueue()
+        var q = PoolQueue<String>()
         q.push("a1", session: Self.a, priority: 0)
         q.push("b1", session: Self.b, priority: 0)
         q.push("b2", session: Self.b, priority: 0)
@@ -42,7 +42,7 @@ struct PoolQueueTests {
 
     @Test("Entries no longer queued are skipped and counted out")
     func lazyRemoval() {
-        var q = PoolQueue()
+        var q = PoolQueue<String>()
         for id in ["a1", "a2", "a3"] { q.push(id, session: Self.a, priority: 0) }
         q.push("b1", session: Self.b, priority: 2)
         #expect(q.entries == 4)
@@ -54,7 +54,7 @@ struct PoolQueueTests {
 
     @Test("Drained, it holds no line, no session in a ring and no level, however many sessions passed through")
     func boundedOnceDrained() {
-        var q = PoolQueue()
+        var q = PoolQueue<String>()
         for round in 0..<50 {
             for s in 0..<20 {
                 let session = SessionKey.named("s\(round)-\(s)")
