@@ -118,9 +118,10 @@ class _EventTrace:
     """COMPASS_HOST_TRACE=FILE: a line per event, `time kind count` (wall-clock seconds), for
     measuring where a request's time goes (bench/gpu/stream.sh): the host writes `read` when a
     batch arrives and `sent` when its answer goes out (count: its requests), and adapters call
-    `trace_event` for their own steps (vLLM: `added` into the engine, `reaped` out of it). Every
-    request passes each point once, so the mean time between two points over a pass is the
-    difference of the mean times, with no ids to match. Off unless set; a trace that cannot be
+    `trace_event` for their own steps (vLLM: `added` into the engine, `reaped` out of it). In a
+    pass where every request passes each point once (generation, nothing refused, cancelled or
+    failed), the mean time between two points is the difference of the mean times, with no ids
+    to match; the report leaves out passes whose counts differ. Off unless set; a trace that cannot be
     written is dropped, never the batches."""
 
     def __init__(self) -> None:

@@ -152,11 +152,17 @@ def test_progress_is_throttled_and_stops_before_the_result(start_engine: StartEn
     assert all(e["type"] != "progress" for e in engine.events[result_at:])
 
 
-def test_no_progress_says_a_batch_is_done_its_result_says_it() -> None:
-    """Progress's own rule (no threads: `_flush` called as the ticker calls it). A message with
-    every request done would only precede the result: for a stream of one-request batches it
-    doubled the messages to the worker."""
+def test_no_progress_says_a_batch_is_done_its_result_says_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress's own rule (no threads: a ticker that does nothing, and `_flush` called as the real
+    one calls it). A message with every request done would only precede the result: for a stream
+    of one-request batches it doubled the messages to the worker."""
+    import compass_engine
     from compass_engine import Progress
+
+    class QuietTicker:
+        def moved(self, progress: Any, urgent: bool) -> None: ...
+        def forget(self, progress: Any) -> None: ...
+    monkeypatch.setattr(compass_engine._Ticker, "_instance", QuietTicker())
 
     sent: list[dict[str, Any]] = []
     one = Progress(sent.append, "one", 1, total=1)

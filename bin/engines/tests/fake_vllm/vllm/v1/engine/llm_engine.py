@@ -70,8 +70,11 @@ class LLMEngine:
         # FAKE_VLLM_OUTPUT_QUEUE=1: an engine core that computes on its own, as vLLM's does in its
         # process: a step starts when work arrives at an idle core or when the last step's outputs
         # are taken, and `engine_core.outputs_queue.empty()` says whether its outputs are in.
-        # FAKE_VLLM_STEP_GATE=FILE: no step's outputs are in until FILE exists.
+        # FAKE_VLLM_STEP_GATE=FILE: no step's outputs are in until FILE exists. A prompt with the
+        # word `@gone` kills such a core as SIGKILL would: the client's `resources.engine_dead`
+        # is set and no output ever comes (vLLM's output thread ends without a word).
         self.ready_at: float | None = None
+        self.gone = False
         self.async_core = os.environ.get("FAKE_VLLM_OUTPUT_QUEUE") == "1"
         self.step_gate = os.environ.get("FAKE_VLLM_STEP_GATE")
         if self.async_core:
@@ -79,11 +82,13 @@ class LLMEngine:
 
             class OutputsQueue:
                 def empty(self) -> bool:
+                    if engine.gone:
+                        return True
                     if engine.step_gate and not os.path.exists(engine.step_gate):
                         return True
                     return engine.ready_at is None or time.monotonic() < engine.ready_at
 
-            self.engine_core = SimpleNamespace(outputs_queue=OutputsQueue())
+            self.engine_core = SimpleNamespace(outputs_queue=OutputsQueue(), resources=SimpleNamespace(engine_dead=False))
         self.inside = threading.Lock()
         self.dead = False
 
@@ -133,6 +138,8 @@ class LLMEngine:
         params = params.clone()
         if params.max_tokens is None:
             params.max_tokens = max_len - len(ids)
+        if self.async_core and "@gone" in self.tokenizer.decode(ids).split():
+            self.gone = self.engine_core.resources.engine_dead = True
         if self.async_core and not self.sequences:  # an idle core starts a step
             self.ready_at = time.monotonic() + self.step_delay
         self.sequences[request_id] = Sequence(request_id, ids, params, self.tokenizer)
