@@ -41,11 +41,11 @@ struct ProcessEngineTests {
 
     /// Whether process group `pid` is gone within 20 s. Its members were SIGKILLed when their
     /// generation ended, but dying and being reaped (by init: they are orphans) takes a moment.
-    func groupGone(_ pid: Int32) -> Bool {
+    func groupGone(_ pid: Int32) async throws -> Bool {
         let deadline = MonotonicClock.milliseconds() + 20_000
         while kill(-pid, 0) == 0 {
             if MonotonicClock.milliseconds() > deadline { return false }
-            usleep(20_000)
+            try await Task.sleep(nanoseconds: 20_000_000)  // not usleep: the tests' shared threads stay free
         }
         return true
     }
@@ -54,7 +54,7 @@ struct ProcessEngineTests {
     static let stubborn = #"trap '' TERM; sleep 1000 & wait; wait"#
 
     @Test("A stop() between the decision to spawn and the spawn still kills the process group, and the next start waits for it")
-    func stopDuringStart() throws {
+    func stopDuringStart() async throws {
         let engineBox = Mutex<ProcessEngine?>(nil)
         let pids = Mutex<[Int32]>([])
         let decided = DispatchSemaphore(value: 0)
@@ -85,7 +85,7 @@ struct ProcessEngineTests {
         #expect(decided.wait(timeout: .now() + 20) == .success)
         #expect(e.waitUntilEnded(timeoutSeconds: 20), "the stopped generation did not end")
         let first = try #require(pids.withLock { $0.first }, "the process was spawned after the stop decision")
-        #expect(groupGone(first), "the stopped engine's group is still alive")
+        #expect(try await groupGone(first), "the stopped engine's group is still alive")
 
         try e.start()
         #expect(secondStart.wait(timeout: .now() + 20) == .success)
@@ -94,7 +94,7 @@ struct ProcessEngineTests {
         e.stop()
         #expect(e.waitUntilEnded(timeoutSeconds: 20))
         let second = try #require(pids.withLock { $0.count == 2 ? $0[1] : nil })
-        #expect(groupGone(second))
+        #expect(try await groupGone(second))
         #expect(e.takeEvents().isEmpty, "a stopped generation posts nothing")
     }
 
@@ -112,7 +112,7 @@ struct ProcessEngineTests {
     }
 
     @Test("A start without a stop replaces the running engine: its group is killed before the new one spawns")
-    func startReplaces() throws {
+    func startReplaces() async throws {
         let pids = Mutex<[Int32]>([])
         let e = try engine(#"trap '' TERM; printf '{"type":"ready"}\n' >&4; sleep 1000 & wait; wait"#,
                            hooks: EngineHooks(onSpawn: { pid in pids.withLock { $0.append(pid) } }, stopGraceSeconds: 0.2))
@@ -121,7 +121,8 @@ struct ProcessEngineTests {
         try e.start()
         #expect(events(e, count: 1).count == 1, "the second generation became ready")
         let both = pids.withLock { $0 }
-        #expect(both.count == 2 && groupGone(both[0]))
+        #expect(both.count == 2)
+        #expect(try await groupGone(both[0]))
         e.stop()
         #expect(e.waitUntilEnded(timeoutSeconds: 20))
     }
@@ -229,7 +230,7 @@ struct ProcessEngineTests {
     }
 
     @Test("A stopped engine that ignores SIGTERM is SIGKILLed after the grace, with everything it started")
-    func stopKillsTheGroup() throws {
+    func stopKillsTheGroup() async throws {
         let pid = Mutex<Int32?>(nil)
         let e = try engine(#"trap '' TERM; printf '{"type": "ready"}\n' >&4; sleep 1000 & wait; wait"#,
                            hooks: EngineHooks(onSpawn: { p in pid.withLock { $0 = p } }, stopGraceSeconds: 0.2))
@@ -238,7 +239,7 @@ struct ProcessEngineTests {
         e.stop()
         #expect(e.waitUntilEnded(timeoutSeconds: 20))
         let p = try #require(pid.withLock { $0 })
-        #expect(groupGone(p))
+        #expect(try await groupGone(p))
         #expect(e.takeEvents().isEmpty, "no death is reported for a stopped engine")
     }
 }

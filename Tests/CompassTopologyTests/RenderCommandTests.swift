@@ -130,11 +130,11 @@ struct RenderCommandTests {
     }
 
     /// Waits until `file` contains `text`, or `seconds` pass.
-    func waitFor(_ text: String, in file: String, seconds: Double) -> Bool {
+    func waitFor(_ text: String, in file: String, seconds: Double) async throws -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
             if let content = try? String(contentsOfFile: file, encoding: .utf8), content.contains(text) { return true }
-            usleep(50_000)
+            try await Task.sleep(nanoseconds: 50_000_000)  // not usleep: the tests' shared threads stay free
         }
         return false
     }
@@ -149,7 +149,7 @@ struct RenderCommandTests {
                                         .open(path: log, flags: O_WRONLY | O_CREAT | O_APPEND, as: 2)])
     }
 
-    @Test func theSlurmScriptRunsTheRealWorkerWhichDrainsOnSIGTERM() throws {
+    @Test func theSlurmScriptRunsTheRealWorkerWhichDrainsOnSIGTERM() async throws {
         let compass = try compass()
         let bin = (compass as NSString).deletingLastPathComponent
         let dir = RenderTempDir()
@@ -157,7 +157,7 @@ struct RenderCommandTests {
         let broker = try spawn("\(bin)/compass-broker", ["--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*", "--pool", "default"],
                                log: dir.file("broker.log"))
         defer { broker.signalGroup(SIGKILL); _ = broker.wait(timeoutSeconds: 10) }
-        #expect(waitFor("compass-broker listening", in: dir.file("broker.log"), seconds: 30))
+        #expect(try await waitFor("compass-broker listening", in: dir.file("broker.log"), seconds: 30))
         let line = try #require(try String(contentsOfFile: dir.file("broker.log"), encoding: .utf8)
             .split(separator: "\n").first { $0.hasPrefix("compass-broker listening") })
         let backend = try #require(line.split(separator: " ").first { $0.hasPrefix("backend=") }).dropFirst(8)
@@ -171,7 +171,7 @@ struct RenderCommandTests {
         let job = try spawn(RenderProcess.bash, [dir.file("slurm/compass-default.sbatch")], log: dir.file("job.log"), environment: [
             "PATH": "\(bin):" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"), "SLURM_JOB_ID": "99"])
         defer { job.signalGroup(SIGKILL); _ = job.wait(timeoutSeconds: 10) }
-        #expect(waitFor("registered with broker", in: dir.file("job.log"), seconds: 30))
+        #expect(try await waitFor("registered with broker", in: dir.file("job.log"), seconds: 30))
         let command = try String(contentsOfFile: "/proc/\(job.pid)/comm", encoding: .utf8)
         #expect(command.hasPrefix("compass-worker"), "the script's process runs \(command)")
         job.signal(SIGTERM)

@@ -46,7 +46,7 @@ struct AdmissionTests {
     @Test("3,000 one-request batches through compass submit keep a continuous engine of 64 sequences at least 90 % full; each answered once")
     func oneRequestBatchesKeepTheEngineFull() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let capacity = 64
         // Steps of about 18 ms: the engine then takes some 220 requests a second, well below what a
         // debug build of producer, broker and worker carries on a loaded 2-core machine, so what is
@@ -55,13 +55,13 @@ struct AdmissionTests {
         let worker = try startWorker(broker.backend, in: dir, name: "w", arguments: [
             "--engine-arg", "capacity=\(capacity)", "--engine-arg", "step_us=15000", "--engine-arg", "seq_us=50",
             "--stats-interval-ms", "200"])
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let count = 3000
         let expected = try Self.writePrompts(dir.file("in.jsonl"), count: count)
         let started = Date()
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "1",
                                              "--window", "256", "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
-        #expect(try submit.waitForExit(timeout: 240).isSuccess, "\(submit.log())")
+        #expect(try await submit.waitForExit(timeout: 240).isSuccess, "\(submit.log())")
         let seconds = Date().timeIntervalSince(started)
         #expect(submit.log().contains("\(count) requests in \(count) batches"), "\(submit.log())")
         #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
@@ -121,10 +121,10 @@ struct AdmissionTests {
     func aProcessEngineDeclaresItsCapacity() async throws {
         let dir = TempDir()
         try Self.probeEngine.write(toFile: dir.file("probe.py"), atomically: true, encoding: .utf8)
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let worker = try startWorker(broker.backend, in: dir, name: "w", arguments: [
             "--engine", "exec", "--engine-arg", "command=python3 \(dir.file("probe.py"))"])
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let client = try testClient(broker.frontend)
         defer { client.close() }
         let caps = try #require(try await status(client).workers.first?.capabilities)
@@ -148,10 +148,10 @@ struct AdmissionTests {
     @Test("A worker paused past its liveness while it holds hundreds of one-request batches registers again once; every request is answered once")
     func aPausedFullWorkerRecovers() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let worker = try startWorker(broker.backend, in: dir, name: "w", arguments: [
             "--engine-arg", "capacity=64", "--engine-arg", "step_us=15000", "--engine-arg", "seq_us=50", "--read-ahead", "200"])
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let count = 1500
         let expected = try Self.writePrompts(dir.file("in.jsonl"), count: count)
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "1",
@@ -170,7 +170,7 @@ struct AdmissionTests {
             (try await status(client).scheduler.pools.first?.counters.retried ?? 0) > 0
         }
         worker.child.signal(SIGCONT)
-        #expect(try submit.waitForExit(timeout: 240).isSuccess, "\(submit.log())")
+        #expect(try await submit.waitForExit(timeout: 240).isSuccess, "\(submit.log())")
         #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
         let registrations = worker.log().components(separatedBy: "registered with broker").count - 1
         print("paused full worker: registered \(registrations) times; \(try await status(client).scheduler.pools.first?.counters.retried ?? 0) batches requeued")

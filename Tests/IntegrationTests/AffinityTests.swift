@@ -36,8 +36,8 @@ struct AffinityPlacementTests {
     @Test("Two preambles, two workers: each preamble's batches all run on its key's worker while both have credit, and move when it leaves; each request answered once")
     func preamblesStayOnTheirWorker() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
-        let workers = try startWorkers(2, broker.backend, in: dir, prefix: "aff")
+        let broker = try await BrokerProcess(in: dir)
+        let workers = try await startWorkers(2, broker.backend, in: dir, prefix: "aff")
         let client = try testClient(broker.frontend)
         defer { client.close() }
         try await eventually("both workers to register") { try await status(client).workers.count == 2 }
@@ -97,7 +97,7 @@ struct AffinityPlacementTests {
         let leaving = try #require(workers.first { "default@\($0.pid)" == home["A"]! })
         let other = try #require(identity.values.first { $0 != home["A"]! })
         leaving.child.signal(SIGTERM)
-        #expect(try leaving.waitForExit(timeout: 30).isSuccess)
+        #expect(try await leaving.waitForExit(timeout: 30).isSuccess)
         try await eventually("the broker to forget the drained worker") { try await status(client).scheduler.workers.count == 1 }
         var moved: Set<String> = []
         for round in 0..<4 { moved.insert(record(try await run("A-after\(round)", "A"))) }

@@ -33,9 +33,9 @@ struct BadInputTests {
     @Test("garbage, wrong version, unknown command, unknown pool, invalid JSON, too large: REJECTED with a reason; the broker keeps serving")
     func frontendRejectsBadInput() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--max-payload-bytes", "4096"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--max-payload-bytes", "4096"])
         let worker = try startWorker(broker.backend, in: dir, name: "worker")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let context = try ZMQContext()
         let peer = try RawPeer(context, broker.frontend)
         let header = WireProtocol.headerFrame()
@@ -75,7 +75,7 @@ struct BadInputTests {
     @Test("A message over ZMQ_MAXMSGSIZE drops only that connection")
     func oversizedMessageDropsTheConnection() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--max-payload-bytes", "1024"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--max-payload-bytes", "1024"])
         let context = try ZMQContext()
         let flooder = try context.socket(.dealer)
         try flooder.set(.linger(milliseconds: 0))
@@ -84,7 +84,7 @@ struct BadInputTests {
         try flooder.send(ProducerRequest.submit(batchID: "huge", pool: "default", meta: BatchMeta(),
                                                 payload: Frame(bytes: [UInt8](repeating: 0x20, count: 3 << 20))).encode())
         let worker = try startWorker(broker.backend, in: dir, name: "worker")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let client = try testClient(broker.frontend)
         defer { client.close() }
         let outcome = try await client.submit([InferenceRequest(customID: "ok", prompt: "after flood")], pool: "default")
@@ -93,9 +93,9 @@ struct BadInputTests {
     }
 
     @Test("Garbage on the backend gets DISCONNECT with the reason")
-    func backendRejectsBadInput() throws {
+    func backendRejectsBadInput() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let context = try ZMQContext()
         let peer = try RawPeer(context, broker.backend)
         let header = WireProtocol.headerFrame()

@@ -12,16 +12,16 @@ import ZMQ
 @Suite("The bench's minimal C broker", .serialized, .timeLimit(.minutes(2)))
 struct CBrokerTests {
     /// Builds the C broker with cc into `dir` and starts it; returns it with its frontend and backend.
-    func startCBroker(in dir: TempDir) throws -> (process: Spawned, frontend: String, backend: String) {
+    func startCBroker(in dir: TempDir) async throws -> (process: Spawned, frontend: String, backend: String) {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let binary = dir.file("compass-cbroker")
         let cc = try Spawned("/bin/sh", ["-c", #"cc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -o "$0" "$1" $(pkg-config --cflags --libs libzmq)"#,
                                          binary, root.appendingPathComponent("bench/cbroker/cbroker.c").path], in: dir, name: "cc")
-        let built = try cc.waitForExit()
+        let built = try await cc.waitForExit()
         guard built.isSuccess else { throw HarnessError("cc failed: \(cc.log())") }
         let broker = try Spawned(binary, ["--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*", "--heartbeat-ms", "100",
                                           "--pool", "default"], in: dir, name: "cbroker")
-        let line = try broker.waitForLog("compass-cbroker listening")
+        let line = try await broker.waitForLog("compass-cbroker listening")
         func field(_ key: String) throws -> String {
             guard let part = line.split(separator: " ").first(where: { $0.hasPrefix(key + "=") }) else { throw HarnessError("no \(key) in: \(line)") }
             return String(part.dropFirst(key.count + 1))
@@ -38,15 +38,15 @@ struct CBrokerTests {
     @Test("compass submit --batch-size 1 and 2 compass-workers through the C broker: each custom_id once, correct text")
     func compassSubmitThroughTheCBroker() async throws {
         let dir = TempDir()
-        let broker = try startCBroker(in: dir)
+        let broker = try await startCBroker(in: dir)
         // compass-worker asks for explicit credit; the C broker's WELCOME does not grant it, so the
         // worker falls back to implicit credit, as docs/protocol.md says it must.
-        let workers = try startWorkers(2, broker.backend, in: dir, prefix: "worker")
+        let workers = try await startWorkers(2, broker.backend, in: dir, prefix: "worker")
         let count = 600
         let expected = try writePrompts(dir.file("in.jsonl"), count: count)
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--pool", "default", "--broker", broker.frontend,
                                              "--batch-size", "1", "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
-        #expect(try submit.waitForExit().isSuccess, "\(submit.log())")
+        #expect(try await submit.waitForExit().isSuccess, "\(submit.log())")
         #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
         // The broker's own count: each batch submitted, dispatched and completed once, none dropped as stale.
         let client = try testClient(broker.frontend)
@@ -62,8 +62,8 @@ struct CBrokerTests {
     @Test("500 one-request batches on the wire through the C broker and 2 compass-workers: one ACCEPTED and one RESULT each, correct text")
     func everyBatchOnceOnTheWire() async throws {
         let dir = TempDir()
-        let broker = try startCBroker(in: dir)
-        let workers = try startWorkers(2, broker.backend, in: dir, prefix: "worker")
+        let broker = try await startCBroker(in: dir)
+        let workers = try await startWorkers(2, broker.backend, in: dir, prefix: "worker")
         let context = try ZMQContext()
         let producer = try RawProducer(context, broker.frontend)
         try producer.send(.hello(session: "cbroker-\(UUID().uuidString)"))

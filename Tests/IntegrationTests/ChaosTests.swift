@@ -25,14 +25,14 @@ struct ChaosTests {
     func chaosRun() async throws {
         print("chaos: \(total) requests, \(workerCount) workers, seed \(seed)")
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--max-attempts", "10"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--max-attempts", "10"])
         var generation = 0
         func launch() throws -> Spawned {
             generation += 1
             return try startWorker(broker.backend, in: dir, name: "w\(generation)", arguments: ["--engine-arg", "batch_ms=100", "--credit", "2"])
         }
         var workers = try (0..<workerCount).map { _ in try launch() }
-        for w in workers { try w.waitForLog("registered with broker") }
+        for w in workers { try await w.waitForLog("registered with broker") }
         let expected = try writePrompts(dir.file("in.jsonl"), count: total)
         let started = Date()
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "16",
@@ -66,7 +66,7 @@ struct ChaosTests {
                 let victim = Int.random(in: 0..<workers.count, using: &rng)
                 guard stopped?.index != victim else { continue }
                 kill(workers[victim].pid, SIGKILL)
-                workers[victim] = try launch() // restarted, as a launcher would
+                workers[victim] = try await launch() // restarted, as a launcher would
                 kills += 1
             } else {
                 let victim = Int.random(in: 0..<workers.count, using: &rng)
@@ -77,7 +77,7 @@ struct ChaosTests {
         }
         if let s = stopped { workers[s.index].child.signal(SIGCONT) }
         let seconds = Date().timeIntervalSince(started)
-        #expect(try submit.waitForExit().isSuccess, "\(submit.log())")
+        #expect(try await submit.waitForExit().isSuccess, "\(submit.log())")
         let problems = try checkResults(dir.file("out.jsonl"), expected: expected)
         #expect(problems.isEmpty, "seed \(seed): \(problems.prefix(10))")
         let client = try testClient(broker.frontend)

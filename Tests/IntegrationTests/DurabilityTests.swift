@@ -14,8 +14,8 @@ struct DurabilityTests {
         let dir = TempDir()
         let fe = "ipc://\(dir.path)/fe", be = "ipc://\(dir.path)/be"
         let journalArgs = ["--journal", dir.file("journal.db")]
-        var broker = try BrokerProcess(in: dir, name: "broker1", frontend: fe, backend: be, arguments: journalArgs)
-        let workers = try startWorkers(3, be, in: dir, arguments: ["--engine-arg", "batch_ms=15"])
+        var broker = try await BrokerProcess(in: dir, name: "broker1", frontend: fe, backend: be, arguments: journalArgs)
+        let workers = try await startWorkers(3, be, in: dir, arguments: ["--engine-arg", "batch_ms=15"])
         let expected = try writePrompts(dir.file("in.jsonl"), count: 5000)
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", fe, "--batch-size", "16",
                                              "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
@@ -23,10 +23,10 @@ struct DurabilityTests {
             ((try? String(contentsOfFile: dir.file("out.jsonl"), encoding: .utf8))?.split(separator: "\n").count ?? 0) > 1600
         }
         broker.process.child.signal(SIGKILL)
-        _ = try broker.process.waitForExit(timeout: 5)
-        broker = try BrokerProcess(in: dir, name: "broker2", frontend: fe, backend: be, arguments: journalArgs)
-        let recovered = try broker.process.waitForLog("journal opened")
-        let exited = try submit.waitForExit(timeout: 120)
+        _ = try await broker.process.waitForExit(timeout: 5)
+        broker = try await BrokerProcess(in: dir, name: "broker2", frontend: fe, backend: be, arguments: journalArgs)
+        let recovered = try await broker.process.waitForLog("journal opened")
+        let exited = try await submit.waitForExit(timeout: 120)
         let problems = try checkResults(dir.file("out.jsonl"), expected: expected)
         #expect(exited.isSuccess, "\(submit.log())")
         #expect(problems == [])
@@ -38,7 +38,7 @@ struct DurabilityTests {
         try await eventually("the journal to hold nothing") {
             reads += 1
             let stats = try Spawned("compass", ["journal", "stats", dir.file("journal.db"), "--json"], in: dir, name: "stats-\(reads)")
-            guard try stats.waitForExit(timeout: 20).isSuccess,
+            guard try await stats.waitForExit(timeout: 20).isSuccess,
                   let document = try JSONSerialization.jsonObject(with: Data(stats.log().utf8)) as? [String: Any],
                   let read = document["pools"] as? [[String: Any]] else { return false }
             pools = read
@@ -52,8 +52,8 @@ struct DurabilityTests {
     @Test("SIGKILL the producer mid-run, restart with --resume: nothing lost, nothing duplicated, nothing run twice")
     func producerCrashResumes() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--journal", dir.file("journal.db")])
-        let workers = try startWorkers(2, broker.backend, in: dir, arguments: ["--engine-arg", "batch_ms=20"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--journal", dir.file("journal.db")])
+        let workers = try await startWorkers(2, broker.backend, in: dir, arguments: ["--engine-arg", "batch_ms=20"])
         let expected = try writePrompts(dir.file("in.jsonl"), count: 2000)
         let args = ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "16", "--out", dir.file("out.jsonl"), "--quiet"]
         let first = try Spawned("compass", args, in: dir, name: "submit1")
@@ -61,9 +61,9 @@ struct DurabilityTests {
             ((try? String(contentsOfFile: dir.file("out.jsonl"), encoding: .utf8))?.split(separator: "\n").count ?? 0) > 500
         }
         first.child.signal(SIGKILL)
-        _ = try first.waitForExit(timeout: 5)
+        _ = try await first.waitForExit(timeout: 5)
         let second = try Spawned("compass", args + ["--resume"], in: dir, name: "submit2")
-        #expect(try second.waitForExit(timeout: 120).isSuccess, "\(second.log())")
+        #expect(try await second.waitForExit(timeout: 120).isSuccess, "\(second.log())")
         #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
         #expect(second.log().contains("were already in the results file"))
         // 2,000 requests are 125 batches: the resumed producer made the broker run none of them
@@ -77,16 +77,16 @@ struct DurabilityTests {
     }
 
     @Test("A corrupt or unwritable journal stops the broker at start with a clear error")
-    func badJournalIsAClearError() throws {
+    func badJournalIsAClearError() async throws {
         let dir = TempDir()
         try Data(repeating: 0x7f, count: 10_000).write(to: URL(fileURLWithPath: dir.file("bad.db")))
         let corrupt = try Spawned("compass-broker", ["--frontend", "ipc://\(dir.path)/a", "--backend", "ipc://\(dir.path)/b",
                                                      "--journal", dir.file("bad.db")], in: dir, name: "corrupt")
-        #expect(try corrupt.waitForExit(timeout: 20) == .exited(1))
+        #expect(try await corrupt.waitForExit(timeout: 20) == .exited(1))
         #expect(corrupt.log().contains("corrupt"), "\(corrupt.log())")
         let missing = try Spawned("compass-broker", ["--frontend", "ipc://\(dir.path)/c", "--backend", "ipc://\(dir.path)/d",
                                                      "--journal", "/nonexistent/dir/j.db"], in: dir, name: "missing")
-        #expect(try missing.waitForExit(timeout: 20) == .exited(1))
+        #expect(try await missing.waitForExit(timeout: 20) == .exited(1))
         #expect(missing.log().contains("/nonexistent/dir"), "\(missing.log())")
     }
 }

@@ -13,13 +13,13 @@ struct EndToEndTests {
     @Test("2 workers, 2,000 requests in batches of 16 through compass submit: each custom_id once, correct text")
     func twoWorkersTwoThousandRequests() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
-        let workers = try startWorkers(2, broker.backend, in: dir, prefix: "worker")
+        let broker = try await BrokerProcess(in: dir)
+        let workers = try await startWorkers(2, broker.backend, in: dir, prefix: "worker")
         let expected = try writePrompts(dir.file("in.jsonl"), count: 2000)
         let started = Date()
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--pool", "default", "--broker", broker.frontend,
                                              "--batch-size", "16", "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
-        let exit = try submit.waitForExit()
+        let exit = try await submit.waitForExit()
         let seconds = Date().timeIntervalSince(started)
         #expect(exit.isSuccess, "\(submit.log())")
         #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
@@ -30,8 +30,8 @@ struct EndToEndTests {
     @Test("Scoring and generation requests mixed in batches through compass submit: each scored once, exactly")
     func scoringThroughSubmit() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
-        let workers = try startWorkers(2, broker.backend, in: dir, prefix: "worker")
+        let broker = try await BrokerProcess(in: dir)
+        let workers = try await startWorkers(2, broker.backend, in: dir, prefix: "worker")
         // Item i: context "w0 .. w<i%5> q<i>", choices: the greedy one (the context's last two
         // words, reversed: the start of the synthetic model's completion, -0.125 a word) and two
         // that are not (minus their length).
@@ -52,7 +52,7 @@ struct EndToEndTests {
         try (lines.joined(separator: "\n") + "\n").write(toFile: dir.file("in.jsonl"), atomically: true, encoding: .utf8)
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--pool", "default", "--broker", broker.frontend,
                                              "--batch-size", "16", "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
-        #expect(try submit.waitForExit().isSuccess, "\(submit.log())")
+        #expect(try await submit.waitForExit().isSuccess, "\(submit.log())")
         var seen: Set<String> = []
         for line in try String(contentsOfFile: dir.file("out.jsonl"), encoding: .utf8).split(separator: "\n") {
             let result = try JSONDecoder().decode(InferenceResult.self, from: Data(line.utf8))
@@ -71,7 +71,7 @@ struct EndToEndTests {
     @Test("A worker started after submission receives the queued work at once")
     func horizontalScale() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let client = try testClient(broker.frontend)
         defer { client.close() }
         let requests = (0..<4).map { InferenceRequest(customID: "r\($0)", prompt: "late worker \($0)") }
@@ -93,9 +93,9 @@ struct EndToEndTests {
     @Test("SIGTERM drains a worker: its running batch completes, it says BYE and exits 0")
     func workerDrainsOnSIGTERM() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let worker = try startWorker(broker.backend, in: dir, name: "drainer", arguments: ["--engine-arg", "batch_ms=2000"])
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let client = try testClient(broker.frontend)
         defer { client.close() }
         // The deadline makes a lost result fail the test (FAILED timeout) instead of hanging it.
@@ -106,7 +106,7 @@ struct EndToEndTests {
         let outcome = try await task.value
         #expect(try outcome.results().first?.text == "please me finish")
         #expect(outcome.attempts == 1)
-        #expect(try worker.waitForExit(timeout: 10) == .exited(0))
+        #expect(try await worker.waitForExit(timeout: 10) == .exited(0))
         #expect(worker.log().contains("draining"))
         try await eventually("the broker to forget the drained worker") { try await status(client).scheduler.workers.isEmpty }
         // The worker exits right after its last RESULT: the broker, which sees the connection drop,

@@ -18,9 +18,9 @@ struct EngineHostTests {
     @Test("The exec engine (bin/engines/example_engine.py) serves a pool end to end")
     func execEngine() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let w = try worker(broker.backend, dir, "exec", try exampleEngineArguments())
-        try w.waitForLog("registered with broker")
+        try await w.waitForLog("registered with broker")
         let client = try testClient(broker.frontend)
         defer { client.close() }
         let outcome = try await client.submit([InferenceRequest(customID: "a", prompt: "hello engine"),
@@ -34,9 +34,9 @@ struct EngineHostTests {
     func hfEngineOnTinyModel() async throws {
         let model = try await TinyModel.shared.directory()
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let w = try worker(broker.backend, dir, "hf", ["--engine", "hf", "--model", model, "--engine-arg", "max_tokens=8"])
-        try w.waitForLog("registered with broker", timeout: 120)
+        try await w.waitForLog("registered with broker", timeout: 120)
         let client = try testClient(broker.frontend)
         defer { client.close() }
         var batch = (0..<12).map { InferenceRequest(customID: "p\($0)", prompt: "The broker hands out batch number \($0)", maxTokens: 6) }
@@ -59,9 +59,9 @@ struct EngineHostTests {
     func engineKilledMidBatch() async throws {
         let model = try await TinyModel.shared.directory()
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let w = try worker(broker.backend, dir, "hf", ["--engine", "hf", "--model", model, "--engine-arg", "batch_size=4"])
-        try w.waitForLog("registered with broker", timeout: 120)
+        try await w.waitForLog("registered with broker", timeout: 120)
         let client = try testClient(broker.frontend)
         defer { client.close() }
         // Long enough to be killed in the middle: 48 requests in micro-batches of 4, 48 tokens each.
@@ -70,7 +70,7 @@ struct EngineHostTests {
         try await eventually("the engine to report progress on the batch") {
             (try await status(client).scheduler.workers.first?.progress["kill-me"]?.first ?? 0) > 0
         }
-        let pid = try enginePID(w)
+        let pid = try await enginePID(w)
         kill(-pid, SIGKILL)
         let outcome = try await task.value
         #expect(try outcome.results().count == 48)
@@ -84,84 +84,84 @@ struct EngineHostTests {
     }
 
     @Test("An engine that never becomes ready hits the startup deadline; the worker gives up with a clear error")
-    func startupDeadline() throws {
+    func startupDeadline() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let w = try worker(broker.backend, dir, "never", try exampleEngineArguments([
             "--engine-arg", "never_ready=1", "--startup-timeout-ms", "400", "--max-start-failures", "2"]))
-        #expect(try w.waitForExit(timeout: 30) == .exited(3))
+        #expect(try await w.waitForExit(timeout: 30) == .exited(3))
         let log = w.log()
         #expect(log.contains("the engine was not ready within 400 ms"))
         #expect(log.contains("failed to start 2 times in a row; giving up"))
     }
 
     @Test("Two workers cannot own the same GPU: the second is refused, naming the first's pid")
-    func gpuClaimsAreExclusive() throws {
+    func gpuClaimsAreExclusive() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let locks = ["--lock-dir", dir.file("locks")]
         let first = try startWorker(broker.backend, in: dir, name: "first", arguments: ["--gpus", "3"] + locks)
-        try first.waitForLog("registered with broker")
+        try await first.waitForLog("registered with broker")
         let second = try startWorker(broker.backend, in: dir, name: "second", arguments: ["--gpus", "3"] + locks)
-        #expect(try second.waitForExit(timeout: 20) == .exited(2))
+        #expect(try await second.waitForExit(timeout: 20) == .exited(2))
         #expect(second.log().contains("GPU 3 is already claimed by pid \(first.pid)"), "\(second.log())")
         // A group of the wrong size is refused too.
         let wrong = try startWorker(broker.backend, in: dir, name: "wrong", arguments: ["--tp", "2", "--gpus", "4"] + locks)
-        #expect(try wrong.waitForExit(timeout: 20) != .exited(0))
+        #expect(try await wrong.waitForExit(timeout: 20) != .exited(0))
         #expect(wrong.log().contains("--tp is 2"))
     }
 
     @Test("--gpus auto takes free GPUs among CUDA_VISIBLE_DEVICES and refuses when none are left")
-    func gpusAuto() throws {
+    func gpusAuto() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let env = ["CUDA_VISIBLE_DEVICES": "3,4"]
         let args = ["--broker", broker.backend, "--pool", "default", "--gpus", "auto", "--lock-dir", dir.file("locks")]
         let first = try Spawned("compass-worker", args, in: dir, name: "first", environment: env)
-        try first.waitForLog("registered with broker")
+        try await first.waitForLog("registered with broker")
         let second = try Spawned("compass-worker", args, in: dir, name: "second", environment: env)
-        try second.waitForLog("registered with broker")
+        try await second.waitForLog("registered with broker")
         #expect(first.log().contains("gpus=[3]"), "\(first.log())")
         #expect(second.log().contains("gpus=[4]"), "\(second.log())")
         let third = try Spawned("compass-worker", args, in: dir, name: "third", environment: env)
-        #expect(try third.waitForExit(timeout: 20) == .exited(2))
+        #expect(try await third.waitForExit(timeout: 20) == .exited(2))
         #expect(third.log().contains("--gpus auto needs 1 free GPUs; only 0 of 2"), "\(third.log())")
     }
 
     @Test("An engine left running by a SIGKILLed worker is killed by the next worker that claims its GPU")
-    func orphanedEngineIsReaped() throws {
+    func orphanedEngineIsReaped() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let locks = ["--lock-dir", dir.file("locks")]
         // An engine that does not exit when its worker goes (stuck, as in a CUDA call).
         let stuck = ["--engine-arg", "stuck_after_eof=1", "--gpus", "5"] + locks
         let first = try worker(broker.backend, dir, "first", try exampleEngineArguments(stuck))
-        let enginePid = try enginePID(first)
-        try first.waitForLog("registered with broker")
+        let enginePid = try await enginePID(first)
+        try await first.waitForLog("registered with broker")
         kill(first.pid, SIGKILL)
-        _ = try first.waitForExit(timeout: 10)
+        _ = try await first.waitForExit(timeout: 10)
         #expect(processAlive(enginePid), "the stuck engine should outlive its SIGKILLed worker (its own process group)")
         let second = try worker(broker.backend, dir, "second", try exampleEngineArguments(["--gpus", "5"] + locks))
-        try second.waitForLog("killed an engine left running by a dead worker")
-        try second.waitForLog("registered with broker")
-        #expect(waitGone(enginePid, seconds: 4), "the orphaned engine \(enginePid) is still alive")
+        try await second.waitForLog("killed an engine left running by a dead worker")
+        try await second.waitForLog("registered with broker")
+        #expect(try await waitGone(enginePid, seconds: 4), "the orphaned engine \(enginePid) is still alive")
     }
 
     @Test("A SIGKILLed worker's compass_engine engine exits by itself: end of file on its request pipe, stderr unread")
-    func engineExitsWhenItsWorkerIsKilled() throws {
+    func engineExitsWhenItsWorkerIsKilled() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let scripted = "command=\(try enginePython()) \(repositoryRoot)/bin/engines/tests/scripted_engine.py"
         let first = try worker(broker.backend, dir, "first", ["--engine", "exec", "--engine-arg", scripted])
-        let enginePid = try enginePID(first)
-        try first.waitForLog("registered with broker")
+        let enginePid = try await enginePID(first)
+        try await first.waitForLog("registered with broker")
         kill(first.pid, SIGKILL)
-        _ = try first.waitForExit(timeout: 10)
-        #expect(waitGone(enginePid, seconds: 10), "the engine \(enginePid) outlived its SIGKILLed worker")
+        _ = try await first.waitForExit(timeout: 10)
+        #expect(try await waitGone(enginePid, seconds: 10), "the engine \(enginePid) outlived its SIGKILLed worker")
     }
 
-    func enginePID(_ worker: Spawned) throws -> Int32 {
-        let started = try worker.waitForLog("engine process started")
+    func enginePID(_ worker: Spawned) async throws -> Int32 {
+        let started = try await worker.waitForLog("engine process started")
         return try #require(started.split(separator: " ").first { $0.hasPrefix("pid=") }.flatMap { Int32($0.dropFirst(4)) })
     }
 
@@ -174,11 +174,11 @@ struct EngineHostTests {
     }
 
     /// Waits up to `seconds` for `pid` to be gone; true if it went.
-    func waitGone(_ pid: Int32, seconds: Double) -> Bool {
+    func waitGone(_ pid: Int32, seconds: Double) async throws -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while processAlive(pid) {
             if Date() > deadline { return false }
-            usleep(20_000)
+            try await Task.sleep(nanoseconds: 20_000_000)
         }
         return true
     }

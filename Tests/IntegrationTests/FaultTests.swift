@@ -52,7 +52,7 @@ struct FaultTests {
             return false
         }
         print("recovery: SIGKILLed worker's batch re-dispatched after \(String(format: "%.0f", redispatchSeconds * 1000)) ms (heartbeat 100 ms, liveness 3)")
-        let exit = try submit.waitForExit(timeout: 120)
+        let exit = try await submit.waitForExit(timeout: 120)
         #expect(exit.isSuccess, "\(submit.log())")
         #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
         // The launcher restarted the killed worker: three workers again, none with the dead pid.
@@ -62,7 +62,7 @@ struct FaultTests {
         }
         #expect(up.log().contains("process exited; restarting"))
         up.child.signal(SIGINT)
-        #expect(try up.waitForExit(timeout: 30).isSuccess, "\(up.log())")
+        #expect(try await up.waitForExit(timeout: 30).isSuccess, "\(up.log())")
     }
 
     @Test("A SIGKILLed worker is found when its connection drops, not a heartbeat later (heartbeat 3 s)")
@@ -70,9 +70,9 @@ struct FaultTests {
         let dir = TempDir()
         // Heartbeats every 3 s: without the backend's socket monitor the broker would notice the
         // dead worker only at its next heartbeat to it, 2.8 s or more after the kill.
-        let broker = try BrokerProcess(in: dir, arguments: ["--heartbeat-ms", "3000"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--heartbeat-ms", "3000"])
         defer { broker.process.child.signal(SIGKILL) }
-        let workers = try startWorkers(2, broker.backend, in: dir, arguments: ["--credit", "1", "--engine-arg", "batch_ms=200"])
+        let workers = try await startWorkers(2, broker.backend, in: dir, arguments: ["--credit", "1", "--engine-arg", "batch_ms=200"])
         defer { for w in workers { w.child.signal(SIGKILL) } }
         let client = try testClient(broker.frontend)
         defer { client.close() }
@@ -92,7 +92,7 @@ struct FaultTests {
         print("disconnect probe: batch \(batch) of the SIGKILLed worker requeued after \(String(format: "%.0f", noticed * 1000)) ms (heartbeat 3000 ms)")
         #expect(noticed < 1.5, "requeued after \(noticed) s")
         #expect(broker.process.log().contains("connection lost"), "\(broker.process.log())")
-        #expect(try submit.waitForExit(timeout: 60).isSuccess, "\(submit.log())")
+        #expect(try await submit.waitForExit(timeout: 60).isSuccess, "\(submit.log())")
         #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
     }
 
@@ -100,16 +100,16 @@ struct FaultTests {
     func brokerRestartWithoutJournal() async throws {
         let dir = TempDir()
         let fe = "ipc://\(dir.path)/fe", be = "ipc://\(dir.path)/be"
-        var broker: BrokerProcess? = try BrokerProcess(in: dir, name: "broker1", frontend: fe, backend: be)
+        var broker: BrokerProcess? = try await BrokerProcess(in: dir, name: "broker1", frontend: fe, backend: be)
         let worker = try startWorker(be, in: dir, name: "worker", arguments: ["--engine-arg", "batch_ms=300"])
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let client = try testClient(fe)
         defer { client.close() }
         let task = Task { try await client.submit([InferenceRequest(customID: "x", prompt: "survive a broker restart")], pool: "default", batchID: "restart-1") }
         try await eventually("the batch to run") { try await status(client).scheduler.workers.first?.running == ["restart-1"] }
         broker!.process.child.signal(SIGKILL)
-        _ = try broker!.process.waitForExit(timeout: 5)
-        broker = try BrokerProcess(in: dir, name: "broker2", frontend: fe, backend: be)
+        _ = try await broker!.process.waitForExit(timeout: 5)
+        broker = try await BrokerProcess(in: dir, name: "broker2", frontend: fe, backend: be)
         try await eventually("the worker to re-register with the new broker", timeout: 15) {
             (try? await status(client))?.scheduler.workers.count == 1
         }

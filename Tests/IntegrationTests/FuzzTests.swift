@@ -98,7 +98,7 @@ struct FuzzTests {
     func brokerSurvivesFuzzing() async throws {
         print("fuzz seed \(Self.seed) (replay with COMPASS_FUZZ_SEED=\(Self.seed))")
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--max-payload-bytes", "200000"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--max-payload-bytes", "200000"])
         let before = try #require(residentKiB(broker.process.pid))
         let holder = try ZMQContextHolder()
         let peers = try (0..<16).map { try holder.dealer(broker.frontend, id: "fz-front-\($0)") }
@@ -117,7 +117,7 @@ struct FuzzTests {
         }
         // Still serving: a real worker and client complete a run correctly.
         let worker = try startWorker(broker.backend, in: dir, name: "worker")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let client = try testClient(broker.frontend)
         defer { client.close() }
         let (batch, expected) = requests(40, prefix: "after")

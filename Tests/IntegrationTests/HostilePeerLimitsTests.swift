@@ -29,10 +29,10 @@ struct HostilePeerLimitsTests {
     }
 
     @Test("A SUBMIT whose frames together pass the message limit, each under the frame limit, is refused bad_frame; so is one of 40 frames; the connection goes on")
-    func submitBoundedPerMessage() throws {
+    func submitBoundedPerMessage() async throws {
         let dir = TempDir()
         // 1 MiB payloads: a message may have 2 MiB in all, and so may each frame (ZMQ_MAXMSGSIZE).
-        let broker = try BrokerProcess(in: dir, arguments: ["--max-payload-bytes", "\(1 << 20)"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--max-payload-bytes", "\(1 << 20)"])
         let context = try ZMQContext()
         let producer = try RawProducer(context, broker.frontend)
         try producer.send(.hello(session: "s-big"))
@@ -68,7 +68,7 @@ struct HostilePeerLimitsTests {
     @Test("Oversized worker messages (RESULT over the message limit, HEARTBEAT or READY over the control limit) get DISCONNECT bad_frame at once and cost no decoding")
     func workerMessagesBounded() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let context = try ZMQContext()
         let client = try testClient(broker.frontend)
         defer { client.close() }
@@ -107,7 +107,7 @@ struct HostilePeerLimitsTests {
         #expect(try await status(client).scheduler.workers.isEmpty)
 
         // A RESULT of 1.5 MiB stats and 1 MiB payload, against a broker whose message limit is 2 MiB.
-        let small = try BrokerProcess(in: dir, name: "small", arguments: ["--max-payload-bytes", "\(1 << 20)"])
+        let small = try await BrokerProcess(in: dir, name: "small", arguments: ["--max-payload-bytes", "\(1 << 20)"])
         let producer = try RawProducer(context, small.frontend)
         try producer.send(.hello(session: "s-res"))
         try producer.submit("s-res-1", Self.payload)
@@ -134,7 +134,7 @@ struct HostilePeerLimitsTests {
     @Test("DISCONNECT for a malformed message forgets the worker: its batch goes to another worker; READY needs only pool and credit; refusals name the field, not Swift's DecodingError")
     func disconnectForgetsWorker() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let context = try ZMQContext()
         let client = try testClient(broker.frontend)
         defer { client.close() }
@@ -168,7 +168,7 @@ struct HostilePeerLimitsTests {
         }
         #expect(forgotten, "the worker that was sent DISCONNECT is still registered")
         let worker = try startWorker(broker.backend, in: dir, name: "w")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let outcome = try await submit.value
         guard case .completed = outcome.status else { Issue.record("not completed: \(outcome)"); return }
         #expect(outcome.attempts == 2)
@@ -199,7 +199,7 @@ struct HostilePeerLimitsTests {
     @Test("Results are checked: not JSON, invalid UTF-8, or a result count other than the batch's requests fail the attempt as engine_error, never reach the producer")
     func resultsChecked() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let context = try ZMQContext()
         let producer = try RawProducer(context, broker.frontend)
         try producer.send(.hello(session: "s-check"))
@@ -228,29 +228,29 @@ struct HostilePeerLimitsTests {
     }
 
     @Test("Payload rules: invalid UTF-8 and lone surrogates are bad_payload, a wrong request_count too; CANCEL of a finished batch re-sends its outcome; ACK of an unknown id is unknown_batch")
-    func payloadRulesAndReplies() throws {
+    func payloadRulesAndReplies() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let context = try ZMQContext()
         let producer = try RawProducer(context, broker.frontend)
         try producer.send(.hello(session: "s-rules"))
         _ = try producer.receive(until: \.isWelcome)
-        func submit(_ id: String, _ payload: [UInt8], count: UInt32 = 1) throws -> ProducerReply? {
+        func submit(_ id: String, _ payload: [UInt8], count: UInt32 = 1) async throws -> ProducerReply? {
             try producer.send(.submit(batchID: id, pool: "default", meta: BatchMeta(requestCount: count), payload: Frame(bytes: payload)))
             return try producer.sync().first { $0.isAccepted || $0.rejectionCode != nil }
         }
         let invalidUTF8 = Array(#"[{"custom_id":"a","prompt":""#.utf8) + [0xc0, 0xaf] + Array(#""}]"#.utf8)
-        #expect(try submit("r-1", invalidUTF8)?.rejectionCode == "bad_payload")
-        #expect(try submit("r-2", Array(#"[{"custom_id":"a","prompt":"\ud800 alone"}]"#.utf8))?.rejectionCode == "bad_payload")
-        #expect(try submit("r-3", Array(#"[{"custom_id":"a","prompt":"\udc00"}]"#.utf8))?.rejectionCode == "bad_payload")
-        #expect(try submit("r-4", Array(#"[{"custom_id":"a","prompt":"\ud83d\ude00 ok é"}]"#.utf8))?.isAccepted == true)
-        #expect(try submit("r-5", Array(Self.payload.utf8), count: 3)?.rejectionCode == "bad_payload")
-        #expect(try submit("r-6", Array(Self.payload.utf8), count: 0)?.isAccepted == true)
+        await #expect(try submit("r-1", invalidUTF8)?.rejectionCode == "bad_payload")
+        await #expect(try submit("r-2", Array(#"[{"custom_id":"a","prompt":"\ud800 alone"}]"#.utf8))?.rejectionCode == "bad_payload")
+        await #expect(try submit("r-3", Array(#"[{"custom_id":"a","prompt":"\udc00"}]"#.utf8))?.rejectionCode == "bad_payload")
+        await #expect(try submit("r-4", Array(#"[{"custom_id":"a","prompt":"\ud83d\ude00 ok é"}]"#.utf8))?.isAccepted == true)
+        await #expect(try submit("r-5", Array(Self.payload.utf8), count: 3)?.rejectionCode == "bad_payload")
+        await #expect(try submit("r-6", Array(Self.payload.utf8), count: 0)?.isAccepted == true)
         let deep = String(repeating: "[", count: 65) + String(repeating: "]", count: 65)
-        #expect(try submit("r-7", Array(deep.utf8))?.rejectionCode == "bad_payload")
+        await #expect(try submit("r-7", Array(deep.utf8))?.rejectionCode == "bad_payload")
 
         let worker = try startWorker(broker.backend, in: dir, name: "w")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         var outcomes = Set<String>()
         while !outcomes.isSuperset(of: ["r-4", "r-6"]) {
             outcomes.formUnion(try producer.receive(until: \.isOutcome).compactMap(\.outcomeID))
@@ -271,7 +271,7 @@ struct HostilePeerLimitsTests {
     @Test("20,000 HELLOs with new sessions from one connection leave one session; STATUS stays small")
     func helloFloodBounded() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let context = try ZMQContext()
         let flood = try context.dealer(broker.frontend)
         let count = 20_000

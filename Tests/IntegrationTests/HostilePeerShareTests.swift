@@ -19,9 +19,9 @@ struct HostilePeerShareTests {
     func neverAckingSessionCannotLockOthersOut() async throws {
         let dir = TempDir()
         // A 2 MB pool: a session's share is a quarter, 500 KB.
-        let broker = try BrokerProcess(in: dir, arguments: ["--max-pool-bytes", "2000000"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--max-pool-bytes", "2000000"])
         let worker = try startWorker(broker.backend, in: dir, name: "w")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let context = try ZMQContext()
         let greedy = try RawProducer(context, broker.frontend)
         try greedy.send(.hello(session: "s-greedy"))
@@ -71,11 +71,11 @@ struct HostilePeerShareTests {
     }
 
     @Test("A batch id re-used with another payload or pool is refused payload_mismatch (never the old result); the same SUBMIT stays idempotent; ACKed ids are remembered for --remembered-acks ACKs")
-    func batchIDReuseIsRefused() throws {
+    func batchIDReuseIsRefused() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--remembered-acks", "2", "--pool", "other"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--remembered-acks", "2", "--pool", "other"])
         let worker = try startWorker(broker.backend, in: dir, name: "w")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let context = try ZMQContext()
         let producer = try RawProducer(context, broker.frontend)
         try producer.send(.hello(session: "s-reuse"))

@@ -14,11 +14,11 @@ struct HostilePeerTests {
     static let payload = #"[{"custom_id":"a","prompt":"a private prompt"}]"#
 
     @Test("A connection without HELLO re-submitting a connected session's batch id gets session_required, never its RESULT; its ACK and CANCEL change nothing")
-    func noResultTheft() throws {
+    func noResultTheft() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let worker = try startWorker(broker.backend, in: dir, name: "w")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let context = try ZMQContext()
         let owner = try RawProducer(context, broker.frontend)
         try owner.send(.hello(session: "owner-session"))
@@ -51,9 +51,9 @@ struct HostilePeerTests {
     }
 
     @Test("A HELLO naming another connection's anonymous session (anon: and its routing id) is refused bad_frame; the result still goes to that connection")
-    func noAnonymousSessionHijack() throws {
+    func noAnonymousSessionHijack() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let context = try ZMQContext()
         // No HELLO: its session is `anon:` and its routing id, which a thief can guess. No worker yet: the batch waits.
         let victim = try RawProducer(context, broker.frontend, id: "victim-conn")
@@ -65,15 +65,15 @@ struct HostilePeerTests {
         #expect(told.compactMap(\.rejectionCode) == ["bad_frame"], "\(told)")
         #expect(!told.contains { $0.isWelcome }, "\(told)")
         let worker = try startWorker(broker.backend, in: dir, name: "w")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         #expect(try victim.receive(until: \.isOutcome).compactMap(\.outcomeID) == ["v-1"])
         #expect(try thief.sync().allSatisfy { !$0.isOutcome })
     }
 
     @Test("A batch id with '~' (the broker names the halves of a split batch with it) is refused bad_frame at SUBMIT")
-    func splitSeparatorInBatchIDIsRefused() throws {
+    func splitSeparatorInBatchIDIsRefused() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let context = try ZMQContext()
         let producer = try RawProducer(context, broker.frontend)
         try producer.send(.hello(session: "s-tilde"))
@@ -85,11 +85,11 @@ struct HostilePeerTests {
     }
 
     @Test("After a broker restart, a reconnected socket's queued re-SUBMIT (before its HELLO) is refused, then accepted after HELLO and delivered once")
-    func queuedResubmitAfterRestartNeedsHello() throws {
+    func queuedResubmitAfterRestartNeedsHello() async throws {
         let dir = TempDir()
         let fe = "ipc://\(dir.path)/fe", be = "ipc://\(dir.path)/be"
         let journal = ["--journal", dir.file("journal.db")]
-        var broker = try BrokerProcess(in: dir, name: "broker1", frontend: fe, backend: be, arguments: journal)
+        var broker = try await BrokerProcess(in: dir, name: "broker1", frontend: fe, backend: be, arguments: journal)
         let context = try ZMQContext()
         // No worker yet: the batch is queued and journaled.
         let producer = try RawProducer(context, fe, id: "producer-conn-1")
@@ -98,11 +98,11 @@ struct HostilePeerTests {
         try producer.submit("s-restart-1", Self.payload)
         _ = try producer.receive(until: \.isAccepted)
         broker.process.child.signal(SIGKILL)
-        _ = try broker.process.waitForExit(timeout: 5)
+        _ = try await broker.process.waitForExit(timeout: 5)
         try producer.waitForDisconnect()
         // Sent while the broker is away: libzmq keeps it and delivers it first on reconnect.
         try producer.submit("s-restart-1", Self.payload)
-        broker = try BrokerProcess(in: dir, name: "broker2", frontend: fe, backend: be, arguments: journal)
+        broker = try await BrokerProcess(in: dir, name: "broker2", frontend: fe, backend: be, arguments: journal)
         let early = try producer.receive(until: { $0.rejectionCode != nil || $0.isAccepted })
         #expect(early.last?.rejectionCode == "session_required", "\(early)")
         // The honest producer says HELLO and re-submits; then a worker comes.
@@ -110,7 +110,7 @@ struct HostilePeerTests {
         try producer.submit("s-restart-1", Self.payload)
         #expect(try producer.receive(until: { $0.rejectionCode != nil || $0.isAccepted }).last?.isAccepted == true)
         let worker = try startWorker(be, in: dir, name: "w")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let outcome = try producer.receive(until: \.isOutcome)
         #expect(outcome.last?.isResult == true)
         try producer.send(.ack(batchID: "s-restart-1"))
@@ -120,7 +120,7 @@ struct HostilePeerTests {
     @Test("A worker answering every batch with handed_back without BYE: FAILED after max_attempts dispatches, no endless re-dispatch")
     func handedBackWithoutByeEnds() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let context = try ZMQContext()
         let worker = try RawWorker(context, broker.backend)
         let client = try testClient(broker.frontend)
@@ -161,7 +161,7 @@ struct HostilePeerTests {
     @Test("A worker's bogus RESULTs (batches never sent to it, a repeated answer) win it no credit; READY with negative credit is refused")
     func noCreditInflation() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let context = try ZMQContext()
         let producer = try RawProducer(context, broker.frontend)
         try producer.send(.hello(session: "s-credit"))
@@ -257,22 +257,22 @@ struct HostilePeerTests {
     }
 
     @Test("compass submit to a pool no worker has joined yet waits (saying so) and completes when one registers; --wait-for-pool 0 fails at once")
-    func submitWaitsForItsPool() throws {
+    func submitWaitsForItsPool() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let expected = try writePrompts(dir.file("in.jsonl"), count: 20)
         let run = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--pool", "late",
                                           "--batch-size", "4", "--wait-for-pool", "60", "--out", dir.file("out.jsonl"), "--quiet"],
                               in: dir, name: "submit")
-        try run.waitForLog("waiting up to 60 s for a worker of pool 'late'")
+        try await run.waitForLog("waiting up to 60 s for a worker of pool 'late'")
         let worker = try startWorker(broker.backend, in: dir, name: "w", pool: "late")
-        try worker.waitForLog("registered with broker")
-        #expect(try run.waitForExit(timeout: 60).isSuccess, "\(run.log())")
+        try await worker.waitForLog("registered with broker")
+        #expect(try await run.waitForExit(timeout: 60).isSuccess, "\(run.log())")
         #expect(try checkResults(dir.file("out.jsonl"), expected: expected) == [])
 
         let impatient = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--pool", "nobody",
                                                 "--wait-for-pool", "0", "--out", dir.file("none.jsonl"), "--quiet"], in: dir, name: "impatient")
-        #expect(try impatient.waitForExit(timeout: 30) == .exited(1))
+        #expect(try await impatient.waitForExit(timeout: 30) == .exited(1))
         #expect(impatient.log().contains("no worker has joined pool 'nobody'"), "\(impatient.log())")
         #expect(impatient.log().contains("known pools: default, late"), "\(impatient.log())")
     }

@@ -9,14 +9,14 @@ struct OperationsTests {
     @Test("compass status --json reports the numbers of a run that just happened")
     func statusJSONMatchesTheRun() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
-        let workers = try startWorkers(2, broker.backend, in: dir)
+        let broker = try await BrokerProcess(in: dir)
+        let workers = try await startWorkers(2, broker.backend, in: dir)
         _ = try writePrompts(dir.file("in.jsonl"), count: 320)
         let submit = try Spawned("compass", ["submit", dir.file("in.jsonl"), "--broker", broker.frontend, "--batch-size", "16",
                                              "--out", dir.file("out.jsonl"), "--quiet"], in: dir, name: "submit")
-        #expect(try submit.waitForExit().isSuccess)
+        #expect(try await submit.waitForExit().isSuccess)
         let status = try Spawned("compass", ["status", "--broker", broker.frontend, "--json"], in: dir, name: "status")
-        #expect(try status.waitForExit(timeout: 20).isSuccess, "\(status.log())")
+        #expect(try await status.waitForExit(timeout: 20).isSuccess, "\(status.log())")
         let document = try JSONDecoder().decode(BrokerStatus.self, from: Data(status.log().utf8))
         let pool = try #require(document.scheduler.pools.first { $0.name == "default" })
         #expect(pool.counters.submitted == 20)
@@ -28,18 +28,18 @@ struct OperationsTests {
         #expect(document.scheduler.workers.map(\.completed).reduce(0, +) == 20)
         #expect(Set(document.workers.compactMap { $0.capabilities?.pid }) == Set(workers.map(\.pid)))
         let table = try Spawned("compass", ["status", "--broker", broker.frontend], in: dir, name: "table")
-        #expect(try table.waitForExit(timeout: 20).isSuccess)
+        #expect(try await table.waitForExit(timeout: 20).isSuccess)
         #expect(table.log().contains("default") && table.log().contains("WORKER") && table.log().contains("REQ/S"))
     }
 
     @Test("The Prometheus endpoint's counters move as batches complete")
     func metricsMoveDuringARun() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--metrics", "127.0.0.1:0"])
-        let line = try broker.process.waitForLog("compass-broker metrics http://")
+        let broker = try await BrokerProcess(in: dir, arguments: ["--metrics", "127.0.0.1:0"])
+        let line = try await broker.process.waitForLog("compass-broker metrics http://")
         let url = String(line.split(separator: " ").last!)
         let worker = try startWorker(broker.backend, in: dir, name: "w", arguments: ["--engine-arg", "batch_ms=100"])
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         func scrape() throws -> [String: Double] {
             let text = try httpGet(url)
             var values: [String: Double] = [:]
@@ -69,7 +69,7 @@ struct OperationsTests {
     }
 
     @Test("compass up holds back a crash-looping worker and reports it")
-    func crashLoopIsHeldBack() throws {
+    func crashLoopIsHeldBack() async throws {
         let dir = TempDir()
         try """
         broker:
@@ -85,11 +85,11 @@ struct OperationsTests {
         """.write(toFile: dir.file("t.yaml"), atomically: true, encoding: .utf8)
         let up = try Spawned("compass", ["up", dir.file("t.yaml"), "--crash-loop-count", "3", "--crash-loop-seconds", "60", "--no-view"],
                              in: dir, name: "up")
-        try up.waitForLog("crash-looping; holding it back", timeout: 30)
+        try await up.waitForLog("crash-looping; holding it back", timeout: 30)
         #expect(up.log().components(separatedBy: "process exited; restarting").count - 1 == 2)
         #expect(up.log().contains("process=broken.0"))
         up.child.signal(SIGINT)
-        #expect(try up.waitForExit(timeout: 30).isSuccess)
+        #expect(try await up.waitForExit(timeout: 30).isSuccess)
     }
 
     @Test("compass up with a gateway: section serves HTTP; Ctrl-C stops the gateway too, first")
@@ -106,15 +106,15 @@ struct OperationsTests {
           listen: 127.0.0.1:0
         """.write(toFile: dir.file("t.yaml"), atomically: true, encoding: .utf8)
         let up = try Spawned("compass", ["up", dir.file("t.yaml"), "--no-view"], in: dir, name: "up")
-        let started = try up.waitForLog("process=gateway", timeout: 30)
+        let started = try await up.waitForLog("process=gateway", timeout: 30)
         let gatewayPid = try #require(started.split(separator: " ").first { $0.hasPrefix("pid=") }.flatMap { Int32($0.dropFirst(4)) })
-        let listening = try up.waitForLog("compass gateway listening on http://127.0.0.1:", timeout: 30)
+        let listening = try await up.waitForLog("compass gateway listening on http://127.0.0.1:", timeout: 30)
         let port = try #require(listening.split(separator: ":").dropFirst(2).first.flatMap { Int($0.prefix { $0.isNumber }) })
         try await eventually("the gateway to see the pool's worker") {
             (try? httpGet("http://127.0.0.1:\(port)/v1/models"))?.contains(#""workers":1"#) == true
         }
         up.child.signal(SIGINT)
-        #expect(try up.waitForExit(timeout: 30).isSuccess, "\(up.log())")
+        #expect(try await up.waitForExit(timeout: 30).isSuccess, "\(up.log())")
         #expect(kill(gatewayPid, 0) != 0, "the gateway \(gatewayPid) outlived compass up")
         let log = up.log()
         let gatewayStop = try #require(log.range(of: "gateway stopped"), "\(log)")
@@ -123,10 +123,10 @@ struct OperationsTests {
     }
 
     @Test("--log-format json writes one JSON object per line")
-    func jsonLogs() throws {
+    func jsonLogs() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--log-format", "json"])
-        try broker.process.waitForLog("broker ready")
+        let broker = try await BrokerProcess(in: dir, arguments: ["--log-format", "json"])
+        try await broker.process.waitForLog("broker ready")
         let lines = broker.process.log().split(separator: "\n").filter { $0.hasPrefix("{") }
         #expect(!lines.isEmpty)
         for line in lines {

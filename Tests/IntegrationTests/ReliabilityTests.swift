@@ -13,8 +13,8 @@ struct ReliabilityTests {
     @Test("64 requests, one crashes the engine: 63 succeed, 1 fails with engine_dead, bounded dispatches")
     func poisonRequestIsIsolated() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
-        let workers = try startWorkers(2, broker.backend, in: dir)
+        let broker = try await BrokerProcess(in: dir)
+        let workers = try await startWorkers(2, broker.backend, in: dir)
         let client = try testClient(broker.frontend)
         defer { client.close() }
         let (batch, expected) = requests(64) { $0 == 41 ? "@@crash" : "" }
@@ -31,9 +31,9 @@ struct ReliabilityTests {
     @Test("A hung engine is killed by the watchdog within its time and the batch completes on retry")
     func hangWatchdog() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let worker = try startWorker(broker.backend, in: dir, name: "w", arguments: ["--progress-timeout-ms", "600"])
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let client = try testClient(broker.frontend)
         defer { client.close() }
         let started = Date()
@@ -50,10 +50,10 @@ struct ReliabilityTests {
     @Test("A worker that heartbeats but never finishes loses its batch at the lease")
     func leaseTakesBackAStuckBatch() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--lease-ms", "500"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--lease-ms", "500"])
         // The watchdog is off: only the broker's lease can take the batch back.
         let stuck = try startWorker(broker.backend, in: dir, name: "stuck", arguments: ["--progress-timeout-ms", "0"])
-        try stuck.waitForLog("registered with broker")
+        try await stuck.waitForLog("registered with broker")
         let client = try testClient(broker.frontend)
         defer { client.close() }
         // The first attempt hangs and nothing on the worker will notice; only the broker's lease
@@ -67,9 +67,9 @@ struct ReliabilityTests {
     @Test("Overload: a fast producer gets busy, backs off, and the broker's memory stays bounded")
     func overloadIsBounded() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--max-pool-bytes", "4000000"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--max-pool-bytes", "4000000"])
         let worker = try startWorker(broker.backend, in: dir, name: "w", arguments: ["--engine-arg", "batch_ms=5"])
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let busy = BusyCounter()
         var options = ClientOptions(broker: broker.frontend)
         options.heartbeatMilliseconds = 100
@@ -105,9 +105,9 @@ struct ReliabilityTests {
     @Test("A producer that never reads its results cannot make the broker grow without bound")
     func producerThatNeverReads() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, arguments: ["--max-pool-bytes", "2000000"])
+        let broker = try await BrokerProcess(in: dir, arguments: ["--max-pool-bytes", "2000000"])
         let worker = try startWorker(broker.backend, in: dir, name: "w")
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let before = try #require(residentKiB(broker.process.pid))
         let context = try ZMQContextHolder()
         let deaf = try context.dealer(broker.frontend)
@@ -143,9 +143,9 @@ struct ReliabilityTests {
     @Test("Cancel of a running batch answers FAILED cancelled at once; a deadline fails a batch as timeout")
     func cancelAndDeadline() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir)
+        let broker = try await BrokerProcess(in: dir)
         let worker = try startWorker(broker.backend, in: dir, name: "w", arguments: ["--engine-arg", "batch_ms=3000"])
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let client = try testClient(broker.frontend)
         defer { client.close() }
         let slow = Task { try await client.submit([InferenceRequest(customID: "c", prompt: "slow")], pool: "default", batchID: "cancel-me") }

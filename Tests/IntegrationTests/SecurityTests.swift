@@ -12,10 +12,10 @@ import Glibc
 @Suite("CURVE and allowlists with real processes", .serialized, .timeLimit(.minutes(3)))
 struct SecurityTests {
     /// Keys in a temp dir: broker, producers/alice, workers/w1, and an unlisted mallory.
-    func makeKeys(_ dir: TempDir) throws {
+    func makeKeys(_ dir: TempDir) async throws {
         for (name, sub) in [("broker", ""), ("alice", "/producers"), ("w1", "/workers"), ("w2", "/workers"), ("mallory", "")] {
             let run = try Spawned("compass", ["keys", "new", name, "--dir", dir.path + sub], in: dir, name: "keys-\(name)")
-            #expect(try run.waitForExit(timeout: 20).isSuccess, "\(run.log())")
+            #expect(try await run.waitForExit(timeout: 20).isSuccess, "\(run.log())")
         }
     }
 
@@ -29,12 +29,12 @@ struct SecurityTests {
     @Test("Allowed producer and worker complete a run; unknown key, plaintext and a producer's key as worker get nothing")
     func allowlistsAdmitOnlyListedKeys() async throws {
         let dir = TempDir()
-        try makeKeys(dir)
-        let broker = try BrokerProcess(in: dir, arguments: ["--curve-secret", dir.file("broker.key"),
+        try await makeKeys(dir)
+        let broker = try await BrokerProcess(in: dir, arguments: ["--curve-secret", dir.file("broker.key"),
                                                             "--allow-producers", dir.file("producers"), "--allow-workers", dir.file("workers")])
         let curveArgs = ["--curve-server-key", dir.file("broker.pub")]
         let worker = try startWorker(broker.backend, in: dir, name: "w1", arguments: curveArgs + ["--curve-key", dir.file("workers/w1.key")])
-        try worker.waitForLog("registered with broker")
+        try await worker.waitForLog("registered with broker")
         let alice = try curveClient(broker.frontend, dir, key: dir.file("producers/alice.key"))
         defer { alice.close() }
         let good = try await alice.submit([InferenceRequest(customID: "a", prompt: "over curve")], pool: "default")
@@ -55,7 +55,7 @@ struct SecurityTests {
         // A worker presenting a producer's key: refused, exits with status 4 and says why.
         let impostor = try startWorker(broker.backend, in: dir, name: "impostor",
                                        arguments: curveArgs + ["--curve-key", dir.file("producers/alice.key")])
-        #expect(try impostor.waitForExit(timeout: 20) == .exited(4))
+        #expect(try await impostor.waitForExit(timeout: 20) == .exited(4))
         #expect(impostor.log().contains("refused this worker's CURVE key"))
 
         // The allowed ones are still served, and nothing else got in.
@@ -72,19 +72,19 @@ struct SecurityTests {
     @Test("Removing a worker's key from the allowlist and reloading (SIGHUP) stops new connections from it")
     func reloadRevokesAWorker() async throws {
         let dir = TempDir()
-        try makeKeys(dir)
-        let broker = try BrokerProcess(in: dir, arguments: ["--curve-secret", dir.file("broker.key"),
+        try await makeKeys(dir)
+        let broker = try await BrokerProcess(in: dir, arguments: ["--curve-secret", dir.file("broker.key"),
                                                             "--allow-producers", dir.file("producers"), "--allow-workers", dir.file("workers")])
         let args = ["--curve-server-key", dir.file("broker.pub"), "--curve-key", dir.file("workers/w2.key")]
         let first = try startWorker(broker.backend, in: dir, name: "before", arguments: args)
-        try first.waitForLog("registered with broker")
+        try await first.waitForLog("registered with broker")
         first.child.signal(SIGTERM)
-        _ = try first.waitForExit(timeout: 20)
+        _ = try await first.waitForExit(timeout: 20)
         try FileManager.default.removeItem(atPath: dir.file("workers/w2.pub"))
         broker.process.child.signal(SIGHUP)
-        try broker.process.waitForLog("SIGHUP: worker allowlist")
+        try await broker.process.waitForLog("SIGHUP: worker allowlist")
         let after = try startWorker(broker.backend, in: dir, name: "after", arguments: args)
-        #expect(try after.waitForExit(timeout: 20) == .exited(4))
+        #expect(try await after.waitForExit(timeout: 20) == .exited(4))
         #expect(after.log().contains("refused this worker's CURVE key"))
     }
 
@@ -110,12 +110,12 @@ struct SecurityTests {
         let dir = TempDir()  // logs
         for (name, sub) in [(brokerName, ""), (producerName, "/producers"), ("mallory", "/others")] {
             let run = try Spawned("compass", ["keys", "new", name, "--dir", root + sub], in: dir, name: "keys-\(name)")
-            #expect(try run.waitForExit(timeout: 20).isSuccess, "\(run.log())")
+            #expect(try await run.waitForExit(timeout: 20).isSuccess, "\(run.log())")
         }
         let brokerPub = "\(root)/\(brokerName).pub"
         #expect(brokerPub.count == 40 && "\(root)/producers/\(producerName).pub".count == 40)
-        let broker = try BrokerProcess(in: dir, arguments: ["--curve-secret", "\(root)/\(brokerName).key", "--allow-producers", "\(root)/producers"])
-        try broker.process.waitForLog("\(root)/producers: 1 key (\(producerName).pub)")  // logged as its poll loop starts
+        let broker = try await BrokerProcess(in: dir, arguments: ["--curve-secret", "\(root)/\(brokerName).key", "--allow-producers", "\(root)/producers"])
+        try await broker.process.waitForLog("\(root)/producers: 1 key (\(producerName).pub)")  // logged as its poll loop starts
         var options = ClientOptions(broker: broker.frontend)
         options.heartbeatMilliseconds = 100
         options.curve = try CurveClientKeys.load(serverKey: brokerPub, keyFile: "\(root)/producers/\(producerName).key")
@@ -133,29 +133,29 @@ struct SecurityTests {
         } catch let error as ClientError {
             #expect("\(error)".contains(malloryKey), "\(error)")
         }
-        try broker.process.waitForLog("key \(malloryKey) is not among the producer allowlist's keys: \(root)/producers: 1 key (\(producerName).pub)")
+        try await broker.process.waitForLog("key \(malloryKey) is not among the producer allowlist's keys: \(root)/producers: 1 key (\(producerName).pub)")
     }
 
     @Test("A non-loopback endpoint without CURVE is warned about at start")
-    func plaintextOnTheNetworkIsWarned() throws {
+    func plaintextOnTheNetworkIsWarned() async throws {
         let dir = TempDir()
-        let broker = try BrokerProcess(in: dir, frontend: "tcp://0.0.0.0:*")
+        let broker = try await BrokerProcess(in: dir, frontend: "tcp://0.0.0.0:*")
         #expect(broker.process.log().contains("runs without CURVE"))
-        let quiet = try BrokerProcess(in: dir, name: "quiet", frontend: "tcp://0.0.0.0:*", arguments: ["--insecure"])
+        let quiet = try await BrokerProcess(in: dir, name: "quiet", frontend: "tcp://0.0.0.0:*", arguments: ["--insecure"])
         #expect(!quiet.process.log().contains("runs without CURVE"))
     }
 
     @Test("compass keys writes the secret file 0600 and refuses to overwrite")
-    func keyFiles() throws {
+    func keyFiles() async throws {
         let dir = TempDir()
         let run = try Spawned("compass", ["keys", "new", "node", "--dir", dir.path], in: dir, name: "keys")
-        #expect(try run.waitForExit(timeout: 20).isSuccess)
+        #expect(try await run.waitForExit(timeout: 20).isSuccess)
         let mode = try FileManager.default.attributesOfItem(atPath: dir.file("node.key"))[.posixPermissions] as? Int
         #expect(mode == 0o600)
         let pub = try KeyFiles.loadPublic(dir.file("node.pub"))
         #expect(try KeyFiles.loadSecret(dir.file("node.key")).publicKey == pub)
         let again = try Spawned("compass", ["keys", "new", "node", "--dir", dir.path], in: dir, name: "again")
-        #expect(try again.waitForExit(timeout: 20) == .exited(1))
+        #expect(try await again.waitForExit(timeout: 20) == .exited(1))
         #expect(again.log().contains("exists"))
     }
 }

@@ -12,10 +12,10 @@ final class BrokerProcess: @unchecked Sendable {
 
     /// Starts compass-broker on wildcard TCP ports (or the given endpoints) and reads back the real ones.
     init(in dir: TempDir, name: String = "broker", frontend: String = "tcp://127.0.0.1:*", backend: String = "tcp://127.0.0.1:*",
-         arguments: [String] = []) throws {
+         arguments: [String] = []) async throws {
         process = try Spawned("compass-broker", ["--frontend", frontend, "--backend", backend, "--heartbeat-ms", "100",
                                                  "--liveness", "3", "--pool", "default"] + arguments, in: dir, name: name)
-        let line = try process.waitForLog("compass-broker listening")
+        let line = try await process.waitForLog("compass-broker listening")
         func field(_ key: String) throws -> String {
             guard let part = line.split(separator: " ").first(where: { $0.hasPrefix(key + "=") }) else {
                 throw HarnessError("no \(key) in: \(line)")
@@ -33,9 +33,9 @@ func startWorker(_ backend: String, in dir: TempDir, name: String, pool: String 
 }
 
 /// Starts `count` workers named `prefix`0, `prefix`1... and waits until each has registered.
-func startWorkers(_ count: Int, _ backend: String, in dir: TempDir, prefix: String = "w", arguments: [String] = []) throws -> [Spawned] {
+func startWorkers(_ count: Int, _ backend: String, in dir: TempDir, prefix: String = "w", arguments: [String] = []) async throws -> [Spawned] {
     let workers = try (0..<count).map { try startWorker(backend, in: dir, name: "\(prefix)\($0)", arguments: arguments) }
-    for w in workers { try w.waitForLog("registered with broker") }
+    for w in workers { try await w.waitForLog("registered with broker") }
     return workers
 }
 

@@ -77,26 +77,32 @@ final class Spawned: @unchecked Sendable {
         (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
     }
 
-    /// Waits until the log contains `text`; returns the first line containing it.
+    /// Waits until the log contains `text`; returns the first line containing it. Async, and it
+    /// sleeps between looks: a blocking wait held one of the few threads that every test's async
+    /// work shares (two on a 2-core machine), so tests of other suites running beside it missed
+    /// their own deadlines.
     @discardableResult
-    func waitForLog(_ text: String, timeout: Double = 20) throws -> String {
+    func waitForLog(_ text: String, timeout: Double = 20) async throws -> String {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if let line = log().split(separator: "\n").first(where: { $0.contains(text) }) { return String(line) }
             if let status = child.poll() {
                 throw HarnessError("\(name) exited (\(status)) before logging '\(text)'; log:\n\(log())")
             }
-            usleep(10_000)
+            try await Task.sleep(nanoseconds: 10_000_000)
         }
         throw HarnessError("\(name) did not log '\(text)' within \(timeout) s; log:\n\(log())")
     }
 
-    /// Waits for the process to exit; throws with its log if it does not in time.
-    func waitForExit(timeout: Double = 60) throws -> CompassSystem.ExitStatus {
-        guard let status = child.wait(timeoutSeconds: timeout) else {
-            throw HarnessError("\(name) still running after \(timeout) s; log:\n\(log())")
+    /// Waits for the process to exit; throws with its log if it does not in time. Async, as
+    /// `waitForLog` is, for the same reason.
+    func waitForExit(timeout: Double = 60) async throws -> CompassSystem.ExitStatus {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if let status = child.poll() { return status }
+            if Date() >= deadline { throw HarnessError("\(name) still running after \(timeout) s; log:\n\(log())") }
+            try await Task.sleep(nanoseconds: 10_000_000)
         }
-        return status
     }
 }
 
