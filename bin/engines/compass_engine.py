@@ -346,6 +346,8 @@ class Progress:
         self._closed = False
 
     def add(self, done: int = 0, tokens: int = 0) -> None:
+        if not done and not tokens:  # nothing moved (a scoring continuation run again, say)
+            return
         with self._lock:
             self.done += done
             self.tokens += tokens
@@ -385,6 +387,8 @@ class _Ticker:
 
     @classmethod
     def shared(cls) -> _Ticker:
+        if cls._instance is not None:  # once made, read without the lock (every add calls this)
+            return cls._instance
         with cls._instance_lock:
             if cls._instance is None:
                 cls._instance = _Ticker()
