@@ -253,7 +253,7 @@ for path in ${PROFILE:-}; do
   "$PY_SPY" record --gil --nonblocking --subprocesses -r 250 --format raw -o "$OUT/prof-$path.txt" --pid "$target" \
     >"$OUT/prof-$path.log" 2>&1 &
   spy=$!
-  sleep 1  # py-spy attaches
+  wait_for "$OUT/prof-$path.log" "Sampling process" 1 30 "$spy" || continue  # attached (or could not)
   t0=$(now)
   RESULTS=$WORK/profiled.jsonl run_pass "$path" 0  # pass 0: not one of the rounds
   log "profile: $path pass took $(elapsed "$t0") s with the sampler attached"
