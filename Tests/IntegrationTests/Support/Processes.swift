@@ -97,12 +97,22 @@ final class Spawned: @unchecked Sendable {
     /// Waits for the process to exit; throws with its log if it does not in time. Async, as
     /// `waitForLog` is, for the same reason.
     func waitForExit(timeout: Double = 60) async throws -> CompassSystem.ExitStatus {
-        let deadline = Date().addingTimeInterval(timeout)
-        while true {
-            if let status = child.poll() { return status }
-            if Date() >= deadline { throw HarnessError("\(name) still running after \(timeout) s; log:\n\(log())") }
-            try await Task.sleep(nanoseconds: 10_000_000)
+        guard let status = try await exitStatus(of: child, timeout: timeout) else {
+            throw HarnessError("\(name) still running after \(timeout) s; log:\n\(log())")
         }
+        return status
+    }
+}
+
+/// The child's exit status once it exits, nil if it is still running after `timeout` seconds;
+/// polled every 10 ms with the task asleep in between (ChildProcess.wait would block a thread
+/// that the tests' async work shares).
+func exitStatus(of child: ChildProcess, timeout: Double) async throws -> CompassSystem.ExitStatus? {
+    let deadline = Date().addingTimeInterval(timeout)
+    while true {
+        if let status = child.poll() { return status }
+        if Date() >= deadline { return nil }
+        try await Task.sleep(nanoseconds: 10_000_000)
     }
 }
 

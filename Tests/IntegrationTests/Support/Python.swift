@@ -30,13 +30,7 @@ actor TinyModel {
                                     arguments: ["\(repositoryRoot)/bin/engines/tools/make_tiny_model.py", out],
                                     files: [.open(path: dir.file("make.log"), flags: O_WRONLY | O_CREAT | O_TRUNC, as: 1),
                                             .open(path: dir.file("make.log"), flags: O_WRONLY | O_CREAT | O_APPEND, as: 2)])
-        let deadline = Date().addingTimeInterval(300)
-        var status = make.poll()
-        while status == nil, Date() < deadline {  // polled: a blocking wait would hold a thread the other tests share
-            try await Task.sleep(nanoseconds: 20_000_000)
-            status = make.poll()
-        }
-        guard status?.isSuccess == true else {
+        guard try await exitStatus(of: make, timeout: 300)?.isSuccess == true else {
             throw HarnessError("make_tiny_model.py failed: \((try? String(contentsOfFile: dir.file("make.log"), encoding: .utf8)) ?? "")")
         }
         path = out
